@@ -1,0 +1,31 @@
+# `make test` and `make demo` bootstrap .venv from nothing; the second run only
+# reinstalls when a pyproject.toml or constraints.txt changed.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.bertcore-installed
+HEADS  := $(sort $(dir $(wildcard heads/*/pyproject.toml)))
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: test demo bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml kernels/pyproject.toml $(wildcard heads/*/pyproject.toml) constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) "setuptools>=68" wheel
+	$(PIP) torch
+	$(PIP) --no-build-isolation -e kernels -e ".[test]" $(addprefix -e ,$(HEADS))
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest tests benchmarks/test_bench_smoke.py
+
+demo: $(STAMP)
+	$(VENV)/bin/bertcore demo
+
+bench: $(STAMP)
+	$(VENV)/bin/bertcore bench encoder
+
+clean:
+	rm -rf $(VENV)
