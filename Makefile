@@ -13,9 +13,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml kernels/pyproject.toml $(wildcard heads/*/pyproject.toml) constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) "setuptools>=68" wheel
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PIP) torch
-	$(PIP) --no-build-isolation -e kernels -e ".[test]" $(addprefix -e ,$(HEADS))
+	$(PIP) -e kernels -e ".[test]" $(addprefix -e ,$(HEADS))
 	touch $(STAMP)
 
 test: $(STAMP)
