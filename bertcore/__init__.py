@@ -1,0 +1,6 @@
+"""bertcore: a BERT encoder on fused kernels, with task heads as plugins."""
+from .config import BertConfig
+from .model import BertEncoder, BertOutput
+
+__version__ = "0.1.0"
+__all__ = ["BertConfig", "BertEncoder", "BertOutput", "__version__"]

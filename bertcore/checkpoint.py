@@ -1,0 +1,122 @@
+"""HF BERT checkpoints in and out: safetensors (or a weights-only pytorch_model.bin),
+with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for heads."""
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import BertConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
+IGNORED_KEYS = ("embeddings.position_ids",)  # a buffer older HF versions saved
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt, or not a BERT encoder."""
+
+
+def find_weights(directory: Path) -> Path:
+    for name in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME):
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(
+        f"no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {directory}; pass an HF BERT checkpoint directory")
+
+
+def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .bin file; corrupt files raise CheckpointError."""
+    try:
+        if file.suffix == ".safetensors":
+            return load_file(str(file))
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{file}: cannot read weights ({type(err).__name__}: {err}); "
+                              "the file is truncated or not a checkpoint") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{file}: expected a dict of tensors (a state dict)")
+    return state
+
+
+def to_encoder_keys(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Split an HF state dict into (encoder weights with our key names, cls.* head weights)."""
+    encoder, heads = {}, {}
+    for key, tensor in state.items():
+        if key.startswith("cls."):
+            heads[key] = tensor
+            continue
+        key = key.removeprefix("bert.")
+        if key.endswith(".gamma"):
+            key = key[: -len("gamma")] + "weight"
+        elif key.endswith(".beta"):
+            key = key[: -len("beta")] + "bias"
+        if key not in IGNORED_KEYS:
+            encoder[key] = tensor
+    return encoder, heads
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[list, list]:
+    """Copy `state` into `model` key by key; a shape mismatch is an error naming the key.
+    Returns (missing, unexpected) key lists."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if own and len(missing) == len(own):
+        sample = ", ".join(list(state)[:5])
+        raise CheckpointError(f"{source}: none of the model's keys are in this file (it holds: {sample}, ...); "
+                              "is it a BERT checkpoint?")
+    for key, tensor in state.items():
+        if key in own and own[key].shape != tensor.shape:
+            raise CheckpointError(f"{source}: checkpoint key {key} has shape {tuple(tensor.shape)}, "
+                                  f"model expects {tuple(own[key].shape)}; does config.json match the weights?")
+    with torch.no_grad():
+        for key, tensor in state.items():
+            if key in own:
+                own[key].copy_(tensor)
+    return missing, unexpected
+
+
+def load_encoder(cls, directory: Path, config: BertConfig | None = None, **overrides):
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    config = config or BertConfig.from_pretrained(directory)
+    if overrides:
+        config = BertConfig.from_dict({**config.to_dict(), **overrides})
+    file = find_weights(directory)
+    encoder_state, head_state = to_encoder_keys(read_state_dict(file))
+    model = cls(config)
+    missing, unexpected = load_weights(model, encoder_state, str(file))
+    if missing:
+        logger.warning("%s: %d encoder weights not in the checkpoint, left at their initial values: %s",
+                       file, len(missing), ", ".join(missing[:10]))
+    if unexpected:
+        logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
+    model.pretrained_head_weights = head_state
+    return model
+
+
+def atomic_save_file(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
+    """save_file to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                  metadata=metadata or {"format": "pt"})
+        os.replace(tmp, file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_encoder(model, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    atomic_save_file(model.state_dict(), directory / WEIGHTS_NAME)
+    return directory

@@ -1,0 +1,270 @@
+"""The BERT encoder, in dependency order: Embeddings → SelfAttention → FeedForward
+(Intermediate + Output) → Layer → BertEncoder.
+
+Every layer runs on packed tokens (T = real tokens of the whole batch, no padding):
+a padded batch is unpacked once before the embeddings and repadded once at the
+output. Attention and every residual+LayerNorm go through `bertcore_kernels`,
+which picks Triton on a GPU and PyTorch on a CPU. Module and parameter names equal
+Hugging Face's BERT state-dict keys, so checkpoints load key by key.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import bertcore_kernels as K
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import BertConfig
+from .padding import Packing, full_packing, pack, position_ids_packed, repad, unpad
+
+
+@dataclass
+class BertOutput:
+    """What the encoder returns.
+
+    Called with a padded batch, `last_hidden_state` is (B, L, H) with zeros at
+    padding; called packed (`cu_seqlens=`), it is (T, H). `pooler_output` is (B, H).
+    """
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size,
+                                            padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, token_type_ids, position_ids):
+        x = self.word_embeddings(input_ids)                                    # (T, H)
+        other = self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
+        x = K.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.config.layer_norm_eps,
+                         residual=other)                                       # (T, H)
+        return F.dropout(x, self.config.hidden_dropout_prob, self.training)    # BERT drops after the LN here
+
+
+class DenseLayerNorm(nn.Module):
+    """dense → dropout → + residual → LayerNorm: the tail of both post-LN sub-layers."""
+
+    def __init__(self, config: BertConfig, in_features: int):
+        super().__init__()
+        self.config = config
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x, residual):
+        x = self.dense(x)                                                      # (T, H)
+        p = self.config.hidden_dropout_prob if self.training else 0.0
+        return K.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.config.layer_norm_eps,
+                            residual=residual, dropout_p=p)                    # (T, H)
+
+
+class QKV(nn.Module):
+    """The three input projections, kept as HF's separate `query/key/value` parameters
+    but applied as one matrix product."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])           # (3H,)
+        return F.linear(x, weight, bias)                                       # (T, 3H)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.self = QKV(config)
+        self.output = DenseLayerNorm(config, config.hidden_size)
+
+    def forward(self, x, cu_seqlens, max_seqlen):
+        c = self.config
+        qkv = self.self(x).view(-1, 3, c.num_attention_heads, c.head_dim)     # (T, 3, nh, hd)
+        p = c.attention_probs_dropout_prob if self.training else 0.0
+        ctx = K.attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
+                          dropout_p=p)                                         # (T, nh, hd)
+        return self.output(ctx.reshape(-1, c.hidden_size), residual=x)         # (T, H)
+
+
+class Intermediate(nn.Module):
+    """First half of the feed-forward: dense to the intermediate size, then GELU."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = {"relu": F.relu, "gelu": F.gelu}.get(
+            config.hidden_act, lambda t: F.gelu(t, approximate="tanh"))
+
+    def forward(self, x):
+        return self.act(self.dense(x))                                         # (T, I)
+
+
+class Layer(nn.Module):
+    """One post-LN block: LN(x + drop(attn(x))), then LN(h + drop(W2·gelu(W1·h)))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.intermediate = Intermediate(config)
+        self.output = DenseLayerNorm(config, config.intermediate_size)
+
+    def forward(self, x, cu_seqlens, max_seqlen):
+        h = self.attention(x, cu_seqlens, max_seqlen)                          # (T, H)
+        return self.output(self.intermediate(h), residual=h)                   # (T, H)
+
+
+class Pooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, cls_hidden):
+        return torch.tanh(self.dense(cls_hidden))                              # (B, H)
+
+
+class BertEncoder(nn.Module):
+    """A BERT encoder: embeddings, `num_hidden_layers` post-LN blocks and the pooler.
+
+    >>> enc = BertEncoder(BertConfig(hidden_size=384, num_hidden_layers=6,
+    ...                              num_attention_heads=12, intermediate_size=1536))
+    >>> out = enc(input_ids, attention_mask=mask)   # out.last_hidden_state: (B, L, H)
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = Pooler(config)
+        # cls.* weights of an HF pretraining checkpoint, kept for the MLM/NSP heads.
+        self.pretrained_head_weights: dict[str, torch.Tensor] = {}
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ---- forward ---------------------------------------------------------------
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, position_ids=None,
+                cu_seqlens=None, max_seqlen=None) -> BertOutput:
+        """Encode a padded batch (B, L) with an optional `attention_mask` (1 = token),
+        or packed tokens (T,) with `cu_seqlens` (B+1,) and `max_seqlen`."""
+        if cu_seqlens is not None:
+            return self.forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
+        self._check_padded(input_ids, attention_mask, token_type_ids)
+        batch, seqlen = input_ids.shape
+        if attention_mask is None or bool(attention_mask.all()):
+            packing: Packing = full_packing(batch, seqlen, input_ids.device)
+        else:
+            packing = unpad(attention_mask)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:  # absolute positions, as HF: equal to per-sequence ones for right padding
+            position_ids = torch.arange(seqlen, device=input_ids.device).expand(batch, seqlen)
+        out = self.forward_packed(pack(input_ids, packing), packing.cu_seqlens, packing.max_seqlen,
+                                  pack(token_type_ids, packing), pack(position_ids, packing))
+        hidden = repad(out.last_hidden_state, packing)                         # (B, L, H)
+        return BertOutput(hidden, out.pooler_output, packing.cu_seqlens, packing.max_seqlen)
+
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids=None,
+                       position_ids=None) -> BertOutput:
+        """The fast path: input_ids (T,) of all sequences back to back."""
+        if input_ids.dim() != 1:
+            raise ValueError(f"packed input_ids must be 1-D (total_tokens,), got shape {tuple(input_ids.shape)}")
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        self._check_lengths(input_ids, max_seqlen)
+        total = input_ids.shape[0]
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if position_ids is None:
+            position_ids = position_ids_packed(cu_seqlens, total)
+        x = self.embeddings(input_ids, token_type_ids, position_ids)          # (T, H)
+        for layer in self.encoder.layer:
+            x = layer(x, cu_seqlens, max_seqlen)                               # (T, H)
+        first = cu_seqlens[:-1].long().clamp(max=max(total - 1, 0))            # [CLS] of each sequence
+        pooled = self.pooler(x[first])                                         # (B, H)
+        return BertOutput(x, pooled, cu_seqlens, max_seqlen)
+
+    def _check_padded(self, input_ids, attention_mask, token_type_ids):
+        if input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}; "
+                "for packed tokens pass cu_seqlens= and max_seqlen=")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids has {tuple(input_ids.shape)}")
+        if token_type_ids is not None and token_type_ids.numel() and (
+                int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.config.type_vocab_size):
+            raise ValueError(f"token_type_ids must lie in [0, {self.config.type_vocab_size})")
+
+    def _check_lengths(self, input_ids, max_seqlen):
+        if max_seqlen > self.config.max_position_embeddings:
+            raise ValueError(
+                f"a sequence has {max_seqlen} tokens, over the model's max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate it (tokenizer max_length)")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
+            raise ValueError(
+                f"input_ids must lie in [0, {self.config.vocab_size}) (vocab_size), got ids in "
+                f"[{int(input_ids.min())}, {int(input_ids.max())}]: tokenizer and model vocabularies differ")
+
+    # ---- freezing ----------------------------------------------------------------
+
+    def freeze(self, embeddings: bool = True, layers=None, pooler: bool | None = None) -> "BertEncoder":
+        """Stop gradients to the embeddings, the given layers (default: all) and the pooler
+        (default: frozen only when every layer is)."""
+        layers = range(self.config.num_hidden_layers) if layers is None else list(layers)
+        for i in layers:
+            if not 0 <= i < self.config.num_hidden_layers:
+                raise ValueError(f"layer {i} does not exist; the encoder has {self.config.num_hidden_layers}")
+        if pooler is None:
+            pooler = len(set(layers)) == self.config.num_hidden_layers
+        parts = [self.encoder.layer[i] for i in layers]
+        parts += [self.embeddings] if embeddings else []
+        parts += [self.pooler] if pooler else []
+        for part in parts:
+            part.requires_grad_(False)
+        return self
+
+    def unfreeze(self) -> "BertEncoder":
+        self.requires_grad_(True)
+        return self
+
+    # ---- checkpoints -------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, config: BertConfig | None = None, **overrides) -> "BertEncoder":
+        """Load an HF BERT checkpoint directory (config.json + model.safetensors or
+        pytorch_model.bin). `overrides` replace config fields (e.g. hidden_dropout_prob=0)."""
+        from .checkpoint import load_encoder
+        return load_encoder(cls, Path(path), config, **overrides)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json + model.safetensors that transformers.BertModel loads."""
+        from .checkpoint import save_encoder
+        return save_encoder(self, Path(directory))
