@@ -2,6 +2,7 @@
 with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for heads."""
 import logging
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
         if file.suffix == ".safetensors":
             return load_file(str(file))
         state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{file}: cannot read weights ({type(err).__name__}: {err}); "
                               "the file is truncated or not a checkpoint") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -71,10 +72,10 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
         sample = ", ".join(list(state)[:5])
         raise CheckpointError(f"{source}: none of the model's keys are in this file (it holds: {sample}, ...); "
                               "is it a BERT checkpoint?")
-    for key, tensor in state.items():
-        if key in own and own[key].shape != tensor.shape:
-            raise CheckpointError(f"{source}: checkpoint key {key} has shape {tuple(tensor.shape)}, "
-                                  f"model expects {tuple(own[key].shape)}; does config.json match the weights?")
+    for key, param in own.items():
+        if key in state and state[key].shape != param.shape:
+            raise CheckpointError(f"{source}: checkpoint key {key} has shape {tuple(state[key].shape)}, "
+                                  f"model expects {tuple(param.shape)}; does config.json match the weights?")
     with torch.no_grad():
         for key, tensor in state.items():
             if key in own:

@@ -1,0 +1,160 @@
+"""Parity of BertEncoder with transformers.BertModel, padding paths, freezing, bad input."""
+import pytest
+import torch
+import transformers
+
+from bertcore import BertConfig, BertEncoder
+
+TINY = dict(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=96, max_position_embeddings=64)
+
+
+def hf_model(path_or_config):
+    if isinstance(path_or_config, BertConfig):
+        cfg = transformers.BertConfig(**{k: v for k, v in path_or_config.to_dict().items()
+                                         if k not in ("architectures",)})
+        return transformers.BertModel(cfg, add_pooling_layer=True).eval()
+    return transformers.BertModel.from_pretrained(path_or_config, attn_implementation="eager").eval()
+
+
+def batch(vocab, lengths, seqlen, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (len(lengths), seqlen), generator=g)
+    mask = torch.zeros(len(lengths), seqlen, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    ids = ids * mask  # pad id 0 at padding
+    types = torch.zeros_like(ids)
+    types[:, seqlen // 2:] = 1
+    return ids, mask, types * mask
+
+
+def assert_parity(ours, theirs, ids, mask, types):
+    with torch.no_grad():
+        a = ours(ids, attention_mask=mask, token_type_ids=types)
+        b = theirs(ids, attention_mask=mask, token_type_ids=types)
+    real = mask.bool()
+    assert (a.last_hidden_state[real] - b.last_hidden_state[real]).abs().max() < 1e-5
+    assert (a.pooler_output - b.pooler_output).abs().max() < 1e-5
+    assert torch.all(a.last_hidden_state[~real] == 0)  # padding rows are zeros
+
+
+@pytest.mark.parametrize("lengths", [[20, 20, 20], [20, 13, 1, 7]])
+def test_parity_minilm(minilm_dir, lengths):
+    ours = BertEncoder.from_pretrained(minilm_dir).eval()
+    theirs = hf_model(minilm_dir)
+    assert_parity(ours, theirs, *batch(ours.config.vocab_size, lengths, 20))
+
+
+@pytest.mark.parametrize("lengths", [[16, 16], [16, 3, 9]])
+def test_parity_random_config(tmp_path, lengths):
+    torch.manual_seed(0)
+    ours = BertEncoder(BertConfig(**TINY)).eval()
+    ours.save_pretrained(tmp_path)
+    theirs = hf_model(tmp_path)
+    assert_parity(ours, theirs, *batch(TINY["vocab_size"], lengths, 16))
+
+
+def test_export_round_trip(tmp_path, minilm_dir):
+    ours = BertEncoder.from_pretrained(minilm_dir).eval()
+    ours.save_pretrained(tmp_path / "export")
+    loaded, info = transformers.BertModel.from_pretrained(tmp_path / "export", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert_parity(ours, loaded.eval(), *batch(ours.config.vocab_size, [12, 5], 12))
+    again = BertEncoder.from_pretrained(tmp_path / "export")
+    for (k, v), (k2, v2) in zip(ours.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_padded_and_packed_paths_agree():
+    torch.manual_seed(1)
+    enc = BertEncoder(BertConfig(**TINY)).eval()
+    ids, mask, types = batch(TINY["vocab_size"], [10, 4, 7], 10)
+    with torch.no_grad():
+        padded = enc(ids, attention_mask=mask, token_type_ids=types)
+        singles = [enc(ids[i:i + 1, :n], token_type_ids=types[i:i + 1, :n]) for i, n in enumerate([10, 4, 7])]
+        real = mask.bool()
+        cu = torch.tensor([0, 10, 14, 21], dtype=torch.int32)
+        packed = enc(ids[real], token_type_ids=types[real], cu_seqlens=cu, max_seqlen=10)
+    for i, n in enumerate([10, 4, 7]):
+        torch.testing.assert_close(padded.last_hidden_state[i, :n], singles[i].last_hidden_state[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(padded.pooler_output[i], singles[i].pooler_output[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed.last_hidden_state, padded.last_hidden_state[real], atol=1e-6, rtol=0)
+    torch.testing.assert_close(packed.pooler_output, padded.pooler_output, atol=1e-6, rtol=0)
+
+
+def test_training_gradients_match_transformers(tmp_path):
+    torch.manual_seed(2)
+    cfg = BertConfig(**TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ours = BertEncoder(cfg)
+    ours.save_pretrained(tmp_path)
+    theirs = transformers.BertModel.from_pretrained(tmp_path, attn_implementation="eager")
+    ids, mask, types = batch(cfg.vocab_size, [9, 5], 9)
+    for model in (ours, theirs):
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+        (out.last_hidden_state[mask.bool()].pow(2).sum() + out.pooler_output.sum()).backward()
+    grads = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        ref = grads[name].grad
+        scale = max(1.0, ref.abs().max().item())  # fp32 rounding grows with the gradient's size
+        assert (p.grad - ref).abs().max() <= 5e-6 * scale, name
+
+
+def test_freeze_stops_gradients():
+    enc = BertEncoder(BertConfig(**TINY))
+    enc.freeze(embeddings=True, layers=range(1))
+    ids, mask, types = batch(TINY["vocab_size"], [8, 6], 8)
+    out = enc(ids, attention_mask=mask)
+    (out.last_hidden_state.sum() + out.pooler_output.sum()).backward()
+    for name, p in enc.named_parameters():
+        frozen = name.startswith(("embeddings.", "encoder.layer.0."))
+        assert p.requires_grad is not frozen, name
+        assert (p.grad is None) is frozen, name
+    enc.freeze()
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.unfreeze()
+    assert all(p.requires_grad for p in enc.parameters())
+    with pytest.raises(ValueError, match="layer 5 does not exist"):
+        enc.freeze(layers=[5])
+
+
+def test_fresh_model_uses_bert_init():
+    torch.manual_seed(0)
+    enc = BertEncoder(BertConfig(hidden_size=128, num_attention_heads=4, intermediate_size=256,
+                                 num_hidden_layers=1, vocab_size=500))
+    w = enc.encoder.layer[0].intermediate.dense.weight
+    assert abs(w.std().item() - 0.02) < 0.002 and enc.encoder.layer[0].output.dense.bias.abs().max() == 0
+    assert torch.all(enc.embeddings.LayerNorm.weight == 1) and torch.all(enc.embeddings.LayerNorm.bias == 0)
+    assert enc.embeddings.word_embeddings.weight[0].abs().max() == 0  # the padding row
+
+
+def test_bad_input_is_a_clear_error():
+    enc = BertEncoder(BertConfig(**TINY)).eval()
+    with pytest.raises(ValueError, match=r"input_ids must be \(batch, seq_len\)"):
+        enc(torch.zeros(2, 3, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="vocab_size"):
+        enc(torch.tensor([[1, 2, TINY["vocab_size"]]]))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        enc(torch.ones(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        enc(torch.ones(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="token_type_ids must lie"):
+        enc(torch.ones(1, 4, dtype=torch.long), token_type_ids=torch.full((1, 4), 2))
+
+
+def test_over_512_positions_rejected():
+    enc = BertEncoder(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                 intermediate_size=32))
+    with pytest.raises(ValueError, match="513 tokens"):
+        enc(torch.ones(1, 513, dtype=torch.long))
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="hidden_size=100 is not divisible by num_attention_heads=3"):
+        BertConfig(hidden_size=100, num_attention_heads=3)
+    with pytest.raises(ValueError, match="max_position_embeddings=1024"):
+        BertConfig(max_position_embeddings=1024)
+    cfg = BertConfig(**TINY)
+    cfg.save_pretrained(tmp_path)
+    assert BertConfig.from_pretrained(tmp_path) == cfg
+    assert transformers.BertConfig.from_pretrained(tmp_path).hidden_size == TINY["hidden_size"]
