@@ -1,0 +1,433 @@
+"""BERT's WordPiece tokenizer: a thin wrapper over Hugging Face `tokenizers`.
+
+The Rust library does all the work (normalising, splitting, WordPiece, special
+tokens, truncation windows, padding, offsets). This module builds BERT's pipeline,
+loads and saves it in the files `transformers.BertTokenizerFast` reads, and returns
+batches shaped the way the encoder and the task heads want them.
+
+    tok = Tokenizer.from_pretrained("path/to/model")   # dir, tokenizer.json or vocab.txt
+    batch = tok(["a sentence", "another"], padding=True, return_tensors="pt")
+    batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+    batch.word_ids(0), batch.sequence_ids(0)           # per token, for NER / QA
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as _Backend
+from tokenizers.models import WordPiece
+
+MAX_POSITIONS = 512  # BERT has 512 learned position embeddings; no sequence may be longer.
+
+# Attribute name -> token. In a trained vocabulary they take ids 0..4 in this order.
+SPECIAL_TOKENS = {
+    "pad_token": "[PAD]",
+    "unk_token": "[UNK]",
+    "cls_token": "[CLS]",
+    "sep_token": "[SEP]",
+    "mask_token": "[MASK]",
+}
+
+_TRUNCATION = {True: "longest_first", "longest_first": "longest_first",
+               "only_first": "only_first", "only_second": "only_second",
+               False: None, "do_not_truncate": None}
+_PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest",
+            "max_length": "max_length"}
+
+
+class Batch(dict):
+    """Encoded batch: a dict of lists (or tensors) plus per-token word and sequence ids.
+
+    Keys: ``input_ids``, ``token_type_ids``, ``attention_mask``; ``offset_mapping``
+    when asked for (``(start, end)`` character spans, ``(0, 0)`` for special tokens);
+    ``overflow_to_sample_mapping`` with ``return_overflowing`` (row -> input index).
+    Rows are one per input, or one per window with ``return_overflowing``.
+    """
+
+    def __init__(self, data: dict, word_ids: list, sequence_ids: list):
+        super().__init__(data)
+        self._word_ids = word_ids
+        self._sequence_ids = sequence_ids
+
+    def word_ids(self, batch_index: int = 0) -> list[int | None]:
+        """Index of the word (pre-tokenizer split, or input word with
+        ``is_split_into_words``) each token of row ``batch_index`` comes from;
+        None for special and padding tokens. Words are counted per sequence."""
+        return list(self._word_ids[batch_index])
+
+    def sequence_ids(self, batch_index: int = 0) -> list[int | None]:
+        """0 for tokens of the first text, 1 for the pair text, None for special and
+        padding tokens, per token of row ``batch_index``."""
+        return list(self._sequence_ids[batch_index])
+
+    def to(self, device) -> "Batch":
+        """A copy with every tensor moved to ``device`` (after ``return_tensors="pt"``)."""
+        moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in self.items()}
+        return Batch(moved, self._word_ids, self._sequence_ids)
+
+    def __getattr__(self, name: str):
+        # batch.input_ids, as with transformers' BatchEncoding.
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Tokenizer:
+    """BERT WordPiece tokenizer (``[CLS] A [SEP] B [SEP]``, segment ids 0 / 1).
+
+    Build one with :meth:`from_pretrained` or :meth:`train`; encode with ``tok(...)``.
+    """
+
+    def __init__(self, backend: _Backend, source: str = "<in memory>"):
+        """Wrap a ``tokenizers.Tokenizer`` that has a WordPiece model with BERT's five
+        special tokens. ``source`` only names it in error messages."""
+        if not isinstance(backend.model, WordPiece):
+            raise ValueError(f"{source}: expected a WordPiece model, found "
+                             f"{type(backend.model).__name__}; bertcore only tokenizes for BERT")
+        missing = [t for t in SPECIAL_TOKENS.values() if backend.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"{source}: the vocabulary lacks {', '.join(missing)}; BERT needs "
+                             f"{', '.join(SPECIAL_TOKENS.values())} in it")
+        # Specials must be matched whole in raw text ("a [MASK] b") and skipped by decode;
+        # that is what registering them as special added tokens does.
+        known = {t.content for t in backend.get_added_tokens_decoder().values()}
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                    for t in SPECIAL_TOKENS.values() if t not in known])
+        if backend.post_processor is None:
+            backend.post_processor = _template(backend)
+        # Truncation and padding are set per call; a file's baked-in settings
+        # (MiniLM's tokenizer.json pads everything to 128) must not leak into calls.
+        backend.no_truncation()
+        backend.no_padding()
+        self._backend = backend
+        for attr, token in SPECIAL_TOKENS.items():
+            setattr(self, f"{attr}_id", backend.token_to_id(token))
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, do_lower_case: bool | None = None,
+                        strip_accents: bool | None = None,
+                        tokenize_chinese_chars: bool | None = None) -> "Tokenizer":
+        """Load from a directory holding tokenizer.json or vocab.txt, or from either file.
+
+        ``tokenizer_config.json`` next to it supplies ``do_lower_case``,
+        ``strip_accents`` and ``tokenize_chinese_chars`` (as transformers reads them);
+        the keyword arguments override it. tokenizer.json wins over vocab.txt.
+        """
+        path = Path(path)
+        if path.is_dir():
+            folder = path
+            file = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).is_file()), None)
+            if file is None:
+                raise FileNotFoundError(f"{path} holds neither tokenizer.json nor vocab.txt; expected a "
+                                        "BERT tokenizer folder (tokenizer.json, or vocab.txt with one "
+                                        "WordPiece token per line)")
+        elif path.is_file():
+            folder, file = path.parent, path
+        else:
+            raise FileNotFoundError(f"no tokenizer at {path}: expected a directory with tokenizer.json "
+                                    "or vocab.txt, or the path of one of those files")
+
+        config = {}
+        if (folder / "tokenizer_config.json").is_file():
+            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        given = {"do_lower_case": do_lower_case, "strip_accents": strip_accents,
+                 "tokenize_chinese_chars": tokenize_chinese_chars}
+        config.update({k: v for k, v in given.items() if v is not None})
+
+        if file.suffix == ".json":
+            backend = _Backend.from_file(str(file))
+            # transformers builds BERT's normalizer from tokenizer_config.json, not from
+            # tokenizer.json, so the config decides when it speaks.
+            if any(k in config for k in given):
+                backend.normalizer = _normalizer(config)
+        else:
+            with open(file, encoding="utf-8") as f:
+                # Same reading as transformers' load_vocab: line number = id.
+                vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+            for token in SPECIAL_TOKENS.values():
+                if token not in vocab:
+                    raise ValueError(f"{file} lacks the special token {token}; a BERT vocabulary needs "
+                                     f"{', '.join(SPECIAL_TOKENS.values())}")
+            backend = _Backend(WordPiece(vocab, unk_token="[UNK]", continuing_subword_prefix="##",
+                                         max_input_chars_per_word=100))
+            backend.normalizer = _normalizer(config)
+            backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+            backend.decoder = decoders.WordPiece(prefix="##")
+        return cls(backend, source=str(file))
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True,
+              min_frequency: int = 2) -> "Tokenizer":
+        """Train a WordPiece vocabulary on an iterator of texts with BERT's pipeline.
+
+        [PAD], [UNK], [CLS], [SEP], [MASK] get ids 0..4. Chinese characters are split
+        one per word before training, so Chinese gets a character-level vocabulary.
+        """
+        backend = _Backend(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
+                                     max_input_chars_per_word=100))
+        backend.normalizer = _normalizer({"do_lower_case": lowercase})
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece(prefix="##")
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                            special_tokens=list(SPECIAL_TOKENS.values()),
+                                            continuing_subword_prefix="##", show_progress=False)
+        backend.train_from_iterator(texts, trainer=trainer)
+        backend.post_processor = _template(backend)
+        return cls(backend, source="trained tokenizer")
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json
+        (each atomically) so that ``transformers.BertTokenizerFast.from_pretrained``
+        and :meth:`from_pretrained` load it with identical ids. Returns the directory."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = sorted(self._backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
+        if [i for _, i in vocab] != list(range(len(vocab))):
+            raise ValueError("WordPiece ids are not contiguous from 0; vocab.txt cannot represent them")
+        norm = self._backend.normalizer
+        bert_norm = isinstance(norm, normalizers.BertNormalizer)
+        config = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": norm.lowercase if bert_norm else False,
+            "strip_accents": norm.strip_accents if bert_norm else None,
+            "tokenize_chinese_chars": norm.handle_chinese_chars if bert_norm else False,
+            "model_max_length": MAX_POSITIONS,
+            "clean_up_tokenization_spaces": True,
+            **SPECIAL_TOKENS,
+        }
+        _write_atomic(directory / "tokenizer.json", self._backend.to_str(pretty=True))
+        _write_atomic(directory / "vocab.txt", "".join(f"{t}\n" for t, _ in vocab))
+        _write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        _write_atomic(directory / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
+        return directory
+
+    # ----------------------------------------------------------------- encoding
+
+    def __call__(self, texts, text_pair=None, max_length: int | None = MAX_POSITIONS,
+                 truncation: bool | str = True, padding: bool | str = False,
+                 return_offsets: bool = False, stride: int = 0, return_overflowing: bool = False,
+                 return_tensors: str | None = None, is_split_into_words: bool = False) -> Batch:
+        """Encode a text (str) or a batch (list of str; list of word lists when
+        ``is_split_into_words``), optionally paired with ``text_pair`` of the same shape.
+
+        - ``max_length``: at most 512 tokens including [CLS]/[SEP]; None means 512.
+        - ``truncation``: True / "longest_first", "only_first", "only_second", or False.
+        - ``padding``: False, True / "longest" (to the longest row), "max_length".
+        - ``return_offsets``: add ``offset_mapping``.
+        - ``return_overflowing``: keep the truncated-off rest as extra rows (windows
+          that overlap by ``stride`` tokens) and add ``overflow_to_sample_mapping``.
+        - ``return_tensors="pt"``: torch.long tensors; rows must be of equal length.
+
+        A single str still gives batch-of-one lists. Per-token word and sequence
+        ids come from ``batch.word_ids(i)`` / ``batch.sequence_ids(i)``.
+        """
+        if max_length is None:
+            max_length = MAX_POSITIONS
+        if max_length > MAX_POSITIONS:
+            raise ValueError(f"max_length={max_length} exceeds BERT's limit of {MAX_POSITIONS} "
+                             f"positions; use max_length <= {MAX_POSITIONS} (with a stride for long texts)")
+        if truncation not in _TRUNCATION:
+            raise ValueError(f"truncation={truncation!r}; expected one of {list(_TRUNCATION)}")
+        if padding not in _PADDING:
+            raise ValueError(f"padding={padding!r}; expected one of {list(_PADDING)}")
+        if return_tensors not in (None, "pt"):
+            raise ValueError(f"return_tensors={return_tensors!r}: only None (lists) and 'pt' are supported")
+        strategy, pad = _TRUNCATION[truncation], _PADDING[padding]
+
+        first = _as_batch(texts, is_split_into_words, "texts")
+        inputs: list = first
+        if text_pair is not None:
+            second = _as_batch(text_pair, is_split_into_words, "text_pair")
+            if len(second) != len(first):
+                raise ValueError(f"texts has {len(first)} entries but text_pair has {len(second)}")
+            inputs = list(zip(first, second))
+        elif strategy == "only_second":
+            raise ValueError("truncation='only_second' needs text_pair; use True or 'only_first'")
+
+        backend = self._backend
+        try:  # the library keeps truncation/padding as tokenizer state; undo it afterwards
+            if strategy:
+                backend.enable_truncation(max_length, stride=stride, strategy=strategy)
+            if pad:
+                backend.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
+                                       length=max_length if pad == "max_length" else None)
+            encodings = backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
+        except Exception as e:  # tokenizers raises bare Exceptions for bad truncation settings
+            raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
+                             f"truncation={truncation!r}: {e}") from e
+        finally:
+            backend.no_truncation()
+            backend.no_padding()
+
+        rows, sample = [], []  # one row per window, as transformers flattens overflow
+        for i, enc in enumerate(encodings):
+            for window in ([enc, *enc.overflowing] if return_overflowing else [enc]):
+                rows.append(window)
+                sample.append(i)
+        if not strategy and any(len(r.ids) > MAX_POSITIONS for r in rows):
+            warnings.warn(f"a sequence is longer than BERT's {MAX_POSITIONS} positions and "
+                          "truncation=False; the encoder will reject it", stacklevel=2)
+
+        data: dict[str, Any] = {
+            "input_ids": [r.ids for r in rows],
+            "token_type_ids": [r.type_ids for r in rows],
+            "attention_mask": [r.attention_mask for r in rows],
+        }
+        if return_offsets:
+            data["offset_mapping"] = [r.offsets for r in rows]
+        if return_overflowing:
+            data["overflow_to_sample_mapping"] = sample
+        if return_tensors == "pt":
+            data = _to_tensors(data)
+        return Batch(data, [r.word_ids for r in rows], [r.sequence_ids for r in rows])
+
+    # ----------------------------------------------------------------- decoding
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        """Ids (list or 1-D tensor) back to text; specials and padding dropped by default."""
+        return self._backend.decode(_int_list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
+        """:meth:`decode` for each row of a list of lists or a 2-D tensor."""
+        return self._backend.decode_batch([_int_list(s) for s in sequences],
+                                          skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, ids):
+        """One id -> its token; a list of ids -> a list of tokens."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else ids  # tensors, numpy
+        if isinstance(ids, int):
+            token = self._backend.id_to_token(ids)
+            if token is None:
+                raise ValueError(f"token id {ids} is outside the vocabulary (size {len(self)})")
+            return token
+        return [self.convert_ids_to_tokens(int(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, tokens):
+        """One token -> its id; a list -> a list. Unknown tokens give ``unk_token_id``."""
+        if isinstance(tokens, str):
+            token_id = self._backend.token_to_id(tokens)
+            return self.unk_token_id if token_id is None else token_id
+        return [self.convert_tokens_to_ids(t) for t in tokens]
+
+    # ------------------------------------------------------------- vocabulary
+
+    def __len__(self) -> int:
+        return self._backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, added tokens included (the embedding matrix needs this many rows)."""
+        return len(self)
+
+    @property
+    def vocab(self) -> dict[str, int]:
+        """Token -> id, added tokens included (a fresh dict)."""
+        return self._backend.get_vocab(with_added_tokens=True)
+
+    @property
+    def backend(self) -> _Backend:
+        """The wrapped ``tokenizers.Tokenizer``."""
+        return self._backend
+
+    pad_token, unk_token, cls_token, sep_token, mask_token = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+
+    @property
+    def all_special_ids(self) -> list[int]:
+        """Ids of [PAD], [UNK], [CLS], [SEP], [MASK] (in that order)."""
+        return [getattr(self, f"{attr}_id") for attr in SPECIAL_TOKENS]
+
+    def special_tokens_mask(self, ids):
+        """1 where an id is a special token (padding included), else 0.
+
+        Takes a list of ids or a list of lists (gives the same shape of 0/1 ints), or
+        a tensor (gives a bool tensor of the same shape). MLM masking uses it so that
+        [CLS], [SEP] and [PAD] are never picked.
+        """
+        if hasattr(ids, "dim"):  # a torch tensor
+            import torch
+            return torch.isin(ids, torch.tensor(self.all_special_ids, device=ids.device))
+        special = set(self.all_special_ids)
+        return [self.special_tokens_mask(x) if isinstance(x, (list, tuple)) else int(x in special)
+                for x in ids]
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={len(self)})"
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _normalizer(config: dict) -> normalizers.BertNormalizer:
+    """BERT's normalizer from tokenizer_config.json values, with transformers' defaults."""
+    return normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+        strip_accents=config.get("strip_accents"),  # None: strip when lowercasing, like BERT
+        lowercase=config.get("do_lower_case", True),
+    )
+
+
+def _template(backend: _Backend) -> processors.TemplateProcessing:
+    """[CLS] A [SEP] (segment 0) and [CLS] A [SEP] B [SEP] (B [SEP] is segment 1)."""
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    return processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+
+
+def _as_batch(x, split: bool, name: str) -> list:
+    """Normalise one input (str, or a word list when split) to a batch of inputs."""
+    if split:
+        if isinstance(x, str) or not isinstance(x, (list, tuple)):
+            raise TypeError(f"{name} with is_split_into_words=True must be a list of words "
+                            f"or a list of word lists, got {type(x).__name__}")
+        if x and all(isinstance(w, str) for w in x):
+            return [list(x)]
+        return [list(words) for words in x]
+    if isinstance(x, str):
+        return [x]
+    if isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x):
+        return list(x)
+    raise TypeError(f"{name} must be a str or a list of str (pass is_split_into_words=True for "
+                    f"lists of words), got {type(x).__name__}")
+
+
+def _int_list(ids) -> list[int]:
+    return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+
+
+def _to_tensors(data: dict) -> dict:
+    import torch
+
+    out = {}
+    for key, value in data.items():
+        if key != "overflow_to_sample_mapping" and len({len(row) for row in value}) > 1:
+            raise ValueError(f"return_tensors='pt' needs rows of equal length, but {key} rows "
+                             "differ; pass padding=True (or 'max_length')")
+        out[key] = torch.tensor(value, dtype=torch.long)
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write a file so readers see the old or the new content, never half of it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
