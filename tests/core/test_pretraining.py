@@ -1,0 +1,115 @@
+"""MLM masking statistics and NSP pair building (issue 5's numbers)."""
+import random
+
+import pytest
+import torch
+
+import bertcore
+from bertcore.pretraining import make_nsp_pairs, mask_tokens, read_corpus
+
+WORDS = "the quick brown fox jumps over lazy dog playing played player runs running ran".split()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(200)]
+    return bertcore.Tokenizer.train(texts, vocab_size=200, min_frequency=1)
+
+
+def test_mlm_statistics(tok):
+    g = torch.Generator().manual_seed(0)
+    batch, length = 512, 400
+    ids = torch.randint(5, tok.vocab_size, (batch, length), generator=g)
+    ids[:, 0] = tok.cls_token_id
+    ids[:, 200] = tok.sep_token_id
+    lengths = torch.randint(250, length, (batch,), generator=g)
+    pad = torch.arange(length)[None, :] >= lengths[:, None]
+    ids[pad] = tok.pad_token_id
+    ids[torch.arange(batch), lengths - 1] = tok.sep_token_id
+    special = tok.special_tokens_mask(ids)
+
+    masked, labels = mask_tokens(ids, tok, generator=g)
+    picked = labels != -100
+    assert not picked[special].any(), "a special or padding token was picked"
+    assert (masked[special] == ids[special]).all()
+    assert abs(picked.sum() / (~special).sum() - 0.15) < 0.005
+    assert (labels[picked] == ids[picked]).all()
+    to_mask = (masked == tok.mask_token_id) & picked
+    unchanged = (masked == ids) & picked
+    rand = picked & ~to_mask & ~unchanged
+    n = picked.sum()
+    assert abs(to_mask.sum() / n - 0.8) < 0.01
+    assert abs(rand.sum() / n - 0.1) < 0.01      # random draws equal to the original count as kept (~1/200)
+    assert abs(unchanged.sum() / n - 0.1) < 0.01
+    assert not torch.isin(masked[rand], torch.tensor(tok.all_special_ids)).any()
+    assert (masked[~picked] == ids[~picked]).all()
+
+
+def test_mlm_lists_and_probabilities(tok):
+    ids = tok(["the quick brown fox", "lazy dog"])["input_ids"]
+    masked, labels = mask_tokens(ids, tok, mlm_probability=1.0, mask_prob=1.0, random_prob=0.0)
+    assert [len(x) for x in masked] == [len(x) for x in ids]
+    for row, lab, orig in zip(masked, labels, ids):
+        assert row[0] == tok.cls_token_id and row[-1] == tok.sep_token_id
+        assert all(t == tok.mask_token_id for t in row[1:-1])
+        assert lab[1:-1] == orig[1:-1] and lab[0] == -100
+    with pytest.raises(ValueError):
+        mask_tokens(ids, tok, mask_prob=0.9, random_prob=0.2)
+
+
+def test_whole_word_masking(tok):
+    ids = torch.tensor(tok(["foxdog quickbrown lazyfox overthe " * 30])["input_ids"][0])
+    tokens = tok.convert_ids_to_tokens(ids.tolist())
+    assert any(t.startswith("##") for t in tokens), tokens[:10]
+    for seed in range(5):
+        _, labels = mask_tokens(ids, tok, mlm_probability=0.5, whole_word=True,
+                                generator=torch.Generator().manual_seed(seed))
+        picked = (labels != -100).tolist()
+        for i, t in enumerate(tokens):
+            if t.startswith("##"):
+                assert picked[i] == picked[i - 1], "a word was split by whole-word masking"
+
+
+def test_nsp_pairs(tok):
+    rng = random.Random(1)
+    docs = [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(rng.randint(1, 8))]
+            for _ in range(3000)]
+    pairs = make_nsp_pairs(docs, tok, max_length=32, seed=0)
+    assert len(pairs) > 5000
+    frac = sum(p["next_sentence_label"] for p in pairs) / len(pairs)
+    assert abs(frac - 0.5) < 0.02
+    for p in pairs:
+        ids, types = p["input_ids"], p["token_type_ids"]
+        assert len(ids) == len(types) <= 32
+        assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+        assert ids.count(tok.sep_token_id) == 2 and types[0] == 0 and types[-1] == 1
+        if p["next_sentence_label"] == 1:
+            assert p["partner_document"] != p["document"]
+        else:
+            assert p["partner_document"] == p["document"]
+    assert make_nsp_pairs(docs, tok, max_length=32, seed=0) == pairs  # seeded
+
+
+def test_nsp_is_next_is_the_true_continuation(tok):
+    docs = [["the quick", "brown fox", "jumps over"], ["lazy dog", "runs"]]
+    for seed in range(10):
+        for p in make_nsp_pairs(docs, tok, max_length=64, seed=seed, short_seq_prob=0):
+            if p["next_sentence_label"] == 0:
+                text = tok.decode(p["input_ids"])
+                assert text in ("the quick brown fox jumps over", "lazy dog runs")
+
+
+def test_nsp_needs_two_documents(tok):
+    with pytest.raises(ValueError, match="2 documents"):
+        make_nsp_pairs([["a b", "c d"]], tok)
+
+
+def test_read_corpus(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("s1\ns2\n\n\ns3\n  \ns4\ns5\n", encoding="utf-8")
+    assert read_corpus(f) == [["s1", "s2"], ["s3"], ["s4", "s5"]]
+    g = tmp_path / "gbk.txt"
+    g.write_bytes("中文句子。\n\n第二篇。\n".encode("gbk"))
+    assert read_corpus(str(g)) == [["中文句子。"], ["第二篇。"]]
+    assert read_corpus([["a"], ["b"]]) == [["a"], ["b"]]
