@@ -3,28 +3,58 @@
 `BERTCORE_KERNELS=triton|torch` overrides "auto" for a whole run; "triton" on a CPU
 tensor needs `TRITON_INTERPRET=1` (Triton's interpreter), which is how CPU-only
 machines check the kernels.
+
+Triton is imported here, once, so the op modules can define their `@triton.jit`
+kernels at module level. Where Triton is missing the package still imports: the
+kernels become inert stubs and only the torch backend is offered.
 """
-import importlib.util
 import os
+import types
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
 
+# triton.jit picks compiled or interpreted kernels when it decorates them, i.e. when
+# this package is imported: what the environment said then is what counts.
+_INTERPRET_AT_IMPORT = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+try:
+    import triton
+    import triton.language as tl
+    TRITON_IMPORT_ERROR = None
+except ImportError as exc:  # the torch backend keeps working without it
+    TRITON_IMPORT_ERROR = exc
+
+    def _jit(fn=None, **_):
+        return fn if fn is not None else (lambda f: f)
+
+    triton = types.SimpleNamespace(jit=_jit, cdiv=lambda a, b: -(-a // b),
+                                   next_power_of_2=lambda n: 1 << max(n - 1, 0).bit_length())
+    tl = types.SimpleNamespace(constexpr=object)
+
 
 def triton_available() -> tuple[bool, str]:
     """(usable, why not) for the Triton backend on this machine."""
-    if importlib.util.find_spec("triton") is None:
-        return False, "the `triton` package is not installed (pip install triton)"
+    if TRITON_IMPORT_ERROR is not None:
+        return False, f"the `triton` package does not import ({TRITON_IMPORT_ERROR}); pip install triton"
     if torch.cuda.is_available():
         return True, f"CUDA device {torch.cuda.get_device_name()}"
-    if interpret_mode():
-        return True, "TRITON_INTERPRET=1: Triton's interpreter on the CPU (slow; for testing)"
+    if _INTERPRET_AT_IMPORT:
+        return True, "TRITON_INTERPRET=1: Triton's interpreter on the CPU (slow; for testing; fp32/fp16 only)"
+    if interpret_requested():
+        return False, ("TRITON_INTERPRET=1 was set after bertcore_kernels was imported; set it "
+                       "before the first import")
     return False, "no CUDA device; set TRITON_INTERPRET=1 to run the kernels in Triton's interpreter"
 
 
-def interpret_mode() -> bool:
+def interpret_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def interpret_mode() -> bool:
+    """Whether the kernels were built for Triton's CPU interpreter."""
+    return TRITON_IMPORT_ERROR is None and _INTERPRET_AT_IMPORT
 
 
 def backends() -> dict[str, str]:
@@ -46,9 +76,11 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
             raise ValueError(f"BERTCORE_KERNELS={backend!r}: expected 'triton' or 'torch'")
     if backend == "auto":
         return "triton" if tensor.is_cuda and triton_available()[0] else "torch"
-    if backend == "triton" and not tensor.is_cuda and not interpret_mode():
-        raise RuntimeError(
-            "backend='triton' on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
-            "before importing triton, or use backend='torch'"
-        )
+    if backend == "triton":
+        if TRITON_IMPORT_ERROR is not None:
+            raise RuntimeError(f"backend='triton' but {triton_available()[1]}; or use backend='torch'")
+        if not tensor.is_cuda and not interpret_mode():
+            raise RuntimeError(
+                "backend='triton' on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                "before importing bertcore_kernels (or triton), or use backend='torch'")
     return backend
