@@ -2,6 +2,11 @@
 from .config import BertConfig
 from .model import BertEncoder, BertOutput
 from .tokenizer import Tokenizer
+from .heads import Head, HeadInfo
+from .hookspecs import hookimpl
+from .plugins import create_head, list_heads
+from .taskmodel import TaskModel
 
 __version__ = "0.1.0"
-__all__ = ["BertConfig", "BertEncoder", "BertOutput", "Tokenizer", "__version__"]
+__all__ = ["BertConfig", "BertEncoder", "BertOutput", "Tokenizer", "__version__",
+           "Head", "HeadInfo", "hookimpl", "create_head", "list_heads", "TaskModel"]

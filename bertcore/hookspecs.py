@@ -1,0 +1,27 @@
+"""The hooks a bertcore plugin may implement (pluggy).
+
+A plugin is a module named by an entry point in the `bertcore` group:
+
+    [project.entry-points.bertcore]
+    ner = "bertcore_ner"
+
+and implements the hook with the `hookimpl` marker:
+
+    from bertcore import Head, hookimpl
+
+    @hookimpl
+    def register_heads(register):
+        register(NerHead)
+
+Hooks are called with keyword arguments only.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("bertcore")
+hookimpl = pluggy.HookimplMarker("bertcore")
+
+
+@hookspec
+def register_heads(register):
+    """Register head types: call `register(HeadType)` once for each `Head` subclass
+    this plugin brings. `HeadType.name` is the name users pass to `create_head`."""
