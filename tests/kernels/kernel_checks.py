@@ -1,0 +1,44 @@
+"""Helpers for the kernel tests: the tolerance rule and small input builders.
+
+The rule (DESIGN.md): Triton's error against an fp64 PyTorch computation may be
+at most twice the error of PyTorch itself run in the same dtype, plus a small
+atol scaled to the reference's magnitude.
+"""
+import pytest
+import torch
+
+_skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def requires_cuda(fn):
+    """Marks a GPU-only test: tagged `gpu`, skipped cleanly without CUDA."""
+    return pytest.mark.gpu(_skip_without_cuda(fn))
+
+
+# Per-dtype slack on top of 2x PyTorch's error: a few units in the last place.
+ATOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def max_err(x, ref):
+    if x.numel() == 0:
+        return 0.0
+    return (x.detach().double() - ref.detach().double()).abs().max().item()
+
+
+def assert_rule(name, triton_out, torch_out, ref64, dtype):
+    """Triton's max error vs fp64 <= 2 x PyTorch's (same dtype) + atol. Returns both errors."""
+    assert triton_out.shape == ref64.shape, f"{name}: shape {tuple(triton_out.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(triton_out).all(), f"{name}: non-finite values from Triton"
+    e_tri, e_torch = max_err(triton_out, ref64), max_err(torch_out, ref64)
+    scale = max(1.0, ref64.abs().max().item()) if ref64.numel() else 1.0
+    atol = ATOL[dtype] * scale
+    assert e_tri <= 2 * e_torch + atol, (
+        f"{name} ({dtype}): Triton error {e_tri:.3e} > 2 x PyTorch error {e_torch:.3e} + atol {atol:.1e}")
+    return e_tri, e_torch
+
+
+def cu_seqlens_of(lengths, device="cpu"):
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    return torch.tensor(cu, dtype=torch.int32, device=device)

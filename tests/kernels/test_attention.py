@@ -1,0 +1,221 @@
+"""Triton varlen flash attention (interpreter on CPU) against an fp64 PyTorch reference."""
+import importlib
+import math
+
+import pytest
+import torch
+
+import bertcore_kernels as K
+from bertcore_kernels.attention import _dropout_mask, attention_ref
+
+from kernel_checks import assert_rule, cu_seqlens_of, requires_cuda
+
+attn_mod = importlib.import_module("bertcore_kernels.attention")  # the package rebinds .attention
+HEADS = 2
+
+
+def triton_attention(*args, **kwargs):
+    return K.attention(*args, backend="triton", **kwargs)
+
+
+def run(fn, qkv, cu, max_seqlen, grad, dtype, **kwargs):
+    """Forward and backward of fn on q, k, v sliced from a fused (T, 3, H, D) tensor
+    (non-contiguous views, as the model passes them). Returns out, dq, dk, dv."""
+    qkv = qkv.detach().to(dtype).clone().requires_grad_()
+    out = fn(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, max_seqlen, **kwargs)
+    out.backward(grad.to(dtype))
+    return (out, *qkv.grad.unbind(1))
+
+
+def inputs(lengths, head_dim, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    qkv = torch.randn(total, 3, HEADS, head_dim, generator=g, dtype=torch.float64)
+    grad = torch.randn(total, HEADS, head_dim, generator=g, dtype=torch.float64)
+    return qkv.to(device), grad.to(device), cu_seqlens_of(lengths, device), max(lengths, default=0)
+
+
+def check_against_fp64(lengths, head_dim, dtype, device="cpu", dropout_p=0.0, seed=None):
+    qkv, grad, cu, max_seqlen = inputs(lengths, head_dim, device=device)
+    kw, ref_kw = {}, {}
+    if dropout_p:
+        mask = _dropout_mask(cu, max_seqlen, HEADS, dropout_p, seed)
+        kw = dict(dropout_p=dropout_p, seed=seed)
+        ref_kw = dict(dropout_p=dropout_p, dropout_mask=mask)
+    tri = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+    same = run(attention_ref, qkv, cu, max_seqlen, grad, dtype, **ref_kw)
+    ref = run(attention_ref, qkv, cu, max_seqlen, grad, torch.float64, **ref_kw)
+    for name, t, s, r in zip(("out", "dq", "dk", "dv"), tri, same, ref):
+        assert t.dtype == dtype
+        assert_rule(name, t, s, r, dtype)
+
+
+# A spread of length mixes and head dims, not their full product: the interpreter is slow.
+CASES = [
+    (torch.float32, 32, [0, 1, 17, 130]),
+    (torch.float32, 64, [17, 3]),
+    (torch.float32, 128, [1, 17, 0]),
+    (torch.float16, 32, [17, 130]),
+    (torch.float16, 64, [0, 1, 17, 5]),
+    (torch.float16, 128, [17, 1]),
+]
+
+
+@pytest.mark.parametrize("dtype,head_dim,lengths", CASES, ids=lambda c: str(c).replace("torch.", ""))
+def test_attention_fwd_bwd_matches_fp64(dtype, head_dim, lengths):
+    check_against_fp64(lengths, head_dim, dtype)
+
+
+def test_odd_head_dim_and_custom_scale_on_contiguous_inputs():
+    lengths, head_dim = [9, 20], 40  # head_dim padded to a 64-wide tile with masked lanes
+    qkv, grad, cu, max_seqlen = inputs(lengths, head_dim)
+    q, k, v = (t.contiguous() for t in qkv.unbind(1))
+    outs = []
+    for fn, dtype in ((triton_attention, torch.float32), (attention_ref, torch.float32),
+                      (attention_ref, torch.float64)):
+        q_, k_, v_ = (t.to(dtype).requires_grad_() for t in (q, k, v))
+        out = fn(q_, k_, v_, cu, max_seqlen, softmax_scale=0.3)
+        out.backward(grad.to(dtype))
+        outs.append((out, q_.grad, k_.grad, v_.grad))
+    for name, t, s, r in zip(("out", "dq", "dk", "dv"), *outs):
+        assert_rule(name, t, s, r, torch.float32)
+
+
+def test_all_empty_and_single_token_sequences():
+    # Empty sequences produce no rows and no NaN; a 1-token sequence attends to itself.
+    check_against_fp64([0, 1, 0, 1], 32, torch.float32)
+    qkv, grad, cu, _ = inputs([0, 0], 32)
+    q = qkv[:, 0].float().requires_grad_()
+    out = triton_attention(q, q, q, cu, 0)
+    assert out.shape == (0, HEADS, 32)
+    out.sum().backward()
+    assert q.grad.shape == q.shape
+
+
+def test_single_token_output_is_its_value():
+    qkv, _, cu, _ = inputs([1], 64)
+    q, k, v = qkv.float().unbind(1)
+    torch.testing.assert_close(triton_attention(q, k, v, cu, 1), v)
+
+
+# ----------------------------------------------------------------------------- dropout
+def test_dropout_same_seed_same_result_and_backward_uses_forward_mask():
+    check_against_fp64([0, 17, 40], 32, torch.float32, dropout_p=0.2, seed=1234)
+    check_against_fp64([17, 1], 64, torch.float16, dropout_p=0.3, seed=7)
+
+
+def test_dropout_is_repeatable_by_seed():
+    qkv, _, cu, max_seqlen = inputs([17, 30], 32)
+    q, k, v = qkv.float().unbind(1)
+    a = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25, seed=5)
+    b = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25, seed=5)
+    c = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25, seed=6)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    # seed=None draws from torch's default generator: manual_seed repeats a run.
+    torch.manual_seed(0)
+    d = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25)
+    torch.manual_seed(0)
+    e = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25)
+    assert torch.equal(d, e)
+
+
+def test_dropout_keep_fraction_and_scaling():
+    # q = k = 0 gives uniform probabilities 1/L and v = 1 makes each output the row's
+    # kept fraction / (1 - p): the kernel's own mask and scaling, observable.
+    p, lengths = 0.3, [64, 64]
+    cu, L = cu_seqlens_of(lengths), 64
+    zeros = torch.zeros(sum(lengths), HEADS, 32)
+    out = triton_attention(zeros, zeros, torch.ones_like(zeros), cu, L, dropout_p=p, seed=99)
+    mask = _dropout_mask(cu, L, HEADS, p, 99)                                 # (B, H, L, L)
+    n = mask.numel()
+    keep = mask.float().mean().item()
+    assert abs(keep - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)               # 5 sigma
+    expected = (mask.float().mean(-1) / (1 - p)).permute(0, 2, 1).reshape(-1, HEADS)  # (T, H)
+    torch.testing.assert_close(out[..., 0], expected, rtol=1e-5, atol=1e-6)
+    assert abs(out.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
+
+
+def test_dropout_mask_depends_on_seed_only_through_philox():
+    cu = cu_seqlens_of([20])
+    a = _dropout_mask(cu, 20, HEADS, 0.5, 1)
+    assert torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 1))
+    assert not torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 2))
+    assert not torch.equal(a[:, 0], a[:, 1])  # heads draw different masks
+
+
+# ---------------------------------------------------------------------- dispatch, errors
+def test_backend_choice(monkeypatch):
+    calls = []
+    real = attn_mod._attention_fwd
+    monkeypatch.setattr(attn_mod, "_attention_fwd", lambda *a: calls.append(1) or real(*a))
+    qkv, _, cu, max_seqlen = inputs([5, 3], 32)
+    q, k, v = qkv.float().unbind(1)
+    monkeypatch.delenv("BERTCORE_KERNELS", raising=False)
+    ref = K.attention(q, k, v, cu, max_seqlen)                                # auto on CPU: torch
+    assert calls == []
+    monkeypatch.setenv("BERTCORE_KERNELS", "triton")
+    out = K.attention(q, k, v, cu, max_seqlen)
+    assert calls == [1]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    monkeypatch.setenv("BERTCORE_KERNELS", "torch")
+    K.attention(q, k, v, cu, max_seqlen, backend="auto")
+    assert calls == [1]
+    monkeypatch.setenv("BERTCORE_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="BERTCORE_KERNELS"):
+        K.attention(q, k, v, cu, max_seqlen)
+    with pytest.raises(ValueError, match="backend"):
+        K.attention(q, k, v, cu, max_seqlen, backend="tpu")
+
+
+def test_backends_reports_both():
+    info = K.backends()
+    assert info["torch"].startswith("available")
+    assert info["triton"].startswith("available")  # the interpreter, or a GPU
+
+
+def test_bad_inputs_raise_clear_errors():
+    qkv, _, cu, max_seqlen = inputs([5, 3], 32)
+    q, k, v = qkv.float().unbind(1)
+    with pytest.raises(ValueError, match="one shape"):
+        K.attention(q, k[:, :1], v, cu, max_seqlen, backend="triton")
+    with pytest.raises(ValueError, match="one shape"):
+        K.attention(q[0], k[0], v[0], cu, max_seqlen)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        K.attention(q, k, v, cu[None], max_seqlen)
+    with pytest.raises(ValueError, match="total_tokens"):
+        K.attention(q, k, v, cu_seqlens_of([5, 2]), max_seqlen, backend="triton")
+    with pytest.raises(ValueError, match="max_seqlen=4"):
+        K.attention(q, k, v, cu, 4, backend="triton")
+    with pytest.raises(TypeError, match="Python int"):
+        K.attention(q, k, v, cu, torch.tensor(5))
+    with pytest.raises(ValueError, match="dropout_p"):
+        K.attention(q, k, v, cu, max_seqlen, dropout_p=1.0, backend="triton")
+    with pytest.raises(TypeError, match="fp16, bf16 and fp32"):
+        K.attention(q.double(), k.double(), v.double(), cu, max_seqlen, backend="triton")
+    big = torch.zeros(8, 1, 512)
+    with pytest.raises(ValueError, match="head_dim <= 256"):
+        K.attention(big, big, big, cu, max_seqlen, backend="triton")
+
+
+# --------------------------------------------------------------------------- GPU only
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_cuda_attention_matches_fp64(dtype, head_dim):
+    check_against_fp64([0, 1, 17, 130, 512, 64], head_dim, dtype, device="cuda")
+    check_against_fp64([33, 200, 1], head_dim, dtype, device="cuda", dropout_p=0.1, seed=3)
+
+
+@requires_cuda
+def test_cuda_new_batch_does_not_recompile():
+    def compiled():
+        return sum(len(cache[0]) for cache in attn_mod._attention_fwd_kernel.device_caches.values())
+
+    for i, lengths in enumerate(([5, 17], [130, 3, 64], [512], [1, 2, 3, 4, 99])):
+        qkv, _, cu, max_seqlen = inputs(lengths, 64, device="cuda")
+        q, k, v = qkv.half().unbind(1)
+        triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.1, seed=i + 1)
+        if i == 0:
+            first = compiled()
+    assert compiled() == first
