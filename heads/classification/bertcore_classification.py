@@ -1,0 +1,190 @@
+"""Sequence classification head for bertcore: pooled [CLS] → dropout → linear.
+
+Single texts or pairs; three problem types, picked from the options:
+
+    create_head("classification", cfg, labels=["neg", "pos"])        # single-label, cross-entropy
+    create_head("classification", cfg, labels=[...], multi_label=True)  # multi-label, BCE
+    create_head("classification", cfg, num_labels=1)                 # regression, MSE
+
+Example: {"text": str, "text_pair": str (optional), "label": str | int | float | list}.
+Prediction: single-label {"label", "score", "scores"}; multi-label {"labels",
+"scores"}; regression {"value"}. Metrics: accuracy, macro_f1, mcc (multi-label:
+accuracy is exact-set match, macro_f1 over labels); regression pearson, spearman.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertcore import Head, hookimpl
+
+BERTCORE_REQUIRES = ">=0.1,<0.2"
+
+
+class ClassificationHead(Head):
+    name = "classification"
+    description = "sequence classification: single/pair, single-label, multi-label, regression"
+    main_metric = "accuracy"
+    greater_is_better = True
+
+    def __init__(self, config, labels=None, num_labels=None, multi_label=False, dropout=None):
+        super().__init__(config)
+        if labels is not None:
+            labels = [str(x) for x in labels]
+            if num_labels not in (None, len(labels)):
+                raise ValueError(f"num_labels={num_labels} but {len(labels)} labels given; pass one of them")
+            num_labels = len(labels)
+        if num_labels is None or num_labels < 1:
+            raise ValueError("the classification head needs labels=[names] or num_labels=N (1 = regression)")
+        self.labels, self.num_labels, self.multi_label = labels, num_labels, multi_label
+        self.problem = "multi_label" if multi_label else ("regression" if num_labels == 1 and not labels
+                                                          else "single_label")
+        self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
+        self.dropout = nn.Dropout(self.dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        nn.init.normal_(self.classifier.weight, std=config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def get_config(self) -> dict:
+        return {"labels": self.labels, "num_labels": self.num_labels, "multi_label": self.multi_label,
+                "dropout": self.dropout_prob}
+
+    def label_index(self, label) -> int:
+        if self.labels is not None and str(label) in self.labels:
+            return self.labels.index(str(label))
+        if isinstance(label, int) and 0 <= label < self.num_labels:
+            return label
+        raise ValueError(f"label {label!r} is not one of {self.labels or list(range(self.num_labels))}")
+
+    def label_name(self, index: int):
+        return self.labels[index] if self.labels is not None else index
+
+    # ---- data ----------------------------------------------------------------------
+
+    def encode(self, example, tokenizer, max_length=512):
+        enc = tokenizer(example["text"], example.get("text_pair"), max_length=max_length, truncation=True)
+        feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
+        label = example.get("label")
+        if label is not None:
+            if self.problem == "regression":
+                feature["labels"] = float(label)
+            elif self.problem == "multi_label":
+                hot = [0.0] * self.num_labels
+                for item in ([label] if isinstance(label, (str, int)) else label):
+                    hot[self.label_index(item)] = 1.0
+                feature["labels"] = hot
+            else:
+                feature["labels"] = self.label_index(label)
+        return [feature]
+
+    def collate(self, features):
+        batch = super().collate(features)
+        if all("labels" in f for f in features):
+            dtype = torch.long if self.problem == "single_label" else torch.float
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)  # (B,) or (B, C)
+        return batch
+
+    # ---- model ---------------------------------------------------------------------
+
+    def forward(self, output, batch):
+        return self.classifier(self.dropout(output.pooler_output))             # (B, C)
+
+    def loss(self, logits, batch):
+        labels = batch["labels"].to(logits.device)
+        if self.problem == "regression":
+            return F.mse_loss(logits.float().squeeze(-1), labels.float())
+        if self.problem == "multi_label":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+    # ---- results -------------------------------------------------------------------
+
+    def decode(self, example, features, outputs):
+        logits = outputs[0]
+        if self.problem == "regression":
+            return {"value": float(logits[0])}
+        if self.problem == "multi_label":
+            probs = torch.sigmoid(logits).tolist()
+            return {"labels": [self.label_name(i) for i, p in enumerate(probs) if p > 0.5],
+                    "scores": {self.label_name(i): p for i, p in enumerate(probs)}}
+        probs = logits.softmax(-1).tolist()
+        best = int(np.argmax(probs))
+        return {"label": self.label_name(best), "score": probs[best],
+                "scores": {self.label_name(i): p for i, p in enumerate(probs)}}
+
+    def metrics(self, predictions, examples):
+        gold = [ex["label"] for ex in examples]
+        if self.problem == "regression":
+            pred = [p["value"] for p in predictions]
+            return {"pearson": pearson(pred, [float(g) for g in gold]),
+                    "spearman": spearman(pred, [float(g) for g in gold])}
+        if self.problem == "multi_label":
+            gold_sets = [{self.label_index(x) for x in ([g] if isinstance(g, (str, int)) else g)} for g in gold]
+            pred_sets = [{self.label_index(x) for x in p["labels"]} for p in predictions]
+            f1s = [_f1(sum(c in g and c in p for g, p in zip(gold_sets, pred_sets)),
+                       sum(c in p for p in pred_sets), sum(c in g for g in gold_sets))
+                   for c in range(self.num_labels)]
+            return {"accuracy": float(np.mean([g == p for g, p in zip(gold_sets, pred_sets)])),
+                    "macro_f1": float(np.mean(f1s))}
+        y_true = [self.label_index(g) for g in gold]
+        y_pred = [self.label_index(p["label"]) for p in predictions]
+        return {"accuracy": float(np.mean(np.equal(y_true, y_pred))), "macro_f1": macro_f1(y_true, y_pred),
+                "mcc": mcc(y_true, y_pred)}
+
+
+# ---- metrics (numpy only; no scipy/sklearn dependency) ------------------------------------
+
+def _f1(tp: int, n_pred: int, n_gold: int) -> float:
+    return 2 * tp / (n_pred + n_gold) if n_pred + n_gold else 0.0
+
+
+def macro_f1(y_true, y_pred) -> float:
+    """Mean F1 over the classes that occur in y_true or y_pred (sklearn's average='macro')."""
+    classes = sorted(set(y_true) | set(y_pred))
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.mean([_f1(int(np.sum((t == c) & (p == c))), int(np.sum(p == c)), int(np.sum(t == c)))
+                          for c in classes])) if classes else 0.0
+
+
+def mcc(y_true, y_pred) -> float:
+    """Matthews correlation, multi-class (Gorodkin's R_K, as sklearn computes it)."""
+    classes = sorted(set(y_true) | set(y_pred))
+    index = {c: i for i, c in enumerate(classes)}
+    confusion = np.zeros((len(classes), len(classes)))
+    for t, p in zip(y_true, y_pred):
+        confusion[index[t], index[p]] += 1
+    t_sum, p_sum = confusion.sum(1), confusion.sum(0)
+    correct, n = np.trace(confusion), confusion.sum()
+    denominator = np.sqrt((n * n - p_sum @ p_sum) * (n * n - t_sum @ t_sum))
+    return float((correct * n - t_sum @ p_sum) / denominator) if denominator else 0.0
+
+
+def pearson(x, y) -> float:
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    denominator = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / denominator) if denominator else 0.0
+
+
+def rank(values) -> np.ndarray:
+    """1-based ranks, ties get the average of the ranks they span (scipy's 'average')."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values))
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x, y) -> float:
+    return pearson(rank(x), rank(y))
+
+
+@hookimpl
+def register_heads(register):
+    register(ClassificationHead)

@@ -1,0 +1,177 @@
+"""Token classification (NER) head for bertcore: a linear layer on every token.
+
+Input is pre-split words ({"tokens": [...], "tags": [...]}) or raw text
+({"text": str}, split into words by BERT's pre-tokenizer). The label of a word sits
+on its first sub-word and the other sub-words get -100 (ignored), or, with
+`label_all_subwords=True`, they get the word's label too (B-X becoming I-X).
+Decoding reads each word's first sub-word, turns the word tags (BIO or BIOES) into
+entity spans, and maps them to character offsets: into `text`, or into
+`" ".join(tokens)` for word input.
+
+Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
+Metrics: entity-level micro precision / recall / f1 (seqeval, default mode).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertcore import Head, hookimpl
+
+BERTCORE_REQUIRES = ">=0.1,<0.2"
+IGNORE_INDEX = -100
+
+
+class NERHead(Head):
+    name = "ner"
+    description = "token classification (NER): BIO/BIOES tags, entity spans with character offsets"
+    main_metric = "f1"
+    greater_is_better = True
+
+    def __init__(self, config, labels=None, label_all_subwords=False, dropout=None):
+        super().__init__(config)
+        if not labels:
+            raise ValueError('the ner head needs labels=["O", "B-PER", "I-PER", ...] (every tag it may predict)')
+        self.labels = [str(x) for x in labels]
+        if "O" not in self.labels:
+            raise ValueError(f"labels {self.labels} lack the outside tag 'O'")
+        self.scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in self.labels) else "BIO"
+        self.label_all_subwords = label_all_subwords
+        self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
+        self.dropout = nn.Dropout(self.dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, len(self.labels))
+        nn.init.normal_(self.classifier.weight, std=config.initializer_range)
+        nn.init.zeros_(self.classifier.bias)
+
+    def get_config(self):
+        return {"labels": self.labels, "label_all_subwords": self.label_all_subwords, "dropout": self.dropout_prob}
+
+    def example_from_input(self, item):
+        if isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
+            return {"tokens": list(item)}
+        return super().example_from_input(item)
+
+    # ---- data ----------------------------------------------------------------------
+
+    def encode(self, example, tokenizer, max_length=512):
+        if "tokens" in example:
+            enc = tokenizer(list(example["tokens"]), is_split_into_words=True, max_length=max_length,
+                            truncation=True, return_offsets=True)
+        else:
+            enc = tokenizer(example["text"], max_length=max_length, truncation=True, return_offsets=True)
+        word_ids = enc.word_ids(0)
+        feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0],
+                   "word_ids": word_ids, "offsets": [tuple(o) for o in enc["offset_mapping"][0]]}
+        if "tags" in example and "tokens" in example:
+            feature["labels"] = self.align_labels(example["tags"], word_ids)
+        return [feature]
+
+    def align_labels(self, tags: list[str], word_ids: list) -> list[int]:
+        """Per-token label ids: the word's tag on its first sub-word; -100 (or the
+        continuation tag with `label_all_subwords`) on the rest; -100 on specials."""
+        ids, previous = [], None
+        for w in word_ids:
+            if w is None:
+                ids.append(IGNORE_INDEX)
+            elif w != previous:
+                ids.append(self._tag_id(tags[w]))
+            elif self.label_all_subwords:
+                tag = tags[w]
+                inside = "I-" + tag[2:]
+                ids.append(self._tag_id(inside if tag[:2] in ("B-", "S-") and inside in self.labels else tag))
+            else:
+                ids.append(IGNORE_INDEX)
+            previous = w
+        return ids
+
+    def _tag_id(self, tag: str) -> int:
+        try:
+            return self.labels.index(tag)
+        except ValueError:
+            raise ValueError(f"tag {tag!r} is not in the head's labels {self.labels}") from None
+
+    def collate(self, features):
+        batch = super().collate(features)
+        if all("labels" in f for f in features):
+            batch["labels"] = torch.tensor([t for f in features for t in f["labels"]], dtype=torch.long)  # (T,)
+        return batch
+
+    # ---- model ---------------------------------------------------------------------
+
+    def forward(self, output, batch):
+        return self.classifier(self.dropout(output.last_hidden_state))         # (T, C)
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits.float(), batch["labels"].to(logits.device), ignore_index=IGNORE_INDEX)
+
+    # ---- results -------------------------------------------------------------------
+
+    def decode(self, example, features, outputs):
+        feature, probs = features[0], outputs[0].softmax(-1)                    # (L, C)
+        word_ids, offsets = feature["word_ids"], feature["offsets"]
+        if "tokens" in example:
+            words = list(example["tokens"])
+            text = " ".join(words)
+            starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+            spans = [(s, s + len(w)) for s, w in zip(starts, words)]
+        else:
+            text = example["text"]
+            spans = {}
+            for w, (a, b) in zip(word_ids, offsets):
+                if w is not None:
+                    spans[w] = (min(a, spans.get(w, (a, b))[0]), max(b, spans.get(w, (a, b))[1]))
+            spans = [spans[w] for w in range(max(spans, default=-1) + 1)]
+        tags, scores, seen = ["O"] * len(spans), [1.0] * len(spans), set()
+        for token, w in enumerate(word_ids):
+            if w is not None and w not in seen:  # a word's first sub-word decides its tag
+                seen.add(w)
+                best = int(probs[token].argmax())
+                tags[w], scores[w] = self.labels[best], float(probs[token, best])
+        entities = []
+        for label, first, last in get_entities(tags):
+            start, end = spans[first][0], spans[last][1]
+            entities.append({"label": label, "text": text[start:end], "start": start, "end": end,
+                             "score": sum(scores[first:last + 1]) / (last + 1 - first)})
+        return {"entities": entities, "tags": tags}
+
+    def metrics(self, predictions, examples):
+        from seqeval.metrics import f1_score, precision_score, recall_score
+        y_true = [list(ex["tags"]) for ex in examples]
+        y_pred = [p["tags"] for p in predictions]
+        return {"precision": float(precision_score(y_true, y_pred, zero_division=0)),
+                "recall": float(recall_score(y_true, y_pred, zero_division=0)),
+                "f1": float(f1_score(y_true, y_pred, zero_division=0))}
+
+
+# ---- tags → spans, with seqeval's (conlleval's) chunk rules for BIO and BIOES ---------------
+
+def _split(tag: str) -> tuple[str, str]:
+    return (tag, "") if tag == "O" else (tag[0], tag[2:])
+
+
+def _ends(prev: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (prev in ("E", "S") or (prev in ("B", "I") and tag in ("B", "S", "O"))
+            or (prev != "O" and prev_type != type_))
+
+
+def _starts(prev: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (tag in ("B", "S") or (prev in ("E", "S", "O") and tag in ("E", "I"))
+            or (tag != "O" and prev_type != type_))
+
+
+def get_entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """[(type, first word, last word)] of the chunks in a BIO or BIOES tag sequence."""
+    entities, start, prev, prev_type = [], None, "O", ""
+    for i, tag in enumerate([*tags, "O"]):
+        kind, type_ = _split(tag)
+        if start is not None and _ends(prev, kind, prev_type, type_):
+            entities.append((prev_type, start, i - 1))
+            start = None
+        if _starts(prev, kind, prev_type, type_):
+            start = i
+        prev, prev_type = kind, type_
+    return entities
+
+
+@hookimpl
+def register_heads(register):
+    register(NERHead)

@@ -1,0 +1,83 @@
+"""Next-sentence prediction head for bertcore: is B the sentence that follows A?
+
+Pooled [CLS] → linear (2), BERT's `cls.seq_relationship`; its weights come from an
+HF pretraining checkpoint when the encoder was loaded from one.
+
+Example: {"text": A, "text_pair": B, "label": 0 (IsNext) | 1 (NotNext)}, or a
+pretokenized pair from `bertcore.pretraining.make_nsp_pairs` (`input_ids`,
+`token_type_ids`, `next_sentence_label`). Batch key: `next_sentence_label` (B,).
+Prediction: {"label": 0 | 1, "label_name": "IsNext" | "NotNext", "score"}.
+Metric: accuracy.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bertcore import Head, hookimpl
+from bertcore.heads import copy_pretrained_weights
+
+BERTCORE_REQUIRES = ">=0.1,<0.2"
+LABELS = ("IsNext", "NotNext")
+
+
+class NSPHead(Head):
+    name = "nsp"
+    description = "next sentence prediction: IsNext (0) / NotNext (1) on the pooled [CLS]"
+    main_metric = "accuracy"
+    greater_is_better = True
+    label_keys = ("next_sentence_label",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+        nn.init.normal_(self.seq_relationship.weight, std=config.initializer_range)
+        nn.init.zeros_(self.seq_relationship.bias)
+
+    def load_pretrained_weights(self, cls_weights):
+        names = {"seq_relationship.weight": ["weight"], "seq_relationship.bias": ["bias"]}
+        return copy_pretrained_weights(self, cls_weights, "cls.seq_relationship.", names)
+
+    def example_from_input(self, item):
+        if isinstance(item, str):
+            raise TypeError("NSP predicts on sentence pairs: pass (text, text_pair) tuples or dicts")
+        return super().example_from_input(item)
+
+    def encode(self, example, tokenizer, max_length=512):
+        if "input_ids" in example:
+            ids = list(example["input_ids"])
+            feature = {"input_ids": ids, "token_type_ids": list(example.get("token_type_ids", [0] * len(ids)))}
+        else:
+            enc = tokenizer(example["text"], example["text_pair"], max_length=max_length, truncation=True)
+            feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
+        label = example.get("next_sentence_label", example.get("label"))
+        if label is not None:
+            feature["next_sentence_label"] = LABELS.index(label) if isinstance(label, str) else int(label)
+        return [feature]
+
+    def collate(self, features):
+        batch = super().collate(features)
+        if all("next_sentence_label" in f for f in features):
+            batch["next_sentence_label"] = torch.tensor([f["next_sentence_label"] for f in features])  # (B,)
+        return batch
+
+    def forward(self, output, batch):
+        return self.seq_relationship(output.pooler_output)                     # (B, 2)
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits.float(), batch["next_sentence_label"].to(logits.device))
+
+    def decode(self, example, features, outputs):
+        probs = outputs[0].softmax(-1)
+        label = int(probs.argmax())
+        return {"label": label, "label_name": LABELS[label], "score": float(probs[label])}
+
+    def metrics(self, predictions, examples):
+        gold = [ex.get("next_sentence_label", ex.get("label")) for ex in examples]
+        gold = [LABELS.index(g) if isinstance(g, str) else int(g) for g in gold]
+        correct = sum(p["label"] == g for p, g in zip(predictions, gold))
+        return {"accuracy": correct / len(gold) if gold else 0.0}
+
+
+@hookimpl
+def register_heads(register):
+    register(NSPHead)
