@@ -1,0 +1,202 @@
+"""Triton LN(dropout(x) + residual) (interpreter on CPU) against an fp64 PyTorch reference."""
+import importlib
+import math
+
+import pytest
+import torch
+
+import bertcore_kernels as K
+from bertcore_kernels.layer_norm import layer_norm_ref
+
+from kernel_checks import assert_rule, requires_cuda
+
+ln_mod = importlib.import_module("bertcore_kernels.layer_norm")  # the package rebinds .layer_norm
+EPS = 1e-5
+NAMES = ("y", "dx", "dweight", "dbias", "dresidual")
+
+
+def triton_layer_norm(*args, **kwargs):
+    return K.layer_norm(*args, backend="triton", **kwargs)
+
+
+def inputs(shape, residual=True, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    n = shape[-1]
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
+    r = torch.randn(shape, generator=g, dtype=torch.float64) if residual else None
+    w = 1 + 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    b = 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    move = lambda t: t.to(device) if t is not None else None  # noqa: E731
+    return tuple(map(move, (x, w, b, r, grad)))
+
+
+def run(fn, x, w, b, r, grad, dtype, **kwargs):
+    """Forward and backward; returns y, dx, dweight, dbias, dresidual (None without residual)."""
+    leaves = [t.detach().to(dtype).clone().requires_grad_() if t is not None else None for t in (x, w, b, r)]
+    y = fn(leaves[0], leaves[1], leaves[2], EPS, residual=leaves[3], **kwargs)
+    y.backward(grad.to(dtype))
+    return (y, *(t.grad if t is not None else None for t in leaves))
+
+
+def check_against_fp64(shape, dtype, residual=True, device="cpu", dropout_p=0.0, seed=None):
+    x, w, b, r, grad = inputs(shape, residual, device=device)
+    kw, ref_kw = {}, {}
+    if dropout_p:
+        keep = kept_elements(shape, dropout_p, seed, device)
+        kw = dict(dropout_p=dropout_p, seed=seed)
+        ref_kw = dict(dropout_p=dropout_p, dropout_mask=keep)
+    tri = run(triton_layer_norm, x, w, b, r, grad, dtype, **kw)
+    same = run(layer_norm_ref, x, w, b, r, grad, dtype, **ref_kw)
+    ref = run(layer_norm_ref, x, w, b, r, grad, torch.float64, **ref_kw)
+    errors = {}
+    for name, t, s, rf in zip(NAMES, tri, same, ref):
+        if rf is None:
+            assert t is None
+            continue
+        assert t.dtype == dtype
+        errors[name] = assert_rule(name, t, s, rf, dtype)
+    return errors
+
+
+def kept_elements(shape, p, seed, device="cpu"):
+    """The kernel's own keep-mask for (shape, p, seed), read back from its output.
+
+    With x = 1, no residual, weight 1 and bias 0, a kept element is 1/(1-p), above
+    its row mean, and a dropped one is 0, below it: y > 0 exactly where kept (as long
+    as a row is neither all kept nor all dropped, which the sizes here make certain).
+    """
+    n = shape[-1]
+    ones = torch.ones(shape, device=device)
+    y = triton_layer_norm(ones, torch.ones(n, device=device), torch.zeros(n, device=device), EPS,
+                          dropout_p=p, seed=seed)
+    return y > 0
+
+
+@pytest.mark.parametrize("width", [384, 768, 1023])
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no-residual"])
+def test_fp32_matches_fp64(width, residual):
+    check_against_fp64((33, width), torch.float32, residual)
+
+
+@pytest.mark.parametrize("width", [384, 1023])
+def test_fp16_matches_fp64(width):
+    check_against_fp64((33, width), torch.float16, residual=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_one_row(dtype):
+    check_against_fp64((1, 768), dtype, residual=True)
+    check_against_fp64((1, 384), dtype, residual=False)
+
+
+def test_batched_3d_input_and_wide_rows():
+    check_against_fp64((2, 5, 96), torch.float32)
+    check_against_fp64((3, 8192), torch.float32)  # BERT-large-and-beyond widths fit
+
+
+def test_zero_rows():
+    x = torch.zeros(0, 64, requires_grad=True)
+    w, b = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
+    y = triton_layer_norm(x, w, b, EPS, residual=torch.zeros(0, 64))
+    assert y.shape == (0, 64)
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.zeros(64))
+
+
+def test_dweight_is_deterministic():
+    x, w, b, r, grad = inputs((50, 384))
+    a = run(triton_layer_norm, x, w, b, r, grad, torch.float32)
+    c = run(triton_layer_norm, x, w, b, r, grad, torch.float32)
+    for u, v in zip(a, c):
+        assert torch.equal(u, v)
+
+
+# ----------------------------------------------------------------------------- dropout
+def test_dropout_backward_uses_forward_mask():
+    check_against_fp64((24, 384), torch.float32, dropout_p=0.1, seed=11)
+    check_against_fp64((7, 1023), torch.float16, dropout_p=0.3, seed=12)
+    check_against_fp64((9, 256), torch.float32, residual=False, dropout_p=0.5, seed=13)
+
+
+def test_dropout_repeatable_by_seed():
+    x, w, b, r, _ = inputs((16, 256))
+    x, w, b, r = (t.float() for t in (x, w, b, r))
+    a = triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2, seed=3)
+    assert torch.equal(a, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2, seed=3))
+    assert not torch.equal(a, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2, seed=4))
+    torch.manual_seed(1)
+    c = triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2)
+    torch.manual_seed(1)
+    assert torch.equal(c, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2))
+
+
+def test_dropout_keep_fraction_and_scaling():
+    p, shape = 0.25, (64, 256)
+    n = shape[0] * shape[1]
+    keep = kept_elements(shape, p, seed=21)
+    assert abs(keep.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    # The saved row mean of dropout(1) is (kept fraction) / (1 - p): the kernel's scaling.
+    ones = torch.ones(shape)
+    _, mean, _ = ln_mod._layer_norm_fwd(ones, torch.ones(256), torch.zeros(256), EPS, None, p, 21)
+    torch.testing.assert_close(mean, keep.float().mean(-1) / (1 - p))
+    assert abs(mean.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
+
+
+# ---------------------------------------------------------------------- dispatch, errors
+def test_backend_choice(monkeypatch):
+    calls = []
+    real = ln_mod._layer_norm_fwd
+    monkeypatch.setattr(ln_mod, "_layer_norm_fwd", lambda *a: calls.append(1) or real(*a))
+    x, w, b, r, _ = (t.float() for t in inputs((4, 64)))
+    monkeypatch.delenv("BERTCORE_KERNELS", raising=False)
+    ref = K.layer_norm(x, w, b, EPS, residual=r)
+    assert calls == []
+    monkeypatch.setenv("BERTCORE_KERNELS", "triton")
+    torch.testing.assert_close(K.layer_norm(x, w, b, EPS, residual=r), ref)
+    assert calls == [1]
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, w, b, r, _ = (t.float() for t in inputs((4, 64)))
+    with pytest.raises(ValueError, match="residual has shape"):
+        triton_layer_norm(x, w, b, EPS, residual=r[:2])
+    with pytest.raises(ValueError, match="last dim"):
+        triton_layer_norm(x, w[:10], b, EPS)
+    with pytest.raises(ValueError, match="dropout_p"):
+        triton_layer_norm(x, w, b, EPS, dropout_p=1.5)
+    with pytest.raises(TypeError, match="fp16, bf16 and fp32"):
+        triton_layer_norm(x.double(), w.double(), b.double(), EPS)
+    with pytest.raises(TypeError, match="one dtype"):
+        triton_layer_norm(x, w, b, EPS, residual=r.half())
+
+
+def test_hidden_too_large_raises_and_torch_backend_takes_it():
+    n = 16385  # past the fp32 limit of one row in registers
+    x, w, b = torch.randn(2, n), torch.ones(n), torch.zeros(n)
+    with pytest.raises(ValueError, match="up to 16384"):
+        triton_layer_norm(x, w, b, EPS)
+    y = K.layer_norm(x, w, b, EPS, backend="torch")
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (n,), w, b, EPS))
+
+
+# --------------------------------------------------------------------------- GPU only
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_layer_norm_matches_fp64(dtype):
+    for width in (384, 768, 1023, 4096):
+        check_against_fp64((1000, width), dtype, device="cuda")
+    check_against_fp64((257, 768), dtype, device="cuda", dropout_p=0.1, seed=5)
+
+
+@requires_cuda
+def test_cuda_new_batch_does_not_recompile():
+    def compiled():
+        return sum(len(cache[0]) for cache in ln_mod._layer_norm_fwd_kernel.device_caches.values())
+
+    for i, rows in enumerate((7, 128, 1000, 4099)):
+        x, w, b, r, _ = inputs((rows, 768), device="cuda")
+        triton_layer_norm(x.half(), w.half(), b.half(), EPS, residual=r.half(), dropout_p=0.1, seed=i + 1)
+        if i == 0:
+            first = compiled()
+    assert compiled() == first
