@@ -1,0 +1,52 @@
+"""The tiny encoder end to end on the Triton backend (interpreter on CPU) equals the torch backend."""
+import importlib
+
+import pytest
+import torch
+
+from bertcore import BertConfig, BertEncoder
+
+CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+              vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def spy(monkeypatch, module, name, calls):
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(name) or real(*a))
+
+
+def encode(monkeypatch, backend, encoder, ids, mask):
+    monkeypatch.setenv("BERTCORE_KERNELS", backend)
+    encoder.zero_grad()
+    out = encoder(ids, attention_mask=mask)
+    g = torch.Generator().manual_seed(1)
+    loss = (out.last_hidden_state * torch.randn(out.last_hidden_state.shape, generator=g)).sum() \
+        + out.pooler_output.square().sum()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@pytest.mark.parametrize("lengths", [[5, 12, 1], [7, 7]], ids=["ragged", "equal"])
+def test_encoder_triton_equals_torch(monkeypatch, lengths):
+    torch.manual_seed(0)
+    encoder = BertEncoder(BertConfig(**CONFIG)).train()  # train mode: dropout 0, grads on
+    seqlen = max(lengths)
+    ids = torch.randint(5, 100, (len(lengths), seqlen))
+    mask = (torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]).long()
+    ids = ids * mask
+    calls = []
+    for module, name in (("attention", "_attention_fwd"), ("attention", "_attention_bwd"),
+                         ("layer_norm", "_layer_norm_fwd"), ("layer_norm", "_layer_norm_bwd")):
+        spy(monkeypatch, importlib.import_module(f"bertcore_kernels.{module}"), name, calls)
+    ref, ref_grads = encode(monkeypatch, "torch", encoder, ids, mask)
+    assert calls == []
+    out, grads = encode(monkeypatch, "triton", encoder, ids, mask)
+    layers = CONFIG["num_hidden_layers"]
+    assert calls.count("_attention_fwd") == calls.count("_attention_bwd") == layers
+    assert calls.count("_layer_norm_fwd") == calls.count("_layer_norm_bwd") == 2 * layers + 1
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
