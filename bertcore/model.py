@@ -17,7 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BertConfig
-from .padding import Packing, full_packing, pack, position_ids_packed, repad, unpad
+from .padding import Packing, equal_length_runs, full_packing, pack, position_ids_packed, repad, unpad
+
+try:
+    from bertcore_kernels.dispatch import resolve as K_resolve
+except ImportError:  # kernels without a dispatch module: Triton on CUDA tensors only
+    def K_resolve(backend, tensor):
+        return "triton" if tensor.is_cuda else "torch"
 
 
 @dataclass
@@ -79,9 +85,23 @@ class QKV(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
-        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])  # (3H, H)
-        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])           # (3H,)
-        return F.linear(x, weight, bias)                                       # (T, 3H)
+        return F.linear(x, *self.fused())                                      # (T, 3H)
+
+    def fused(self):
+        """(weight (3H, H), bias (3H,)). Under autograd the concatenation is part of the
+        graph; without it the result is cached until a parameter changes (in-place
+        updates bump `_version`, moves change `data_ptr`)."""
+        params = (self.query.weight, self.key.weight, self.value.weight,
+                  self.query.bias, self.key.bias, self.value.bias)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in params):
+            return torch.cat(params[:3]), torch.cat(params[3:])
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
+        cached = self.__dict__.get("_fused_cache")
+        if cached is None or cached[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable in any mode
+                cached = (key, (torch.cat(params[:3]), torch.cat(params[3:])))
+            self.__dict__["_fused_cache"] = cached
+        return cached[1]
 
 
 class SelfAttention(nn.Module):
@@ -91,13 +111,39 @@ class SelfAttention(nn.Module):
         self.self = QKV(config)
         self.output = DenseLayerNorm(config, config.hidden_size)
 
-    def forward(self, x, cu_seqlens, max_seqlen):
+    def forward(self, x, cu_seqlens, max_seqlen, runs=None):
         c = self.config
         qkv = self.self(x).view(-1, 3, c.num_attention_heads, c.head_dim)     # (T, 3, nh, hd)
         p = c.attention_probs_dropout_prob if self.training else 0.0
-        ctx = K.attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
-                          dropout_p=p)                                         # (T, nh, hd)
+        if runs is not None:                                                   # CPU: no padding at all
+            ctx = attention_runs(qkv, runs, p)                                 # (T, H)
+        else:
+            ctx = K.attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
+                              dropout_p=p)                                     # (T, nh, hd)
         return self.output(ctx.reshape(-1, c.hidden_size), residual=x)         # (T, H)
+
+
+def attention_runs(qkv, runs, dropout_p=0.0):
+    """Attention of packed sequences without padding, for the CPU.
+
+    qkv: (T, 3, nh, hd) packed; `runs`: [(n, l), ...] — n consecutive sequences of
+    length l (see `padding.equal_length_runs`). Each run is a zero-copy (n, nh, l, hd)
+    view for one `scaled_dot_product_attention` call without a mask, so no FLOP or
+    byte is spent on padding and CPU SDPA keeps its fast unmasked kernels. A batch of
+    equal lengths is one call; `split`'s backward is a single concatenation.
+    """
+    total, _, heads, head_dim = qkv.shape
+    chunks = (qkv,) if len(runs) == 1 else qkv.split([n * l for n, l in runs])
+    outs = []
+    for chunk, (n, l) in zip(chunks, runs):
+        if n * l == 0:
+            continue                                                           # empty sequences: no tokens
+        q, k, v = chunk.view(n, l, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, l, hd)
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)       # (n, nh, l, hd)
+        outs.append(o.transpose(1, 2).reshape(n * l, heads * head_dim))        # (n*l, H)
+    if not outs:
+        return qkv.new_zeros(total, heads * head_dim)
+    return outs[0] if len(outs) == 1 else torch.cat(outs)                      # (T, H)
 
 
 class Intermediate(nn.Module):
@@ -122,8 +168,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = DenseLayerNorm(config, config.intermediate_size)
 
-    def forward(self, x, cu_seqlens, max_seqlen):
-        h = self.attention(x, cu_seqlens, max_seqlen)                          # (T, H)
+    def forward(self, x, cu_seqlens, max_seqlen, runs=None):
+        h = self.attention(x, cu_seqlens, max_seqlen, runs)                    # (T, H)
         return self.output(self.intermediate(h), residual=h)                   # (T, H)
 
 
@@ -205,8 +251,11 @@ class BertEncoder(nn.Module):
         if position_ids is None:
             position_ids = position_ids_packed(cu_seqlens, total)
         x = self.embeddings(input_ids, token_type_ids, position_ids)          # (T, H)
+        # On the torch (CPU) backend, attention runs per run of equal lengths, planned
+        # once here for all layers; Triton takes the packed layout as is.
+        runs = equal_length_runs(cu_seqlens) if K_resolve("auto", x) == "torch" else None
         for layer in self.encoder.layer:
-            x = layer(x, cu_seqlens, max_seqlen)                               # (T, H)
+            x = layer(x, cu_seqlens, max_seqlen, runs)                         # (T, H)
         first = cu_seqlens[:-1].long().clamp(max=max(total - 1, 0))            # [CLS] of each sequence
         pooled = self.pooler(x[first])                                         # (B, H)
         return BertOutput(x, pooled, cu_seqlens, max_seqlen)
