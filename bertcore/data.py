@@ -109,6 +109,8 @@ def check_examples(examples, task: str, where=lambda i: f"example {i}", limit: i
         ex = examples[i]
         if not isinstance(ex, dict):
             raise DataError(f"{where(i)}: is a {type(ex).__name__}; expected a dict with keys {', '.join(needed)}")
+        if "input_ids" in ex:  # already encoded features
+            continue
         missing = [k for k in needed if k not in ex]
         if missing:
             raise DataError(f"{where(i)}: missing {', '.join(missing)}; a {task} example needs "

@@ -1,0 +1,84 @@
+"""A tiny model and a tiny classification head for Trainer tests (no plugin needed)."""
+import random
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import bertcore
+from bertcore.heads import Head
+
+WORDS = "good great fine nice bad awful poor sad the a movie film plot actor".split()
+
+
+class ToyHead(Head):
+    """Sequence classification on the pooled [CLS]; labels "neg"/"pos"."""
+
+    name = "toy"
+    main_metric = "accuracy"
+    greater_is_better = True
+
+    def __init__(self, config, labels=("neg", "pos")):
+        super().__init__(config)
+        self.labels = list(labels)
+        self.classifier = nn.Linear(config.hidden_size, len(self.labels))
+
+    def encode(self, example, tokenizer, max_length=512):
+        enc = tokenizer(example["text"], max_length=max_length)
+        feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
+        if "label" in example:
+            feature["label"] = self.labels.index(example["label"])
+        return [feature]
+
+    def collate(self, features):
+        batch = super().collate(features)
+        if all("label" in f for f in features):
+            batch["labels"] = torch.tensor([f["label"] for f in features])
+        return batch
+
+    def forward(self, output, batch):
+        return self.classifier(output.pooler_output)
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits, batch["labels"])
+
+    def decode(self, example, features, outputs):
+        return self.labels[int(outputs[0].argmax())]
+
+    def metrics(self, predictions, examples):
+        return {"accuracy": sum(p == e["label"] for p, e in zip(predictions, examples)) / len(examples)}
+
+
+class ToyModel(nn.Module):
+    """What the Trainer needs of a TaskModel: .encoder and .heads."""
+
+    def __init__(self, encoder, heads):
+        super().__init__()
+        self.encoder = encoder
+        self.heads = nn.ModuleDict(heads)
+
+
+def tokenizer():
+    rng = random.Random(0)
+    return bertcore.Tokenizer.train([" ".join(rng.choice(WORDS) for _ in range(8)) for _ in range(100)],
+                                    vocab_size=60, min_frequency=1)
+
+
+def examples(n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        label = rng.choice(["neg", "pos"])
+        pool = WORDS[:4] if label == "pos" else WORDS[4:8]
+        words = [rng.choice(pool)] + [rng.choice(WORDS[8:]) for _ in range(rng.randint(2, 6))]
+        rng.shuffle(words)
+        out.append({"text": " ".join(words), "label": label})
+    return out
+
+
+def model(tok, seed=0, dropout=0.1, heads=("toy",)):
+    torch.manual_seed(seed)
+    cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                              hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return ToyModel(bertcore.BertEncoder(cfg), {h: ToyHead(cfg) for h in heads})
