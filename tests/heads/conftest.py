@@ -1,0 +1,75 @@
+"""Tiny fixtures for the head tests: a WordPiece vocabulary of a few words plus every
+letter (so no word is ever [UNK]), and a 2-layer, hidden-32 BERT config."""
+import string
+
+import pytest
+import torch
+
+import bertcore
+from bertcore import plugins
+
+WORDS = """the a an of in on at is was who where what does did lives live born city capital
+cat dog sat mat good bad great terrible movie film fun boring red blue green color
+john mary smith paris london berlin france works for acme corp visited and went to
+yes no it this that he she they his her . , ? ! ' -""".split()
+PIECES = ["##son", "##ton", "##ville", "##ing", "##s"]
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory):
+    letters = list(string.ascii_lowercase) + ["##" + c for c in string.ascii_lowercase]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS + PIECES + letters)]
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return bertcore.Tokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def cfg(tok):
+    return bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+@pytest.fixture
+def encoder(cfg):
+    torch.manual_seed(0)
+    return bertcore.BertEncoder(cfg)
+
+
+@pytest.fixture(autouse=True)
+def fresh_registry():
+    """Every test sees the installed plugins, whatever the previous test registered."""
+    plugins.reset_plugins()
+    yield
+    plugins.reset_plugins()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Hidden-32 matmuls only lose from intra-op threads (10x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def train(model, head, examples, steps=40, lr=3e-3, batch_size=8):
+    """A few Adam steps on `examples`; returns (first loss, last loss)."""
+    torch.manual_seed(0)
+    h = model.heads[head]
+    features = [f for ex in examples for f in h.encode(ex, model.tokenizer, 64)]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for step in range(steps):
+        start = (step * batch_size) % len(features)
+        batch = h.collate((features + features)[start:start + batch_size])
+        loss = h.loss(model(batch, head=head), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    return first, last
