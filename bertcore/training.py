@@ -195,7 +195,7 @@ class Trainer:
             examples = load_examples(source, task=_head_kind(heads[names[0]]))
             features, owner = [], []
             for i in range(len(examples)):
-                feats = self._encode(heads[names[0]], examples[i])
+                feats = self._encode([heads[n] for n in names], examples[i])
                 features.extend(feats)
                 owner.extend([i] * len(feats))
             if split == "train" and not features:
@@ -203,12 +203,18 @@ class Trainer:
             tasks.append(_Task(name, names, examples, features, owner))
         return tasks
 
-    def _encode(self, head, example) -> list[dict]:
-        if "input_ids" in example:  # already features (e.g. make_nsp_pairs output)
-            return [example]
+    def _encode(self, heads, example) -> list[dict]:
+        """The example's features; with several heads on one batch (MLM + NSP), each head
+        encodes it and the features are merged, so every head finds its label keys."""
         if self.tokenizer is None:
-            raise ValueError("the Trainer needs tokenizer= (or a model with .tokenizer) to encode raw examples")
-        return head.encode(example, self.tokenizer, self.args.max_length)
+            raise ValueError("the Trainer needs tokenizer= (or a model with .tokenizer) to encode examples")
+        per_head = [h.encode(example, self.tokenizer, self.args.max_length) for h in heads]
+        merged = per_head[0]
+        for other in per_head[1:]:
+            if len(other) != len(merged):
+                raise ValueError("heads trained on one batch must make the same number of features per example")
+            merged = [{**b, **a} for a, b in zip(merged, other)]
+        return merged
 
     def _collate(self, task: _Task, features: list[dict]) -> dict:
         """The first head's batch, plus label keys the step's other heads add."""
@@ -409,18 +415,19 @@ class Trainer:
         return False
 
     def _default_metric(self) -> str:
+        """The first eval head's main metric ("<head>/<metric>" when several are evaluated)."""
         if not self.eval_tasks:
             return "loss"
-        task = self.eval_tasks[0]
-        metric = getattr(_heads(self.model)[task.heads[0]], "main_metric", "loss")
-        return metric if len(self.eval_tasks) == 1 else f"{task.name}/{metric}"
+        name = self.eval_tasks[0].heads[0]
+        metric = getattr(_heads(self.model)[name], "main_metric", "loss")
+        return f"{name}/{metric}" if sum(len(t.heads) for t in self.eval_tasks) > 1 else metric
 
     def _greater_is_better(self, key: str) -> bool:
         name, _, metric = key.rpartition("/")
-        task = next((t for t in self.eval_tasks if t.name == name), self.eval_tasks[0] if self.eval_tasks else None)
-        if metric == "loss" or task is None:
+        heads = _heads(self.model)
+        head = heads[name] if name in heads else (heads[self.eval_tasks[0].heads[0]] if self.eval_tasks else None)
+        if metric == "loss" or head is None:
             return False
-        head = _heads(self.model)[task.heads[0]]
         return bool(getattr(head, "greater_is_better", True)) if metric == head.main_metric else True
 
     def _check_finite(self, loss, step, task_name):
@@ -439,21 +446,19 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, eval=None) -> dict:
-        """Metrics of each eval head plus its mean `loss`; with several eval heads the keys
-        are "<head>/<metric>"."""
+        """Metrics of each eval head plus its mean `loss`. With several heads the keys are
+        "<head>/<metric>" (a task of heads sharing batches reports each head)."""
         tasks = self._tasks(eval, self.head, "eval") if eval is not None else self.eval_tasks
         if not tasks:
             raise ValueError("evaluate() needs eval= data (in the Trainer or as an argument)")
+        heads = _heads(self.model)
+        several = sum(len(t.heads) for t in tasks) > 1
         results = {}
         for task in tasks:
-            predictions, loss = self._run(task)
-            head = _heads(self.model)[task.heads[0]]
-            metrics = {}
-            if predictions is not None:
-                metrics.update(head.metrics(predictions, task.examples))
-            metrics["loss"] = loss
-            prefix = f"{task.name}/" if len(tasks) > 1 else ""
-            results.update({prefix + k: float(v) for k, v in metrics.items()})
+            for name, (predictions, loss) in self._run(task).items():
+                metrics = dict(heads[name].metrics(predictions, task.examples)) if predictions is not None else {}
+                metrics["loss"] = loss
+                results.update({(f"{name}/" if several else "") + k: float(v) for k, v in metrics.items()})
         return results
 
     @torch.no_grad()
@@ -464,43 +469,48 @@ class Trainer:
                 raise ValueError("predict() needs examples or eval= data")
             task = self.eval_tasks[0]
         else:
-            task = self._tasks(examples, head or self.head, "predict")[0]
-        predictions, _ = self._run(task, with_loss=False)
-        return predictions
+            heads = _heads(self.model)
+            name = head or self.head or (next(iter(heads)) if len(heads) == 1 else None)
+            if name is None:
+                raise ValueError(f"the model has heads {list(heads)}; pass head=")
+            names = tuple(name) if isinstance(name, (tuple, list)) else (name,)
+            items = [heads[names[0]].example_from_input(x) for x in examples]
+            task = self._tasks(items, names, "predict")[0]
+        return self._run(task, with_loss=False)[task.heads[0]][0]
 
-    def _run(self, task: _Task, with_loss: bool = True):
-        """Forward the task's features in order; (decoded predictions or None, mean loss)."""
+    def _run(self, task: _Task, with_loss: bool = True) -> dict:
+        """Forward the task's features in order: {head: (decoded predictions or None, mean loss)}."""
         self.model.to(self.device).eval()
         heads = _heads(self.model)
         size = self.args.eval_batch_size or self.args.batch_size * 2
-        outputs: list = []
-        losses, count = 0.0, 0
+        outputs = {n: [] for n in task.heads}
+        losses = {n: [0.0, 0] for n in task.heads}
         with self._autocast():
             for s in range(0, len(task.features), size):
                 feats = task.features[s:s + size]
                 batch = self._collate(task, feats)
                 out = self.model.encoder.forward_packed(batch["input_ids"], batch["cu_seqlens"],
                                                         batch["max_seqlen"], batch.get("token_type_ids"))
-                head = heads[task.heads[0]]
-                logits = head(out, batch)
-                if with_loss:
-                    try:
-                        losses += float(head.loss(logits, batch)) * len(feats)
-                        count += len(feats)
-                    except (KeyError, TypeError):  # no labels in these examples
-                        with_loss = False
-                outputs.extend(head.split(logits, batch))
-        grouped: list[list] = [[] for _ in task.examples]
-        feats_of: list[list] = [[] for _ in task.examples]
-        for j, out in enumerate(outputs):
-            grouped[task.owner[j]].append(out)
-            feats_of[task.owner[j]].append(task.features[j])
-        head = heads[task.heads[0]]
-        try:
-            predictions = [head.decode(task.examples[i], feats_of[i], grouped[i]) for i in range(len(grouped))]
-        except NotImplementedError:
-            predictions = None
-        return predictions, (losses / count if count else float("nan"))
+                for name in task.heads:
+                    head = heads[name]
+                    logits = head(out, batch)
+                    if with_loss and getattr(head, "has_labels", lambda b: True)(batch):
+                        losses[name][0] += float(head.loss(logits, batch)) * len(feats)
+                        losses[name][1] += len(feats)
+                    outputs[name].extend(head.split(logits, batch))
+        results = {}
+        for name in task.heads:
+            grouped = [([], []) for _ in task.examples]
+            for j, out in enumerate(outputs[name]):
+                grouped[task.owner[j]][0].append(task.features[j])
+                grouped[task.owner[j]][1].append(out)
+            try:
+                predictions = [heads[name].decode(ex, fs, outs) for ex, (fs, outs) in zip(task.examples, grouped)]
+            except NotImplementedError:
+                predictions = None
+            total, count = losses[name]
+            results[name] = (predictions, total / count if count else float("nan"))
+        return results
 
     # ---- checkpoints ------------------------------------------------------------------------
 
