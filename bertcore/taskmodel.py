@@ -15,6 +15,7 @@ Saved layout:
     out/model/heads/<name>/head.safetensors
 """
 import json
+import logging
 import os
 import re
 import tempfile
@@ -24,9 +25,11 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import atomic_save_file, read_state_dict
-from .heads import Head
+from .heads import Head, HeadInfo
 from .model import BertEncoder
 from . import plugins
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "taskmodel.json"
 HEAD_CONFIG = "head.json"
@@ -99,7 +102,8 @@ class TaskModel(nn.Module):
     def predict(self, inputs, head: str | None = None, batch_size: int = 32, max_length: int | None = None,
                 tokenizer=None):
         """Decoded predictions: one for a single input (str, (text, pair) tuple, or example
-        dict), a list for a list. What one prediction looks like is up to the head."""
+        dict), a list for a list (so one NER word list goes in as a tuple). What one
+        prediction looks like is up to the head's `decode`."""
         name = self._names(head)[0]
         single = not isinstance(inputs, list)
         examples = [self.heads[name].example_from_input(x) for x in ([inputs] if single else inputs)]
@@ -190,7 +194,12 @@ class TaskModel(nn.Module):
 def save_head(head: Head, directory: Path) -> None:
     """head.json + head.safetensors. Weights shared with the encoder (MLM's tied decoder)
     are not in the head's state dict, so they are never stored twice."""
-    info = plugins.head_info(head.name)
+    try:
+        info = plugins.head_info(head.name)
+    except plugins.HeadNotFoundError:  # a Head subclass used without registering it
+        logger.warning("head type %r is not registered; saving it anyway, but loading it needs a plugin "
+                       "that registers it", head.name)
+        info = HeadInfo(head.name, "unknown", "unknown", head.description)
     _write_json(directory / HEAD_CONFIG, {
         "head_type": head.name, "distribution": info.distribution, "version": info.version,
         "hidden_size": head.config.hidden_size, "vocab_size": head.config.vocab_size,

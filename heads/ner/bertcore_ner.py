@@ -8,7 +8,8 @@ Decoding reads each word's first sub-word, turns the word tags (BIO or BIOES) in
 entity spans, and maps them to character offsets: into `text`, or into
 `" ".join(tokens)` for word input.
 
-Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
+`TaskModel.predict` takes a str (raw text), a tuple of words, or either dict; a
+list is a batch of those. Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
 Metrics: entity-level micro precision / recall / f1 (seqeval, default mode).
 """
 import torch

@@ -8,7 +8,7 @@ from bertcore import plugins
 
 HEADS = {
     "classification": ({"labels": ["neg", "pos"]}, "good movie"),
-    "ner": ({"labels": ["O", "B-PER", "I-PER"]}, ["john", "johnson", "lives"]),
+    "ner": ({"labels": ["O", "B-PER", "I-PER"]}, ("john", "johnson", "lives")),   # a tuple of words
     "qa": ({"stride": 8}, ("who lives in paris ?", "john lives in paris . " * 10)),
     "nsp": ({}, ("the cat sat", "on the mat")),
     "mlm": ({}, "the [MASK] sat on the mat"),
