@@ -52,24 +52,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def train(model, head, examples, steps=40, lr=3e-3, batch_size=8):
-    """A few Adam steps on `examples`; returns (first loss, last loss)."""
-    torch.manual_seed(0)
-    h = model.heads[head]
-    features = [f for ex in examples for f in h.encode(ex, model.tokenizer, 64)]
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for step in range(steps):
-        start = (step * batch_size) % len(features)
-        batch = h.collate((features + features)[start:start + batch_size])
-        loss = h.loss(model(batch, head=head), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    model.eval()
-    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
-    return first, last

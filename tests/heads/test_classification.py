@@ -5,7 +5,7 @@ import torch
 
 import bertcore
 from bertcore_classification import macro_f1, mcc, pearson, rank, spearman
-from conftest import train
+from heads_testing import train
 
 SENTIMENT = [{"text": t, "label": l} for t, l in [
     ("good movie", "pos"), ("great film", "pos"), ("a good fun film", "pos"), ("great fun", "pos"),

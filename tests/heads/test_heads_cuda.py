@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import bertcore
-from test_taskmodel import HEADS
+from heads_testing import HEADS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

@@ -3,7 +3,7 @@ import torch
 
 import bertcore
 from bertcore_ner import get_entities
-from conftest import train
+from heads_testing import train
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 SENTENCE = {"tokens": ["John", "Johnson", "lives", "in", "Paris"], "tags": ["B-PER", "I-PER", "O", "O", "B-LOC"]}

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import bertcore
-from conftest import train
+from heads_testing import train
 
 PAIRS = [("the cat sat", "on the mat", 0), ("john lives", "in paris", 0), ("the dog sat", "on the mat", 0),
          ("the cat sat", "paris london berlin", 1), ("john lives", "red blue green", 1),

@@ -3,7 +3,7 @@ import torch
 
 import bertcore
 from bertcore_qa import compute_f1, normalize_answer
-from conftest import train
+from heads_testing import train
 
 FILLER = "the cat sat on the mat . " * 12          # 84 words: more than one 64-token window
 CONTEXT = FILLER + "john lives in paris ."

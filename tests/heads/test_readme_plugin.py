@@ -5,7 +5,7 @@ from pathlib import Path
 
 import bertcore
 from bertcore import plugins
-from conftest import train
+from heads_testing import train
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -137,6 +137,15 @@ def test_duplicate_head_name_keeps_the_first(extra_entry_points, cfg):
     assert type(bertcore.create_head("qa", cfg)).__name__ == "QAHead"
 
 
+def test_duplicate_plugin_name_keeps_the_first(extra_entry_points):
+    class OtherNER(Head):
+        name, description = "ner2", "another ner"
+    extra_entry_points(FakeEntryPoint("ner", lambda: plugin_module(OtherNER), FakeDist("bertcore-ner-fork")))
+    infos = by_name(bertcore.list_heads())
+    assert "already taken by bertcore-ner" in infos[("ner", "bertcore-ner-fork")].error
+    assert infos[("ner", "bertcore-ner")].error is None and "ner2" not in {i.name for i in infos.values()}
+
+
 def test_core_version_range_is_checked_before_import(extra_entry_points):
     too_new = FakeEntryPoint("future", lambda: plugin_module(ToyHead),
                              FakeDist("bertcore-future", requires=["torch", "bertcore<0.4,>=0.3"]))

@@ -5,14 +5,8 @@ import torch
 
 import bertcore
 from bertcore import plugins
+from heads_testing import HEADS
 
-HEADS = {
-    "classification": ({"labels": ["neg", "pos"]}, "good movie"),
-    "ner": ({"labels": ["O", "B-PER", "I-PER"]}, ("john", "johnson", "lives")),   # a tuple of words
-    "qa": ({"stride": 8}, ("who lives in paris ?", "john lives in paris . " * 10)),
-    "nsp": ({}, ("the cat sat", "on the mat")),
-    "mlm": ({}, "the [MASK] sat on the mat"),
-}
 
 
 @pytest.mark.parametrize("name", sorted(HEADS))
