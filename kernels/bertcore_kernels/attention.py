@@ -467,12 +467,12 @@ def _check(q, k, v, cu_seqlens, max_seqlen, dropout_p):
     if not cu_seqlens.is_cuda:
         # Free to check on the host; on a GPU it would cost a sync, so there the
         # caller's word (the collator computed both) is taken.
-        lens = cu_seqlens[1:] - cu_seqlens[:-1]
-        if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != q.shape[0] or bool((lens < 0).any()):
-            raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={q.shape[0]}; got "
-                             f"{cu_seqlens.tolist()}")
-        if lens.numel() and int(lens.max()) > max_seqlen:
-            raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {int(lens.max())} tokens")
+        offsets = cu_seqlens.tolist()
+        lens = [b - a for a, b in zip(offsets, offsets[1:])]
+        if offsets[0] != 0 or offsets[-1] != q.shape[0] or min(lens) < 0:
+            raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={q.shape[0]}; got {offsets}")
+        if max(lens) > max_seqlen:
+            raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {max(lens)} tokens")
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
