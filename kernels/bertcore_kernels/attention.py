@@ -14,7 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve, tl, triton
+from .dispatch import interpret_mode, resolve, tl, triton
+
 
 def _pad_index(cu_seqlens: torch.Tensor, max_seqlen: int, total: int):
     """Where each packed token sits in a (B * max_seqlen) padded layout, and the key mask."""
@@ -497,6 +498,9 @@ def attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None
         if q.dtype not in _TRITON_DTYPES:
             raise TypeError(f"the Triton attention runs fp16, bf16 and fp32, not {q.dtype}; "
                             f"cast the inputs or use backend='torch'")
+        if q.dtype == torch.bfloat16 and interpret_mode():
+            raise TypeError("Triton's CPU interpreter computes tl.dot on bf16 wrongly; run bf16 "
+                            "attention on a GPU, or use fp16/fp32 or backend='torch'")
         if q.shape[-1] > 256:
             raise ValueError(f"the Triton attention supports head_dim <= 256, got {q.shape[-1]}; "
                              f"use backend='torch'")

@@ -7,6 +7,7 @@ import torch
 
 import bertcore_kernels as K
 from bertcore_kernels.attention import _dropout_mask, attention_ref
+from bertcore_kernels.dispatch import interpret_mode
 
 from kernel_checks import assert_rule, cu_seqlens_of, requires_cuda
 
@@ -193,6 +194,9 @@ def test_bad_inputs_raise_clear_errors():
         K.attention(q, k, v, cu, max_seqlen, dropout_p=1.0, backend="triton")
     with pytest.raises(TypeError, match="fp16, bf16 and fp32"):
         K.attention(q.double(), k.double(), v.double(), cu, max_seqlen, backend="triton")
+    if interpret_mode():
+        with pytest.raises(TypeError, match="interpreter"):
+            K.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), cu, max_seqlen, backend="triton")
     big = torch.zeros(8, 1, 512)
     with pytest.raises(ValueError, match="head_dim <= 256"):
         K.attention(big, big, big, cu, max_seqlen, backend="triton")
