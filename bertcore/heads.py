@@ -9,7 +9,11 @@ A head type brings everything its task needs, so that the Trainer and
 
 Batches are packed: `input_ids` and `token_type_ids` are (T,) with every sequence
 back to back, `cu_seqlens` (B+1,) int32 and `max_seqlen` an int computed on the
-host. Labels ride along in the batch under the head's own keys.
+host. Labels ride along in the batch under the head's own keys (`label_keys`).
+
+Plugins hand head types to the registry through the `register_heads` hook; the
+`register_heads` at the bottom of this module does the same for the MLM head, named
+by core's own entry point (`mlm = "bertcore.heads"` in pyproject.toml).
 """
 from dataclasses import dataclass
 from typing import Any, ClassVar
