@@ -187,6 +187,7 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, seq_start, seqlen, bid,
                         stride_dot, stride_doh, stride_gt, stride_gh,
                         BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                         DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # Pointers and strides: see `_attention_bwd_kernel`, the caller.
     # One key/value block stays in registers while every query block of the
     # sequence streams past: dK and dV accumulate without atomics.
     offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -244,6 +245,7 @@ def _attention_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, hid,
                       stride_dot, stride_doh, stride_gt, stride_gh,
                       BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                       DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    # Pointers and strides: see `_attention_bwd_kernel`, the caller.
     # One query block stays in registers while the key blocks stream past; a
     # separate pass from dK/dV, so dQ needs no atomics and is deterministic.
     offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)

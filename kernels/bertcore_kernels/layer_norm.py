@@ -36,7 +36,6 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps).to(out_dtype)
 
 
-
 # --------------------------------------------------------------------------- Triton
 @triton.jit
 def _layer_norm_keep(seed, row64, cols, N, dropout_p):
