@@ -160,7 +160,7 @@ def _attention_fwd_kernel(
     tl.store(LSE + tok_m * nheads + hid, lse, mask=m_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["total_rows"])
 def _attention_bwd_preprocess_kernel(
     O,      # (T, H, D) forward output, contiguous
     DO,     # (T, H, D) gradient of the output; token and head strides given
