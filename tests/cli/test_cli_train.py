@@ -1,0 +1,97 @@
+"""`bertcore finetune / pretrain / predict / demo` end to end on tiny models."""
+import json
+import random
+
+import pytest
+
+import bertcore
+from bertcore.cli import main
+
+WORDS = "good great fine bad awful poor movie film plot actor the a".split()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny encoder + tokenizer folder, as an HF checkpoint would be."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    rng = random.Random(0)
+    tok = bertcore.Tokenizer.train([" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(50)],
+                                   vocab_size=80, min_frequency=1)
+    cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    bertcore.BertEncoder(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def reviews(n, seed=0):
+    rng = random.Random(seed)
+    for _ in range(n):
+        label = rng.choice(["neg", "pos"])
+        word = rng.choice(WORDS[:3] if label == "pos" else WORDS[3:6])
+        yield {"text": f"{word} {rng.choice(WORDS[6:])}", "label": label}
+
+
+def test_finetune_then_predict(tmp_path, checkpoint, capsys):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in reviews(64)), encoding="utf-8")
+    out = tmp_path / "run"
+    rc = main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(train),
+               "--eval", str(train), "--output", str(out), "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+               "--no-progress"])
+    assert rc == 0
+    assert "model saved to" in capsys.readouterr().out
+    assert (out / "model" / "heads" / "classification" / "head.json").is_file()
+    assert (out / "metrics.jsonl").is_file() and (out / "best").is_dir()
+
+    rc = main(["predict", "--model", str(out / "model"), "good movie", "awful plot"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0 and len(lines) == 2
+    assert json.loads(lines[0])["label"] in ("neg", "pos")
+
+
+def test_finetune_bad_data_names_file_and_line(tmp_path, checkpoint, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "good", "label": "pos"}\n{"text": "bad" "label": "neg"}\n', encoding="utf-8")
+    rc = main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(bad),
+               "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.jsonl:2: invalid JSON" in err and "one JSON object per line" in err
+
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text('{"text": "good"}\n', encoding="utf-8")
+    rc = main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(missing),
+               "--output", str(tmp_path / "run")])
+    assert rc == 2 and "missing label" in capsys.readouterr().err
+
+
+def test_pretrain_cli(tmp_path, capsys):
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+                                            for _ in range(rng.randint(2, 5))) for _ in range(60)), encoding="utf-8")
+    out = tmp_path / "pt"
+    rc = main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--vocab-size", "100",
+               "--hidden-size", "32", "--layers", "1", "--heads", "2", "--max-length", "32",
+               "--max-steps", "4", "--batch-size", "8", "--no-progress"])
+    assert rc == 0
+    assert "NSP accuracy" in capsys.readouterr().out
+    model = bertcore.TaskModel.from_pretrained(out / "model")
+    assert set(model.heads) == {"mlm", "nsp"}
+    assert (out / "tokenizer" / "vocab.txt").is_file()
+
+
+def test_help_is_there(capsys):
+    for command in ("finetune", "pretrain", "predict", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "usage: bertcore " + command in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_quick(tmp_path, capsys):
+    assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Sentiment accuracy, pretrained encoder" in out and "NSP accuracy" in out
+    for name in ("results.md", "results.json", "results.png", "pretrain/curves.png", "ner/metrics.jsonl"):
+        assert (tmp_path / name).is_file(), name

@@ -1,0 +1,99 @@
+"""Data loading: every format, encodings, and errors that name file, line and expectation."""
+import json
+
+import pytest
+
+from bertcore.data import (DataError, Examples, infer_labels, load_examples, paragraph_ner, read_text,
+                           words_to_bio)
+
+
+def test_jsonl_csv_tsv(tmp_path):
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"text": "good", "label": "pos"}\n\n{"text": "bad", "label": "neg"}\n', encoding="utf-8")
+    assert load_examples(f, task="classification") == [{"text": "good", "label": "pos"},
+                                                        {"text": "bad", "label": "neg"}]
+    c = tmp_path / "a.csv"
+    c.write_text('text,label\n"good, really",pos\nbad,neg\n', encoding="utf-8")
+    assert load_examples(c)[0] == {"text": "good, really", "label": "pos"}
+    t = tmp_path / "a.tsv"
+    t.write_text("text\ttext_pair\tlabel\na\tb\t1\n", encoding="utf-8")
+    assert load_examples(t) == [{"text": "a", "text_pair": "b", "label": "1"}]
+
+
+def test_conll_and_squad(tmp_path):
+    f = tmp_path / "ner.conll"
+    f.write_text("-DOCSTART- O\n\nJohn\tB-PER\nlives\tO\n\nParis B-LOC\n", encoding="utf-8")
+    assert load_examples(f) == [{"tokens": ["John", "lives"], "tags": ["B-PER", "O"]},
+                                {"tokens": ["Paris"], "tags": ["B-LOC"]}]
+    squad = {"data": [{"paragraphs": [{"context": "Paris is in France.", "qas": [
+        {"id": "q1", "question": "Where?", "answers": [{"text": "France", "answer_start": 12}]},
+        {"id": "q2", "question": "Who?", "answers": [], "is_impossible": True}]}]}]}
+    s = tmp_path / "squad.json"
+    s.write_text(json.dumps(squad), encoding="utf-8")
+    ex = load_examples(s)
+    assert ex[0]["answers"] == {"text": ["France"], "answer_start": [12]}
+    assert ex[1]["answers"] == {"text": [], "answer_start": []} and ex[1]["context"] == "Paris is in France."
+
+
+def test_gbk_file(tmp_path):
+    f = tmp_path / "gbk.jsonl"
+    f.write_bytes('{"text": "很好", "label": "pos"}\n'.encode("gbk"))
+    assert read_text(f).startswith('{"text": "很好"')
+    assert load_examples(f)[0]["text"] == "很好"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label}\n', r"bad.jsonl:2: invalid JSON.*one JSON object per line"),
+    ("list.jsonl", '[1, 2]\n', r"list.jsonl:1: got a JSON list; expected an object"),
+    ("bad.csv", "text,label\na,b,c\n", r"bad.csv:2: 3 fields, expected 2"),
+    ("bad.conll", "John B-PER\nlives\n", r"bad.conll:2: 'lives' has one field; expected token<TAB>tag"),
+    ("tags.conll", "John PERSON\n", r"tags.conll:1: tag 'PERSON' is not BIO"),
+    ("bad.json", '{"data": [1,', r"bad.json:1: invalid JSON"),
+    ("x.parquet", "", r"unknown data format .parquet"),
+    ("empty.jsonl", "\n", r"empty.jsonl: no examples"),
+])
+def test_bad_files_name_file_line_and_expectation(tmp_path, name, content, message):
+    f = tmp_path / name
+    f.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message):
+        load_examples(f)
+
+
+def test_undecodable_file(tmp_path):
+    f = tmp_path / "bin.jsonl"
+    f.write_bytes(b'{"text": "a"}\n' + bytes([0xff, 0xfe, 0xfa, 0x80, 0x81]) * 3)
+    with pytest.raises(DataError, match=r"bin.jsonl:2: cannot decode.*UTF-8 or GBK"):
+        load_examples(f)
+
+
+def test_missing_keys_and_indexables(tmp_path):
+    with pytest.raises(DataError, match=r"example 1: missing label; a classification example needs text, label"):
+        load_examples([{"text": "a", "label": 0}, {"text": "b"}], task="classification")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_examples(tmp_path / "nope.jsonl")
+
+    class Dataset:  # what datasets.Dataset looks like to us: len + getitem of dicts
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return {"text": f"t{i}", "label": i}
+
+    ex = load_examples(Dataset(), task="classification")
+    assert isinstance(ex, Examples) and len(ex) == 2 and ex[1] == {"text": "t1", "label": 1}
+    assert load_examples(iter([{"text": "x"}])) == [{"text": "x"}]
+
+
+def test_infer_labels():
+    assert infer_labels([{"label": "pos"}, {"label": "neg"}, {"label": ["a", "pos"]}], "classification") == \
+        ["a", "neg", "pos"]
+    assert infer_labels([{"tags": ["B-PER", "I-PER", "O", "B-LOC"]}], "ner") == ["O", "B-LOC", "B-PER", "I-PER"]
+    assert infer_labels([], "qa") is None
+
+
+def test_peoples_daily_bio():
+    tokens, tags = words_to_bio([("江", "nr"), ("泽民", "nr"), ("在", "p"), ("北京", "ns"), ("中共中央", "nt")])
+    assert tokens == list("江泽民在北京中共中央")
+    assert tags == ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "I-ORG", "I-ORG"]
+    sentences = paragraph_ner([("你好", "v"), ("。", "w"), ("北京", "ns"), ("很", "d"), ("大", "a")], max_chars=3)
+    assert [s["tokens"] for s in sentences] == [list("你好。"), list("北京很"), ["大"]]
