@@ -63,7 +63,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype,head_dim,lengths", CASES, ids=lambda c: str(c).replace("torch.", ""))
+def case_id(case):
+    dtype, head_dim, lengths = case
+    return f"{str(dtype).removeprefix('torch.')}-d{head_dim}-len{'_'.join(map(str, lengths))}"
+
+
+@pytest.mark.parametrize("dtype,head_dim,lengths", CASES, ids=[case_id(c) for c in CASES])
 def test_attention_fwd_bwd_matches_fp64(dtype, head_dim, lengths):
     check_against_fp64(lengths, head_dim, dtype)
 
@@ -205,7 +210,7 @@ def test_bad_inputs_raise_clear_errors():
 
 # --------------------------------------------------------------------------- GPU only
 @requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 def test_cuda_attention_matches_fp64(dtype, head_dim):
     check_against_fp64([0, 1, 17, 130, 512, 64], head_dim, dtype, device="cuda")

@@ -86,7 +86,7 @@ def test_fp16_matches_fp64(width):
     check_against_fp64((33, width), torch.float16, residual=True)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_one_row(dtype):
     check_against_fp64((1, 768), dtype, residual=True)
     check_against_fp64((1, 384), dtype, residual=False)
@@ -184,7 +184,7 @@ def test_hidden_too_large_raises_and_torch_backend_takes_it():
 
 # --------------------------------------------------------------------------- GPU only
 @requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_cuda_layer_norm_matches_fp64(dtype):
     for width in (384, 768, 1023, 4096):
         check_against_fp64((1000, width), dtype, device="cuda")
