@@ -120,10 +120,11 @@ def test_dropout_is_repeatable_by_seed():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     # seed=None draws from torch's default generator: manual_seed repeats a run.
-    torch.manual_seed(0)
-    d = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25)
-    torch.manual_seed(0)
-    e = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        d = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25)
+        torch.manual_seed(0)
+        e = triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.25)
     assert torch.equal(d, e)
 
 

@@ -29,10 +29,11 @@ def encode(monkeypatch, backend, encoder, ids, mask):
 
 @pytest.mark.parametrize("lengths", [[5, 12, 1], [7, 7]], ids=["ragged", "equal"])
 def test_encoder_triton_equals_torch(monkeypatch, lengths):
-    torch.manual_seed(0)
-    encoder = BertEncoder(BertConfig(**CONFIG)).train()  # train mode: dropout 0, grads on
-    seqlen = max(lengths)
-    ids = torch.randint(5, 100, (len(lengths), seqlen))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = BertEncoder(BertConfig(**CONFIG)).train()  # train mode: dropout 0, grads on
+        seqlen = max(lengths)
+        ids = torch.randint(5, 100, (len(lengths), seqlen))
     mask = (torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]).long()
     ids = ids * mask
     calls = []

@@ -127,10 +127,11 @@ def test_dropout_repeatable_by_seed():
     a = triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2, seed=3)
     assert torch.equal(a, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2, seed=3))
     assert not torch.equal(a, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2, seed=4))
-    torch.manual_seed(1)
-    c = triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2)
-    torch.manual_seed(1)
-    assert torch.equal(c, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        c = triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2)
+        torch.manual_seed(1)
+        assert torch.equal(c, triton_layer_norm(x, w, b, EPS, residual=r, dropout_p=0.2))
 
 
 def test_dropout_keep_fraction_and_scaling():
