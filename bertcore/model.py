@@ -85,6 +85,10 @@ class QKV(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
+        params = (self.query.weight, self.key.weight, self.value.weight,
+                  self.query.bias, self.key.bias, self.value.bias)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in params):
+            return _FusedLinear.apply(x, *params)                              # (T, 3H)
         return F.linear(x, *self.fused())                                      # (T, 3H)
 
     def fused(self):
@@ -102,6 +106,35 @@ class QKV(nn.Module):
                 cached = (key, (torch.cat(params[:3]), torch.cat(params[3:])))
             self.__dict__["_fused_cache"] = cached
         return cached[1]
+
+
+class _FusedLinear(torch.autograd.Function):
+    """x @ cat(w1, w2, w3)ᵀ + cat(b1, b2, b3) as one matrix product. The concatenated
+    weight is a temporary, rebuilt in the backward, so autograd saves no copy of it
+    (a plain differentiable `cat` would keep 3H×H floats per layer alive)."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w2, w3, b1, b2, b3):
+        ctx.save_for_backward(x, w1, w2, w3)
+        ctx.bias_sizes = (b1.shape[0], b2.shape[0], b3.shape[0])
+        return F.linear(x, torch.cat((w1, w2, w3)), torch.cat((b1, b2, b3)))   # (T, 3H)
+
+    @staticmethod
+    def backward(ctx, grad):                                                   # grad: (T, 3H)
+        x, w1, w2, w3 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_x = grad_w = grad_b = None
+        g2 = grad.reshape(-1, grad.shape[-1])                                  # (T, 3H)
+        if need[0]:
+            grad_x = (g2 @ torch.cat((w1, w2, w3))).view(x.shape)              # (T, H)
+        if any(need[1:4]):
+            grad_w = (g2.t() @ x.reshape(-1, x.shape[-1])).split(ctx.bias_sizes)  # 3 × (H, H)
+        if any(need[4:]):
+            grad_b = g2.sum(0).split(ctx.bias_sizes)                           # 3 × (H,)
+        grad_w = grad_w or (None, None, None)
+        grad_b = grad_b or (None, None, None)
+        return (grad_x, *(g if n else None for g, n in zip(grad_w, need[1:4])),
+                *(g if n else None for g, n in zip(grad_b, need[4:])))
 
 
 class SelfAttention(nn.Module):
