@@ -25,6 +25,7 @@ def add_demo(sub):
     p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget (e.g. 3 for a longer run)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores not busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

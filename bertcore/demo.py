@@ -14,7 +14,7 @@ Held-out reviews and NER sentences are kept out of the pretraining corpus.
 import dataclasses
 import json
 import logging
-import random
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +71,7 @@ def run_demo(args) -> int:
             setattr(size, name, max(2, int(getattr(size, name) * args.steps_scale)))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads or free_cores())
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     results = Demo(size, out, args.seed, progress=not args.no_progress).run(args.encoder, args.tokenizer)
@@ -176,6 +177,17 @@ class Demo:
         trainer = Trainer(model, tokenizer=model.tokenizer, train=train, eval=test, args=args)
         history = trainer.fit()
         return history[-1], history
+
+
+def free_cores() -> int:
+    """Cores not busy with other work. Small CPU ops slow down several-fold when torch's
+    threads compete with other processes for the cores, so a busy machine gets fewer."""
+    cores = os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
 
 
 def ner_sentences(paragraphs, max_chars: int) -> list[dict]:
