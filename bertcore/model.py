@@ -156,6 +156,37 @@ class SelfAttention(nn.Module):
         return self.output(ctx.reshape(-1, c.hidden_size), residual=x)         # (T, H)
 
 
+class _DropoutAttention(torch.autograd.Function):
+    """softmax(q kᵀ/√d) with dropout, then · v, for training on the CPU.
+
+    SDPA's math path (the only CPU one with dropout) keeps three (n, nh, l, l) fp32
+    tensors per layer for the backward (probabilities, the float dropout noise and the
+    dropped probabilities); this keeps the probabilities and a bool keep-mask (1.25
+    of those) and recomputes the rest in the backward. q, k, v are saved as the views
+    they are (no copy). Dropout draws from torch's global RNG (`torch.rand`)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, p):                                              # (n, nh, l, hd) each
+        scale = q.shape[-1] ** -0.5
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(scale), -1)  # (n, nh, l, l)
+        keep = torch.rand_like(probs) >= p                                     # (n, nh, l, l) bool
+        out = torch.matmul(probs * keep / (1.0 - p), v)                        # (n, nh, l, hd)
+        ctx.save_for_backward(q, k, v, probs, keep)
+        ctx.p, ctx.scale = p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):                                                   # (n, nh, l, hd)
+        q, k, v, probs, keep = ctx.saved_tensors
+        c = 1.0 / (1.0 - ctx.p)
+        dv = torch.matmul((probs * keep).mul_(c).transpose(-1, -2), dout)      # (n, nh, l, hd)
+        dprobs = torch.matmul(dout, v.transpose(-1, -2)).mul_(keep).mul_(c)    # (n, nh, l, l)
+        ds = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype).mul_(ctx.scale)
+        dq = torch.matmul(ds, k)                                               # (n, nh, l, hd)
+        dk = torch.matmul(ds.transpose(-1, -2), q)                             # (n, nh, l, hd)
+        return dq, dk, dv, None
+
+
 def attention_runs(qkv, runs, dropout_p=0.0):
     """Attention of packed sequences without padding, for the CPU.
 
@@ -172,7 +203,10 @@ def attention_runs(qkv, runs, dropout_p=0.0):
         if n * l == 0:
             continue                                                           # empty sequences: no tokens
         q, k, v = chunk.view(n, l, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, l, hd)
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)       # (n, nh, l, hd)
+        if dropout_p > 0.0 and torch.is_grad_enabled():
+            o = _DropoutAttention.apply(q, k, v, dropout_p)                    # (n, nh, l, hd)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)   # (n, nh, l, hd)
         outs.append(o.transpose(1, 2).reshape(n * l, heads * head_dim))        # (n*l, H)
     if not outs:
         return qkv.new_zeros(total, heads * head_dim)

@@ -1,0 +1,82 @@
+"""The encoder's CPU fast path: attention per run of equal lengths, the dropout
+attention Function, the fused-QKV weight cache and its autograd Function."""
+import bertcore_kernels as K
+import pytest
+import torch
+
+from bertcore import BertConfig, BertEncoder
+from bertcore.model import QKV, _DropoutAttention, attention_runs
+from bertcore.padding import equal_length_runs
+
+
+@pytest.mark.parametrize("lengths", [[5, 5, 5], [3, 7, 7, 0, 2, 2, 2, 1], [0, 0], [9]])
+def test_attention_runs_matches_reference(lengths):
+    torch.manual_seed(0)
+    total, heads, hd = sum(lengths), 2, 8
+    qkv = torch.randn(total, 3, heads, hd, dtype=torch.float64, requires_grad=True)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    runs = equal_length_runs(cu)
+    assert sum(n for n, _ in runs) == len(lengths) and sum(n * l for n, l in runs) == total
+    ours = attention_runs(qkv, runs)
+    if not total:
+        assert ours.shape == (0, heads * hd)
+        return
+    ref = K.attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, max(lengths)).reshape(total, -1)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ours)
+    torch.testing.assert_close(torch.autograd.grad(ours, qkv, g)[0], torch.autograd.grad(ref, qkv, g)[0])
+
+
+def test_equal_length_runs():
+    cu = torch.tensor([0, 4, 8, 11, 11, 11, 13], dtype=torch.int32)
+    assert equal_length_runs(cu) == [(2, 4), (1, 3), (2, 0), (1, 2)]
+
+
+def test_dropout_attention_against_explicit_mask():
+    q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    p = 0.3
+    torch.manual_seed(1)
+    out = _DropoutAttention.apply(q, k, v, p)
+    torch.manual_seed(1)
+    keep = torch.rand(2, 3, 7, 7, dtype=torch.float64) >= p
+    ref = ((q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1) * keep / (1 - p)) @ v
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        torch.testing.assert_close(a, b)
+
+
+def test_fused_qkv_cache_follows_parameter_updates():
+    qkv = QKV(BertConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32))
+    x = torch.randn(5, 16)
+
+    def plain():
+        return torch.cat([qkv.query(x), qkv.key(x), qkv.value(x)], -1)
+    with torch.no_grad():
+        torch.testing.assert_close(qkv(x), plain())
+        qkv.key.weight.add_(1.0)                       # in place: bumps _version
+        torch.testing.assert_close(qkv(x), plain())
+    with torch.inference_mode():
+        torch.testing.assert_close(qkv(x), plain())
+    out = qkv(x.requires_grad_())                      # grad mode: the autograd Function
+    ref = plain()
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *qkv.parameters()], g)
+    refs = torch.autograd.grad(ref, [x, *qkv.parameters()], g)
+    for a, b in zip(grads, refs):
+        torch.testing.assert_close(a, b)
+
+
+def test_training_step_with_dropout_runs_and_frozen_layers_get_no_grad():
+    torch.manual_seed(0)
+    enc = BertEncoder(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=32, max_position_embeddings=32))
+    enc.train().freeze(embeddings=True, layers=[0])
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    out = enc(ids, attention_mask=mask)
+    out.last_hidden_state.square().mean().backward()
+    assert enc.encoder.layer[0].attention.self.query.weight.grad is None
+    assert enc.encoder.layer[1].attention.self.query.weight.grad is not None
+    assert torch.isfinite(enc.encoder.layer[1].attention.self.key.weight.grad).all()
