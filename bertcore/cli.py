@@ -22,7 +22,7 @@ def add_demo(sub):
     p.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
     p.add_argument("--encoder", help="fine-tune this HF BERT checkpoint folder instead of pretraining one")
     p.add_argument("--tokenizer", help="its tokenizer folder (default: the --encoder folder)")
-    p.add_argument("--output", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget (e.g. 3 for a longer run)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the cores not busy with other work)")

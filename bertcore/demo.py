@@ -49,10 +49,10 @@ class DemoSize:
     test_reviews: int = 1000
     paragraphs: int = 6000        # People's Daily paragraphs read
     test_ner: int = 500
-    pretrain_steps: int = 400
+    pretrain_steps: int = 500
     pretrain_batch: int = 32
     pretrain_lr: float = 1e-3
-    finetune_steps: int = 150
+    finetune_steps: int = 250
     finetune_batch: int = 32
     finetune_lr: float = 5e-4
     evals: int = 3                # evaluations per fine-tuning run (the curves)
@@ -115,12 +115,12 @@ class Demo:
             tok = self.train_tokenizer(corpus)
             pretrained = self.pretrain(corpus, tok)
             self.results["encoder"] = "pretrained here"
-        cfg = pretrained.config
+        cfg = finetune_config(pretrained.config)
 
         self.results["sentiment"] = {}
         for init in ("pretrained", "random"):
             if init == "pretrained":
-                encoder = copy_encoder(pretrained)
+                encoder = copy_encoder(pretrained, cfg)
             else:
                 torch.manual_seed(self.seed)
                 encoder = BertEncoder(cfg)
@@ -133,7 +133,7 @@ class Demo:
 
         self.say(f"fine-tuning NER (PER/LOC/ORG) from the pretrained encoder ({s.finetune_steps} steps)")
         head = create_head("ner", cfg, labels=NER_LABELS)
-        metrics, history = self.finetune(TaskModel(copy_encoder(pretrained), {"ner": head}, tokenizer=tok),
+        metrics, history = self.finetune(TaskModel(copy_encoder(pretrained, cfg), {"ner": head}, tokenizer=tok),
                                          ner_train, ner_test, "ner")
         self.results["ner"] = {k: metrics[k] for k in ("precision", "recall", "f1")}
         self.results["ner"]["history"] = history
@@ -153,13 +153,14 @@ class Demo:
         cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
                          num_attention_heads=s.heads, intermediate_size=s.intermediate,
                          max_position_embeddings=max(64, s.max_length),
-                         # CPU attention with dropout falls back to a slow kernel; hidden dropout stays.
-                         attention_probs_dropout_prob=0.0 if not torch.cuda.is_available() else 0.1)
+                         # No dropout in a pretraining run this short (it only slows learning, as in
+                         # "Cramming"); fine-tuning turns hidden dropout back on (`finetune_config`).
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} "
                  f"documents ({s.pretrain_steps} steps of {s.pretrain_batch} pairs)")
         args = TrainingArgs(output_dir=str(self.out / "pretrain"), epochs=1, max_steps=s.pretrain_steps,
                             batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr, max_length=s.max_length,
-                            eval_every=max(1, s.pretrain_steps // s.evals), seed=self.seed, progress=self.progress)
+                            eval_every=max(1, -(-s.pretrain_steps // s.evals)), seed=self.seed, progress=self.progress)
         model = pretrain(corpus, tok, cfg, args, eval_fraction=0.02, max_eval_pairs=500)
         last = model.history[-1]
         self.results["pretraining"] = {"mlm_accuracy": last["mlm/accuracy"], "nsp_accuracy": last["nsp/accuracy"],
@@ -172,7 +173,7 @@ class Demo:
         s = self.size
         args = TrainingArgs(output_dir=str(self.out / name), epochs=1, max_steps=s.finetune_steps,
                             batch_size=s.finetune_batch, learning_rate=s.finetune_lr, max_length=s.max_length,
-                            eval_every=max(1, s.finetune_steps // s.evals), seed=self.seed,
+                            eval_every=max(1, -(-s.finetune_steps // s.evals)), seed=self.seed,
                             progress=self.progress)
         trainer = Trainer(model, tokenizer=model.tokenizer, train=train, eval=test, args=args)
         history = trainer.fit()
@@ -198,9 +199,18 @@ def ner_sentences(paragraphs, max_chars: int) -> list[dict]:
     return examples
 
 
-def copy_encoder(encoder: BertEncoder) -> BertEncoder:
-    """A fresh encoder with the same weights (each fine-tuning run starts from the same point)."""
-    clone = BertEncoder(encoder.config)
+def finetune_config(config: BertConfig) -> BertConfig:
+    """The encoder config for fine-tuning: hidden dropout 0.1; attention dropout stays off on
+    a CPU, where it sends attention to a slow kernel."""
+    attention = config.attention_probs_dropout_prob if torch.cuda.is_available() else 0.0
+    return dataclasses.replace(config, hidden_dropout_prob=max(config.hidden_dropout_prob, 0.1),
+                               attention_probs_dropout_prob=attention)
+
+
+def copy_encoder(encoder: BertEncoder, config: BertConfig) -> BertEncoder:
+    """A fresh encoder with `encoder`'s weights and `config` (each fine-tuning run starts from
+    the same point)."""
+    clone = BertEncoder(config)
     clone.load_state_dict(encoder.state_dict())
     return clone
 
