@@ -154,7 +154,7 @@ def run_case(models, providers, batch, mode, device, rounds, budget_s, warmup):
 def run(quick: bool = False, device: str | None = None, threads: int | None = None, shapes=None,
         batches=None, modes=None, providers=None, rounds: int | None = None, batch_size: int = 16,
         vocab_size: int = 30522, budget_s: float | None = None, out_dir: Path | None = None,
-        write: bool = True, verbose: bool = True) -> list[dict]:
+        write: bool = True, verbose: bool = True, name: str | None = None) -> list[dict]:
     device = B.pick_device(device)
     if device == "cpu":
         B.set_threads(threads)
@@ -179,7 +179,7 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
                 batch = make_batch(kind, batch_size, vocab, device)
                 real = sum(batch["lengths"])
                 for mode in modes:
-                    n_rounds = rounds or ((3 if big else 5) if quick else (4 if big else 7))
+                    n_rounds = rounds or ((3 if big else 7) if quick else (4 if big else 9))
                     budget = budget_s or (30 if quick else 90)
                     stats = run_case(models, providers, batch, mode, device, n_rounds, budget,
                                      warmup=1 if (mode == "train" or big) else 2)
@@ -200,7 +200,7 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
             del models
     if write:
         out_dir = out_dir or B.results_dir(device)
-        name = "encoder-quick" if quick else "encoder"
+        name = name or ("encoder-quick" if quick else "encoder")
         B.write_csv(rows, out_dir / f"{name}.csv")
         for mode in modes:
             sub = [dict(r, case=f"{r['shape']}") for r in rows if r["mode"] == mode]
@@ -251,10 +251,11 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", choices=list(MODES))
     ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS))
     ap.add_argument("--rounds", type=int)
+    ap.add_argument("--name", help="file stem of the CSV/PNG (default: encoder or encoder-quick)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     run(a.quick, a.device, a.threads, a.shapes, a.batches, a.modes, a.providers, a.rounds,
-        write=not a.no_write)
+        write=not a.no_write, name=a.name)
     return 0
 
 
