@@ -93,5 +93,5 @@ def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "Sentiment accuracy, pretrained encoder" in out and "NSP accuracy" in out
-    for name in ("results.md", "results.json", "results.png", "pretrain/curves.png", "ner/metrics.jsonl"):
+    for name in ("results.md", "results.json", "results.png", "pretrain/curves.png", "ner-pretrained/metrics.jsonl"):
         assert (tmp_path / name).is_file(), name

@@ -187,3 +187,20 @@ def test_ddp_two_processes_match_one(tmp_path, tok):
         assert (out / "last" / "trainer_state.pt").is_file()
     for key, value in runs[2].items():
         torch.testing.assert_close(value, runs[1][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_bf16_autocast_and_max_steps(tmp_path, tok):
+    model = toy.model(tok)
+    history = Trainer(model, tokenizer=tok, train=toy.examples(32), eval=toy.examples(8),
+                      args=args(tmp_path, bf16=True, max_steps=3, save_checkpoints=False)).fit()
+    assert history[-1]["step"] == 3 and math.isfinite(history[-1]["loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast, weights stay fp32
+
+
+def test_early_stopping(tmp_path, tok):
+    model = toy.model(tok)
+    trainer = Trainer(model, tokenizer=tok, train=toy.examples(32), eval=toy.examples(8),
+                      args=args(tmp_path, epochs=50, learning_rate=0.0, warmup_ratio=0.0, eval_every=1,
+                                early_stopping_patience=2, save_checkpoints=False))
+    history = trainer.fit()
+    assert len(history) == 3  # the first sets the best; two without improvement stop the run
