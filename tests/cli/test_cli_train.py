@@ -3,6 +3,7 @@ import json
 import random
 
 import pytest
+import torch
 
 import bertcore
 from bertcore.cli import main
@@ -22,6 +23,15 @@ def checkpoint(tmp_path_factory):
     bertcore.BertEncoder(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one torch thread is faster than two competing on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def reviews(n, seed=0):
