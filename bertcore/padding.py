@@ -44,7 +44,7 @@ def pack(x: torch.Tensor, packing: Packing) -> torch.Tensor:
 def repad(x: torch.Tensor, packing: Packing) -> torch.Tensor:
     """(T, ...) → (B, L, ...), zeros at padding."""
     if packing.indices is not None:
-        x = x.new_zeros(packing.batch * packing.seqlen, *x.shape[1:]).index_copy(0, packing.indices, x)
+        x = x.new_zeros(packing.batch * packing.seqlen, *x.shape[1:]).index_copy_(0, packing.indices, x)
     return x.view(packing.batch, packing.seqlen, *x.shape[1:])
 
 
