@@ -117,6 +117,7 @@ class _FusedLinear(torch.autograd.Function):
     def forward(ctx, x, w1, w2, w3, b1, b2, b3):
         ctx.save_for_backward(x, w1, w2, w3)
         ctx.bias_sizes = (b1.shape[0], b2.shape[0], b3.shape[0])
+        ctx.bias_dtype = b1.dtype
         return F.linear(x, torch.cat((w1, w2, w3)), torch.cat((b1, b2, b3)))   # (T, 3H)
 
     @staticmethod
@@ -124,13 +125,14 @@ class _FusedLinear(torch.autograd.Function):
         x, w1, w2, w3 = ctx.saved_tensors
         need = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
+        dt = grad.dtype                     # the forward's compute dtype (bf16 under autocast)
         g2 = grad.reshape(-1, grad.shape[-1])                                  # (T, 3H)
         if need[0]:
-            grad_x = (g2 @ torch.cat((w1, w2, w3))).view(x.shape)              # (T, H)
+            grad_x = (g2 @ torch.cat((w1, w2, w3)).to(dt)).view(x.shape).to(x.dtype)  # (T, H)
         if any(need[1:4]):
-            grad_w = (g2.t() @ x.reshape(-1, x.shape[-1])).split(ctx.bias_sizes)  # 3 × (H, H)
+            grad_w = (g2.t() @ x.reshape(-1, x.shape[-1]).to(dt)).to(w1.dtype).split(ctx.bias_sizes)  # 3 × (H, H)
         if any(need[4:]):
-            grad_b = g2.sum(0).split(ctx.bias_sizes)                           # 3 × (H,)
+            grad_b = g2.sum(0).to(ctx.bias_dtype).split(ctx.bias_sizes)         # 3 × (H,)
         grad_w = grad_w or (None, None, None)
         grad_b = grad_b or (None, None, None)
         return (grad_x, *(g if n else None for g, n in zip(grad_w, need[1:4])),
@@ -178,13 +180,15 @@ class _DropoutAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):                                                   # (n, nh, l, hd)
         q, k, v, probs, keep = ctx.saved_tensors
+        dtypes = (q.dtype, k.dtype, v.dtype)
+        q, k, v, dout = (t.to(probs.dtype) for t in (q, k, v, dout))          # autocast: backward in fp32
         c = 1.0 / (1.0 - ctx.p)
         dv = torch.matmul((probs * keep).mul_(c).transpose(-1, -2), dout)      # (n, nh, l, hd)
         dprobs = torch.matmul(dout, v.transpose(-1, -2)).mul_(keep).mul_(c)    # (n, nh, l, l)
         ds = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype).mul_(ctx.scale)
         dq = torch.matmul(ds, k)                                               # (n, nh, l, hd)
         dk = torch.matmul(ds.transpose(-1, -2), q)                             # (n, nh, l, hd)
-        return dq, dk, dv, None
+        return dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), None
 
 
 def attention_runs(qkv, runs, dropout_p=0.0):

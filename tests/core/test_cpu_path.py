@@ -80,3 +80,18 @@ def test_training_step_with_dropout_runs_and_frozen_layers_get_no_grad():
     assert enc.encoder.layer[0].attention.self.query.weight.grad is None
     assert enc.encoder.layer[1].attention.self.query.weight.grad is not None
     assert torch.isfinite(enc.encoder.layer[1].attention.self.key.weight.grad).all()
+
+
+def test_training_step_under_bf16_autocast():
+    torch.manual_seed(0)
+    enc = BertEncoder(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=64, max_position_embeddings=32)).train()
+    ids = torch.randint(5, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = enc(ids, attention_mask=mask)
+        loss = out.last_hidden_state.float().square().mean()
+    loss.backward()
+    grads = [p.grad for p in enc.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
