@@ -29,7 +29,8 @@ def _pad_index(cu_seqlens: torch.Tensor, max_seqlen: int, total: int):
     key_mask = torch.arange(max_seqlen, device=cu_seqlens.device) < lens[:, None]  # (B, L)
     # A zero-length sequence has no key to attend to; give its (discarded) padding
     # rows one key so softmax stays finite and no NaN leaks into the backward.
-    key_mask[:, 0] |= lens == 0
+    if max_seqlen > 0:
+        key_mask[:, 0] |= lens == 0
     return flat, key_mask
 
 

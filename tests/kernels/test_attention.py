@@ -230,3 +230,10 @@ def test_cuda_new_batch_does_not_recompile():
         if i == 0:
             first = compiled()
     assert compiled() == first
+
+
+def test_torch_path_accepts_a_batch_of_only_empty_sequences():
+    q = torch.zeros(0, 2, 32, requires_grad=True)
+    out = K.attention(q, q, q, torch.zeros(3, dtype=torch.int32), 0, backend="torch")
+    out.sum().backward()
+    assert out.shape == (0, 2, 32) and q.grad.shape == (0, 2, 32)
