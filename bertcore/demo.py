@@ -118,13 +118,16 @@ class Demo:
             self.results["encoder"] = "pretrained here"
         cfg = finetune_config(pretrained.config)
 
+        def start_encoder(init):
+            # Same seed for every random start, so both tasks compare like with like.
+            if init == "pretrained":
+                return copy_encoder(pretrained, cfg)
+            torch.manual_seed(self.seed)
+            return BertEncoder(cfg)
+
         self.results["sentiment"] = {}
         for init in ("pretrained", "random"):
-            if init == "pretrained":
-                encoder = copy_encoder(pretrained, cfg)
-            else:
-                torch.manual_seed(self.seed)
-                encoder = BertEncoder(cfg)
+            encoder = start_encoder(init)
             head = create_head("classification", cfg, labels=["neg", "pos"])
             self.say(f"fine-tuning sentiment from the {init} encoder ({s.finetune_steps} steps)")
             metrics, history = self.finetune(TaskModel(encoder, {"sentiment": head}, tokenizer=tok),
@@ -134,11 +137,7 @@ class Demo:
 
         self.results["ner"] = {}
         for init in ("pretrained", "random"):
-            if init == "pretrained":
-                encoder = copy_encoder(pretrained, cfg)
-            else:
-                torch.manual_seed(self.seed)
-                encoder = BertEncoder(cfg)
+            encoder = start_encoder(init)
             head = create_head("ner", cfg, labels=NER_LABELS)
             self.say(f"fine-tuning NER (PER/LOC/ORG) from the {init} encoder ({s.finetune_steps} steps)")
             metrics, history = self.finetune(TaskModel(encoder, {"ner": head}, tokenizer=tok),
