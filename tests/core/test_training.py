@@ -38,7 +38,9 @@ def args(tmp_path, **kw):
 
 
 def weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # CPU copies: the Trainer moves the model to CUDA where there is one, and a snapshot
+    # taken before fit() must compare with one taken after.
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def test_fit_learns_and_writes_outputs(tmp_path, tok):
@@ -182,7 +184,9 @@ if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
 def test_ddp_two_processes_match_one(tmp_path, tok):
     tests = str(Path(__file__).parent)
     tokdir = str(tok.save_pretrained(tmp_path / "tok"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A gloo (CPU) comparison: hide any GPU, else the workers would take nccl (one GPU per
+    # rank) and the Triton backend, which has no float64.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     runs = {}
     for world, bs in ((1, 8), (2, 4)):
         out = tmp_path / f"w{world}"

@@ -7,6 +7,11 @@ atol scaled to the reference's magnitude.
 import pytest
 import torch
 
+# Where the Triton-backend tests run: the GPU where there is one, else the CPU in
+# Triton's interpreter (conftest sets TRITON_INTERPRET=1 only without CUDA). With
+# CUDA present the kernels are compiled, and compiled kernels cannot read CPU tensors.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 _skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -37,7 +42,7 @@ def assert_rule(name, triton_out, torch_out, ref64, dtype):
     return e_tri, e_torch
 
 
-def cu_seqlens_of(lengths, device="cpu"):
+def cu_seqlens_of(lengths, device=DEVICE):
     cu = [0]
     for n in lengths:
         cu.append(cu[-1] + n)

@@ -1,4 +1,5 @@
-"""Triton varlen flash attention (interpreter on CPU) against an fp64 PyTorch reference."""
+"""Triton varlen flash attention (on the GPU, or the interpreter on CPU) against an fp64
+PyTorch reference."""
 import importlib
 import math
 
@@ -9,7 +10,7 @@ import bertcore_kernels as K
 from bertcore_kernels.attention import _dropout_mask, attention_ref
 from bertcore_kernels.dispatch import interpret_mode
 
-from kernel_checks import assert_rule, cu_seqlens_of, requires_cuda
+from kernel_checks import DEVICE, assert_rule, cu_seqlens_of, requires_cuda
 
 attn_mod = importlib.import_module("bertcore_kernels.attention")  # the package rebinds .attention
 HEADS = 2
@@ -28,15 +29,15 @@ def run(fn, qkv, cu, max_seqlen, grad, dtype, **kwargs):
     return (out, *qkv.grad.unbind(1))
 
 
-def inputs(lengths, head_dim, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
+def inputs(lengths, head_dim, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, then moved: same numbers anywhere
     total = sum(lengths)
     qkv = torch.randn(total, 3, HEADS, head_dim, generator=g, dtype=torch.float64)
     grad = torch.randn(total, HEADS, head_dim, generator=g, dtype=torch.float64)
     return qkv.to(device), grad.to(device), cu_seqlens_of(lengths, device), max(lengths, default=0)
 
 
-def check_against_fp64(lengths, head_dim, dtype, device="cpu", dropout_p=0.0, seed=None):
+def check_against_fp64(lengths, head_dim, dtype, device=DEVICE, dropout_p=0.0, seed=None):
     qkv, grad, cu, max_seqlen = inputs(lengths, head_dim, device=device)
     kw, ref_kw = {}, {}
     if dropout_p:
@@ -133,7 +134,7 @@ def test_dropout_keep_fraction_and_scaling():
     # kept fraction / (1 - p): the kernel's own mask and scaling, observable.
     p, lengths = 0.3, [64, 64]
     cu, L = cu_seqlens_of(lengths), 64
-    zeros = torch.zeros(sum(lengths), HEADS, 32)
+    zeros = torch.zeros(sum(lengths), HEADS, 32, device=DEVICE)
     out = triton_attention(zeros, zeros, torch.ones_like(zeros), cu, L, dropout_p=p, seed=99)
     mask = _dropout_mask(cu, L, HEADS, p, 99)                                 # (B, H, L, L)
     n = mask.numel()
@@ -157,17 +158,24 @@ def test_backend_choice(monkeypatch):
     calls = []
     real = attn_mod._attention_fwd
     monkeypatch.setattr(attn_mod, "_attention_fwd", lambda *a: calls.append(1) or real(*a))
-    qkv, _, cu, max_seqlen = inputs([5, 3], 32)
+    qkv, _, cu, max_seqlen = inputs([5, 3], 32, device="cpu")
     q, k, v = qkv.float().unbind(1)
     monkeypatch.delenv("BERTCORE_KERNELS", raising=False)
     ref = K.attention(q, k, v, cu, max_seqlen)                                # auto on CPU: torch
     assert calls == []
+    # Forced Triton runs where the kernels can: compiled ones read only GPU tensors.
+    q, k, v, cu = (t.to(DEVICE) for t in (q, k, v, cu))
     monkeypatch.setenv("BERTCORE_KERNELS", "triton")
     out = K.attention(q, k, v, cu, max_seqlen)
     assert calls == [1]
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-6)
+    if q.is_cuda:
+        monkeypatch.delenv("BERTCORE_KERNELS")
+        K.attention(q, k, v, cu, max_seqlen)                                  # auto on CUDA: triton
+        assert calls == [1, 1]
+        calls.pop()
     monkeypatch.setenv("BERTCORE_KERNELS", "torch")
-    K.attention(q, k, v, cu, max_seqlen, backend="auto")
+    K.attention(q, k, v, cu, max_seqlen, backend="auto")                      # the variable beats auto
     assert calls == [1]
     monkeypatch.setenv("BERTCORE_KERNELS", "cuda")
     with pytest.raises(ValueError, match="BERTCORE_KERNELS"):
@@ -191,10 +199,11 @@ def test_bad_inputs_raise_clear_errors():
         K.attention(q[0], k[0], v[0], cu, max_seqlen)
     with pytest.raises(ValueError, match="cu_seqlens"):
         K.attention(q, k, v, cu[None], max_seqlen)
+    # Offsets are checked only on the host (on a GPU a check would cost a sync): CPU cu_seqlens.
     with pytest.raises(ValueError, match="total_tokens"):
-        K.attention(q, k, v, cu_seqlens_of([5, 2]), max_seqlen, backend="triton")
+        K.attention(q, k, v, cu_seqlens_of([5, 2], "cpu"), max_seqlen, backend="triton")
     with pytest.raises(ValueError, match="max_seqlen=4"):
-        K.attention(q, k, v, cu, 4, backend="triton")
+        K.attention(q, k, v, cu.cpu(), 4, backend="triton")
     with pytest.raises(TypeError, match="Python int"):
         K.attention(q, k, v, cu, torch.tensor(5))
     with pytest.raises(ValueError, match="dropout_p"):
@@ -204,7 +213,7 @@ def test_bad_inputs_raise_clear_errors():
     if interpret_mode():
         with pytest.raises(TypeError, match="interpreter"):
             K.attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), cu, max_seqlen, backend="triton")
-    big = torch.zeros(8, 1, 512)
+    big = torch.zeros(8, 1, 512, device=DEVICE)
     with pytest.raises(ValueError, match="head_dim <= 256"):
         K.attention(big, big, big, cu, max_seqlen, backend="triton")
 

@@ -1,10 +1,12 @@
-"""The tiny encoder end to end on the Triton backend (interpreter on CPU) equals the torch backend."""
+"""The tiny encoder end to end on the Triton backend (on the GPU, or the interpreter on CPU) equals
+the torch backend."""
 import importlib
 
 import pytest
 import torch
 
 from bertcore import BertConfig, BertEncoder
+from kernel_checks import DEVICE
 
 CONFIG = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
               vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -19,8 +21,9 @@ def encode(monkeypatch, backend, encoder, ids, mask):
     monkeypatch.setenv("BERTCORE_KERNELS", backend)
     encoder.zero_grad()
     out = encoder(ids, attention_mask=mask)
-    g = torch.Generator().manual_seed(1)
-    loss = (out.last_hidden_state * torch.randn(out.last_hidden_state.shape, generator=g)).sum() \
+    g = torch.Generator().manual_seed(1)  # CPU-only: draw there, then move to the output's device
+    weight = torch.randn(out.last_hidden_state.shape, generator=g).to(out.last_hidden_state.device)
+    loss = (out.last_hidden_state * weight).sum() \
         + out.pooler_output.square().sum()
     loss.backward()
     grads = {name: p.grad.clone() for name, p in encoder.named_parameters() if p.grad is not None}
@@ -35,7 +38,8 @@ def test_encoder_triton_equals_torch(monkeypatch, lengths):
         seqlen = max(lengths)
         ids = torch.randint(5, 100, (len(lengths), seqlen))
     mask = (torch.arange(seqlen)[None, :] < torch.tensor(lengths)[:, None]).long()
-    ids = ids * mask
+    # Built on the CPU (same weights and ids anywhere), run where Triton can: both backends on DEVICE.
+    encoder, ids, mask = encoder.to(DEVICE), (ids * mask).to(DEVICE), mask.to(DEVICE)
     calls = []
     for module, name in (("attention", "_attention_fwd"), ("attention", "_attention_bwd"),
                          ("layer_norm", "_layer_norm_fwd"), ("layer_norm", "_layer_norm_bwd")):

@@ -1,4 +1,5 @@
-"""Triton LN(dropout(x) + residual) (interpreter on CPU) against an fp64 PyTorch reference."""
+"""Triton LN(dropout(x) + residual) (on the GPU, or the interpreter on CPU) against an fp64
+PyTorch reference."""
 import importlib
 import math
 
@@ -8,7 +9,7 @@ import torch
 import bertcore_kernels as K
 from bertcore_kernels.layer_norm import layer_norm_ref
 
-from kernel_checks import assert_rule, requires_cuda
+from kernel_checks import DEVICE, assert_rule, requires_cuda
 
 ln_mod = importlib.import_module("bertcore_kernels.layer_norm")  # the package rebinds .layer_norm
 EPS = 1e-5
@@ -19,8 +20,8 @@ def triton_layer_norm(*args, **kwargs):
     return K.layer_norm(*args, backend="triton", **kwargs)
 
 
-def inputs(shape, residual=True, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
+def inputs(shape, residual=True, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)  # drawn on the CPU, then moved: same numbers anywhere
     n = shape[-1]
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 2 + 0.5
     r = torch.randn(shape, generator=g, dtype=torch.float64) if residual else None
@@ -39,7 +40,7 @@ def run(fn, x, w, b, r, grad, dtype, **kwargs):
     return (y, *(t.grad if t is not None else None for t in leaves))
 
 
-def check_against_fp64(shape, dtype, residual=True, device="cpu", dropout_p=0.0, seed=None):
+def check_against_fp64(shape, dtype, residual=True, device=DEVICE, dropout_p=0.0, seed=None):
     x, w, b, r, grad = inputs(shape, residual, device=device)
     kw, ref_kw = {}, {}
     if dropout_p:
@@ -61,7 +62,7 @@ def check_against_fp64(shape, dtype, residual=True, device="cpu", dropout_p=0.0,
     return errors
 
 
-def kept_elements(shape, p, seed, device="cpu"):
+def kept_elements(shape, p, seed, device=DEVICE):
     """The kernel's own keep-mask for (shape, p, seed), read back from its output.
 
     With x = 1, no residual, weight 1 and bias 0, a kept element is 1/(1-p), above
@@ -98,12 +99,13 @@ def test_batched_3d_input_and_wide_rows():
 
 
 def test_zero_rows():
-    x = torch.zeros(0, 64, requires_grad=True)
-    w, b = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
-    y = triton_layer_norm(x, w, b, EPS, residual=torch.zeros(0, 64))
+    x = torch.zeros(0, 64, device=DEVICE, requires_grad=True)
+    w = torch.ones(64, device=DEVICE, requires_grad=True)
+    b = torch.zeros(64, device=DEVICE, requires_grad=True)
+    y = triton_layer_norm(x, w, b, EPS, residual=torch.zeros(0, 64, device=DEVICE))
     assert y.shape == (0, 64)
     y.sum().backward()
-    assert torch.equal(w.grad, torch.zeros(64))
+    assert torch.equal(w.grad, torch.zeros(64, device=DEVICE))
 
 
 def test_dweight_is_deterministic():
@@ -140,8 +142,9 @@ def test_dropout_keep_fraction_and_scaling():
     keep = kept_elements(shape, p, seed=21)
     assert abs(keep.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
     # The saved row mean of dropout(1) is (kept fraction) / (1 - p): the kernel's scaling.
-    ones = torch.ones(shape)
-    _, mean, _ = ln_mod._layer_norm_fwd(ones, torch.ones(1024), torch.zeros(1024), EPS, None, p, 21)
+    ones = torch.ones(shape, device=DEVICE)
+    w, b = torch.ones(1024, device=DEVICE), torch.zeros(1024, device=DEVICE)
+    _, mean, _ = ln_mod._layer_norm_fwd(ones, w, b, EPS, None, p, 21)
     torch.testing.assert_close(mean, keep.float().mean(-1) / (1 - p))
     assert abs(mean.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
 
@@ -151,13 +154,19 @@ def test_backend_choice(monkeypatch):
     calls = []
     real = ln_mod._layer_norm_fwd
     monkeypatch.setattr(ln_mod, "_layer_norm_fwd", lambda *a: calls.append(1) or real(*a))
-    x, w, b, r, _ = (t.float() for t in inputs((4, 64)))
+    x, w, b, r, _ = (t.float() for t in inputs((4, 64), device="cpu"))
     monkeypatch.delenv("BERTCORE_KERNELS", raising=False)
-    ref = K.layer_norm(x, w, b, EPS, residual=r)
+    ref = K.layer_norm(x, w, b, EPS, residual=r)                              # auto on CPU: torch
     assert calls == []
+    # Forced Triton runs where the kernels can: compiled ones read only GPU tensors.
+    x, w, b, r = (t.to(DEVICE) for t in (x, w, b, r))
     monkeypatch.setenv("BERTCORE_KERNELS", "triton")
-    torch.testing.assert_close(K.layer_norm(x, w, b, EPS, residual=r), ref)
+    torch.testing.assert_close(K.layer_norm(x, w, b, EPS, residual=r).cpu(), ref)
     assert calls == [1]
+    if x.is_cuda:
+        monkeypatch.delenv("BERTCORE_KERNELS")
+        K.layer_norm(x, w, b, EPS, residual=r)                                # auto on CUDA: triton
+        assert calls == [1, 1]
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -176,7 +185,8 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_hidden_too_large_raises_and_torch_backend_takes_it():
     n = 16385  # past the fp32 limit of one row in registers
-    x, w, b = torch.randn(2, n), torch.ones(n), torch.zeros(n)
+    x = torch.randn(2, n, device=DEVICE)
+    w, b = torch.ones(n, device=DEVICE), torch.zeros(n, device=DEVICE)
     with pytest.raises(ValueError, match="up to 16384"):
         triton_layer_norm(x, w, b, EPS)
     y = K.layer_norm(x, w, b, EPS, backend="torch")
