@@ -40,6 +40,7 @@ BATCHES = {"equal-128": (128, 128), "mixed-16-128": (16, 128), "mixed-16-512": (
 PROVIDERS = ("bertcore", "bertcore-packed", "hf-sdpa", "hf-eager")
 MODES = ("inference", "train")
 BASELINE = "hf-sdpa"
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # None: no autocast
 # (shape, mode, batch) -> minimum ratio of bertcore over hf-sdpa real tokens/s (issue 6)
 TARGETS = {("train", "mixed-16-128"): 1.5, ("inference", "mixed-16-128"): 1.6,
            ("train", "equal-128"): 1.0, ("inference", "equal-128"): 1.0}
@@ -100,8 +101,15 @@ def make_optimizer(model, device):
         return torch.optim.AdamW(model.parameters(), lr=1e-5, foreach=True)
 
 
-def make_call(provider: str, model, batch, mode: str, opt):
+def make_call(provider: str, model, batch, mode: str, opt, dtype: str = "fp32"):
+    device = batch["ids"].device.type
+    amp = DTYPES[dtype]
+
     def forward():
+        with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
+            return run_model()
+
+    def run_model():
         if provider == "bertcore-packed":
             out = model(batch["packed"], cu_seqlens=batch["cu"], max_seqlen=batch["max"])
         else:
@@ -123,13 +131,13 @@ def make_call(provider: str, model, batch, mode: str, opt):
     return call
 
 
-def run_case(models, providers, batch, mode, device, rounds, budget_s, warmup):
+def run_case(models, providers, batch, mode, device, rounds, budget_s, warmup, dtype="fp32"):
     """Interleaved timing: every round runs each provider once, in rotating order."""
     calls = {}
     for p in providers:
         m = models[p]
         m.train(mode == "train")
-        calls[p] = make_call(p, m, batch, mode, models.get(("opt", id(m))))
+        calls[p] = make_call(p, m, batch, mode, models.get(("opt", id(m))), dtype)
     for p in providers:
         for _ in range(warmup):
             calls[p]()
@@ -154,8 +162,10 @@ def run_case(models, providers, batch, mode, device, rounds, budget_s, warmup):
 def run(quick: bool = False, device: str | None = None, threads: int | None = None, shapes=None,
         batches=None, modes=None, providers=None, rounds: int | None = None, batch_size: int = 16,
         vocab_size: int = 30522, budget_s: float | None = None, out_dir: Path | None = None,
-        write: bool = True, verbose: bool = True, name: str | None = None) -> list[dict]:
+        write: bool = True, verbose: bool = True, name: str | None = None,
+        dtype: str | None = None) -> list[dict]:
     device = B.pick_device(device)
+    dtype = dtype or ("bf16" if device == "cuda" else "fp32")
     if device == "cpu":
         B.set_threads(threads)
     shapes = shapes or list(SHAPES)
@@ -182,11 +192,11 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
                     n_rounds = rounds or ((3 if big else 7) if quick else (4 if big else 9))
                     budget = budget_s or (30 if quick else 90)
                     stats = run_case(models, providers, batch, mode, device, n_rounds, budget,
-                                     warmup=1 if (mode == "train" or big) else 2)
+                                     warmup=1 if (mode == "train" or big) else 2, dtype=dtype)
                     base = stats[BASELINE]
                     for p in providers:
                         s = stats[p]
-                        rows.append({**env, "shape": shape, "layers": SHAPES[shape]["num_hidden_layers"],
+                        rows.append({**env, "dtype": dtype, "shape": shape, "layers": SHAPES[shape]["num_hidden_layers"],
                                      "hidden": SHAPES[shape]["hidden_size"], "batch": kind,
                                      "batch_size": batch_size, "real_tokens": real,
                                      "padded_tokens": batch_size * batch["max"], "mode": mode,
@@ -237,7 +247,8 @@ def summary(rows: list[dict], file=None) -> list[dict]:
         out.append(row)
     threads = rows[0]["threads"] if rows else ""
     B.print_table(out, list(out[0]) if out else [], file=file,
-                  title=f"bertcore vs transformers BertModel (sdpa), same process, threads={threads}")
+                  title=f"bertcore vs transformers BertModel (sdpa), same process, "
+                        f"{rows[0]['dtype'] if rows else ''}, threads={threads}")
     return out
 
 
@@ -252,10 +263,12 @@ def main(argv=None) -> int:
     ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS))
     ap.add_argument("--rounds", type=int)
     ap.add_argument("--name", help="file stem of the CSV/PNG (default: encoder or encoder-quick)")
+    ap.add_argument("--dtype", choices=list(DTYPES),
+                    help="fp32, or bf16/fp16 autocast for every provider (default: bf16 on GPU, fp32 on CPU)")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     run(a.quick, a.device, a.threads, a.shapes, a.batches, a.modes, a.providers, a.rounds,
-        write=not a.no_write, name=a.name)
+        write=not a.no_write, name=a.name, dtype=a.dtype)
     return 0
 
 

@@ -18,7 +18,9 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
     scaled by 1/(1-p), to check a kernel's dropout; otherwise dropout draws from
     `generator` (or torch's global RNG). `upcast` computes in fp32 for half inputs.
     """
-    out_dtype = x.dtype
+    # x + residual promotes, as in eager PyTorch: under autocast a bf16 sub-layer
+    # output meets the fp32 residual stream and the block's output stays fp32 (HF too).
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     if upcast and x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
         residual = residual.float() if residual is not None else None
@@ -50,7 +52,7 @@ def _layer_norm_fwd_kernel(
     R,     # (M, N) residual; row stride given; unused without HAS_RESIDUAL
     W,     # (N,) LayerNorm weight
     B,     # (N,) LayerNorm bias
-    Y,     # (M, N) out, contiguous
+    Y,     # (M, N) out, contiguous; dtype of x + residual (promoted)
     MEAN,  # (M,) fp32 out: row mean of dropout(x) + residual
     RSTD,  # (M,) fp32 out: 1 / sqrt(var + eps)
     stride_x, stride_r, stride_y, N, eps, dropout_p, seed,
@@ -155,7 +157,8 @@ def _rows(t, n):
 def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
     """Runs the forward kernel on (M, N) rows. Returns (y, mean, rstd)."""
     M, N = x.shape
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:
@@ -174,8 +177,8 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
     """Runs the backward kernel. Returns (dx, dweight, dbias, dresidual or None)."""
     M, N = x.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    # Without dropout d(residual) equals dx: one tensor serves both.
-    store_dr = need_dresidual and dropout_p > 0.0
+    # Without dropout d(residual) equals dx: one tensor serves both, when they share a dtype.
+    store_dr = need_dresidual and (dropout_p > 0.0 or residual.dtype != x.dtype)
     dr = torch.empty((M, N), dtype=residual.dtype, device=x.device) if store_dr else dx
     if M == 0:
         zeros = torch.zeros_like(weight)
@@ -247,9 +250,8 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if resolve(backend, x) == "triton":
-        if x.dtype not in _TRITON_DTYPES or (residual is not None and residual.dtype != x.dtype):
-            raise TypeError(f"the Triton layer_norm runs fp16, bf16 and fp32 with x and residual of "
-                            f"one dtype; got x {x.dtype}, residual "
+        if x.dtype not in _TRITON_DTYPES or (residual is not None and residual.dtype not in _TRITON_DTYPES):
+            raise TypeError(f"the Triton layer_norm runs fp16, bf16 and fp32; got x {x.dtype}, residual "
                             f"{None if residual is None else residual.dtype}; use backend='torch'")
         if x.shape[-1] > _max_hidden(x.dtype):
             raise ValueError(f"the Triton layer_norm holds a row in registers and takes hidden sizes up "

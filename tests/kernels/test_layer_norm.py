@@ -179,8 +179,30 @@ def test_bad_inputs_raise_clear_errors():
         triton_layer_norm(x, w, b, EPS, dropout_p=1.5)
     with pytest.raises(TypeError, match="fp16, bf16 and fp32"):
         triton_layer_norm(x.double(), w.double(), b.double(), EPS)
-    with pytest.raises(TypeError, match="one dtype"):
-        triton_layer_norm(x, w, b, EPS, residual=r.half())
+    with pytest.raises(TypeError, match="fp16, bf16 and fp32"):
+        triton_layer_norm(x, w, b, EPS, residual=r.double())
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_half_x_with_fp32_residual_promotes_like_eager(dropout_p):
+    # Under autocast a sub-layer's fp16/bf16 output meets the fp32 residual stream:
+    # the output is fp32 (as `x + residual` then LayerNorm in eager PyTorch) and each
+    # gradient comes back in its input's dtype.
+    x, w, b, r, grad = inputs((33, 96))
+    keep = kept_elements((33, 96), dropout_p, 11) if dropout_p else None
+    kw = dict(dropout_p=dropout_p, seed=11) if dropout_p else {}
+    leaves = [x.half(), w.float(), b.float(), r.float()]
+    leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    y = triton_layer_norm(*leaves[:3], EPS, residual=leaves[3], **kw)
+    y.backward(grad.float())
+    assert y.dtype == torch.float32
+    assert [t.grad.dtype for t in leaves] == [torch.float16, torch.float32, torch.float32, torch.float32]
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = layer_norm_ref(*ref[:3], EPS, residual=ref[3], dropout_p=dropout_p, dropout_mask=keep)
+    y_ref.backward(grad)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
+    for t, t_ref in zip(leaves, ref):
+        torch.testing.assert_close(t.grad.double(), t_ref.grad, rtol=1e-3, atol=1e-3)
 
 
 def test_hidden_too_large_raises_and_torch_backend_takes_it():

@@ -1,0 +1,108 @@
+"""The encoder on a GPU (Triton attention and LayerNorm) against transformers.BertModel
+on the same GPU: fp32 to the last decimals, bf16 autocast within twice HF's own
+rounding, and a training step with dropout. Skipped without CUDA."""
+import pytest
+import torch
+import transformers
+
+from bertcore import BertConfig, BertEncoder
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+# head_dim 64 as in BERT; positions up to 512 so a full-length sequence is in the batch
+CONFIG = dict(vocab_size=300, hidden_size=256, num_hidden_layers=3, num_attention_heads=4,
+              intermediate_size=1024, max_position_embeddings=512)
+LENGTHS = [5, 130, 512, 1, 77]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    path = tmp_path_factory.mktemp("enc")
+    torch.manual_seed(0)
+    BertEncoder(BertConfig(**CONFIG)).save_pretrained(path)
+    ours = BertEncoder.from_pretrained(path).cuda()
+    theirs = transformers.BertModel.from_pretrained(path, attn_implementation="sdpa").cuda()
+    return ours, theirs
+
+
+def batch(lengths=LENGTHS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    seqlen = max(lengths)
+    ids = torch.randint(5, CONFIG["vocab_size"], (len(lengths), seqlen), generator=g)
+    mask = (torch.arange(seqlen)[None] < torch.tensor(lengths)[:, None]).long()
+    types = (torch.arange(seqlen)[None] >= seqlen // 3).long() * mask
+    return ids.mul(mask).cuda(), mask.cuda(), types.cuda()
+
+
+def run(model, ids, mask, types, dtype=None, grad=True):
+    """(hidden on real tokens, pooled, {param name: grad}) of a fixed random loss."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = model(ids, attention_mask=mask, token_type_ids=types)
+    hidden = out.last_hidden_state[mask.bool()].float()                       # (T, H)
+    pooled = out.pooler_output.float()                                         # (B, H)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    proj = torch.randn(hidden.shape, generator=g, device="cuda")
+    if grad:
+        ((hidden * proj).sum() + pooled.square().sum()).backward()
+    grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+    return hidden.detach(), pooled.detach(), grads
+
+
+def rel(a, b, floor=0.0):
+    """Relative error; `floor` keeps a gradient that is zero in exact arithmetic (the
+    key bias: softmax ignores a per-query constant) from dividing noise by noise."""
+    return ((a - b).norm() / max(b.norm().item(), floor)).item()
+
+
+def floor(grads):
+    return 1e-3 * max(g.norm().item() for g in grads.values())
+
+
+def test_fp32_matches_transformers_on_gpu(models):
+    ours, theirs = models
+    ours.eval(), theirs.eval()
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False   # fp32 means fp32 on both sides
+    try:
+        h, p, g = run(ours, *batch())
+        h_ref, p_ref, g_ref = run(theirs, *batch())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
+    assert (h - h_ref).abs().max() < 1e-4
+    assert (p - p_ref).abs().max() < 1e-4
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        assert rel(g[name], g_ref[name], floor(g_ref)) < 1e-4, name
+
+
+def test_bf16_autocast_error_within_twice_transformers(models):
+    # Both models under bf16 autocast, each compared with HF in fp32: our rounding
+    # error may be at most twice HF's own plus a little (the kernel tests' rule).
+    ours, theirs = models
+    ours.eval(), theirs.eval()
+    h_ref, p_ref, g_ref = run(theirs, *batch())
+    h_hf, p_hf, g_hf = run(theirs, *batch(), dtype=torch.bfloat16)
+    h, p, g = run(ours, *batch(), dtype=torch.bfloat16)
+    assert rel(h, h_ref) <= 2 * rel(h_hf, h_ref) + 1e-3
+    assert rel(p, p_ref) <= 2 * rel(p_hf, p_ref) + 1e-3
+    for name in g_ref:
+        f = floor(g_ref)
+        assert rel(g[name], g_ref[name], f) <= 2 * rel(g_hf[name], g_ref[name], f) + 1e-2, name
+
+
+def test_training_step_with_dropout_on_gpu(models):
+    ours, _ = models
+    ours.train()
+    ids, mask, types = batch()
+    torch.manual_seed(3)
+    a, _, grads = run(ours, ids, mask, types, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    b, _, _ = run(ours, ids, mask, types, dtype=torch.bfloat16, grad=False)
+    torch.manual_seed(4)
+    c, _, _ = run(ours, ids, mask, types, dtype=torch.bfloat16, grad=False)
+    ours.eval()
+    assert torch.equal(a, b), "same torch seed, same dropout masks"
+    assert not torch.equal(a, c)
+    assert all(torch.isfinite(t).all() for t in grads.values())
+    assert len(grads) == len([p for p in ours.parameters() if p.requires_grad])
