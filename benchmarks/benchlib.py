@@ -268,7 +268,8 @@ def plot(rows: list[dict], path: Path, x: str, y: str, series: str, panels: str 
 
 def device_name_from_rows(rows) -> str:
     r = rows[0]
-    return f"{r.get('device', '')}, threads={r.get('threads', '')}, torch {r.get('torch', '')}"
+    threads = f", threads={r['threads']}" if r.get("threads") else ""   # CPU runs only
+    return f"{r.get('device', '')}{threads}, torch {r.get('torch', '')}, triton {r.get('triton', '')}"
 
 
 def mixed_lengths(batch: int, lo: int, hi: int, seed: int = 0) -> list[int]:

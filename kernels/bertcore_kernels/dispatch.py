@@ -75,7 +75,9 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
         if backend not in BACKENDS:
             raise ValueError(f"BERTCORE_KERNELS={backend!r}: expected 'triton' or 'torch'")
     if backend == "auto":
-        return "triton" if tensor.is_cuda and triton_available()[0] else "torch"
+        # A CUDA tensor proves the device; asking the driver again (triton_available)
+        # on every op would cost host time on the launch-bound path.
+        return "triton" if tensor.is_cuda and TRITON_IMPORT_ERROR is None else "torch"
     if backend == "triton":
         if TRITON_IMPORT_ERROR is not None:
             raise RuntimeError(f"backend='triton' but {triton_available()[1]}; or use backend='torch'")
