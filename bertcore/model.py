@@ -55,7 +55,7 @@ class Embeddings(nn.Module):
         other = self.position_embeddings(position_ids) + self.token_type_embeddings(token_type_ids)
         x = K.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.config.layer_norm_eps,
                          residual=other)                                       # (T, H)
-        return F.dropout(x, self.config.hidden_dropout_prob, self.training)    # BERT drops after the LN here
+        return K.dropout(x, self.config.hidden_dropout_prob, self.training)    # BERT drops after the LN here
 
 
 class DenseLayerNorm(nn.Module):
@@ -165,16 +165,16 @@ class _DropoutAttention(torch.autograd.Function):
     tensors per layer for the backward (probabilities, the float dropout noise and the
     dropped probabilities); this keeps the probabilities and a bool keep-mask (1.25
     of those) and recomputes the rest in the backward. q, k, v are saved as the views
-    they are (no copy). Dropout draws from torch's global RNG (`torch.rand`)."""
+    they are (no copy). Dropout draws from torch's global RNG (`K.keep_mask`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, p):                                              # (n, nh, l, hd) each
         scale = q.shape[-1] ** -0.5
         probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(scale), -1)  # (n, nh, l, l)
-        keep = torch.rand_like(probs) >= p                                     # (n, nh, l, l) bool
-        out = torch.matmul(probs * keep / (1.0 - p), v)                        # (n, nh, l, hd)
+        keep, c = K.keep_mask(probs.shape, p, probs.device)                     # (n, nh, l, l) bool
+        out = torch.matmul((probs * keep).mul_(c), v)                          # (n, nh, l, hd)
         ctx.save_for_backward(q, k, v, probs, keep)
-        ctx.p, ctx.scale = p, scale
+        ctx.keep_scale, ctx.scale = c, scale
         return out
 
     @staticmethod
@@ -182,7 +182,7 @@ class _DropoutAttention(torch.autograd.Function):
         q, k, v, probs, keep = ctx.saved_tensors
         dtypes = (q.dtype, k.dtype, v.dtype)
         q, k, v, dout = (t.to(probs.dtype) for t in (q, k, v, dout))          # autocast: backward in fp32
-        c = 1.0 / (1.0 - ctx.p)
+        c = ctx.keep_scale
         dv = torch.matmul((probs * keep).mul_(c).transpose(-1, -2), dout)      # (n, nh, l, hd)
         dprobs = torch.matmul(dout, v.transpose(-1, -2)).mul_(keep).mul_(c)    # (n, nh, l, l)
         ds = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype).mul_(ctx.scale)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import resolve, tl, triton
+from .dropout import dropout
 
 
 def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dropout_mask=None,
@@ -28,11 +29,7 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
     if dropout_mask is not None:
         x = x * dropout_mask.to(x.dtype) / (1.0 - dropout_p)
     elif dropout_p > 0.0:
-        if generator is None:
-            x = F.dropout(x, dropout_p, training=True)
-        else:
-            keep = torch.rand(x.shape, generator=generator, device=x.device) >= dropout_p
-            x = x * keep.to(x.dtype) / (1.0 - dropout_p)
+        x = dropout(x, dropout_p, generator=generator)
     if residual is not None:
         x = x + residual
     return F.layer_norm(x, x.shape[-1:], weight, bias, eps).to(out_dtype)

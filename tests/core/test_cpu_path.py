@@ -38,8 +38,8 @@ def test_dropout_attention_against_explicit_mask():
     torch.manual_seed(1)
     out = _DropoutAttention.apply(q, k, v, p)
     torch.manual_seed(1)
-    keep = torch.rand(2, 3, 7, 7, dtype=torch.float64) >= p
-    ref = ((q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1) * keep / (1 - p)) @ v
+    keep, scale = K.keep_mask((2, 3, 7, 7), p)
+    ref = ((q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1) * keep * scale) @ v
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
