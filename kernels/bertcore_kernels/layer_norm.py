@@ -4,6 +4,8 @@ The file reads: the PyTorch reference (also the CPU path), the Triton kernels (o
 pass over each row: dropout, residual add, statistics, affine), their host
 launchers, the autograd Function, and the public `layer_norm`.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -146,6 +148,12 @@ def _num_warps(block_n):
     return min(max(block_n // 256, 1), 8)
 
 
+@functools.cache
+def _multi_processors(device_index):
+    # asked once per device: the backward runs on the launch-bound path
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _rows(t, n):
     t = t.reshape(-1, n)
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -182,7 +190,8 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
         return dx, zeros, zeros.clone(), (dr if need_dresidual else None)
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
     if x.is_cuda:
-        programs = torch.cuda.get_device_properties(x.device).multi_processor_count * 4
+        programs = _multi_processors(x.device.index if x.device.index is not None
+                                     else torch.cuda.current_device()) * 4
     else:
         programs = 8  # the interpreter runs programs one by one: few and long is fastest
     programs = min(programs, M)
