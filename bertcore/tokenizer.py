@@ -171,6 +171,11 @@ class Tokenizer:
 
         [PAD], [UNK], [CLS], [SEP], [MASK] get ids 0..4. Chinese characters are split
         one per word before training, so Chinese gets a character-level vocabulary.
+
+        The vocabulary can differ between processes on the same texts: `tokenizers`
+        breaks ties between equally frequent merges in hash-map order
+        (huggingface/tokenizers#1794). Save the trained tokenizer and load it, rather
+        than training it again, wherever ids must match.
         """
         backend = _Backend(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
                                      max_input_chars_per_word=100))
