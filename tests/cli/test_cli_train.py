@@ -3,10 +3,11 @@ import json
 import random
 
 import pytest
-import torch
 
 import bertcore
 from bertcore.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 WORDS = "good great fine bad awful poor movie film plot actor the a".split()
 
@@ -23,15 +24,6 @@ def checkpoint(tmp_path_factory):
     bertcore.BertEncoder(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster than two competing on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def reviews(n, seed=0):

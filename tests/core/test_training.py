@@ -15,20 +15,12 @@ from bertcore.training import NonFiniteLossError, Trainer, TrainingArgs
 sys.path.insert(0, str(Path(__file__).parent))
 import toy  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def tok():
     return toy.tokenizer()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine two torch threads
-    run 10x slower than one (they wait on each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def args(tmp_path, **kw):

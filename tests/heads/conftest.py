@@ -46,9 +46,5 @@ def fresh_registry():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Hidden-32 matmuls only lose from intra-op threads (10x slower on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models(one_thread):
+    """Every heads test runs hidden-32 models: one torch thread (tests/conftest.py)."""
