@@ -125,25 +125,21 @@ class Demo:
             torch.manual_seed(self.seed)
             return BertEncoder(cfg)
 
-        self.results["sentiment"] = {}
-        for init in ("pretrained", "random"):
-            encoder = start_encoder(init)
-            head = create_head("classification", cfg, labels=["neg", "pos"])
-            self.say(f"fine-tuning sentiment from the {init} encoder ({s.finetune_steps} steps)")
-            metrics, history = self.finetune(TaskModel(encoder, {"sentiment": head}, tokenizer=tok),
-                                             review_train, review_test, f"sentiment-{init}", s.sentiment_lr)
-            self.results["sentiment"][init] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                                               "history": history}
-
-        self.results["ner"] = {}
-        for init in ("pretrained", "random"):
-            encoder = start_encoder(init)
-            head = create_head("ner", cfg, labels=NER_LABELS)
-            self.say(f"fine-tuning NER (PER/LOC/ORG) from the {init} encoder ({s.finetune_steps} steps)")
-            metrics, history = self.finetune(TaskModel(encoder, {"ner": head}, tokenizer=tok),
-                                             ner_train, ner_test, f"ner-{init}", s.ner_lr)
-            self.results["ner"][init] = {k: metrics[k] for k in ("precision", "recall", "f1")}
-            self.results["ner"][init]["history"] = history
+        tasks = [  # (name, head type, head labels, train, test, lr, metrics kept, what the log says)
+            ("sentiment", "classification", ["neg", "pos"], review_train, review_test, s.sentiment_lr,
+             ("accuracy", "macro_f1"), "sentiment"),
+            ("ner", "ner", NER_LABELS, ner_train, ner_test, s.ner_lr,
+             ("precision", "recall", "f1"), "NER (PER/LOC/ORG)"),
+        ]
+        for task, head_type, labels, train, test, lr, kept, title in tasks:
+            self.results[task] = {}
+            for init in ("pretrained", "random"):
+                encoder = start_encoder(init)
+                head = create_head(head_type, cfg, labels=labels)
+                self.say(f"fine-tuning {title} from the {init} encoder ({s.finetune_steps} steps)")
+                metrics, history = self.finetune(TaskModel(encoder, {task: head}, tokenizer=tok),
+                                                 train, test, f"{task}-{init}", lr)
+                self.results[task][init] = {**{k: metrics[k] for k in kept}, "history": history}
         return self.results
 
     def train_tokenizer(self, corpus) -> Tokenizer:
