@@ -59,15 +59,16 @@ def make_inputs(lengths, heads, head_dim, dtype, device, seed=0):
     return {"qkv": qkv, "cu": cu, "max": L, "padded": padded, "mask": mask}
 
 
-def provider_fn(provider, inp, lengths):
-    """A function of (q, k, v) leaves → output, plus those leaves, for one provider."""
+def provider_fn(provider, inp, lengths, dropout_p=0.0):
+    """A function of (q, k, v) leaves → output, plus those leaves, for one provider;
+    `dropout_p` on the attention probabilities (training), as each provider does it."""
     import bertcore_kernels as K
     if provider in ("bertcore-triton", "bertcore-torch"):
         backend = provider.split("-")[1]
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
 
         def fn(q, k, v):
-            return K.attention(q, k, v, inp["cu"], inp["max"], backend=backend)
+            return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend=backend)
         return fn, leaves
     if provider == "bertcore-runs":
         from bertcore.model import attention_runs
@@ -76,22 +77,22 @@ def provider_fn(provider, inp, lengths):
         leaves = [inp["qkv"].clone().requires_grad_()]                                 # (T, 3, h, d)
 
         def fn(qkv):
-            return attention_runs(qkv, runs)
+            return attention_runs(qkv, runs, dropout_p)
         return fn, leaves
     leaves = [t.clone().requires_grad_() for t in inp["padded"].unbind(0)]          # (B, h, L, d) each
     keymask = inp["mask"][:, None, None, :]                                          # (B, 1, 1, L)
     if provider == "sdpa-mask":
         def fn(q, k, v):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=keymask)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=keymask, dropout_p=dropout_p)
     elif provider == "sdpa-nomask":
         def fn(q, k, v):
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     elif provider == "eager":
         scale = 1.0 / math.sqrt(leaves[0].shape[-1])
 
         def fn(q, k, v):
             s = (q @ k.transpose(-1, -2)) * scale
-            return s.masked_fill(~keymask, float("-inf")).softmax(-1) @ v
+            return F.dropout(s.masked_fill(~keymask, float("-inf")).softmax(-1), dropout_p, dropout_p > 0) @ v
     else:
         raise ValueError(provider)
     return fn, leaves

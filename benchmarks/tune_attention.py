@@ -20,11 +20,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
-from bench_attention import lengths_for, make_inputs  # noqa: E402
+from bench_attention import lengths_for, make_inputs, mode_fn, provider_fn  # noqa: E402
 
 A = importlib.import_module("bertcore_kernels.attention")
 FWD = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3),
@@ -36,25 +35,10 @@ HEADS, TOKENS = 12, 16384
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def time_direction(inp, backward: bool) -> float:
-    q, k, v = (t.clone().requires_grad_(backward) for t in inp["qkv"].unbind(1))  # (T, h, d) each
-    if not backward:
-        with torch.no_grad():
-            return B.time_fn(lambda: A.attention(q, k, v, inp["cu"], inp["max"]), "cuda")["ms"]
-    out = A.attention(q, k, v, inp["cu"], inp["max"], dropout_p=0.1, seed=1)
-    dout = torch.randn_like(out)
-    return B.time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), "cuda")["ms"]
-
-
-def time_sdpa(inp, backward: bool) -> float:
-    q, k, v = (t.clone().requires_grad_(backward) for t in inp["padded"].unbind(0))  # (B, h, L, d)
-    mask = inp["mask"][:, None, None, :]                                           # (B, 1, 1, L)
-    if not backward:
-        with torch.no_grad():
-            return B.time_fn(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "cuda")["ms"]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1)
-    dout = torch.randn_like(out)
-    return B.time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), "cuda")["ms"]
+def time_direction(provider, inp, backward: bool) -> float:
+    """ms of the forward (no dropout: inference) or the backward (dropout 0.1: training)."""
+    fn, leaves = provider_fn(provider, inp, None, dropout_p=0.1 if backward else 0.0)
+    return B.time_fn(mode_fn(fn, leaves, "bwd" if backward else "fwd"), "cuda")["ms"]
 
 
 def sweep(dtype, head_dim, backward, inputs):
@@ -65,7 +49,7 @@ def sweep(dtype, head_dim, backward, inputs):
         A._launch_config = (lambda dtype, head_dim, backward, cfg=cfg, want=backward:
                             cfg if backward == want else real(dtype, head_dim, backward))
         try:
-            results[cfg] = [time_direction(inp, backward) for inp in inputs]
+            results[cfg] = [time_direction("bertcore-triton", inp, backward) for inp in inputs]
         except Exception as exc:  # out of shared memory / registers on this chip
             results[cfg] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
         finally:
@@ -89,7 +73,7 @@ def main(argv=None) -> int:
             for backward in (False, True):
                 direction = "bwd" if backward else "fwd"
                 default, results = sweep(DTYPES[dt], hd, backward, inputs)
-                sdpa = [time_sdpa(inp, backward) for inp in inputs]
+                sdpa = [time_direction("sdpa-mask", inp, backward) for inp in inputs]
                 ok = {c: t for c, t in results.items() if not isinstance(t, str)}
                 best = min(ok, key=lambda c: sum(ok[c])) if ok else None
                 picks[(dt, hd, direction)] = best
