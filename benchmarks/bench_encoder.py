@@ -107,13 +107,10 @@ def make_call(provider: str, model, batch, mode: str, opt, dtype: str = "fp32"):
 
     def forward():
         with torch.autocast(device, dtype=amp or torch.float32, enabled=amp is not None):
-            return run_model()
-
-    def run_model():
-        if provider == "bertcore-packed":
-            out = model(batch["packed"], cu_seqlens=batch["cu"], max_seqlen=batch["max"])
-        else:
-            out = model(batch["ids"], attention_mask=batch["mask"])
+            if provider == "bertcore-packed":
+                out = model(batch["packed"], cu_seqlens=batch["cu"], max_seqlen=batch["max"])
+            else:
+                out = model(batch["ids"], attention_mask=batch["mask"])
         return out.last_hidden_state, out.pooler_output
 
     if mode == "inference":
