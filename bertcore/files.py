@@ -1,0 +1,134 @@
+"""The one way bertcore writes files: atomic, durable, with the umask's permissions.
+
+    atomic_write(path, write)      write(tmp_path) fills a temp file beside `path`;
+                                   fsync, rename over `path`, fsync the folder
+    write_bytes / write_text / write_json / save_tensors   the common cases
+    folder_swap(path)              build a whole folder beside `path`, then swap it in
+
+A crash (kill -9, power cut) at any point leaves either the old file (folder) or the
+new one, never a mix; a failed write (disk full, read-only folder) leaves the old one
+and raises. Temp names start with "." and end with ".tmp", so a reader can tell them
+apart and `clean_temp` can remove what a crash left behind.
+"""
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or creation inside `directory` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path, write: Callable[[str], None], mode: int = 0o666) -> Path:
+    """Call `write(tmp)` to fill a temp file next to `path`, then make it `path`
+    atomically and durably. The file gets `mode & ~umask` like `open(..., "w")`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, mode & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_bytes(path, data: bytes) -> Path:
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, write)
+
+
+def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, data) -> Path:
+    """Pretty JSON with a final newline; non-finite floats are refused (they are not JSON)."""
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def save_tensors(tensors: dict, path, metadata: dict | None = None) -> Path:
+    """A safetensors file of CPU copies of `tensors`. Shared storage (tied weights) is
+    cloned apart, which safetensors requires; the caller decides what is stored once."""
+    from safetensors.torch import save_file
+
+    cpu = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata or {"format": "pt"}))
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(folder))
+
+
+@contextmanager
+def folder_swap(path):
+    """Yield a fresh temp folder beside `path`; on a clean exit, fsync it and swap it in
+    for `path` (the old folder is moved aside first and removed last). On an error the
+    temp folder is removed and `path` is untouched.
+
+    Between the two renames a crash leaves the old folder at `.<name>.old` and the new
+    one complete at `.<name>.new`; `recover_folder` finds them."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new, old = _new(path), _old(path)
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(mode=0o777)
+    try:
+        yield new
+        _fsync_tree(new)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(new, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _new(path: Path) -> Path:
+    return path.with_name(f".{path.name}.new")
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(f".{path.name}.old")
+
+
+def folder_candidates(path) -> list[Path]:
+    """Where a swapped folder's content may be after a crash, newest first: the folder
+    itself, the complete new one not yet renamed, the old one moved aside."""
+    path = Path(path)
+    return [p for p in (path, _new(path), _old(path)) if p.is_dir()]
