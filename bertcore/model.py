@@ -217,14 +217,22 @@ def attention_runs(qkv, runs, dropout_p=0.0):
     return outs[0] if len(outs) == 1 else torch.cat(outs)                      # (T, H)
 
 
+def activation(name: str):
+    """BERT's `hidden_act` by name: "gelu" (erf), "relu", else the tanh GELU ("gelu_new")."""
+    if name == "relu":
+        return F.relu
+    if name == "gelu":
+        return F.gelu
+    return lambda t: F.gelu(t, approximate="tanh")
+
+
 class Intermediate(nn.Module):
     """First half of the feed-forward: dense to the intermediate size, then GELU."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = {"relu": F.relu, "gelu": F.gelu}.get(
-            config.hidden_act, lambda t: F.gelu(t, approximate="tanh"))
+        self.act = activation(config.hidden_act)
 
     def forward(self, x):
         return self.act(self.dense(x))                                         # (T, I)
