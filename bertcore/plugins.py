@@ -4,25 +4,35 @@ Plugins are modules named by entry points in the `bertcore` group; each implemen
 the `register_heads(register)` hook (see `hookspecs.py`). Loading is lazy and runs
 once per process, on the first `list_heads()` / `create_head()` call:
 
-    entry points ──check core range──▶ import ──▶ PluginManager.register
+    entry points ──name rules, core range──▶ import ──▶ PluginManager.register
         └─ register_heads(register=...) per plugin ──▶ {head name: Head subclass}
 
 Anything that goes wrong with one plugin (failing import, a core-version range
-that excludes this bertcore, a duplicate head name, an exception in its hook) is
-recorded as a `HeadInfo` with `error` set and skipped; the other heads still load.
-`BERTCORE_PLUGINS=a,b` loads only those plugins (entry-point or distribution
-names) besides the built-ins; `BERTCORE_PLUGINS=` loads the built-ins only.
+that excludes this bertcore, no `register_heads` hook, a name it may not use, an
+exception in its hook) is recorded as a `HeadInfo` with `error` set and skipped;
+the other heads still load. `BERTCORE_PLUGINS=a,b` loads only those plugins
+(entry-point or distribution names) besides the built-ins; `BERTCORE_PLUGINS=`
+loads the built-ins only.
+
+Names never resolve by load order. An official name (`OFFICIAL`) belongs to its
+distribution: any other distribution that uses it is skipped. A name that two
+distributions claim resolves to neither, and both are listed with the error.
 """
+import dataclasses
 import importlib
 import importlib.metadata as metadata
 import logging
 import os
-import re
 import sys
 import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pluggy
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from . import hookspecs
 from .heads import Head, HeadInfo
@@ -31,13 +41,41 @@ logger = logging.getLogger(__name__)
 
 GROUP = "bertcore"                 # entry-point group and pluggy project name
 CORE = "bertcore"                  # the core distribution; its entry points are the built-ins
-BUILTIN_MODULES = {"mlm": "bertcore.heads"}   # registered even when run from an uninstalled tree
+# The core's own heads, registered from these modules rather than through the core's entry
+# points, so a stale editable install (old entry-point metadata) or an uninstalled tree still has them.
+BUILTIN_MODULES = {"mlm": "bertcore.mlm"}
 ENV_VAR = "BERTCORE_PLUGINS"
 REQUIRES_ATTR = "BERTCORE_REQUIRES"  # optional module attribute: supported core range, e.g. ">=0.1,<0.2"
+
+# Head and entry-point names that belong to one distribution each. Another
+# distribution that uses one is skipped, whatever order the entry points come in,
+# so an impostor can neither shadow an official head nor be loaded in its place.
+OFFICIAL = {
+    "mlm": CORE,
+    "classification": "bertcore-classification",
+    "qa": "bertcore-qa",
+    "ner": "bertcore-ner",
+    "nsp": "bertcore-nsp",
+    "embedding": "bertcore-embedding",
+}
 
 
 class HeadNotFoundError(ValueError):
     """`create_head` / `TaskModel.from_pretrained` asked for a head that is not loaded."""
+
+
+class HeadDistributionError(HeadNotFoundError):
+    """The installed head of that name comes from another distribution than the one asked for
+    (e.g. the one a saved model's head.json records)."""
+
+
+@dataclass
+class PluginFilter:
+    """What `BERTCORE_PLUGINS` did in this process (`plugin_filter()`)."""
+
+    value: str                                       # the variable as set
+    skipped: list = field(default_factory=list)      # (entry-point name, distribution, version) not loaded
+    unknown: list = field(default_factory=list)      # names in it that match no installed plugin
 
 
 @dataclass
@@ -45,6 +83,7 @@ class _State:
     pm: pluggy.PluginManager | None = None
     plugins: dict = field(default_factory=dict)     # plugin name -> (distribution, version)
     failed: list = field(default_factory=list)      # HeadInfo of plugins that did not load
+    filter: PluginFilter | None = None              # None: BERTCORE_PLUGINS is not set
     heads: dict | None = None                       # head name -> (Head subclass, HeadInfo)
     head_errors: list = field(default_factory=list)  # HeadInfo of skipped registrations
 
@@ -65,7 +104,7 @@ def core_version() -> str:
 
 def canonical(name: str) -> str:
     """PEP 503 normalised distribution name: `Bertcore_NER` -> `bertcore-ner`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return canonicalize_name(name)
 
 
 # ---- loading ---------------------------------------------------------------------------
@@ -85,28 +124,42 @@ def reset_plugins() -> None:
         _state = _State()
 
 
-def _allowed() -> set[str] | None:
-    value = os.environ.get(ENV_VAR)
-    if value is None:
-        return None
-    return {canonical(n.strip()) for n in value.split(",") if n.strip()}
+def plugin_filter() -> PluginFilter | None:
+    """What `BERTCORE_PLUGINS` left out in this process, and the names in it that match
+    nothing installed; None when the variable is not set."""
+    get_plugin_manager()
+    return _state.filter
 
 
 def _load() -> None:
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     _state.pm, _state.plugins, _state.failed, _state.heads = pm, {}, [], None
-    allowed = _allowed()
-    # Built-ins first, so a third-party plugin can never shadow a built-in head name.
-    for ep in sorted(entry_points(), key=lambda ep: (not _is_core(ep), ep.name)):
+    eps = entry_points()
+    claims = defaultdict(set)                        # entry-point name -> distributions
+    for ep in eps:
+        claims[ep.name].add(_dist_of(ep)[0])
+    allowed = _start_filter(eps)
+    # Built-ins first: no entry point can take their names or their modules.
+    for name, module_name in BUILTIN_MODULES.items():
+        error = _register(importlib.import_module(module_name), name, CORE, core_version())
+        if error is not None:
+            _state.failed.append(HeadInfo(name, core_version(), CORE, "", error))
+    # Core, then official heads, then the rest: a module two entry points name loads under its owner's name.
+    for ep in sorted(eps, key=lambda ep: (not _is_core(ep), _dist_of(ep)[0] not in OFFICIAL.values(),
+                                          ep.name, _dist_of(ep)[0])):
         dist, version = _dist_of(ep)
+        if _is_core(ep) and ep.name in BUILTIN_MODULES:
+            continue                                     # registered above, from the running code
         if not _is_core(ep) and allowed is not None and not {canonical(ep.name), dist} & allowed:
+            _state.filter.skipped.append((ep.name, dist, version))
             continue
-        error = _check_range(_declared_range(getattr(ep, "dist", None)), f"{dist} declares")
+        error = _name_error("entry-point name", ep.name, dist, claims[ep.name])
+        error = error or _check_declared_range(getattr(ep, "dist", None), dist)
         if error is None:
             try:
                 module = ep.load()
-            except Exception as err:  # any import-time failure must not break the others
+            except (Exception, SystemExit) as err:  # any import-time failure must not break the others
                 error = f"cannot import {ep.value}: {type(err).__name__}: {err}"
             else:
                 error = _check_range(getattr(module, REQUIRES_ATTR, None), f"{ep.value}.{REQUIRES_ATTR} is")
@@ -115,18 +168,61 @@ def _load() -> None:
         if error is not None:
             logger.warning("bertcore plugin %s (%s %s) skipped: %s", ep.name, dist, version, error)
             _state.failed.append(HeadInfo(ep.name, version, dist, "", error))
-    for name, module_name in BUILTIN_MODULES.items():
-        module = importlib.import_module(module_name)
-        if not pm.is_registered(module) and pm.get_plugin(name) is None:
-            _register(module, name, CORE, core_version())
+
+
+def _start_filter(eps) -> set[str] | None:
+    """The names BERTCORE_PLUGINS allows (None: no filter); unknown ones are kept for
+    `bertcore heads` and logged, since a misspelt name silently loads nothing."""
+    value = os.environ.get(ENV_VAR)
+    _state.filter = None if value is None else PluginFilter(value)
+    if value is None:
+        return None
+    allowed = {canonical(n.strip()) for n in value.split(",") if n.strip()}
+    known = {canonical(ep.name) for ep in eps} | {_dist_of(ep)[0] for ep in eps}
+    _state.filter.unknown = sorted(allowed - known)
+    if _state.filter.unknown:
+        logger.warning("%s names %s, which match no installed plugin", ENV_VAR, ", ".join(_state.filter.unknown))
+    return allowed
+
+
+def _name_error(kind: str, name: str, dist: str, claimants) -> str | None:
+    """Why `dist` may not use `name` (None: it may). `claimants`: every distribution using it."""
+    owner = OFFICIAL.get(name)
+    if owner is not None and canonical(dist) != owner:
+        return (f"{kind} {name!r} belongs to the official {owner}, not {dist}; {dist} is skipped: "
+                f"uninstall it (`bertcore uninstall {dist}`) or ask its author for another name")
+    if owner is None and len(set(claimants)) > 1:
+        return (f"{kind} {name!r} is claimed by {' and '.join(sorted(claimants))}, so it loads from none of "
+                "them; uninstall all but one (`bertcore uninstall <distribution>`)")
+    return None
 
 
 def _register(plugin, name: str, distribution: str, version: str) -> str | None:
-    try:
-        _state.pm.register(plugin, name=name)
-    except ValueError as err:  # pluggy: name or plugin object already registered
+    """Register `plugin` under `name`; an error string when pluggy refuses it or it brings
+    no `register_heads` hook (a misspelt hook would make the plugin silently useless)."""
+    pm = _state.pm
+    if pm.is_registered(plugin):  # two entry points name one module
+        other = pm.get_name(plugin)
+        owner = _state.plugins.get(other, ("another distribution",))[0]
+        return f"its module is already loaded as plugin {other!r} from {owner}; point the entry point at its own module"
+    if pm.get_plugin(name) is not None:
         owner = _state.plugins.get(name, ("another distribution",))[0]
-        return f"plugin name {name!r} is already taken by {owner} ({err}); uninstall one of them"
+        return f"plugin name {name!r} is already taken by {owner}; uninstall one of them"
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as err:  # e.g. register_heads(self, registr)
+        return f"its register_heads does not match the hook `register_heads(register)`: {err}"
+    if not any(caller.name == "register_heads" for caller in pm.get_hookcallers(plugin) or []):
+        others = [caller.name for caller in pm.get_hookcallers(plugin) or []]
+        pm.unregister(plugin)
+        if others:
+            hint = f" (it implements {', '.join(others)}: misspelt?)"
+        elif callable(getattr(plugin, "register_heads", None)):
+            hint = " (its register_heads lacks the @bertcore.hookimpl decorator)"
+        else:
+            hint = ""
+        return (f"defines no register_heads hook{hint}; a plugin needs "
+                "`@bertcore.hookimpl` on `def register_heads(register)`")
     _state.plugins[name] = (distribution, version)
     _state.heads = None
     return None
@@ -145,17 +241,19 @@ def _dist_of(ep) -> tuple[str, str]:
 
 # ---- the core-version range a plugin declares -------------------------------------------
 
-_REQUIREMENT = re.compile(r"^\s*bertcore\s*(?:\[[^\]]*\])?\s*\(?\s*([<>=!~][^;()]*)?\)?\s*(?:;(.*))?$", re.I)
-_CLAUSE = re.compile(r"^(~=|===|==|!=|<=|>=|<|>)\s*([0-9][0-9a-zA-Z.*+!-]*)$")
-
-
-def _declared_range(dist) -> str | None:
-    """The version specifier of the plugin's `Requires-Dist: bertcore...`, if any."""
-    for requirement in (getattr(dist, "requires", None) or []):
-        match = _REQUIREMENT.match(requirement)
-        if match and "extra" not in (match.group(2) or ""):
-            return (match.group(1) or "").strip() or None
-    return None
+def _check_declared_range(dist, name: str) -> str | None:
+    """Check the plugin's `Requires-Dist: bertcore...` (all that apply, markers evaluated)
+    before importing it: a plugin made for another bertcore is never run."""
+    specs = SpecifierSet()
+    for line in (getattr(dist, "requires", None) or []):
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as err:
+            return f"{name} declares an unreadable requirement {line!r}: {err}; reinstall a fixed release"
+        applies = requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+        if canonical(requirement.name) == CORE and applies:
+            specs &= requirement.specifier
+    return _check_range(str(specs), f"{name} declares")
 
 
 def _check_range(spec: str | None, who: str) -> str | None:
@@ -171,39 +269,10 @@ def _check_range(spec: str | None, who: str) -> str | None:
             "install a release of the plugin made for this bertcore")
 
 
-def _release(version: str) -> tuple[int, ...]:
-    match = re.match(r"\d+(?:\.\d+)*", version.strip())
-    if not match:
-        raise ValueError(f"not a version: {version!r}")
-    return tuple(int(x) for x in match.group(0).split("."))
-
-
-def _pad(a: tuple, b: tuple) -> tuple[tuple, tuple]:
-    n = max(len(a), len(b))
-    return a + (0,) * (n - len(a)), b + (0,) * (n - len(b))
-
-
 def version_in_range(version: str, spec: str) -> bool:
-    """Whether `version` satisfies a PEP 440 specifier such as ">=0.1,<0.2" (release
-    numbers only; enough for a plugin's core range, and no `packaging` dependency)."""
-    have = _release(version)
-    for clause in filter(None, (c.strip() for c in spec.split(","))):
-        match = _CLAUSE.match(clause)
-        if not match:
-            raise ValueError(f"cannot read version clause {clause!r}")
-        op, value = match.groups()
-        if value.endswith(".*"):
-            prefix = _release(value[:-2])
-            same = _pad(have, prefix)[0][:len(prefix)] == prefix
-            if same != (op == "=="):
-                return False
-            continue
-        a, b = _pad(have, _release(value))
-        ok = {"==": a == b, "===": a == b, "!=": a != b, "<=": a <= b, ">=": a >= b, "<": a < b,
-              ">": a > b, "~=": a >= b and a[:len(_release(value)) - 1] == b[:len(_release(value)) - 1]}[op]
-        if not ok:
-            return False
-    return True
+    """Whether `version` satisfies a PEP 440 specifier such as ">=0.1,<0.2" (pre-releases
+    count: a development core still loads its plugins). ValueError when either is unreadable."""
+    return SpecifierSet(spec).contains(Version(version), prereleases=True)
 
 
 # ---- the head registry ------------------------------------------------------------------
@@ -213,29 +282,33 @@ def _heads() -> dict:
         pm = get_plugin_manager()
         if _state.heads is not None:
             return _state.heads
-        heads, errors = {}, []
-        # get_hookimpls() lists plugins in registration order: the first to claim a name keeps it.
+        claims, errors = defaultdict(dict), []     # head name -> {Head subclass: HeadInfo}
         for impl in pm.hook.register_heads.get_hookimpls():
             dist, version = _state.plugins.get(impl.plugin_name, ("unknown", "unknown"))
             found = []
             try:
                 impl.function(register=found.append)
-            except Exception as err:
+            except (Exception, SystemExit) as err:
                 errors.append(HeadInfo(impl.plugin_name, version, dist, "",
                                        f"register_heads raised {type(err).__name__}: {err}"))
                 continue
             for head_type in found:
-                if not (isinstance(head_type, type) and issubclass(head_type, Head) and head_type.name):
+                if not (isinstance(head_type, type) and issubclass(head_type, Head)
+                        and isinstance(head_type.name, str) and head_type.name):
                     errors.append(HeadInfo(impl.plugin_name, version, dist, "",
                                            f"registered {head_type!r}, which is not a Head subclass with a name"))
-                elif head_type.name in heads:
-                    other = heads[head_type.name][1].distribution
-                    errors.append(HeadInfo(head_type.name, version, dist, head_type.description,
-                                           f"duplicate head name {head_type.name!r}: {other} already registers it; "
-                                           f"`pip uninstall {dist}` or `pip uninstall {other}`"))
                 else:
-                    heads[head_type.name] = (head_type, HeadInfo(head_type.name, version, dist,
-                                                                 head_type.description))
+                    claims[head_type.name][head_type] = HeadInfo(head_type.name, version, dist,
+                                                                 head_type.description)
+        heads = {}
+        for name, claimants in claims.items():
+            labels = {f"{info.distribution} ({t.__module__}.{t.__qualname__})" for t, info in claimants.items()}
+            for head_type, info in claimants.items():
+                error = _name_error("head name", name, info.distribution, labels if len(claimants) > 1 else [])
+                if error is None:
+                    heads[name] = (head_type, info)
+                else:
+                    errors.append(dataclasses.replace(info, error=error))
         for info in errors:
             logger.warning("bertcore head %s (%s) skipped: %s", info.name, info.distribution, info.error)
         _state.heads, _state.head_errors = heads, errors
@@ -247,7 +320,7 @@ def list_heads() -> list[HeadInfo]:
     registrations that were skipped (error says why), sorted by name."""
     heads = _heads()
     infos = [info for _, info in heads.values()] + _state.failed + _state.head_errors
-    return sorted(infos, key=lambda i: (i.name, i.error is not None))
+    return sorted(infos, key=lambda i: (i.name, i.error is not None, i.distribution))
 
 
 def head_info(name: str) -> HeadInfo:
@@ -255,22 +328,49 @@ def head_info(name: str) -> HeadInfo:
     return _heads()[get_head_type(name).name][1]
 
 
-def get_head_type(name: str) -> type[Head]:
-    """The Head subclass registered as `name`; a clear error when there is none."""
+def get_head_type(name: str, distribution: str | None = None, source=None) -> type[Head]:
+    """The Head subclass registered as `name`; a clear error when there is none.
+
+    `distribution`: the distribution the head must come from (what a saved model's
+    head.json records; None or "unknown" skips the check). `source`: the file `name`
+    and `distribution` were read from, named in every error, since a saved file may
+    come from anyone and its distribution name is not to be installed unseen."""
     heads = _heads()
+    where = f"the saved file {source}" if source is not None else "the caller"
+    wanted = canonical(distribution) if distribution and distribution != "unknown" else None
+    owner = OFFICIAL.get(name)
+    if wanted and owner and wanted != owner:
+        raise HeadDistributionError(
+            f"{where} asks for a {name!r} head from {distribution!r}, but {name!r} is the official "
+            f"{owner} head and no other distribution provides it; refusing to load it: fix the "
+            f"distribution in {where} to {owner!r} if it is that head, or use the plugin it was saved with")
     if name in heads:
-        return heads[name][0]
+        head_type, info = heads[name]
+        if wanted and wanted != canonical(info.distribution):
+            raise HeadDistributionError(
+                f"{where} asks for a {name!r} head from {distribution!r}, but the installed {name!r} head "
+                f"comes from {info.distribution} {info.version}; refusing to load another distribution's head: "
+                f"uninstall {info.distribution} and install the plugin the head was saved with (the name "
+                f"{distribution!r} is read from {where}: check it is the package you mean before installing it)")
+        return head_type
     broken = [i for i in _state.failed + _state.head_errors
-              if i.name == name or i.distribution == f"bertcore-{canonical(name)}"]
+              if i.name == name or i.distribution == (owner or f"bertcore-{canonical(name)}")]
     if broken:
-        raise HeadNotFoundError(f"head {name!r} is installed but did not load: {broken[0].error}")
+        raise HeadNotFoundError(f"head {name!r} is installed but did not load: "
+                                + "; ".join(f"{i.distribution}: {i.error}" for i in broken))
     installed = ", ".join(sorted(heads)) or "none"
     hint = ""
     if os.environ.get(ENV_VAR) is not None:
         hint = f" ({ENV_VAR}={os.environ[ENV_VAR]!r} limits which plugins load)"
-    raise HeadNotFoundError(
-        f"no head named {name!r}; installed heads: {installed}{hint}. Install it with "
-        f"`bertcore install {name}` (that is: {sys.executable} -m pip install bertcore-{canonical(name)})")
+    if owner or (not wanted and source is None):
+        dist = owner or f"bertcore-{canonical(name)}"
+        fix = f"Install it with `bertcore install {name}` (that is: {sys.executable} -m pip install {dist})"
+    else:
+        fix = (f"It is a third-party head: {where} says it comes from the distribution {distribution!r}; "
+               f"check that this is the package you mean before installing it "
+               f"({sys.executable} -m pip install <that package>)")
+    raise HeadNotFoundError(f"no head named {name!r}{' (asked for by ' + where + ')' if source else ''}; "
+                            f"installed heads: {installed}{hint}. {fix}")
 
 
 def create_head(name: str, config, **kwargs) -> Head:
@@ -290,7 +390,7 @@ def register_plugin(plugin, name: str | None = None, distribution: str = "local"
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         error = _register(plugin, name, distribution, version)
         if error:
-            raise ValueError(error)
+            raise ValueError(f"cannot register plugin {name!r}: {error}")
         return name
 
 
@@ -303,3 +403,64 @@ def unregister_plugin(name: str) -> None:
         pm.unregister(name=name)
         _state.plugins.pop(name, None)
         _state.heads = None
+
+
+# ---- which distribution a name means (`bertcore uninstall`) ------------------------------
+
+def plugin_distribution(name: str) -> str:
+    """The installed head-plugin distribution that `name` means: an official head's own
+    distribution, a plugin distribution named so (a requirement string is fine), else the one
+    providing the head or entry point `name`. ValueError for the core, for a package that is
+    not a head plugin, and for a name several distributions claim."""
+    try:
+        requirement = Requirement(name)
+    except InvalidRequirement as err:
+        raise ValueError(f"cannot read {name!r} as a head name or a requirement: {err}") from None
+    wanted = canonical(requirement.name)
+    plugins = defaultdict(set)                      # plugin distribution -> its entry-point names
+    for ep in entry_points():
+        plugins[_dist_of(ep)[0]].add(ep.name)
+    bare = requirement.name == name.strip()
+    if wanted == CORE or (bare and OFFICIAL.get(name) == CORE):
+        raise ValueError(f"{name!r} is bertcore itself (the mlm head is built in); `bertcore uninstall` removes "
+                         f"head plugins only (to remove bertcore, run `{sys.executable} -m pip uninstall bertcore`)")
+    if bare and name in OFFICIAL:
+        candidates = {OFFICIAL[name]}
+    elif wanted in plugins:
+        candidates = {wanted}
+    else:
+        # Only now import the plugins: removing one by its distribution name must work even
+        # when it breaks on import.
+        infos = [i for i in list_heads() if i.name == requirement.name and i.distribution != "unknown"]
+        ok = [i for i in infos if i.error is None]
+        candidates = ({ok[0].distribution} if ok else {i.distribution for i in infos}
+                      or {d for d, names in plugins.items() if wanted in map(canonical, names)}
+                      or {f"bertcore-{wanted}"} & set(plugins))
+    if len(candidates) > 1:
+        raise ValueError(f"{name!r} is claimed by {' and '.join(sorted(candidates))}; "
+                         "name the distribution to remove (`bertcore uninstall <distribution>`)")
+    if not candidates:
+        _not_a_plugin(name, wanted)
+    dist = candidates.pop()
+    if dist not in plugins:
+        _not_a_plugin(name, dist)
+    installed = metadata.version(dist) if _installed(dist) else None
+    if installed and requirement.specifier and not requirement.specifier.contains(installed, prereleases=True):
+        raise ValueError(f"{dist} {installed} is installed, which is not {requirement.specifier}; "
+                         f"to remove it, run `bertcore uninstall {dist}`")
+    return dist
+
+
+def _installed(dist: str) -> bool:
+    try:
+        metadata.distribution(dist)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _not_a_plugin(name: str, dist: str):
+    if _installed(dist):
+        raise ValueError(f"{dist} is not a head plugin (it declares no `{GROUP}` entry point); `bertcore uninstall` "
+                         f"removes head plugins only (use `{sys.executable} -m pip uninstall {dist}` for other packages)")
+    raise ValueError(f"no installed head plugin is named {name!r}; `bertcore heads` lists them")

@@ -127,23 +127,127 @@ def test_hook_that_raises_is_isolated(extra_entry_points):
     assert infos[("qa", "bertcore-qa")].error is None
 
 
-def test_duplicate_head_name_keeps_the_first(extra_entry_points, cfg):
+def test_impostor_of_an_official_head_is_skipped_whatever_the_order(extra_entry_points, cfg):
     class OtherQA(Head):
         name, description = "qa", "impostor"
-    extra_entry_points(FakeEntryPoint("zz-qa", lambda: plugin_module(OtherQA), FakeDist("bertcore-zz-qa")))
+    # "aaa" sorts before every official entry point: order must not decide who owns "qa".
+    extra_entry_points(FakeEntryPoint("aaa", lambda: plugin_module(OtherQA), FakeDist("bertcore-zz-qa")))
     infos = by_name(bertcore.list_heads())
     assert infos[("qa", "bertcore-qa")].error is None
-    assert "duplicate head name 'qa'" in infos[("qa", "bertcore-zz-qa")].error
+    assert "'qa' belongs to the official bertcore-qa, not bertcore-zz-qa" in infos[("qa", "bertcore-zz-qa")].error
     assert type(bertcore.create_head("qa", cfg)).__name__ == "QAHead"
+    assert plugins.head_info("qa").distribution == "bertcore-qa"
 
 
-def test_duplicate_plugin_name_keeps_the_first(extra_entry_points):
+def test_impostor_cannot_take_an_official_name_when_the_official_is_absent(extra_entry_points, monkeypatch, cfg):
+    class FakeClassifier(Head):
+        name, description = "classification", "impostor"
+    monkeypatch.setenv("BERTCORE_PLUGINS", "aaa")      # as if bertcore-classification were not installed
+    extra_entry_points(FakeEntryPoint("aaa", lambda: plugin_module(FakeClassifier), FakeDist("evil")))
+    with pytest.raises(plugins.HeadNotFoundError, match="belongs to the official bertcore-classification"):
+        bertcore.create_head("classification", cfg, num_labels=2)
+
+
+def test_official_entry_point_name_stays_with_its_distribution(extra_entry_points):
     class OtherNER(Head):
         name, description = "ner2", "another ner"
-    extra_entry_points(FakeEntryPoint("ner", lambda: plugin_module(OtherNER), FakeDist("bertcore-ner-fork")))
+    fork = FakeEntryPoint("ner", lambda: plugin_module(OtherNER), FakeDist("bertcore-ner-fork"))
+    extra_entry_points(fork)
     infos = by_name(bertcore.list_heads())
-    assert "already taken by bertcore-ner" in infos[("ner", "bertcore-ner-fork")].error
+    assert "'ner' belongs to the official bertcore-ner" in infos[("ner", "bertcore-ner-fork")].error
     assert infos[("ner", "bertcore-ner")].error is None and "ner2" not in {i.name for i in infos.values()}
+    assert not fork.loaded
+
+
+def test_two_plugins_claiming_one_head_name_both_fail(extra_entry_points, cfg):
+    class ScorerA(Head):
+        name, description = "scorer", "a"
+
+    class ScorerB(Head):
+        name, description = "scorer", "b"
+    extra_entry_points(FakeEntryPoint("scorer-a", lambda: plugin_module(ScorerA), FakeDist("scorer-a")),
+                       FakeEntryPoint("scorer-b", lambda: plugin_module(ScorerB), FakeDist("scorer-b")))
+    infos = by_name(bertcore.list_heads())
+    for dist in ("scorer-a", "scorer-b"):
+        error = infos[("scorer", dist)].error
+        assert "'scorer' is claimed by scorer-a" in error and "scorer-b" in error and "uninstall" in error
+    with pytest.raises(plugins.HeadNotFoundError, match="scorer-a.*scorer-b"):
+        bertcore.create_head("scorer", cfg)
+
+
+def test_two_plugins_with_one_entry_point_name_both_fail(extra_entry_points):
+    extra_entry_points(FakeEntryPoint("toy", lambda: plugin_module(ToyHead), FakeDist("toy-a")),
+                       FakeEntryPoint("toy", lambda: plugin_module(ToyHead), FakeDist("toy-b")))
+    infos = by_name(bertcore.list_heads())
+    assert "'toy' is claimed by toy-a and toy-b" in infos[("toy", "toy-a")].error
+    assert "'toy' is claimed by toy-a and toy-b" in infos[("toy", "toy-b")].error
+
+
+def test_entry_point_naming_an_official_module_does_not_steal_it(extra_entry_points, cfg):
+    import bertcore_classification
+    extra_entry_points(FakeEntryPoint("aaa", lambda: bertcore_classification, FakeDist("evil")))
+    infos = by_name(bertcore.list_heads())
+    assert "already loaded as plugin 'classification' from bertcore-classification" in infos[("aaa", "evil")].error
+    assert plugins.head_info("classification").distribution == "bertcore-classification"
+
+
+@pytest.mark.parametrize("body, hint", [
+    ("register_head = hookimpl(lambda register: None)", "it implements register_head: misspelt?"),
+    ("register_heads = lambda register: None", "lacks the @bertcore.hookimpl decorator"),
+    ("", "defines no register_heads hook;")])
+def test_plugin_without_the_hook_is_listed(extra_entry_points, body, hint):
+    module = types.ModuleType("typo")
+    exec(body, {"hookimpl": hookimpl}, module.__dict__)
+    extra_entry_points(FakeEntryPoint("typo", lambda: module, FakeDist("bertcore-typo")))
+    error = by_name(bertcore.list_heads())[("typo", "bertcore-typo")].error
+    assert "defines no register_heads hook" in error and hint in error
+
+
+def test_hook_with_wrong_arguments_is_isolated(extra_entry_points):
+    module = types.ModuleType("badargs")
+    module.register_heads = hookimpl(lambda registr: None)
+    extra_entry_points(FakeEntryPoint("badargs", lambda: module, FakeDist("bertcore-badargs")))
+    infos = by_name(bertcore.list_heads())
+    assert "does not match the hook" in infos[("badargs", "bertcore-badargs")].error
+    assert infos[("qa", "bertcore-qa")].error is None
+
+
+def test_exit_at_import_is_isolated(extra_entry_points):
+    def leave():
+        raise SystemExit("bye")
+    extra_entry_points(FakeEntryPoint("leaver", leave, FakeDist("bertcore-leaver")))
+    assert "SystemExit: bye" in by_name(bertcore.list_heads())[("leaver", "bertcore-leaver")].error
+
+
+def test_get_head_type_checks_the_recorded_distribution(tmp_path):
+    name = plugins.register_plugin(ToyPlugin(), name="toy-plugin", distribution="toy-dist", version="1.2")
+    source = tmp_path / "heads" / "s" / "head.json"
+    assert plugins.get_head_type("toy", distribution="toy-dist", source=source) is ToyHead
+    assert plugins.get_head_type("toy", distribution="Toy_Dist") is ToyHead      # normalised
+    assert plugins.get_head_type("toy", distribution=None) is ToyHead
+    assert plugins.get_head_type("toy", distribution="unknown") is ToyHead      # saved unregistered
+    with pytest.raises(plugins.HeadDistributionError) as err:
+        plugins.get_head_type("toy", distribution="toy-original", source=source)
+    message = str(err.value)
+    assert f"the saved file {source}" in message and "'toy-original'" in message and "toy-dist 1.2" in message
+    assert "check it is the package you mean" in message
+    plugins.unregister_plugin(name)
+
+
+def test_get_head_type_refuses_an_official_name_from_another_distribution(tmp_path):
+    source = tmp_path / "head.json"
+    with pytest.raises(plugins.HeadDistributionError, match=f"saved file {source}.*'evil'.*official bertcore-ner"):
+        plugins.get_head_type("ner", distribution="evil", source=source)
+    assert plugins.get_head_type("ner", distribution="bertcore_ner", source=source).name == "ner"
+
+
+def test_missing_third_party_head_says_where_its_distribution_name_came_from(tmp_path):
+    source = tmp_path / "head.json"
+    with pytest.raises(plugins.HeadNotFoundError) as err:
+        plugins.get_head_type("scorer", distribution="totally-safe-pkg", source=source)
+    message = str(err.value)
+    assert f"the saved file {source} says it comes from the distribution 'totally-safe-pkg'" in message
+    assert "pip install totally-safe-pkg" not in message and "check that this is the package" in message
 
 
 def test_core_version_range_is_checked_before_import(extra_entry_points):
@@ -168,6 +272,31 @@ def test_version_in_range():
     assert check("0.1.0", ">=0.1,<0.2") and not check("0.2.0", ">=0.1,<0.2")
     assert check("0.1.7", "~=0.1.0") and not check("0.2", "~=0.1.0")
     assert check("0.1.3", "==0.1.*") and not check("0.1.3", "!=0.1.*") and check("1.0", ">0.9, !=0.95")
+    assert check("0.2.0.dev1", ">=0.1") and check("0.1.0rc1", "<0.2")    # a development core counts
+    with pytest.raises(ValueError):
+        check("0.1.0", "about 0.1")
+
+
+def test_declared_range_reads_requirements_with_packaging(extra_entry_points):
+    extra_only = FakeEntryPoint("extra", lambda: plugin_module(ToyHead),
+                                FakeDist("bertcore-extra", requires=['bertcore>=9; extra == "dev"', "Bertcore[x] (<0.2)"]))
+    unreadable = FakeEntryPoint("junk", lambda: plugin_module(ToyHead), FakeDist("bertcore-junk", requires=["bertcore >>> 1"]))
+    extra_entry_points(extra_only, unreadable)
+    infos = by_name(bertcore.list_heads())
+    assert infos[("toy", "bertcore-extra")].error is None            # the extra's range does not apply
+    assert "unreadable requirement 'bertcore >>> 1'" in infos[("junk", "bertcore-junk")].error
+    assert not unreadable.loaded
+
+
+def test_bertcore_plugins_reports_what_it_left_out(monkeypatch):
+    monkeypatch.setenv("BERTCORE_PLUGINS", "ner,nerr")
+    plugins.reset_plugins()
+    report = plugins.plugin_filter()
+    assert report.value == "ner,nerr" and report.unknown == ["nerr"]
+    assert ("qa", "bertcore-qa", "0.1.0") in report.skipped
+    monkeypatch.delenv("BERTCORE_PLUGINS")
+    plugins.reset_plugins()
+    assert plugins.plugin_filter() is None
 
 
 @pytest.mark.parametrize("value, expected", [
