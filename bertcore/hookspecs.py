@@ -13,7 +13,9 @@ and implements the hook with the `hookimpl` marker:
     def register_heads(register):
         register(NerHead)
 
-Hooks are called with keyword arguments only.
+Hooks are called with keyword arguments only. A plugin that implements no hook
+named exactly `register_heads` (a misspelt name, a missing `@hookimpl`) brings no
+heads: `bertcore heads` lists it as "defines no register_heads hook".
 """
 import pluggy
 

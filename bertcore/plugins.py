@@ -171,8 +171,8 @@ def _load() -> None:
 
 
 def _start_filter(eps) -> set[str] | None:
-    """The names BERTCORE_PLUGINS allows (None: no filter); unknown ones are kept for
-    `bertcore heads` and logged, since a misspelt name silently loads nothing."""
+    """The names BERTCORE_PLUGINS allows (None: no filter). Unknown ones are kept: a misspelt
+    name loads nothing, so `bertcore heads` and a missing head's error name them."""
     value = os.environ.get(ENV_VAR)
     _state.filter = None if value is None else PluginFilter(value)
     if value is None:
@@ -180,8 +180,6 @@ def _start_filter(eps) -> set[str] | None:
     allowed = {canonical(n.strip()) for n in value.split(",") if n.strip()}
     known = {canonical(ep.name) for ep in eps} | {_dist_of(ep)[0] for ep in eps}
     _state.filter.unknown = sorted(allowed - known)
-    if _state.filter.unknown:
-        logger.warning("%s names %s, which match no installed plugin", ENV_VAR, ", ".join(_state.filter.unknown))
     return allowed
 
 
@@ -360,8 +358,9 @@ def get_head_type(name: str, distribution: str | None = None, source=None) -> ty
                                 + "; ".join(f"{i.distribution}: {i.error}" for i in broken))
     installed = ", ".join(sorted(heads)) or "none"
     hint = ""
-    if os.environ.get(ENV_VAR) is not None:
-        hint = f" ({ENV_VAR}={os.environ[ENV_VAR]!r} limits which plugins load)"
+    if _state.filter is not None:
+        unknown = "".join(f"; {n!r} matches no installed plugin" for n in _state.filter.unknown)
+        hint = f" ({ENV_VAR}={_state.filter.value!r} limits which plugins load{unknown})"
     if owner or (not wanted and source is None):
         dist = owner or f"bertcore-{canonical(name)}"
         fix = f"Install it with `bertcore install {name}` (that is: {sys.executable} -m pip install {dist})"

@@ -294,6 +294,8 @@ def test_bertcore_plugins_reports_what_it_left_out(monkeypatch):
     report = plugins.plugin_filter()
     assert report.value == "ner,nerr" and report.unknown == ["nerr"]
     assert ("qa", "bertcore-qa", "0.1.0") in report.skipped
+    with pytest.raises(plugins.HeadNotFoundError, match="'nerr' matches no installed plugin"):
+        plugins.get_head_type("qa")
     monkeypatch.delenv("BERTCORE_PLUGINS")
     plugins.reset_plugins()
     assert plugins.plugin_filter() is None
