@@ -6,9 +6,11 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
 
   bertcore-triton  bertcore_kernels.attention(backend="triton"): the Triton kernel (GPU only;
                    on a CPU Triton only has its interpreter, which is no performance path)
-  bertcore-torch   bertcore_kernels.attention(backend="torch"): repad + masked SDPA + unpad
-  bertcore-runs    bertcore.model.attention_runs: the encoder's CPU path (one unmasked SDPA
-                   per run of equal-length sequences on views of the packed qkv)
+  bertcore-repad   bertcore_kernels.attention_ref: repad + masked SDPA + unpad (what the torch
+                   backend does when cu_seqlens is on a GPU)
+  bertcore-runs    bertcore_kernels.attention(backend="torch") with cu_seqlens on the host: the
+                   encoder's CPU path (one unmasked SDPA per run of equal-length sequences on
+                   views of the packed qkv)
   sdpa-mask        F.scaled_dot_product_attention on the padded batch with a bool key mask
   sdpa-nomask      the same without a mask (attends to padding: a speed bound, not a result)
   eager            padded matmul, masked softmax, matmul (what BERT's eager attention does)
@@ -32,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as B  # noqa: E402
 
-PROVIDERS = ("bertcore-triton", "bertcore-torch", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
+PROVIDERS = ("bertcore-triton", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
 MODES = ("fwd", "bwd", "full")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "full": 3.5}
 
@@ -63,21 +65,24 @@ def provider_fn(provider, inp, lengths, dropout_p=0.0):
     """A function of (q, k, v) leaves → output, plus those leaves, for one provider;
     `dropout_p` on the attention probabilities (training), as each provider does it."""
     import bertcore_kernels as K
-    if provider in ("bertcore-triton", "bertcore-torch"):
-        backend = provider.split("-")[1]
+    if provider == "bertcore-triton":
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
 
         def fn(q, k, v):
-            return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend=backend)
+            return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend="triton")
+        return fn, leaves
+    if provider == "bertcore-repad":
+        leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
+
+        def fn(q, k, v):
+            return K.attention_ref(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p)
         return fn, leaves
     if provider == "bertcore-runs":
-        from bertcore.model import attention_runs
-        from bertcore.padding import equal_length_runs
-        runs = equal_length_runs(inp["cu"].cpu())
+        cu_host = inp["cu"].cpu()  # lengths on the host: the torch backend runs per run of equal lengths
         leaves = [inp["qkv"].clone().requires_grad_()]                                 # (T, 3, h, d)
 
         def fn(qkv):
-            return attention_runs(qkv, runs, dropout_p)
+            return K.attention(*qkv.unbind(1), cu_host, inp["max"], dropout_p=dropout_p, backend="torch")
         return fn, leaves
     leaves = [t.clone().requires_grad_() for t in inp["padded"].unbind(0)]          # (B, h, L, d) each
     keymask = inp["mask"][:, None, None, :]                                          # (B, 1, 1, L)

@@ -25,7 +25,7 @@ def test_attention_rows(tmp_path):
                                head_dims=[32], modes=["fwd", "full"], tokens=48, out_dir=tmp_path,
                                verbose=False)
     providers = {r["provider"] for r in rows}
-    assert {"bertcore-torch", "bertcore-runs", "sdpa-mask", "eager"} <= providers
+    assert {"bertcore-repad", "bertcore-runs", "sdpa-mask", "eager"} <= providers
     assert "bertcore-triton" not in providers or torch.cuda.is_available()
     assert all(r["tflops"] > 0 and r["ms"] > 0 and r["device"] for r in rows)
     assert (tmp_path / "attention-quick.csv").is_file() and (tmp_path / "attention-quick-fwd.png").is_file()

@@ -6,7 +6,12 @@ a padded batch is unpacked once before the embeddings and repadded once at the
 output. Attention and every residual+LayerNorm go through `bertcore_kernels`,
 which picks Triton on a GPU and PyTorch on a CPU. Module and parameter names equal
 Hugging Face's BERT state-dict keys, so checkpoints load key by key.
+
+Input checks that read token values run on host (CPU) tensors only: on a GPU each
+would cost a device sync per call. Set `BERTCORE_DEBUG=1` (read once, at import) to
+run them on GPU tensors too.
 """
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BertConfig
-from .padding import Packing, equal_length_runs, full_packing, pack, position_ids_packed, repad, unpad
+from .padding import Packing, full_packing, pack, position_ids_packed, repad, unpad
 
-try:
-    from bertcore_kernels.dispatch import resolve as K_resolve
-except ImportError:  # kernels without a dispatch module: Triton on CUDA tensors only
-    def K_resolve(backend, tensor):
-        return "triton" if tensor.is_cuda else "torch"
+# Check token values on GPU tensors too, at the price of a device sync per check.
+DEBUG_CHECKS = os.environ.get("BERTCORE_DEBUG", "").strip() not in ("", "0")
 
 
 @dataclass
@@ -31,7 +33,8 @@ class BertOutput:
     """What the encoder returns.
 
     Called with a padded batch, `last_hidden_state` is (B, L, H) with zeros at
-    padding; called packed (`cu_seqlens=`), it is (T, H). `pooler_output` is (B, H).
+    padding; called packed (`cu_seqlens=`), it is (T, H). `pooler_output` is (B, H),
+    zeros for a sequence without tokens.
     """
 
     last_hidden_state: torch.Tensor
@@ -146,75 +149,13 @@ class SelfAttention(nn.Module):
         self.self = QKV(config)
         self.output = DenseLayerNorm(config, config.hidden_size)
 
-    def forward(self, x, cu_seqlens, max_seqlen, runs=None):
+    def forward(self, x, cu_seqlens, max_seqlen):
         c = self.config
         qkv = self.self(x).view(-1, 3, c.num_attention_heads, c.head_dim)     # (T, 3, nh, hd)
+        q, k, v = qkv.unbind(1)               # views; the backward stacks the three grads once
         p = c.attention_probs_dropout_prob if self.training else 0.0
-        if runs is not None:                                                   # CPU: no padding at all
-            ctx = attention_runs(qkv, runs, p)                                 # (T, H)
-        else:
-            ctx = K.attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen,
-                              dropout_p=p)                                     # (T, nh, hd)
+        ctx = K.attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=p)        # (T, nh, hd)
         return self.output(ctx.reshape(-1, c.hidden_size), residual=x)         # (T, H)
-
-
-class _DropoutAttention(torch.autograd.Function):
-    """softmax(q kᵀ/√d) with dropout, then · v, for training on the CPU.
-
-    SDPA's math path (the only CPU one with dropout) keeps three (n, nh, l, l) fp32
-    tensors per layer for the backward (probabilities, the float dropout noise and the
-    dropped probabilities); this keeps the probabilities and a bool keep-mask (1.25
-    of those) and recomputes the rest in the backward. q, k, v are saved as the views
-    they are (no copy). Dropout draws from torch's global RNG (`K.keep_mask`)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, p):                                              # (n, nh, l, hd) each
-        scale = q.shape[-1] ** -0.5
-        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)).mul_(scale), -1)  # (n, nh, l, l)
-        keep, c = K.keep_mask(probs.shape, p, probs.device)                     # (n, nh, l, l) bool
-        out = torch.matmul((probs * keep).mul_(c), v)                          # (n, nh, l, hd)
-        ctx.save_for_backward(q, k, v, probs, keep)
-        ctx.keep_scale, ctx.scale = c, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, dout):                                                   # (n, nh, l, hd)
-        q, k, v, probs, keep = ctx.saved_tensors
-        dtypes = (q.dtype, k.dtype, v.dtype)
-        q, k, v, dout = (t.to(probs.dtype) for t in (q, k, v, dout))          # autocast: backward in fp32
-        c = ctx.keep_scale
-        dv = torch.matmul((probs * keep).mul_(c).transpose(-1, -2), dout)      # (n, nh, l, hd)
-        dprobs = torch.matmul(dout, v.transpose(-1, -2)).mul_(keep).mul_(c)    # (n, nh, l, l)
-        ds = torch._softmax_backward_data(dprobs, probs, -1, probs.dtype).mul_(ctx.scale)
-        dq = torch.matmul(ds, k)                                               # (n, nh, l, hd)
-        dk = torch.matmul(ds.transpose(-1, -2), q)                             # (n, nh, l, hd)
-        return dq.to(dtypes[0]), dk.to(dtypes[1]), dv.to(dtypes[2]), None
-
-
-def attention_runs(qkv, runs, dropout_p=0.0):
-    """Attention of packed sequences without padding, for the CPU.
-
-    qkv: (T, 3, nh, hd) packed; `runs`: [(n, l), ...] — n consecutive sequences of
-    length l (see `padding.equal_length_runs`). Each run is a zero-copy (n, nh, l, hd)
-    view for one `scaled_dot_product_attention` call without a mask, so no FLOP or
-    byte is spent on padding and CPU SDPA keeps its fast unmasked kernels. A batch of
-    equal lengths is one call; `split`'s backward is a single concatenation.
-    """
-    total, _, heads, head_dim = qkv.shape
-    chunks = (qkv,) if len(runs) == 1 else qkv.split([n * l for n, l in runs])
-    outs = []
-    for chunk, (n, l) in zip(chunks, runs):
-        if n * l == 0:
-            continue                                                           # empty sequences: no tokens
-        q, k, v = chunk.view(n, l, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (n, nh, l, hd)
-        if dropout_p > 0.0 and torch.is_grad_enabled():
-            o = _DropoutAttention.apply(q, k, v, dropout_p)                    # (n, nh, l, hd)
-        else:
-            o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)   # (n, nh, l, hd)
-        outs.append(o.transpose(1, 2).reshape(n * l, heads * head_dim))        # (n*l, H)
-    if not outs:
-        return qkv.new_zeros(total, heads * head_dim)
-    return outs[0] if len(outs) == 1 else torch.cat(outs)                      # (T, H)
 
 
 def activation(name: str):
@@ -247,8 +188,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = DenseLayerNorm(config, config.intermediate_size)
 
-    def forward(self, x, cu_seqlens, max_seqlen, runs=None):
-        h = self.attention(x, cu_seqlens, max_seqlen, runs)                    # (T, H)
+    def forward(self, x, cu_seqlens, max_seqlen):
+        h = self.attention(x, cu_seqlens, max_seqlen)                          # (T, H)
         return self.output(self.intermediate(h), residual=h)                   # (T, H)
 
 
@@ -298,7 +239,10 @@ class BertEncoder(nn.Module):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, position_ids=None,
                 cu_seqlens=None, max_seqlen=None) -> BertOutput:
         """Encode a padded batch (B, L) with an optional `attention_mask` (1 = token),
-        or packed tokens (T,) with `cu_seqlens` (B+1,) and `max_seqlen`."""
+        or packed tokens (T,) with `cu_seqlens` (B+1,) and `max_seqlen`.
+
+        A sequence without tokens (a mask row of zeros, or equal neighbouring
+        offsets) gets zeros as its `pooler_output` row."""
         if cu_seqlens is not None:
             return self.forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
         self._check_padded(input_ids, attention_mask, token_type_ids)
@@ -311,55 +255,124 @@ class BertEncoder(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:  # absolute positions, as HF: equal to per-sequence ones for right padding
             position_ids = torch.arange(seqlen, device=input_ids.device).expand(batch, seqlen)
-        out = self.forward_packed(pack(input_ids, packing), packing.cu_seqlens, packing.max_seqlen,
-                                  pack(token_type_ids, packing), pack(position_ids, packing))
+        out = self._encode(pack(input_ids, packing), packing.cu_seqlens, packing.max_seqlen,
+                           pack(token_type_ids, packing), pack(position_ids, packing))
         hidden = repad(out.last_hidden_state, packing)                         # (B, L, H)
         return BertOutput(hidden, out.pooler_output, packing.cu_seqlens, packing.max_seqlen)
 
-    def forward_packed(self, input_ids, cu_seqlens, max_seqlen, token_type_ids=None,
+    def forward_packed(self, input_ids, cu_seqlens, max_seqlen=None, token_type_ids=None,
                        position_ids=None) -> BertOutput:
-        """The fast path: input_ids (T,) of all sequences back to back."""
+        """The fast path: input_ids (T,) of all sequences back to back, `cu_seqlens`
+        (B+1,) int offsets rising from 0 to T, `max_seqlen` the longest length as a
+        Python int (None computes it, which costs a device sync on a GPU)."""
+        self._check_ids("input_ids", input_ids)
         if input_ids.dim() != 1:
             raise ValueError(f"packed input_ids must be 1-D (total_tokens,), got shape {tuple(input_ids.shape)}")
-        if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        self._check_lengths(input_ids, max_seqlen)
-        total = input_ids.shape[0]
+        for name, t in (("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            if t is not None:
+                self._check_ids(name, t)
+                if t.shape != input_ids.shape:
+                    raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids has {tuple(input_ids.shape)}")
+        max_seqlen = self._check_offsets(cu_seqlens, max_seqlen, input_ids.shape[0])
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        elif self._host_check(token_type_ids):
+            self._check_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
         if position_ids is None:
-            position_ids = position_ids_packed(cu_seqlens, total)
+            position_ids = position_ids_packed(cu_seqlens, input_ids.shape[0])
+        return self._encode(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
+
+    def _encode(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids) -> BertOutput:
+        """Checked packed inputs → BertOutput with (T, H) hidden states."""
+        if max_seqlen > self.config.max_position_embeddings:
+            raise ValueError(
+                f"a sequence has {max_seqlen} tokens, over the model's max_position_embeddings="
+                f"{self.config.max_position_embeddings}; truncate it (tokenizer max_length)")
+        if self._host_check(input_ids):
+            self._check_range("input_ids", input_ids, self.config.vocab_size, "vocab_size",
+                              "tokenizer and model vocabularies differ")
         x = self.embeddings(input_ids, token_type_ids, position_ids)          # (T, H)
-        # On the torch (CPU) backend, attention runs per run of equal lengths, planned
-        # once here for all layers; Triton takes the packed layout as is.
-        runs = equal_length_runs(cu_seqlens) if K_resolve("auto", x) == "torch" else None
         for layer in self.encoder.layer:
-            x = layer(x, cu_seqlens, max_seqlen, runs)                         # (T, H)
-        first = cu_seqlens[:-1].long().clamp(max=max(total - 1, 0))            # [CLS] of each sequence
-        pooled = self.pooler(x[first])                                         # (B, H)
-        return BertOutput(x, pooled, cu_seqlens, max_seqlen)
+            x = layer(x, cu_seqlens, max_seqlen)                               # (T, H)
+        return BertOutput(x, self._pool(x, cu_seqlens), cu_seqlens, max_seqlen)
+
+    def _pool(self, x, cu_seqlens):
+        """Pooler on each sequence's [CLS]; zeros for a sequence without tokens (its
+        offset points at the next sequence's [CLS], or past the end)."""
+        batch, total = cu_seqlens.shape[0] - 1, x.shape[0]
+        if total == 0:
+            return x.new_zeros(batch, self.config.hidden_size)                 # (B, H)
+        starts = cu_seqlens[:-1].long()                                        # (B,)
+        nonempty = cu_seqlens[1:].long() > starts                              # (B,) on the device: no sync
+        pooled = self.pooler(x[starts.clamp(max=total - 1)])                   # (B, H)
+        return pooled.masked_fill(~nonempty[:, None], 0.0)                     # (B, H)
+
+    # ---- input checks ------------------------------------------------------------
+
+    @staticmethod
+    def _host_check(t: torch.Tensor) -> bool:
+        """Whether to check `t`'s values: always on the CPU; elsewhere (a device sync)
+        only with BERTCORE_DEBUG=1."""
+        return t.device.type == "cpu" or DEBUG_CHECKS
+
+    @staticmethod
+    def _check_ids(name, t):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(t).__name__}; "
+                            f"wrap it: torch.tensor({name}) (or use the Tokenizer, which returns tensors)")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got {t.dtype}; convert it: {name}.long()")
+
+    def _check_range(self, name, t, limit, field, hint=""):
+        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
+            raise ValueError(f"{name} must lie in [0, {limit}) ({field}), got values in "
+                             f"[{int(t.min())}, {int(t.max())}]" + (f": {hint}" if hint else ""))
 
     def _check_padded(self, input_ids, attention_mask, token_type_ids):
+        self._check_ids("input_ids", input_ids)
         if input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}; "
                 "for packed tokens pass cu_seqlens= and max_seqlen=")
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-            if t is not None and t.shape != input_ids.shape:
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}; wrap it: torch.tensor({name})")
+            if t.shape != input_ids.shape:
                 raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids has {tuple(input_ids.shape)}")
-        if token_type_ids is not None and token_type_ids.numel() and (
-                int(token_type_ids.min()) < 0 or int(token_type_ids.max()) >= self.config.type_vocab_size):
-            raise ValueError(f"token_type_ids must lie in [0, {self.config.type_vocab_size})")
+        if token_type_ids is not None:
+            self._check_ids("token_type_ids", token_type_ids)
+            if self._host_check(token_type_ids):
+                self._check_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
 
-    def _check_lengths(self, input_ids, max_seqlen):
-        if max_seqlen > self.config.max_position_embeddings:
-            raise ValueError(
-                f"a sequence has {max_seqlen} tokens, over the model's max_position_embeddings="
-                f"{self.config.max_position_embeddings}; truncate it (tokenizer max_length)")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
-            raise ValueError(
-                f"input_ids must lie in [0, {self.config.vocab_size}) (vocab_size), got ids in "
-                f"[{int(input_ids.min())}, {int(input_ids.max())}]: tokenizer and model vocabularies differ")
+    def _check_offsets(self, cu_seqlens, max_seqlen, total) -> int:
+        """Checks cu_seqlens and max_seqlen against the T packed tokens; returns max_seqlen
+        as an int. Offsets are read only on the host (or with BERTCORE_DEBUG=1)."""
+        if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype.is_floating_point \
+                or cu_seqlens.dtype == torch.bool:
+            got = cu_seqlens.dtype if isinstance(cu_seqlens, torch.Tensor) else type(cu_seqlens).__name__
+            raise TypeError(f"cu_seqlens must be an integer tensor (torch.int32), got {got}; "
+                            "build it with torch.tensor(offsets, dtype=torch.int32)")
+        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+            raise ValueError(f"cu_seqlens must hold batch + 1 offsets, shape (B+1,) with B >= 1; "
+                             f"got shape {tuple(cu_seqlens.shape)}")
+        if max_seqlen is not None and (isinstance(max_seqlen, bool) or not isinstance(max_seqlen, numbers.Integral)):
+            raise TypeError(f"max_seqlen must be a Python int (the longest sequence, known where the batch "
+                            f"was built), got {type(max_seqlen).__name__}")
+        if self._host_check(cu_seqlens):
+            offsets = cu_seqlens.tolist()
+            lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+            if offsets[0] != 0 or offsets[-1] != total or any(n < 0 for n in lengths):
+                raise ValueError(f"cu_seqlens must rise from 0 to the number of tokens ({total}), got "
+                                 f"{offsets if len(offsets) <= 12 else offsets[:6] + ['...'] + offsets[-3:]}; "
+                                 "build it as [0, *cumsum(lengths)]")
+            longest = max(lengths, default=0)
+            if max_seqlen is not None and max_seqlen < longest:
+                raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {longest} tokens; pass the longest length")
+        if max_seqlen is None:
+            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        return int(max_seqlen)
 
     # ---- freezing ----------------------------------------------------------------
 

@@ -65,17 +65,3 @@ def collate_packed(sequences: list[list[int]], device=None) -> tuple[torch.Tenso
     cu_seqlens = torch.tensor(offsets, dtype=torch.int32, device=device)
     return flat, cu_seqlens, max(lengths, default=0)
 
-
-def equal_length_runs(cu_seqlens: torch.Tensor) -> list[tuple[int, int]]:
-    """[(n, l), ...]: the batch as runs of n consecutive sequences of equal length l.
-
-    Lengths come to the host once per forward (one small copy, no sync on a CPU);
-    every layer reuses the result. A batch of equal lengths is one run.
-    """
-    runs: list[tuple[int, int]] = []
-    for n in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist():
-        if runs and runs[-1][1] == n:
-            runs[-1] = (runs[-1][0] + 1, n)
-        else:
-            runs.append((1, n))
-    return runs

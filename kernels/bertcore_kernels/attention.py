@@ -5,15 +5,19 @@ back to back; `cu_seqlens` (B+1,) int32 holds each sequence's start offset and
 `max_seqlen` the longest length as a Python int (known on the host, no sync).
 Attention is non-causal and never crosses a sequence boundary.
 
-The file reads: the PyTorch reference (also the fast CPU path), the Triton
-kernels (FlashAttention-2: online softmax, no L x L matrix in memory), their host
-launchers, the autograd Function, and the public `attention`.
+The file reads: the PyTorch reference, the Triton kernels (FlashAttention-2:
+online softmax, no L x L matrix in memory), their launch configurations and host
+launchers, the autograd Function, and the public `attention`. The torch backend's
+fast path (per run of equal lengths, for lengths on the host) is `attention_torch`.
 """
 import math
+from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, resolve, tl, triton
 
 
@@ -354,18 +358,76 @@ def _dot_precision(dtype):
     return "tf32"
 
 
-def _launch_config(dtype, head_dim, backward):
-    """(block rows, block cols, num_warps, num_stages): picked per dtype and head dim,
-    never per sequence length, so a new batch reuses the compiled kernel."""
-    wide = head_dim > 64
-    if dtype == torch.float32:  # twice the bytes per tile: smaller tiles fit shared memory
-        return (32, 32, 4, 1) if backward else (64, 32, 4, 2)
-    # head_dim <= 64: the winners of benchmarks/tune_attention.py on an H200 (bf16,
-    # BERT batches, results/nvidia-h200/tune_attention.csv). Small backward tiles
+class LaunchConfig(NamedTuple):
+    """Tile sizes and scheduling of one attention kernel launch. The backward kernel
+    uses square tiles: `block_m` rows and columns (`block_n` is not read)."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+HEAD_DIM_BUCKETS = (64, 256)  # a head_dim uses the first bucket >= it
+
+
+def _table():
+    fp32 = {(torch.float32, 64, "fwd"): LaunchConfig(64, 32, 4, 2),
+            (torch.float32, 64, "bwd"): LaunchConfig(32, 32, 4, 1)}
+    fp32.update({(dt, 256, d): cfg for (dt, _, d), cfg in fp32.items()})
+    # 16-bit, head_dim <= 64: the winners of benchmarks/tune_attention.py on an H200
+    # (bf16, BERT batches, results/nvidia-h200/tune_attention.csv). Small backward tiles
     # keep more programs in flight on short sequences: mixed 16-512 went 1.04 -> 0.78 ms.
-    if backward:
-        return (64, 64, 8, 1) if wide else (32, 32, 4, 2)
-    return (128, 64, 8, 2) if wide else (64, 32, 4, 4)
+    half = {}
+    for dt in (torch.float16, torch.bfloat16):
+        half.update({(dt, 64, "fwd"): LaunchConfig(64, 32, 4, 4), (dt, 256, "fwd"): LaunchConfig(128, 64, 8, 2),
+                     (dt, 64, "bwd"): LaunchConfig(32, 32, 4, 2), (dt, 256, "bwd"): LaunchConfig(64, 64, 8, 1)})
+    return {**fp32, **half}
+
+
+# (dtype, head_dim bucket, "fwd" | "bwd") -> LaunchConfig. Picked per dtype and head
+# dim, never per sequence length, so a new batch reuses the compiled kernel. fp32
+# tiles are smaller: twice the bytes per element must fit shared memory. Change it
+# through `override_launch_configs`, not by assignment.
+LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = _table()
+
+
+def _launch_key(dtype, head_dim, direction):
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(f"direction={direction!r}: expected 'fwd' or 'bwd'")
+    bucket = next((b for b in HEAD_DIM_BUCKETS if head_dim <= b), None)
+    key = (dtype, bucket, direction)
+    if key not in LAUNCH_CONFIGS:
+        raise ValueError(f"no attention launch config for {dtype}, head_dim={head_dim}: the Triton "
+                         f"attention runs fp16/bf16/fp32 with head_dim <= {HEAD_DIM_BUCKETS[-1]}")
+    return key
+
+
+def launch_config(dtype, head_dim: int, direction: str) -> LaunchConfig:
+    """The LaunchConfig the attention kernels use for this dtype, head dim and
+    direction ("fwd", or "bwd" for the backward kernel)."""
+    return LAUNCH_CONFIGS[_launch_key(dtype, head_dim, direction)]
+
+
+@contextmanager
+def override_launch_configs(configs: dict):
+    """Run the block with some launch configs replaced; the table is restored on exit.
+
+    `configs`: {(dtype, head_dim, "fwd" | "bwd"): LaunchConfig or a 4-tuple}; head_dim
+    stands for its bucket (64 covers 1..64, 256 covers 65..256). For tuning sweeps and
+    compile checks; not thread-safe (one table per process).
+
+    >>> with override_launch_configs({(torch.bfloat16, 64, "bwd"): (64, 64, 4, 2)}):
+    ...     attention(q, k, v, cu_seqlens, max_seqlen).sum().backward()
+    """
+    new = {_launch_key(*key): LaunchConfig(*cfg) for key, cfg in configs.items()}
+    saved = dict(LAUNCH_CONFIGS)
+    LAUNCH_CONFIGS.update(new)
+    try:
+        yield
+    finally:
+        LAUNCH_CONFIGS.clear()
+        LAUNCH_CONFIGS.update(saved)
 
 
 def _last_dim_contiguous(x):
@@ -384,7 +446,7 @@ def _attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, sm_scale, seed):
     lse = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
     if total == 0 or max_seqlen == 0:
         return out, lse
-    block_m, block_n, num_warps, num_stages = _launch_config(q.dtype, head_dim, backward=False)
+    block_m, block_n, num_warps, num_stages = launch_config(q.dtype, head_dim, "fwd")
     grid = (triton.cdiv(max_seqlen, block_m), batch, nheads)
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens,
@@ -413,7 +475,7 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, sm_
         out, do, delta, total * nheads, head_dim, nheads,
         out.stride(0), out.stride(1), do.stride(0), do.stride(1),
         BLOCK_R=block_r, BLOCK_D=_block_d(head_dim))
-    block, _, num_warps, num_stages = _launch_config(q.dtype, head_dim, backward=True)
+    block, _, num_warps, num_stages = launch_config(q.dtype, head_dim, "bwd")
     grid = (triton.cdiv(max_seqlen, block), batch, nheads)
     _attention_bwd_kernel[grid](
         q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens,
@@ -457,6 +519,8 @@ class _AttentionFunction(torch.autograd.Function):
 
 
 def _check(q, k, v, cu_seqlens, max_seqlen, dropout_p):
+    """Raises on bad arguments; returns cu_seqlens as a list when it is on the host
+    (checked too), None on a GPU."""
     if q.dim() != 3 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"attention expects q, k, v of one shape (total_tokens, heads, head_dim); got "
@@ -471,15 +535,17 @@ def _check(q, k, v, cu_seqlens, max_seqlen, dropout_p):
         raise ValueError(f"max_seqlen must be >= 0, got {max_seqlen}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if not cu_seqlens.is_cuda:
-        # Free to check on the host; on a GPU it would cost a sync, so there the
-        # caller's word (the collator computed both) is taken.
-        offsets = cu_seqlens.tolist()
-        lens = [b - a for a, b in zip(offsets, offsets[1:])]
-        if offsets[0] != 0 or offsets[-1] != q.shape[0] or min(lens) < 0:
-            raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={q.shape[0]}; got {offsets}")
-        if max(lens) > max_seqlen:
-            raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {max(lens)} tokens")
+    if cu_seqlens.device.type != "cpu":
+        # On a GPU a check would cost a sync, so there the caller's word (the
+        # collator computed both) is taken.
+        return None
+    offsets = cu_seqlens.tolist()
+    lens = [b - a for a, b in zip(offsets, offsets[1:])]
+    if offsets[0] != 0 or offsets[-1] != q.shape[0] or min(lens) < 0:
+        raise ValueError(f"cu_seqlens must rise from 0 to total_tokens={q.shape[0]}; got {offsets}")
+    if max(lens) > max_seqlen:
+        raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {max(lens)} tokens")
+    return offsets
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -496,10 +562,12 @@ def attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None
     probabilities; `seed` makes that dropout repeatable (None draws one from torch's
     default generator, so `torch.manual_seed` makes runs repeatable). The same seed
     gives the same mask within one backend, not across backends.
-    `backend`: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
+    `backend`: "auto" (Triton on CUDA, torch on CPU; see `dispatch`), "triton" or
+    "torch". The torch backend runs one unmasked SDPA per run of equal lengths when
+    cu_seqlens is on the CPU (`attention_torch`), else `attention_ref`'s repadding.
     Returns (total_tokens, heads, head_dim) in q's dtype.
     """
-    _check(q, k, v, cu_seqlens, max_seqlen, dropout_p)
+    offsets = _check(q, k, v, cu_seqlens, max_seqlen, dropout_p)               # host offsets or None
     if resolve(backend, q) == "triton":
         if q.dtype not in _TRITON_DTYPES:
             raise TypeError(f"the Triton attention runs fp16, bf16 and fp32, not {q.dtype}; "
@@ -517,10 +585,12 @@ def attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None
         cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
         return _AttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, float(dropout_p),
                                         float(scale), seed)
-    if dropout_p > 0.0 and seed is not None:
+    if dropout_p > 0.0 and seed is not None:  # a repeatable mask: drawn whole from its own generator
         generator = torch.Generator(device=q.device).manual_seed(int(seed))
-        lens = cu_seqlens.numel() - 1
-        keep = torch.rand(lens, q.shape[1], max_seqlen, max_seqlen, generator=generator,
+        batch = cu_seqlens.numel() - 1
+        keep = torch.rand(batch, q.shape[1], max_seqlen, max_seqlen, generator=generator,
                           device=q.device) >= dropout_p
         return attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale, keep)
+    if offsets is not None:
+        return attention_runs(q, k, v, equal_length_runs(offsets), dropout_p, softmax_scale)
     return attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p, softmax_scale)

@@ -1,7 +1,11 @@
 """Backend choice for every op: Triton on CUDA tensors, PyTorch on CPU tensors.
 
-`BERTCORE_KERNELS=triton|torch` overrides "auto" for a whole run; "triton" on a CPU
-tensor needs `TRITON_INTERPRET=1` (Triton's interpreter), which is how CPU-only
+This module is the one place that decides. `BERTCORE_KERNELS=triton|torch` overrides
+"auto" for a whole run; it is read once, when the package is imported (the ops ask
+`resolve` three times per layer, so a per-call `os.environ` lookup is host time on
+the launch-bound path). `use_backend(...)` overrides "auto" inside a `with` block,
+for tests and for code that cannot pass `backend=` down (the encoder). "triton" on a
+CPU tensor needs `TRITON_INTERPRET=1` (Triton's interpreter), which is how CPU-only
 machines check the kernels.
 
 Triton is imported here, once, so the op modules can define their `@triton.jit`
@@ -10,6 +14,7 @@ kernels become inert stubs and only the torch backend is offered.
 """
 import os
 import types
+from contextlib import contextmanager
 
 import torch
 
@@ -66,14 +71,42 @@ def backends() -> dict[str, str]:
     }
 
 
+def _backend_from_env() -> str:
+    value = os.environ.get("BERTCORE_KERNELS", "").strip().lower()
+    return value or "auto"
+
+
+# What "auto" means for this process: the environment at import, or use_backend's choice.
+_auto = _backend_from_env()
+
+
+@contextmanager
+def use_backend(backend: str):
+    """Inside the block, `backend="auto"` means `backend` ("triton", "torch", or "auto"
+    for the device rule); it beats `BERTCORE_KERNELS`. Not thread-local: one choice per
+    process at a time.
+
+    >>> with bertcore_kernels.use_backend("torch"):
+    ...     out = encoder(ids, attention_mask=mask)     # every op on the torch backend
+    """
+    global _auto
+    if backend not in BACKENDS:
+        raise ValueError(f"use_backend({backend!r}): expected one of {BACKENDS}")
+    previous, _auto = _auto, backend
+    try:
+        yield
+    finally:
+        _auto = previous
+
+
 def resolve(backend: str, tensor: torch.Tensor) -> str:
     """The backend that runs an op on `tensor`: "triton" or "torch"."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
     if backend == "auto":
-        backend = os.environ.get("BERTCORE_KERNELS", "auto").strip().lower() or "auto"
+        backend = _auto
         if backend not in BACKENDS:
-            raise ValueError(f"BERTCORE_KERNELS={backend!r}: expected 'triton' or 'torch'")
+            raise ValueError(f"BERTCORE_KERNELS={backend!r}: expected 'triton' or 'torch' (or unset it)")
+    elif backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
     if backend == "auto":
         # A CUDA tensor proves the device; asking the driver again (triton_available)
         # on every op would cost host time on the launch-bound path.

@@ -1,12 +1,14 @@
-"""The encoder's CPU fast path: attention per run of equal lengths, the dropout
-attention Function, the fused-QKV weight cache and its autograd Function."""
+"""The encoder's CPU fast path: K.attention's torch backend per run of equal lengths,
+the dropout attention Function, the fused-QKV weight cache and its autograd Function."""
+import importlib
+
 import bertcore_kernels as K
 import pytest
 import torch
+from bertcore_kernels.attention_torch import _DropoutAttention, attention_runs, equal_length_runs
 
 from bertcore import BertConfig, BertEncoder
-from bertcore.model import QKV, _DropoutAttention, attention_runs
-from bertcore.padding import equal_length_runs
+from bertcore.model import QKV
 
 
 @pytest.mark.parametrize("lengths", [[5, 5, 5], [3, 7, 7, 0, 2, 2, 2, 1], [0, 0], [9]])
@@ -15,28 +17,37 @@ def test_attention_runs_matches_reference(lengths):
     total, heads, hd = sum(lengths), 2, 8
     qkv = torch.randn(total, 3, heads, hd, dtype=torch.float64, requires_grad=True)
     cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
-    runs = equal_length_runs(cu)
+    runs = equal_length_runs(cu.tolist())
     assert sum(n for n, _ in runs) == len(lengths) and sum(n * l for n, l in runs) == total
-    ours = attention_runs(qkv, runs)
+    ours = attention_runs(*qkv.unbind(1), runs)
+    via_public = K.attention(*qkv.unbind(1), cu, max(lengths))                 # auto on CPU: the same path
+    assert ours.shape == (total, heads, hd) and torch.equal(ours, via_public)
     if not total:
-        assert ours.shape == (0, heads * hd)
         return
-    ref = K.attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, max(lengths)).reshape(total, -1)
+    ref = K.attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, max(lengths))
     torch.testing.assert_close(ours, ref)
     g = torch.randn_like(ours)
     torch.testing.assert_close(torch.autograd.grad(ours, qkv, g)[0], torch.autograd.grad(ref, qkv, g)[0])
 
 
+def test_torch_backend_takes_the_runs_path_for_host_lengths(monkeypatch):
+    attention_module = importlib.import_module("bertcore_kernels.attention")  # the package rebinds .attention
+    calls = []
+    monkeypatch.setattr(attention_module, "attention_ref", lambda *a, **k: calls.append("ref"))
+    q = torch.randn(7, 2, 8)
+    out = K.attention(q, q, q, torch.tensor([0, 3, 7], dtype=torch.int32), 4, backend="torch")
+    assert calls == [] and out.shape == (7, 2, 8)
+
+
 def test_equal_length_runs():
-    cu = torch.tensor([0, 4, 8, 11, 11, 11, 13], dtype=torch.int32)
-    assert equal_length_runs(cu) == [(2, 4), (1, 3), (2, 0), (1, 2)]
+    assert equal_length_runs([0, 4, 8, 11, 11, 11, 13]) == [(2, 4), (1, 3), (2, 0), (1, 2)]
 
 
 def test_dropout_attention_against_explicit_mask():
     q, k, v = (torch.randn(2, 3, 7, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     p = 0.3
     torch.manual_seed(1)
-    out = _DropoutAttention.apply(q, k, v, p)
+    out = _DropoutAttention.apply(q, k, v, p, 8 ** -0.5)
     torch.manual_seed(1)
     keep, scale = K.keep_mask((2, 3, 7, 7), p)
     ref = ((q @ k.transpose(-1, -2) / 8 ** 0.5).softmax(-1) * keep * scale) @ v
@@ -44,6 +55,19 @@ def test_dropout_attention_against_explicit_mask():
     g = torch.randn_like(out)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         torch.testing.assert_close(a, b)
+
+
+def test_torch_backend_dropout_in_training_uses_the_lean_function():
+    """The public op, not only the Function: dropout with grad enabled and no seed
+    draws the same keep-mask as `_DropoutAttention` from the global RNG."""
+    lengths, heads, hd, p = [4, 4, 2], 2, 8, 0.25
+    qkv = torch.randn(sum(lengths), 3, heads, hd, dtype=torch.float64, requires_grad=True)
+    cu = torch.tensor([0] + lengths).cumsum(0).to(torch.int32)
+    torch.manual_seed(3)
+    out = K.attention(*qkv.unbind(1), cu, 4, dropout_p=p)
+    torch.manual_seed(3)
+    ref = attention_runs(*qkv.unbind(1), equal_length_runs(cu.tolist()), p)
+    assert torch.equal(out, ref) and out.requires_grad
 
 
 def test_fused_qkv_cache_follows_parameter_updates():

@@ -1,4 +1,8 @@
 """Parity of BertEncoder with transformers.BertModel, padding paths, freezing, bad input."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import transformers
@@ -158,3 +162,71 @@ def test_config_validation_and_round_trip(tmp_path):
     cfg.save_pretrained(tmp_path)
     assert BertConfig.from_pretrained(tmp_path) == cfg
     assert transformers.BertConfig.from_pretrained(tmp_path).hidden_size == TINY["hidden_size"]
+
+
+def test_sequence_without_tokens_pools_to_zeros():
+    torch.manual_seed(3)
+    enc = BertEncoder(BertConfig(**TINY)).eval()
+    ids, mask, types = batch(TINY["vocab_size"], [6, 0, 4, 0], 6)
+    with torch.no_grad():
+        padded = enc(ids, attention_mask=mask, token_type_ids=types)
+        real = mask.bool()
+        cu = torch.tensor([0, 6, 6, 10, 10], dtype=torch.int32)
+        packed = enc(ids[real], token_type_ids=types[real], cu_seqlens=cu, max_seqlen=6)
+        singles = [enc(ids[i:i + 1, :n], token_type_ids=types[i:i + 1, :n]) for i, n in ((0, 6), (2, 4))]
+        empty = enc(torch.zeros(2, 3, dtype=torch.long), attention_mask=torch.zeros(2, 3, dtype=torch.long))
+    for out in (padded, packed):
+        assert torch.all(out.pooler_output[[1, 3]] == 0)                      # not the next row's [CLS]
+        torch.testing.assert_close(out.pooler_output[[0, 2]],
+                                   torch.cat([s.pooler_output for s in singles]), atol=1e-5, rtol=0)
+    assert torch.all(padded.last_hidden_state[[1, 3]] == 0)
+    assert empty.pooler_output.shape == (2, TINY["hidden_size"]) and torch.all(empty.pooler_output == 0)
+    assert torch.all(empty.last_hidden_state == 0)
+
+
+def test_bad_packed_input_is_a_clear_error():
+    enc = BertEncoder(BertConfig(**TINY)).eval()
+    ids = torch.arange(5, 15)                                                  # 10 tokens
+    for cu in ([0, 4, 11], [1, 4, 10], [0, 6, 4, 10]):
+        with pytest.raises(ValueError, match="cu_seqlens must rise from 0 to the number of tokens"):
+            enc(ids, cu_seqlens=torch.tensor(cu, dtype=torch.int32), max_seqlen=6)
+    with pytest.raises(ValueError, match="max_seqlen=3 but a sequence has 6"):
+        enc(ids, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32), max_seqlen=3)
+    with pytest.raises(TypeError, match="cu_seqlens must be an integer tensor"):
+        enc(ids, cu_seqlens=[0, 4, 10], max_seqlen=6)
+    with pytest.raises(TypeError, match="max_seqlen must be a Python int"):
+        enc(ids, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32), max_seqlen=torch.tensor(6))
+    out = enc(ids, cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=None)      # int64 offsets, max computed
+    assert out.max_seqlen == 6 and out.last_hidden_state.shape == (10, TINY["hidden_size"])
+
+
+def test_ids_of_the_wrong_type_name_the_fix():
+    enc = BertEncoder(BertConfig(**TINY)).eval()
+    with pytest.raises(TypeError, match=r"input_ids must be a torch.Tensor.*torch.tensor\(input_ids\)"):
+        enc([[1, 2, 3]])
+    with pytest.raises(TypeError, match=r"input_ids must be an integer tensor, got torch.float32.*\.long\(\)"):
+        enc(torch.ones(1, 3))
+    with pytest.raises(TypeError, match="input_ids must be an integer tensor"):
+        enc(torch.ones(3), cu_seqlens=torch.tensor([0, 3], dtype=torch.int32), max_seqlen=3)
+    with pytest.raises(TypeError, match="token_type_ids must be an integer tensor"):
+        enc(torch.ones(1, 3, dtype=torch.long), token_type_ids=torch.zeros(1, 3))
+
+
+def test_value_checks_run_on_host_tensors_and_elsewhere_only_in_debug(monkeypatch):
+    import bertcore.model as model_module
+    enc = BertEncoder(BertConfig(**TINY)).eval()
+    with pytest.raises(ValueError, match="vocab_size"):                       # CPU: always checked
+        enc(torch.tensor([1, TINY["vocab_size"]]), cu_seqlens=torch.tensor([0, 2], dtype=torch.int32), max_seqlen=2)
+    on_device = torch.zeros(2, dtype=torch.long, device="meta")              # stands in for a GPU tensor
+    monkeypatch.setattr(model_module, "DEBUG_CHECKS", False)
+    assert enc._host_check(torch.zeros(2)) and not enc._host_check(on_device)  # a check there would sync
+    monkeypatch.setattr(model_module, "DEBUG_CHECKS", True)
+    assert enc._host_check(on_device)
+
+
+def test_debug_flag_is_read_once_at_import():
+    code = "import os, bertcore.model as m; os.environ['BERTCORE_DEBUG'] = '1'; print(m.DEBUG_CHECKS)"
+    for value, expect in (("1", "True"), ("0", "False")):
+        env = {**os.environ, "BERTCORE_DEBUG": value}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.stdout.strip() == expect, done.stderr

@@ -40,11 +40,11 @@ def attention_kernels(dtype, head_dim, dropout):
     t, block_d, prec = TY[dtype], A._block_d(head_dim), A._dot_precision(dtype)
     scalars = {"LSE": "*fp32", "DELTA": "*fp32", "CU_SEQLENS": "*i32", "sm_scale": "fp32",
                "dropout_p": "fp32", "seed": "i32"}
-    bm, bn, warps, stages = A._launch_config(dtype, head_dim, backward=False)
+    bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd")
     fwd = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
                 dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec),
                 warps, stages)
-    block, _, warps, stages = A._launch_config(dtype, head_dim, backward=True)
+    block, _, warps, stages = A.launch_config(dtype, head_dim, "bwd")
     bwd = build(A._attention_bwd_kernel,
                 {**{n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}, **scalars},
                 dict(BLOCK=block, BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec), warps, stages)

@@ -160,28 +160,69 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setattr(attn_mod, "_attention_fwd", lambda *a: calls.append(1) or real(*a))
     qkv, _, cu, max_seqlen = inputs([5, 3], 32, device="cpu")
     q, k, v = qkv.float().unbind(1)
-    monkeypatch.delenv("BERTCORE_KERNELS", raising=False)
     ref = K.attention(q, k, v, cu, max_seqlen)                                # auto on CPU: torch
     assert calls == []
     # Forced Triton runs where the kernels can: compiled ones read only GPU tensors.
     q, k, v, cu = (t.to(DEVICE) for t in (q, k, v, cu))
-    monkeypatch.setenv("BERTCORE_KERNELS", "triton")
-    out = K.attention(q, k, v, cu, max_seqlen)
+    with K.use_backend("triton"):
+        out = K.attention(q, k, v, cu, max_seqlen)
     assert calls == [1]
     torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-6)
     if q.is_cuda:
-        monkeypatch.delenv("BERTCORE_KERNELS")
         K.attention(q, k, v, cu, max_seqlen)                                  # auto on CUDA: triton
         assert calls == [1, 1]
         calls.pop()
-    monkeypatch.setenv("BERTCORE_KERNELS", "torch")
-    K.attention(q, k, v, cu, max_seqlen, backend="auto")                      # the variable beats auto
-    assert calls == [1]
-    monkeypatch.setenv("BERTCORE_KERNELS", "cuda")
-    with pytest.raises(ValueError, match="BERTCORE_KERNELS"):
-        K.attention(q, k, v, cu, max_seqlen)
+    with K.use_backend("torch"):
+        K.attention(q, k, v, cu, max_seqlen, backend="auto")                  # the override beats auto
+        K.attention(q, k, v, cu.cpu(), max_seqlen, backend="triton")          # an explicit backend beats it
+    assert calls == [1, 1]
     with pytest.raises(ValueError, match="backend"):
         K.attention(q, k, v, cu, max_seqlen, backend="tpu")
+    with pytest.raises(ValueError, match="use_backend"):
+        with K.use_backend("cuda"):
+            pass
+
+
+def test_launch_configs_are_a_table_with_a_scoped_override():
+    default = K.launch_config(torch.float16, 64, "bwd")
+    assert default == attn_mod.LAUNCH_CONFIGS[(torch.float16, 64, "bwd")]
+    assert K.launch_config(torch.float16, 40, "bwd") == default               # 40 is in the <= 64 bucket
+    assert K.launch_config(torch.float16, 128, "fwd") == attn_mod.LAUNCH_CONFIGS[(torch.float16, 256, "fwd")]
+    with K.override_launch_configs({(torch.float16, 32, "bwd"): (64, 64, 8, 1)}):
+        assert K.launch_config(torch.float16, 64, "bwd") == (64, 64, 8, 1)
+        assert K.launch_config(torch.float16, 64, "bwd").block_m == 64
+        assert K.launch_config(torch.float16, 64, "fwd") == attn_mod.LAUNCH_CONFIGS[(torch.float16, 64, "fwd")]
+    assert K.launch_config(torch.float16, 64, "bwd") == default
+    with pytest.raises(ValueError, match="head_dim <= 256"):
+        K.launch_config(torch.float16, 512, "fwd")
+    with pytest.raises(ValueError, match="direction"):
+        K.launch_config(torch.float16, 64, "backward")
+
+
+def test_overridden_launch_config_reaches_the_kernel(monkeypatch):
+    qkv, grad, cu, max_seqlen = inputs([9, 20], 32)
+    q, k, v = (t.float() for t in qkv.unbind(1))
+    ref = triton_attention(q, k, v, cu, max_seqlen)
+    with K.override_launch_configs({(torch.float32, 32, "fwd"): (16, 16, 2, 1)}):
+        seen = []
+        real = attn_mod._attention_fwd_kernel
+        monkeypatch.setattr(attn_mod, "_attention_fwd_kernel", _GridSpy(real, seen))
+        out = triton_attention(q, k, v, cu, max_seqlen)
+    assert seen == [(16, 16)]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+class _GridSpy:
+    """Stands in for a @triton.jit kernel: records BLOCK_M/BLOCK_N of each launch."""
+
+    def __init__(self, kernel, seen):
+        self.kernel, self.seen = kernel, seen
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.seen.append((kwargs["BLOCK_M"], kwargs["BLOCK_N"]))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
 
 
 def test_backends_reports_both():

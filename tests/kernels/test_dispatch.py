@@ -1,4 +1,6 @@
-"""The package without Triton: it imports, reports why, and the torch backend works."""
+"""Backend dispatch: the package without Triton (it imports, reports why, and the torch
+backend works), and BERTCORE_KERNELS read once, at import."""
+import os
 import subprocess
 import sys
 
@@ -38,3 +40,35 @@ def test_backends_lists_both_with_reasons():
     info = K.backends()
     assert set(info) == {"torch", "triton"}
     assert all(v.startswith(("available", "unavailable")) for v in info.values())
+
+
+ENV_READ_ONCE = """
+import os
+import torch
+import bertcore_kernels as K
+from bertcore_kernels.dispatch import resolve
+x = torch.zeros(1)
+print(resolve("auto", x))
+os.environ["BERTCORE_KERNELS"] = "bogus"          # too late: read once, at import
+print(resolve("auto", x))
+with K.use_backend("auto"):
+    print(resolve("auto", x))
+"""
+
+
+def run_with_env(code, value):
+    env = {k: v for k, v in os.environ.items() if k != "BERTCORE_KERNELS"}
+    env.update(BERTCORE_KERNELS=value, TRITON_INTERPRET="1")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_environment_is_read_once_at_import():
+    done = run_with_env(ENV_READ_ONCE, "Triton")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["triton", "triton", "torch"]  # use_backend("auto"): the device rule
+
+
+def test_a_bad_environment_value_names_the_variable():
+    done = run_with_env("import torch, bertcore_kernels as K\n"
+                        "K.layer_norm(torch.ones(2, 4), torch.ones(4), torch.zeros(4), 1e-5)", "cuda")
+    assert done.returncode != 0 and "BERTCORE_KERNELS='cuda'" in done.stderr

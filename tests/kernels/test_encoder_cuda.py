@@ -107,3 +107,26 @@ def test_training_step_with_dropout_on_gpu(models):
     assert not torch.equal(a, c)
     assert all(torch.isfinite(t).all() for t in grads.values())
     assert len(grads) == len([p for p in ours.parameters() if p.requires_grad])
+
+
+def test_packed_forward_does_not_sync_the_host(models):
+    """forward_packed with cu_seqlens on the GPU and max_seqlen from the host reads no
+    device value (no .item(), no nonzero): value checks wait for BERTCORE_DEBUG=1."""
+    import bertcore.model as model_module
+    ours, _ = models
+    ours.eval()
+    ids, mask, types = batch()
+    real = mask.bool()
+    cu = torch.nn.functional.pad(mask.sum(1).cumsum(0), (1, 0)).int()                 # (B+1,) on the GPU
+    packed = (ids[real], types[real])
+    torch.cuda.synchronize()
+    assert not model_module.DEBUG_CHECKS
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.inference_mode():
+            out = ours(packed[0], token_type_ids=packed[1], cu_seqlens=cu, max_seqlen=max(LENGTHS))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref = ours(ids, attention_mask=mask, token_type_ids=types)
+    torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state[real])
+    torch.testing.assert_close(out.pooler_output, ref.pooler_output)

@@ -2,6 +2,7 @@
 the torch backend."""
 import importlib
 
+import bertcore_kernels as K
 import pytest
 import torch
 
@@ -17,10 +18,10 @@ def spy(monkeypatch, module, name, calls):
     monkeypatch.setattr(module, name, lambda *a: calls.append(name) or real(*a))
 
 
-def encode(monkeypatch, backend, encoder, ids, mask):
-    monkeypatch.setenv("BERTCORE_KERNELS", backend)
+def encode(backend, encoder, ids, mask):
     encoder.zero_grad()
-    out = encoder(ids, attention_mask=mask)
+    with K.use_backend(backend):
+        out = encoder(ids, attention_mask=mask)
     g = torch.Generator().manual_seed(1)  # CPU-only: draw there, then move to the output's device
     weight = torch.randn(out.last_hidden_state.shape, generator=g).to(out.last_hidden_state.device)
     loss = (out.last_hidden_state * weight).sum() \
@@ -44,9 +45,9 @@ def test_encoder_triton_equals_torch(monkeypatch, lengths):
     for module, name in (("attention", "_attention_fwd"), ("attention", "_attention_bwd"),
                          ("layer_norm", "_layer_norm_fwd"), ("layer_norm", "_layer_norm_bwd")):
         spy(monkeypatch, importlib.import_module(f"bertcore_kernels.{module}"), name, calls)
-    ref, ref_grads = encode(monkeypatch, "torch", encoder, ids, mask)
+    ref, ref_grads = encode("torch", encoder, ids, mask)
     assert calls == []
-    out, grads = encode(monkeypatch, "triton", encoder, ids, mask)
+    out, grads = encode("triton", encoder, ids, mask)
     layers = CONFIG["num_hidden_layers"]
     assert calls.count("_attention_fwd") == calls.count("_attention_bwd") == layers
     assert calls.count("_layer_norm_fwd") == calls.count("_layer_norm_bwd") == 2 * layers + 1

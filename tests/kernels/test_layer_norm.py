@@ -155,16 +155,14 @@ def test_backend_choice(monkeypatch):
     real = ln_mod._layer_norm_fwd
     monkeypatch.setattr(ln_mod, "_layer_norm_fwd", lambda *a: calls.append(1) or real(*a))
     x, w, b, r, _ = (t.float() for t in inputs((4, 64), device="cpu"))
-    monkeypatch.delenv("BERTCORE_KERNELS", raising=False)
     ref = K.layer_norm(x, w, b, EPS, residual=r)                              # auto on CPU: torch
     assert calls == []
     # Forced Triton runs where the kernels can: compiled ones read only GPU tensors.
     x, w, b, r = (t.to(DEVICE) for t in (x, w, b, r))
-    monkeypatch.setenv("BERTCORE_KERNELS", "triton")
-    torch.testing.assert_close(K.layer_norm(x, w, b, EPS, residual=r).cpu(), ref)
+    with K.use_backend("triton"):
+        torch.testing.assert_close(K.layer_norm(x, w, b, EPS, residual=r).cpu(), ref)
     assert calls == [1]
     if x.is_cuda:
-        monkeypatch.delenv("BERTCORE_KERNELS")
         K.layer_norm(x, w, b, EPS, residual=r)                                # auto on CUDA: triton
         assert calls == [1, 1]
 
