@@ -1,16 +1,15 @@
 """HF BERT checkpoints in and out: safetensors (or a weights-only pytorch_model.bin),
 with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for heads."""
 import logging
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import BertConfig
+from .files import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +61,18 @@ def to_encoder_keys(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     return encoder, heads
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[list, list]:
-    """Copy `state` into `model` key by key; a shape mismatch is an error naming the key.
-    Returns (missing, unexpected) key lists."""
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                 strict: bool = False) -> tuple[list, list]:
+    """Copy `state` into `model` key by key: the one checked weight loader (encoder, heads,
+    training checkpoints). A shape mismatch is an error naming the key; so are missing or
+    unexpected keys with `strict`. Returns (missing, unexpected) key lists."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"{source} does not match the model: missing {', '.join(missing[:5]) or 'none'}"
+                              f"{' ...' if len(missing) > 5 else ''}; unexpected {', '.join(unexpected[:5]) or 'none'}"
+                              f"{' ...' if len(unexpected) > 5 else ''}")
     if own and len(missing) == len(own):
         sample = ", ".join(list(state)[:5])
         raise CheckpointError(f"{source}: none of the model's keys are in this file (it holds: {sample}, ...); "
@@ -102,22 +107,8 @@ def load_encoder(cls, directory: Path, config: BertConfig | None = None, **overr
     return model
 
 
-def atomic_save_file(tensors: dict[str, torch.Tensor], file: Path, metadata: dict | None = None) -> None:
-    """save_file to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata=metadata or {"format": "pt"})
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_encoder(model, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(directory)
-    atomic_save_file(model.state_dict(), directory / WEIGHTS_NAME)
+    save_tensors(model.state_dict(), directory / WEIGHTS_NAME)
     return directory

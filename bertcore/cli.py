@@ -87,19 +87,26 @@ def add_finetune(sub):
 
 
 def cmd_finetune(args) -> int:
-    from . import create_head
-    from .data import infer_labels, load_examples
+    from . import set_seed
+    from .data import load_examples
     from .model import BertEncoder
+    from .plugins import get_head_type
     from .taskmodel import TaskModel
     from .tokenizer import Tokenizer
     from .training import Trainer
 
-    train = load_examples(args.train, task=args.head)
-    evaluation = load_examples(args.eval, task=args.head) if args.eval else None
+    head_type = get_head_type(args.head)
+    train = load_examples(args.train)
+    evaluation = load_examples(args.eval) if args.eval else None
     encoder = BertEncoder.from_pretrained(args.encoder)
     tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
-    labels = args.labels.split(",") if args.labels else infer_labels(train, args.head)
-    head = create_head(args.head, encoder.config, **({"labels": labels} if labels else {}))
+    options = {"labels": args.labels.split(",")} if args.labels else head_type.options_from_examples(train)
+    if options and not args.labels:
+        print(f"{args.head} head options read from {args.train}: " + ", ".join(
+            f"{k}={v if not isinstance(v, list) or len(v) <= 8 else v[:8] + ['...']}" for k, v in options.items()),
+            file=sys.stderr)
+    set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
+    head = head_type(encoder.config, **options)
     name = args.name or args.head
     model = TaskModel(encoder, {name: head}, tokenizer=tok)
     targs = _training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,

@@ -16,14 +16,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-# Keys each known task needs in a training example; used to name what is missing.
-REQUIRED_KEYS = {
-    "classification": ("text", "label"),
-    "ner": ("tokens", "tags"),
-    "qa": ("question", "context", "answers"),
-    "nsp": ("text", "text_pair", "label"),
-    "mlm": ("text",),
-}
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt")
 
 
@@ -77,44 +69,21 @@ class Examples(Sequence):
         return item
 
 
-def load_examples(source, task: str | None = None, *, format: str | None = None) -> Sequence:
+def load_examples(source, *, format: str | None = None) -> Sequence:
     """Examples from a list of dicts, an indexable of dicts, or a data file.
 
     `format` forces "jsonl", "json" (SQuAD or a JSON list), "csv", "tsv" or "conll";
-    by default the file suffix decides. With `task` (a head name such as "ner"),
-    examples are checked for that task's keys.
+    by default the file suffix decides. What an example must hold is its head's
+    business (`Head.check_example`, which the Trainer runs on every example).
     """
     if isinstance(source, (str, Path)):
-        examples = load_file(Path(source), format)
-        where = lambda i: f"{source}: example {i + 1}"                      # noqa: E731
-    elif isinstance(source, dict):
+        return load_file(Path(source), format)
+    if isinstance(source, dict):
         raise DataError("got a dict; pass a list of example dicts (for multi-task training, "
                         "pass {head: data} as Trainer(train=...))")
-    elif hasattr(source, "__getitem__") and hasattr(source, "__len__"):
-        examples = source if isinstance(source, list) else Examples(source)
-        where = lambda i: f"example {i}"                                     # noqa: E731
-    else:
-        examples = list(source)  # an iterator or generator
-        where = lambda i: f"example {i}"                                     # noqa: E731
-    if task in REQUIRED_KEYS and len(examples) and not isinstance(source, (str, Path)):
-        check_examples(examples, task, where)
-    return examples
-
-
-def check_examples(examples, task: str, where=lambda i: f"example {i}", limit: int = 1000) -> None:
-    """Raise DataError for the first of the first `limit` examples lacking the task's keys
-    (a prediction-only dict such as {"text": ...} is allowed for ner)."""
-    needed = REQUIRED_KEYS[task]
-    for i in range(min(len(examples), limit)):
-        ex = examples[i]
-        if not isinstance(ex, dict):
-            raise DataError(f"{where(i)}: is a {type(ex).__name__}; expected a dict with keys {', '.join(needed)}")
-        if "input_ids" in ex:  # already encoded features
-            continue
-        missing = [k for k in needed if k not in ex]
-        if missing:
-            raise DataError(f"{where(i)}: missing {', '.join(missing)}; a {task} example needs "
-                            f"{', '.join(needed)} (has {', '.join(ex) or 'nothing'})")
+    if hasattr(source, "__getitem__") and hasattr(source, "__len__"):
+        return source if isinstance(source, list) else Examples(source)
+    return list(source)  # an iterator or generator
 
 
 def load_file(path: Path, format: str | None = None) -> list[dict]:
@@ -342,18 +311,3 @@ def peoples_daily_ner(max_chars: int = 100, limit: int | None = None) -> list[di
     """NER examples {"tokens": [char, ...], "tags": [BIO, ...]} with PER/LOC/ORG, one per
     sentence of at most `max_chars` characters, in corpus order."""
     return [ex for words in peoples_daily_paragraphs(limit) for ex in paragraph_ner(words, max_chars)]
-
-
-def infer_labels(examples, task: str) -> list[str] | None:
-    """The label set a head needs, read from training data: classification labels sorted
-    (a multi-label list counts each label), NER tags with "O" first; None for other tasks."""
-    if task == "classification":
-        found = set()
-        for ex in examples:
-            label = ex.get("label")
-            found.update(str(x) for x in label) if isinstance(label, list) else found.add(str(label))
-        return sorted(found)
-    if task == "ner":
-        tags = {t for ex in examples for t in ex.get("tags", [])}
-        return ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[:2]))
-    return None

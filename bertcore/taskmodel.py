@@ -1,10 +1,16 @@
-"""TaskModel: one encoder shared by named heads; run, predict, evaluate, save, load.
+"""TaskModel: one encoder shared by named heads, and THE run path through them.
 
     model = TaskModel(encoder, {"sentiment": create_head("classification", cfg, labels=[...])},
                       tokenizer=tok)
-    logits = model(batch, head="sentiment")          # batch from head.collate(features)
-    model.predict(["great film"], head="sentiment")  # [{"label": "pos", "score": 0.97, ...}]
+    batch = model.collate(features, head="sentiment")  # tokens packed once, labels per head
+    logits = model(batch, head="sentiment")            # encoder once, then the head
+    loss = model.loss(batch, head="sentiment")
+    model.predict(["great film"], head="sentiment")    # [{"label": "pos", "score": 0.97, ...}]
     model.save_pretrained("out/model")
+
+Training (the Trainer, under DDP too), evaluation and prediction all go through
+`encode` → `collate` → `forward` → `compute_loss` / `run`; nothing else calls the
+encoder with heads.
 
 Saved layout:
 
@@ -18,23 +24,46 @@ import json
 import logging
 import os
 import re
-import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_save_file, read_state_dict
-from .heads import Head, HeadInfo
-from .model import BertEncoder
 from . import plugins
+from .checkpoint import CheckpointError, load_weights, read_state_dict
+from .files import folder_swap, save_tensors, write_json
+from .heads import Head, HeadInfo, pack_features
+from .model import BertEncoder
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "taskmodel.json"
 HEAD_CONFIG = "head.json"
 HEAD_WEIGHTS = "head.safetensors"
+SAVED_ENTRIES = {MODEL_FILE, "encoder", "tokenizer", "heads"}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass
+class Encoded:
+    """Examples encoded for one or more heads that share batches: the features in
+    order and, for each, the index of the example it came from (QA windows: several)."""
+
+    heads: tuple[str, ...]
+    examples: Sequence[dict]
+    features: list[dict]
+    owner: list[int]
+
+
+@dataclass
+class RunResult:
+    """One head's results over a dataset: decoded predictions (None when the head
+    cannot decode) and the mean loss per unit of `Head.loss_count` (NaN without labels)."""
+
+    predictions: list | None
+    loss: float
 
 
 class TaskModel(nn.Module):
@@ -60,7 +89,7 @@ class TaskModel(nn.Module):
                             "make one with bertcore.create_head(...)")
         _check_hidden(head.config.hidden_size, self.encoder.config.hidden_size, f"head {name!r}")
         head.attach(self.encoder)
-        if load_pretrained and getattr(self.encoder, "pretrained_head_weights", None):
+        if load_pretrained and self.encoder.pretrained_head_weights:
             head.load_pretrained_weights(self.encoder.pretrained_head_weights)
         self.heads[name] = head.to(self.device)
         return head
@@ -69,102 +98,181 @@ class TaskModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.encoder.parameters()).device
 
-    def _names(self, head) -> list[str]:
+    def head_names(self, head=None) -> tuple[str, ...]:
+        """`head` (a name, a list of names, or None for the only head) as a checked tuple."""
         if head is None:
             if len(self.heads) != 1:
                 raise ValueError(f"this model has heads {list(self.heads)}; pass head=NAME")
-            return list(self.heads)
-        names = [head] if isinstance(head, str) else list(head)
+            return tuple(self.heads)
+        names = (head,) if isinstance(head, str) else tuple(head)
         for n in names:
             if n not in self.heads:
                 raise KeyError(f"no head named {n!r}; this model has {list(self.heads)}")
         return names
+
+    # ---- data ----------------------------------------------------------------------
+
+    def prepare(self, head=None, tokenizer=None, train_examples=None) -> None:
+        """Let the named heads set what they need from the tokenizer (and, for training,
+        the training examples) before anything is encoded; see `Head.prepare`."""
+        tok = self._tokenizer(tokenizer)
+        for name in self.head_names(head):
+            self.heads[name].prepare(tok, train_examples)
+
+    def encode(self, examples: Sequence[dict], head=None, tokenizer=None, max_length: int | None = None) -> Encoded:
+        """Every example's features for the named heads. Heads that share batches (MLM +
+        NSP) each encode the example and their features are merged, so every head finds
+        its label keys."""
+        names, tok = self.head_names(head), self._tokenizer(tokenizer)
+        max_length = max_length or min(512, self.encoder.config.max_position_embeddings)
+        features, owner = [], []
+        for i in range(len(examples)):
+            per_head = [self.heads[n].encode(examples[i], tok, max_length) for n in names]
+            merged = per_head[0]
+            for other in per_head[1:]:
+                if len(other) != len(merged):
+                    raise ValueError(f"heads {names} make different numbers of features from one example; "
+                                     "heads that share batches must encode alike")
+                merged = [{**b, **a} for a, b in zip(merged, other)]
+            features.extend(merged)
+            owner.extend([i] * len(merged))
+        return Encoded(names, examples, features, owner)
+
+    def collate(self, features: list[dict], head=None) -> dict:
+        """One batch for the named heads: the tokens packed once, then each head's labels
+        (`Head.collate_labels`). Two heads may not set the same label key."""
+        batch = pack_features(features)
+        owners: dict[str, str] = {}
+        for name in self.head_names(head):
+            for key, value in self.heads[name].collate_labels(features, batch).items():
+                if key in owners:
+                    raise ValueError(f"heads {owners[key]!r} and {name!r} both put {key!r} in the batch; "
+                                     "train them on separate data")
+                owners[key] = name
+                batch[key] = value
+        return batch
+
+    def _tokenizer(self, tokenizer):
+        tok = tokenizer or self.tokenizer
+        if tok is None:
+            raise ValueError("this TaskModel has no tokenizer; build it with TaskModel(encoder, heads, "
+                             "tokenizer=bertcore.Tokenizer.from_pretrained(...)) or pass tokenizer=")
+        return tok
 
     # ---- running -------------------------------------------------------------------
 
     def forward(self, batch: dict, head: str | list[str] | None = None):
         """Encode a packed batch once and run the named head on it: its logits, or a dict
         name -> logits when `head` is a list (e.g. ["mlm", "nsp"] in pretraining)."""
-        names = self._names(head)
+        names = self.head_names(head)
         batch = to_device(batch, self.device)
-        out = self.encoder.forward_packed(batch["input_ids"], batch["cu_seqlens"], batch["max_seqlen"],
-                                          batch.get("token_type_ids"), batch.get("position_ids"))
+        out = self.encoder(batch["input_ids"], token_type_ids=batch.get("token_type_ids"),
+                           position_ids=batch.get("position_ids"), cu_seqlens=batch["cu_seqlens"],
+                           max_seqlen=batch["max_seqlen"])
         logits = {n: self.heads[n](out, batch) for n in names}
         return logits[names[0]] if isinstance(head, str) or head is None else logits
 
-    def loss(self, batch: dict, head: str | list[str] | None = None) -> torch.Tensor:
-        """Sum of the named heads' losses on one batch (one encoder pass)."""
-        names = self._names(head)
-        logits = self(batch, head=names)
+    def compute_loss(self, logits: dict, batch: dict, weights: dict | None = None) -> torch.Tensor:
+        """Σ weight × loss over the heads in `logits` (name -> logits) whose labels the
+        batch carries. Separate from `forward` so a DDP wrapper can run the forward."""
         batch = to_device(batch, self.device)
-        return sum(self.heads[n].loss(logits[n], batch) for n in names)
+        weights = weights or {}
+        losses = [weights.get(n, 1.0) * self.heads[n].loss(out, batch)
+                  for n, out in logits.items() if self.heads[n].has_labels(batch)]
+        if not losses:
+            raise ValueError(f"the batch carries no labels for heads {list(logits)}")
+        return sum(losses)
+
+    def loss(self, batch: dict, head: str | list[str] | None = None, weights: dict | None = None) -> torch.Tensor:
+        """Weighted sum of the named heads' losses on one batch (one encoder pass)."""
+        return self.compute_loss(self(batch, head=list(self.head_names(head))), batch, weights)
+
+    @torch.no_grad()
+    def run(self, data: Encoded, batch_size: int = 32, with_loss: bool = True,
+            decode: bool = True) -> dict[str, RunResult]:
+        """Run every feature of `data` through its heads in order, in eval mode: per head,
+        the decoded predictions and the mean loss per unit (`Head.loss_count`), which is
+        the same whatever `batch_size` is."""
+        was_training = self.training
+        self.eval()
+        outputs = {n: [] for n in data.heads}
+        totals = {n: [0.0, 0] for n in data.heads}
+        try:
+            for start in range(0, len(data.features), batch_size):
+                batch = to_device(self.collate(data.features[start:start + batch_size], data.heads), self.device)
+                logits = self(batch, head=list(data.heads))
+                for name in data.heads:
+                    head = self.heads[name]
+                    if with_loss and head.has_labels(batch):
+                        count = head.loss_count(batch)
+                        if count:
+                            totals[name][0] += float(head.loss(logits[name], batch)) * count
+                            totals[name][1] += count
+                    outputs[name].extend(head.split(logits[name], batch))
+        finally:
+            self.train(was_training)
+        results = {}
+        for name in data.heads:
+            predictions = self._decode(name, data, outputs[name]) if decode else None
+            total, count = totals[name]
+            results[name] = RunResult(predictions, total / count if count else float("nan"))
+        return results
+
+    def _decode(self, name: str, data: Encoded, outputs: list) -> list | None:
+        grouped = [([], []) for _ in range(len(data.examples))]
+        for feature, out, i in zip(data.features, outputs, data.owner):
+            grouped[i][0].append(feature)
+            grouped[i][1].append(out)
+        head = self.heads[name]
+        try:
+            return [head.decode(data.examples[i], fs, outs) for i, (fs, outs) in enumerate(grouped)]
+        except NotImplementedError:
+            return None
 
     def predict(self, inputs, head: str | None = None, batch_size: int = 32, max_length: int | None = None,
                 tokenizer=None):
         """Decoded predictions: one for a single input (str, (text, pair) tuple, or example
         dict), a list for a list (so one NER word list goes in as a tuple). What one
         prediction looks like is up to the head's `decode`."""
-        name = self._names(head)[0]
+        name = self.head_names(head)[0]
         single = not isinstance(inputs, list)
         examples = [self.heads[name].example_from_input(x) for x in ([inputs] if single else inputs)]
-        predictions, _ = self._run(examples, name, batch_size, max_length, tokenizer, with_loss=False)
+        self.prepare(name, tokenizer)
+        data = self.encode(examples, name, tokenizer, max_length)
+        predictions = self.run(data, batch_size, with_loss=False)[name].predictions
         return predictions[0] if single else predictions
 
-    def evaluate(self, examples: list[dict], head: str | None = None, batch_size: int = 32,
+    def evaluate(self, examples: Sequence[dict], head: str | None = None, batch_size: int = 32,
                  max_length: int | None = None, tokenizer=None) -> dict[str, float]:
-        """The head's metrics on labelled examples, plus the mean `loss` over batches."""
-        name = self._names(head)[0]
-        predictions, loss = self._run(examples, name, batch_size, max_length, tokenizer, with_loss=True)
-        return {"loss": loss, **self.heads[name].metrics(predictions, examples)}
-
-    @torch.no_grad()
-    def _run(self, examples, name, batch_size, max_length, tokenizer, with_loss):
-        head, tok = self.heads[name], tokenizer or self.tokenizer
-        if tok is None:
-            raise ValueError("this TaskModel has no tokenizer; build it with TaskModel(encoder, heads, "
-                             "tokenizer=bertcore.Tokenizer.from_pretrained(...)) or pass tokenizer=")
-        max_length = max_length or min(512, self.encoder.config.max_position_embeddings)
-        features, owner = [], []
-        for i, example in enumerate(examples):
-            for f in head.encode(example, tok, max_length):
-                features.append(f)
-                owner.append(i)
-        outputs, losses = [None] * len(features), []
-        was_training = self.training
-        self.eval()
-        try:
-            for start in range(0, len(features), batch_size):
-                batch = to_device(head.collate(features[start:start + batch_size]), self.device)
-                logits = self(batch, head=name)
-                if with_loss and head.has_labels(batch):
-                    losses.append(float(head.loss(logits, batch)))
-                outputs[start:start + batch_size] = head.split(logits, batch)
-        finally:
-            self.train(was_training)
-        per_example = [([], []) for _ in examples]
-        for f, out, i in zip(features, outputs, owner):
-            per_example[i][0].append(f)
-            per_example[i][1].append(out)
-        predictions = [head.decode(ex, fs, outs) for ex, (fs, outs) in zip(examples, per_example)]
-        return predictions, (sum(losses) / len(losses) if losses else float("nan"))
+        """The head's metrics on labelled examples, plus `loss`: the mean per unit of the
+        head's loss (per sequence, or per labelled token for token-level heads), the same
+        number from `Trainer.evaluate` and for any batch size."""
+        name = self.head_names(head)[0]
+        self.prepare(name, tokenizer)
+        result = self.run(self.encode(examples, name, tokenizer, max_length), batch_size)[name]
+        metrics = self.heads[name].metrics(result.predictions, examples) if result.predictions is not None else {}
+        return {"loss": result.loss, **metrics}
 
     # ---- saving ----------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write encoder/, tokenizer/ and heads/<name>/ (see the module docstring)."""
+        """Write encoder/, tokenizer/ and heads/<name>/ (see the module docstring). The
+        folder is built beside `directory` and swapped in whole, so a crash leaves the
+        old model or the new one, never a mix."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(directory / "encoder")
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory / "tokenizer")
-        for name, head in self.heads.items():
-            save_head(head, directory / "heads" / name)
-        _write_json(directory / MODEL_FILE, {"heads": list(self.heads), "bertcore_version": plugins.core_version()})
+        _check_replaceable(directory)
+        with folder_swap(directory) as tmp:
+            self.encoder.save_pretrained(tmp / "encoder")
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp / "tokenizer")
+            for name, head in self.heads.items():
+                save_head(head, tmp / "heads" / name)
+            write_json(tmp / MODEL_FILE, {"heads": list(self.heads), "bertcore_version": plugins.core_version()})
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None) -> "TaskModel":
-        """Load what `save_pretrained` wrote. Every head's plugin must be installed."""
+        """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed."""
         directory = Path(directory)
         if not (directory / "encoder").is_dir():
             raise FileNotFoundError(f"{directory} has no encoder/ folder; pass a folder written by "
@@ -175,12 +283,14 @@ class TaskModel(nn.Module):
             from .tokenizer import Tokenizer
             tokenizer = Tokenizer.from_pretrained(directory / "tokenizer")
         if (directory / MODEL_FILE).is_file():
-            names = json.loads((directory / MODEL_FILE).read_text(encoding="utf-8"))["heads"]
+            names = _read_json(directory / MODEL_FILE, {"heads": list})["heads"]
         else:
             names = sorted(p.name for p in (directory / "heads").iterdir() if p.is_dir())
         model = cls(encoder, {}, tokenizer=tokenizer)
         for name in names:
-            model.add_head(name, load_head(directory / "heads" / name, encoder.config), load_pretrained=False)
+            model.add_head(str(name), load_head(directory / "heads" / str(name), encoder.config),
+                           load_pretrained=False)
+        model.eval()
         return model.to(device) if device is not None else model
 
     def load_head(self, path: str | os.PathLike, name: str | None = None) -> Head:
@@ -200,11 +310,11 @@ def save_head(head: Head, directory: Path) -> None:
         logger.warning("head type %r is not registered; saving it anyway, but loading it needs a plugin "
                        "that registers it", head.name)
         info = HeadInfo(head.name, "unknown", "unknown", head.description)
-    _write_json(directory / HEAD_CONFIG, {
+    write_json(directory / HEAD_CONFIG, {
         "head_type": head.name, "distribution": info.distribution, "version": info.version,
         "hidden_size": head.config.hidden_size, "vocab_size": head.config.vocab_size,
         "config": head.get_config(), "bertcore_version": plugins.core_version()})
-    atomic_save_file(head.state_dict(), directory / HEAD_WEIGHTS)
+    save_tensors(head.state_dict(), directory / HEAD_WEIGHTS)
 
 
 def load_head(directory: Path, config) -> Head:
@@ -213,30 +323,46 @@ def load_head(directory: Path, config) -> Head:
     if not file.is_file():
         raise FileNotFoundError(f"no {HEAD_CONFIG} in {directory}; pass a heads/<name>/ folder "
                                 "written by TaskModel.save_pretrained")
-    saved = json.loads(file.read_text(encoding="utf-8"))
-    head_type, dist = saved["head_type"], saved.get("distribution", f"bertcore-{saved['head_type']}")
+    saved = _read_json(file, {"head_type": str, "hidden_size": int, "config": dict})
+    head_type = saved["head_type"]
     _check_hidden(saved["hidden_size"], config.hidden_size, f"the {head_type!r} head in {directory}")
+    # Checks that the installed plugin is the distribution the file names, and never tells
+    # the user to install a name read from the file without saying where it came from.
+    cls = plugins.get_head_type(head_type, distribution=saved.get("distribution"), source=file)
     try:
-        cls = plugins.get_head_type(head_type)
-    except plugins.HeadNotFoundError as err:
-        raise plugins.HeadNotFoundError(
-            f"{directory} holds a {head_type!r} head from {dist} {saved.get('version', '')}, but no installed "
-            f"plugin provides it; run `bertcore install {head_type}` (pip install {dist}) and load again. "
-            f"({err})") from None
-    head = cls(config, **saved.get("config", {}))
-    state = read_state_dict(directory / HEAD_WEIGHTS)
-    own = head.state_dict()
-    for key, tensor in state.items():
-        if key in own and own[key].shape != tensor.shape:
-            raise ValueError(f"{directory / HEAD_WEIGHTS}: {key} has shape {tuple(tensor.shape)}, the "
-                             f"{head_type} head expects {tuple(own[key].shape)}; was it saved with another "
-                             "vocabulary or label set?")
-    missing, unexpected = head.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{directory / HEAD_WEIGHTS} does not match the {head_type} head: missing "
-                         f"{missing}, unexpected {unexpected}; is the installed plugin ({dist}) the version "
-                         f"that saved it ({saved.get('version')})?")
+        head = cls(config, **saved["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{file}: the installed {head_type!r} head rejects the saved options "
+                              f"({err}); is the plugin the version that saved it ({saved.get('version')})?") from None
+    load_weights(head, read_state_dict(directory / HEAD_WEIGHTS), str(directory / HEAD_WEIGHTS), strict=True)
     return head
+
+
+def _read_json(file: Path, schema: dict[str, type]) -> dict:
+    """A JSON object with the given keys of the given types, or a one-line error naming the file and key."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err}); the file is damaged: save the model again") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got a {type(data).__name__}")
+    for key, kind in schema.items():
+        if key not in data:
+            raise CheckpointError(f"{file}: missing key {key!r}")
+        if not isinstance(data[key], kind) or (kind is int and isinstance(data[key], bool)):
+            raise CheckpointError(f"{file}: key {key!r} is a {type(data[key]).__name__}, expected {kind.__name__}")
+    return data
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Saving swaps the whole folder: refuse to replace one that holds anything else."""
+    if directory.exists() and not directory.is_dir():
+        raise FileExistsError(f"{directory} is a file; pass a folder to save the model in")
+    if directory.is_dir():
+        other = sorted(p.name for p in directory.iterdir() if p.name not in SAVED_ENTRIES)
+        if other:
+            raise FileExistsError(f"{directory} holds files that are not a saved model ({', '.join(other[:5])}); "
+                                  "save into a new or empty folder (saving replaces the whole folder)")
 
 
 def _check_hidden(head_size: int, encoder_size: int, what: str) -> None:
@@ -249,16 +375,3 @@ def _check_hidden(head_size: int, encoder_size: int, what: str) -> None:
 def to_device(batch: dict, device) -> dict:
     """The batch with every tensor on `device` (other values as they are)."""
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _write_json(file: Path, data: dict) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, file)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -26,6 +26,7 @@ class ClassificationHead(Head):
     description = "sequence classification: single/pair, single-label, multi-label, regression"
     main_metric = "accuracy"
     greater_is_better = True
+    required_keys = ("text", "label")
 
     def __init__(self, config, labels=None, num_labels=None, multi_label=False, dropout=None):
         super().__init__(config)
@@ -39,11 +40,24 @@ class ClassificationHead(Head):
         self.labels, self.num_labels, self.multi_label = labels, num_labels, multi_label
         self.problem = "multi_label" if multi_label else ("regression" if num_labels == 1 and not labels
                                                           else "single_label")
+        if self.problem == "regression":
+            self.main_metric = "pearson"  # regression reports no accuracy
         self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
         self.dropout = nn.Dropout(self.dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, num_labels)
-        nn.init.normal_(self.classifier.weight, std=config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = self.init_linear(nn.Linear(config.hidden_size, num_labels), config)
+
+    @classmethod
+    def options_from_examples(cls, examples):
+        """Labels sorted; a list label makes the task multi-label; numbers that are not all
+        whole make it a regression."""
+        labels = [ex.get("label") for ex in examples]
+        if any(isinstance(x, list) for x in labels):
+            return {"labels": sorted({str(y) for x in labels for y in (x if isinstance(x, list) else [x])}),
+                    "multi_label": True}
+        if labels and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in labels) and \
+                any(isinstance(x, float) and not x.is_integer() for x in labels):
+            return {"num_labels": 1}
+        return {"labels": sorted({str(x) for x in labels})}
 
     def get_config(self) -> dict:
         return {"labels": self.labels, "num_labels": self.num_labels, "multi_label": self.multi_label,
@@ -76,13 +90,6 @@ class ClassificationHead(Head):
             else:
                 feature["labels"] = self.label_index(label)
         return [feature]
-
-    def collate(self, features):
-        batch = super().collate(features)
-        if all("labels" in f for f in features):
-            dtype = torch.long if self.problem == "single_label" else torch.float
-            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)  # (B,) or (B, C)
-        return batch
 
     # ---- model ---------------------------------------------------------------------
 

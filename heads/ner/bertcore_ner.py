@@ -12,14 +12,13 @@ entity spans, and maps them to character offsets: into `text`, or into
 list is a batch of those. Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
 Metrics: entity-level micro precision / recall / f1 (seqeval, default mode).
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
+from bertcore.heads import IGNORE_INDEX
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
-IGNORE_INDEX = -100
 
 
 class NERHead(Head):
@@ -27,6 +26,8 @@ class NERHead(Head):
     description = "token classification (NER): BIO/BIOES tags, entity spans with character offsets"
     main_metric = "f1"
     greater_is_better = True
+    required_keys = ("tokens", "tags")
+    token_labels = True
 
     def __init__(self, config, labels=None, label_all_subwords=False, dropout=None):
         super().__init__(config)
@@ -39,9 +40,13 @@ class NERHead(Head):
         self.label_all_subwords = label_all_subwords
         self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
         self.dropout = nn.Dropout(self.dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, len(self.labels))
-        nn.init.normal_(self.classifier.weight, std=config.initializer_range)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = self.init_linear(nn.Linear(config.hidden_size, len(self.labels)), config)
+
+    @classmethod
+    def options_from_examples(cls, examples):
+        """Every tag in the data, "O" first, then by entity type (B- before I-)."""
+        tags = {str(t) for ex in examples for t in ex.get("tags", [])}
+        return {"labels": ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[:2]))}
 
     def get_config(self):
         return {"labels": self.labels, "label_all_subwords": self.label_all_subwords, "dropout": self.dropout_prob}
@@ -89,12 +94,6 @@ class NERHead(Head):
             return self.labels.index(tag)
         except ValueError:
             raise ValueError(f"tag {tag!r} is not in the head's labels {self.labels}") from None
-
-    def collate(self, features):
-        batch = super().collate(features)
-        if all("labels" in f for f in features):
-            batch["labels"] = torch.tensor([t for f in features for t in f["labels"]], dtype=torch.long)  # (T,)
-        return batch
 
     # ---- model ---------------------------------------------------------------------
 

@@ -4,12 +4,11 @@ Pooled [CLS] → linear (2), BERT's `cls.seq_relationship`; its weights come fro
 HF pretraining checkpoint when the encoder was loaded from one.
 
 Example: {"text": A, "text_pair": B, "label": 0 (IsNext) | 1 (NotNext)}, or a
-pretokenized pair from `bertcore.pretraining.make_nsp_pairs` (`input_ids`,
+pretokenized pair from `bertcore.masking.make_nsp_pairs` (`input_ids`,
 `token_type_ids`, `next_sentence_label`). Batch key: `next_sentence_label` (B,).
 Prediction: {"label": 0 | 1, "label_name": "IsNext" | "NotNext", "score"}.
 Metric: accuracy.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -26,12 +25,11 @@ class NSPHead(Head):
     main_metric = "accuracy"
     greater_is_better = True
     label_keys = ("next_sentence_label",)
+    required_keys = ("text", "text_pair", "label")
 
     def __init__(self, config):
         super().__init__(config)
-        self.seq_relationship = nn.Linear(config.hidden_size, 2)
-        nn.init.normal_(self.seq_relationship.weight, std=config.initializer_range)
-        nn.init.zeros_(self.seq_relationship.bias)
+        self.seq_relationship = self.init_linear(nn.Linear(config.hidden_size, 2), config)
 
     def load_pretrained_weights(self, cls_weights):
         names = {"seq_relationship.weight": ["weight"], "seq_relationship.bias": ["bias"]}
@@ -41,6 +39,12 @@ class NSPHead(Head):
         if isinstance(item, str):
             raise TypeError("NSP predicts on sentence pairs: pass (text, text_pair) tuples or dicts")
         return super().example_from_input(item)
+
+    def check_example(self, example):
+        if "input_ids" not in example:
+            return super().check_example(example)
+        if "next_sentence_label" not in example:  # a pretokenized pair (masking.make_nsp_pairs)
+            raise ValueError("a pretokenized NSP pair needs next_sentence_label (0 IsNext, 1 NotNext)")
 
     def encode(self, example, tokenizer, max_length=512):
         if "input_ids" in example:
@@ -53,12 +57,6 @@ class NSPHead(Head):
         if label is not None:
             feature["next_sentence_label"] = LABELS.index(label) if isinstance(label, str) else int(label)
         return [feature]
-
-    def collate(self, features):
-        batch = super().collate(features)
-        if all("next_sentence_label" in f for f in features):
-            batch["next_sentence_label"] = torch.tensor([f["next_sentence_label"] for f in features])  # (B,)
-        return batch
 
     def forward(self, output, batch):
         return self.seq_relationship(output.pooler_output)                     # (B, 2)

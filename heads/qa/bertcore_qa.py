@@ -4,8 +4,8 @@ A context longer than one window is split into overlapping windows (`stride`
 tokens shared between neighbours, the tokenizer's overflow); decoding scores every
 (start, end) pair among the `n_best` starts and ends of every window, keeps spans
 inside the context and at most `max_answer_length` tokens long, and maps the best
-one to characters of the original context. With `allow_no_answer` (SQuAD 2.0; set
-automatically when a training example has no answer), the answer is empty when the
+one to characters of the original context. With `allow_no_answer` (SQuAD 2.0; `prepare`
+turns it on when the training data has a question without an answer), the answer is empty when the
 null score ([CLS] start + end, lowest over windows) beats the best span by more
 than `null_threshold`.
 
@@ -20,7 +20,6 @@ import collections
 import re
 import string
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -35,15 +34,14 @@ class QAHead(Head):
     main_metric = "f1"
     greater_is_better = True
     label_keys = ("start_positions", "end_positions")
+    required_keys = ("question", "context", "answers")
 
     def __init__(self, config, stride=128, max_query_length=64, max_answer_length=30, n_best=20,
                  allow_no_answer=False, null_threshold=0.0):
         super().__init__(config)
         self.stride, self.max_query_length, self.max_answer_length = stride, max_query_length, max_answer_length
         self.n_best, self.allow_no_answer, self.null_threshold = n_best, allow_no_answer, null_threshold
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
-        nn.init.normal_(self.qa_outputs.weight, std=config.initializer_range)
-        nn.init.zeros_(self.qa_outputs.bias)
+        self.qa_outputs = self.init_linear(nn.Linear(config.hidden_size, 2), config)
 
     def get_config(self):
         return {"stride": self.stride, "max_query_length": self.max_query_length,
@@ -59,6 +57,11 @@ class QAHead(Head):
 
     # ---- data ----------------------------------------------------------------------
 
+    def prepare(self, tokenizer, train_examples=None):
+        """SQuAD 2.0 training data (a question without an answer) turns on no-answer."""
+        if train_examples is not None and any(not ex["answers"]["text"] for ex in train_examples):
+            self.allow_no_answer = True
+
     def encode(self, example, tokenizer, max_length=512):
         question, context = example["question"].lstrip(), example["context"]
         q = tokenizer(question, max_length=512, truncation=True, return_offsets=True)
@@ -72,8 +75,6 @@ class QAHead(Head):
         enc = tokenizer(question, context, max_length=max_length, truncation="only_second",
                         stride=min(self.stride, budget // 2), return_overflowing=True, return_offsets=True)
         answers = example.get("answers")
-        if answers is not None and not answers["text"] and not self.allow_no_answer:
-            self.allow_no_answer = True  # SQuAD 2.0 data: learn and predict "no answer"
         features = []
         for row in range(len(enc["input_ids"])):
             sequence_ids = enc.sequence_ids(row)
@@ -98,13 +99,6 @@ class QAHead(Head):
         start = next(i for i in context if offsets[i][1] > start_char)
         end = next(i for i in reversed(context) if offsets[i][0] < end_char)
         return start, end
-
-    def collate(self, features):
-        batch = super().collate(features)
-        for key in self.label_keys:
-            if all(key in f for f in features):
-                batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)  # (B,)
-        return batch
 
     # ---- model ---------------------------------------------------------------------
 

@@ -3,15 +3,14 @@ import json
 
 import pytest
 
-from bertcore.data import (DataError, Examples, infer_labels, load_examples, paragraph_ner, read_text,
+from bertcore.data import (DataError, Examples, load_examples, paragraph_ner, read_text,
                            words_to_bio)
 
 
 def test_jsonl_csv_tsv(tmp_path):
     f = tmp_path / "a.jsonl"
     f.write_text('{"text": "good", "label": "pos"}\n\n{"text": "bad", "label": "neg"}\n', encoding="utf-8")
-    assert load_examples(f, task="classification") == [{"text": "good", "label": "pos"},
-                                                        {"text": "bad", "label": "neg"}]
+    assert load_examples(f) == [{"text": "good", "label": "pos"}, {"text": "bad", "label": "neg"}]
     c = tmp_path / "a.csv"
     c.write_text('text,label\n"good, really",pos\nbad,neg\n', encoding="utf-8")
     assert load_examples(c)[0] == {"text": "good, really", "label": "pos"}
@@ -66,9 +65,7 @@ def test_undecodable_file(tmp_path):
         load_examples(f)
 
 
-def test_missing_keys_and_indexables(tmp_path):
-    with pytest.raises(DataError, match=r"example 1: missing label; a classification example needs text, label"):
-        load_examples([{"text": "a", "label": 0}, {"text": "b"}], task="classification")
+def test_missing_files_and_indexables(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_examples(tmp_path / "nope.jsonl")
 
@@ -79,16 +76,9 @@ def test_missing_keys_and_indexables(tmp_path):
         def __getitem__(self, i):
             return {"text": f"t{i}", "label": i}
 
-    ex = load_examples(Dataset(), task="classification")
+    ex = load_examples(Dataset())
     assert isinstance(ex, Examples) and len(ex) == 2 and ex[1] == {"text": "t1", "label": 1}
     assert load_examples(iter([{"text": "x"}])) == [{"text": "x"}]
-
-
-def test_infer_labels():
-    assert infer_labels([{"label": "pos"}, {"label": "neg"}, {"label": ["a", "pos"]}], "classification") == \
-        ["a", "neg", "pos"]
-    assert infer_labels([{"tags": ["B-PER", "I-PER", "O", "B-LOC"]}], "ner") == ["O", "B-LOC", "B-PER", "I-PER"]
-    assert infer_labels([], "qa") is None
 
 
 def test_peoples_daily_bio():

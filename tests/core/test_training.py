@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from bertcore import training
+from bertcore.runfolder import load_state
 from bertcore.training import NonFiniteLossError, Trainer, TrainingArgs
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -42,11 +44,15 @@ def test_fit_learns_and_writes_outputs(tmp_path, tok):
     history = trainer.fit()
     assert len(history) == 6 and history[-1]["step"] == 6 * 12
     assert history[-1]["accuracy"] > 0.8, history
-    assert set(trainer.evaluate()) == {"accuracy", "loss"}
-    assert trainer.predict([{"text": "good movie"}])[0] in ("neg", "pos")
-    for name in ("metrics.jsonl", "curves.png", "last/trainer_model.safetensors", "last/trainer_state.pt",
-                 "best/trainer_model.safetensors"):
+    metrics = trainer.evaluate()
+    assert set(metrics) == {"accuracy", "loss"}
+    held = toy.examples(32, seed=1)
+    predictions = trainer.predict(held)
+    assert sum(p == e["label"] for p, e in zip(predictions, held)) / len(held) == metrics["accuracy"]
+    for name in ("metrics.jsonl", "curves.png", "last/model/encoder/model.safetensors", "last/trainer_state.pt",
+                 "last/manifest.json", "best/model/heads/toy/head.safetensors", "best/manifest.json"):
         assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "best" / "trainer_state.pt").exists()  # best/ is a model, not a resume point
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("tokens_per_s" in r for r in records) and sum(r.get("split") == "eval" for r in records) == 6
     assert not list(tmp_path.glob(".*tmp*"))
@@ -62,18 +68,18 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tok, monkeypatch)
     class Killed(Exception):
         pass
 
-    original = Trainer._save_dir
+    original = training.save_checkpoint
 
-    def save_then_die(self, directory, full_state):
-        original(self, directory, full_state)
-        if full_state is not None:
+    def save_then_die(directory, model, state=None):
+        original(directory, model, state)
+        if state is not None:
             raise Killed
 
     killed = toy.model(tok)
-    monkeypatch.setattr(Trainer, "_save_dir", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         Trainer(killed, tokenizer=tok, train=data, eval=held, args=args(tmp_path / "b", **run_args)).fit()
-    monkeypatch.setattr(Trainer, "_save_dir", original)
+    monkeypatch.setattr(training, "save_checkpoint", original)
 
     resumed = toy.model(tok, seed=123)  # a fresh process would start from other weights
     history = Trainer(resumed, tokenizer=tok, train=data, eval=held,
@@ -110,8 +116,7 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tok):
                       args=args(tmp_path, eval_every=2), head="toy")
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 7.*last good checkpoint"):
         trainer.fit()
-    state = torch.load(tmp_path / "last" / "trainer_state.pt", weights_only=False)
-    assert state["state"]["step"] == 6
+    assert load_state(tmp_path / "last")["state"]["step"] == 6
     for value in weights(model).values():
         assert torch.isfinite(value).all()
 
@@ -123,8 +128,8 @@ def test_grad_accumulation_matches_big_batch(tmp_path, tok):
     # Same features per optimizer step only if the 4-batches split the 8-batches: check plan equality first.
     tb = Trainer(b, tokenizer=tok, train=data, args=args(tmp_path / "b", batch_size=4, grad_accum_steps=2,
                                                          save_checkpoints=False))
-    tb._epoch_plan = lambda epoch, big=Trainer(a, tokenizer=tok, train=data, args=args(tmp_path / "a")): [
-        (0, idx[h:h + 4]) for _, idx in big._epoch_plan(epoch) for h in (0, 4)]
+    tb._plan = lambda epoch, big=Trainer(a, tokenizer=tok, train=data, args=args(tmp_path / "a")): [
+        (0, idx[h:h + 4]) for _, idx in big._plan(epoch) for h in (0, 4)]
     tb.fit()
     for key, value in weights(b).items():
         torch.testing.assert_close(value, weights(a)[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -135,10 +140,10 @@ def test_multitask_sampling_and_weights(tmp_path, tok):
     data = {"x": toy.examples(40), "y": toy.examples(16, seed=3)}
     rr = Trainer(model, tokenizer=tok, train=data, eval={"x": toy.examples(8), "y": toy.examples(8)},
                  args=args(tmp_path, batch_size=8, loss_weights={"y": 0.5}))
-    plan = [t for t, _ in rr._epoch_plan(0)]
+    plan = [t for t, _ in rr._plan(0)]
     assert plan == [0, 1, 0, 1, 0, 0, 0]
     prop = Trainer(model, tokenizer=tok, train=data, args=args(tmp_path, batch_size=8, sampling="proportional"))
-    assert sorted(t for t, _ in prop._epoch_plan(0)) == sorted(plan)
+    assert sorted(t for t, _ in prop._plan(0)) == sorted(plan)
     history = rr.fit()
     assert {"x/accuracy", "y/accuracy", "x/loss", "y/loss"} <= set(history[-1])
 

@@ -27,14 +27,8 @@ class ToyHead(Head):
         enc = tokenizer(example["text"], max_length=max_length)
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         if "label" in example:
-            feature["label"] = self.labels.index(example["label"])
+            feature["labels"] = self.labels.index(example["label"])
         return [feature]
-
-    def collate(self, features):
-        batch = super().collate(features)
-        if all("label" in f for f in features):
-            batch["labels"] = torch.tensor([f["label"] for f in features])
-        return batch
 
     def forward(self, output, batch):
         return self.classifier(output.pooler_output)
@@ -47,15 +41,6 @@ class ToyHead(Head):
 
     def metrics(self, predictions, examples):
         return {"accuracy": sum(p == e["label"] for p, e in zip(predictions, examples)) / len(examples)}
-
-
-class ToyModel(nn.Module):
-    """What the Trainer needs of a TaskModel: .encoder and .heads."""
-
-    def __init__(self, encoder, heads):
-        super().__init__()
-        self.encoder = encoder
-        self.heads = nn.ModuleDict(heads)
 
 
 def tokenizer():
@@ -81,4 +66,4 @@ def model(tok, seed=0, dropout=0.1, heads=("toy",)):
     cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
                               hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return ToyModel(bertcore.BertEncoder(cfg), {h: ToyHead(cfg) for h in heads})
+    return bertcore.TaskModel(bertcore.BertEncoder(cfg), {h: ToyHead(cfg) for h in heads})

@@ -13,15 +13,15 @@ HEADS = {  # name -> (create_head kwargs, one predict input)
 def train(model, head, examples, steps=40, lr=3e-3, batch_size=8):
     """A few Adam steps on `examples`; returns (first loss, last loss)."""
     torch.manual_seed(0)
-    h = model.heads[head]
-    features = [f for ex in examples for f in h.encode(ex, model.tokenizer, 64)]
+    model.prepare(head, train_examples=examples)
+    features = model.encode(examples, head, max_length=64).features
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
     for step in range(steps):
         start = (step * batch_size) % len(features)
-        batch = h.collate((features + features)[start:start + batch_size])
-        loss = h.loss(model(batch, head=head), batch)
+        batch = model.collate((features + features)[start:start + batch_size], head)
+        loss = model.loss(batch, head=head)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -29,7 +29,10 @@ def test_encode_collate_loss_decode_single_and_pair(encoder, tok, cfg):
     assert logits.shape == (2, 2)
     assert torch.allclose(head.loss(logits, batch), torch.nn.functional.cross_entropy(logits, batch["labels"]))
     prediction = model.predict("good movie", head="cls")
-    assert prediction["label"] in ("neg", "pos") and math.isclose(sum(prediction["scores"].values()), 1, rel_tol=1e-5)
+    with torch.no_grad():
+        probs = model.eval()(model.collate(head.encode({"text": "good movie"}, tok), "cls"), head="cls")[0].softmax(-1)
+    assert prediction["label"] == ["neg", "pos"][int(probs.argmax())]
+    assert prediction["scores"] == pytest.approx({"neg": float(probs[0]), "pos": float(probs[1])}, abs=1e-6)
     assert len(model.predict([("good", "film"), "bad"], head="cls")) == 2
 
 

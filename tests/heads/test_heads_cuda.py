@@ -20,7 +20,10 @@ LABELLED = {
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_on_cuda(encoder, tok, cfg, name):
     kwargs, item = HEADS[name]
-    model = bertcore.TaskModel(encoder, {"t": bertcore.create_head(name, cfg, **kwargs)}, tokenizer=tok).to("cuda")
+    model = bertcore.TaskModel(encoder, {"t": bertcore.create_head(name, cfg, **kwargs)}, tokenizer=tok)
+    on_cpu = model.predict(item, head="t", max_length=32)
+    model.to("cuda")
+    model.prepare("t")
     head = model.heads["t"]
     if name == "mlm":
         head.mlm_probability = 0.5
@@ -28,5 +31,21 @@ def test_head_on_cuda(encoder, tok, cfg, name):
     loss = model.loss(batch, head="t")
     loss.backward()
     assert torch.isfinite(loss) and loss.device.type == "cuda"
-    assert model.predict(item, head="t", max_length=32) is not None
+    assert_close_tree(model.predict(item, head="t", max_length=32), on_cpu)
     assert "loss" in model.evaluate([LABELLED[name]] * 3, head="t")
+
+
+def assert_close_tree(a, b, tol=1e-3):
+    """Same structure and strings; floats within `tol` (Triton vs torch rounding)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, abs=tol)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_close_tree(a[k], b[k], tol)
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_close_tree(x, y, tol)
+    else:
+        assert a == b

@@ -42,7 +42,8 @@ def test_hf_pretraining_checkpoint_heads_load_and_match(tmp_path, tok, cfg):
 def test_mlm_logits_only_at_labelled_positions_and_dynamic_masking(encoder, tok, cfg):
     model = pretraining_model(encoder, tok, cfg)
     head = model.heads["mlm"]
-    head.generator = torch.Generator().manual_seed(0)
+    head.prepare(tok)
+    torch.manual_seed(0)
     head.mlm_probability = 0.5
     features = [f for t in ["the cat sat on the mat", "john lives in paris"] for f in head.encode({"text": t}, tok)]
     batch = head.collate(features)

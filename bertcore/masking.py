@@ -1,0 +1,215 @@
+"""BERT's pretraining data, low level: MLM masking and NSP sentence pairs.
+
+    corpus (documents = blocks of lines, blank line between documents)
+      └─ read_corpus ─▶ [[sentence, ...], ...]
+           └─ make_nsp_pairs ─▶ [{input_ids, token_type_ids, next_sentence_label}, ...]
+                └─ mask_tokens (fresh masks every batch, in the MLM head's collate)
+
+This module sits beside `data.py`, under everything that trains: it imports nothing
+of bertcore's but `data.read_text`.
+"""
+import random
+from pathlib import Path
+
+import torch
+
+from .data import read_text
+
+IGNORE_INDEX = -100  # label of positions a loss skips (torch cross_entropy's default)
+
+
+# ---- MLM masking -----------------------------------------------------------------
+
+def mask_tokens(input_ids, tok, mlm_probability: float = 0.15, mask_prob: float = 0.8,
+                random_prob: float = 0.1, generator: torch.Generator | None = None,
+                whole_word: bool = False, word_starts=None):
+    """BERT's masked-LM corruption. Returns (masked ids, labels), same shape as input.
+
+    Picks `mlm_probability` of the non-special, non-padding tokens; of those,
+    `mask_prob` become [MASK], `random_prob` a random non-special token, the rest
+    stay. `labels` holds the original id at picked tokens and -100 elsewhere.
+    `input_ids` is a tensor of any shape (padded (B, L) or packed (T,)) or a list of
+    id lists (then lists come back). With `whole_word=True`, a word's WordPiece
+    continuations (`##...`) are picked together with its first piece; `word_starts`
+    (bool, same shape) overrides where words start, e.g. from a word segmenter.
+    """
+    if not 0.0 <= mlm_probability <= 1.0 or mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1:
+        raise ValueError(f"need 0 <= mlm_probability <= 1 and mask_prob + random_prob <= 1, got "
+                         f"{mlm_probability}, {mask_prob}, {random_prob}")
+    if isinstance(input_ids, (list, tuple)):
+        lengths = [len(x) for x in input_ids]
+        flat = torch.tensor([t for x in input_ids for t in x], dtype=torch.long)
+        starts = None if word_starts is None else torch.tensor([bool(t) for x in word_starts for t in x])
+        ids, labels = mask_tokens(flat, tok, mlm_probability, mask_prob, random_prob, generator,
+                                  whole_word, starts)
+        return [x.tolist() for x in ids.split(lengths)], [x.tolist() for x in labels.split(lengths)]
+
+    input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    special = tok.special_tokens_mask(input_ids).bool()                       # specials and [PAD]
+    draw = torch.rand(input_ids.shape, generator=generator)
+    if whole_word:
+        if word_starts is None:
+            word_starts = _word_starts(input_ids, tok)
+        word_starts = torch.as_tensor(word_starts, dtype=torch.bool) | special
+        # Every token takes the draw of the first piece of its word: the last start at or before it.
+        flat_starts = word_starts.flatten()
+        index = torch.arange(flat_starts.numel())
+        owner = torch.where(flat_starts, index, torch.zeros_like(index)).cummax(0).values
+        draw = draw.flatten()[owner].view(input_ids.shape)
+    picked = (draw < mlm_probability) & ~special
+    labels = torch.where(picked, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+
+    # One more uniform draw splits the picked tokens into mask / random / keep.
+    how = torch.rand(input_ids.shape, generator=generator)
+    to_mask = picked & (how < mask_prob)
+    to_random = picked & (how >= mask_prob) & (how < mask_prob + random_prob)
+    ids = input_ids.clone()
+    ids[to_mask] = tok.mask_token_id
+    candidates = _non_special_ids(tok)
+    choice = torch.randint(len(candidates), input_ids.shape, generator=generator)
+    ids[to_random] = candidates[choice][to_random]
+    return ids, labels
+
+
+def _non_special_ids(tok) -> torch.Tensor:
+    special = torch.tensor(tok.all_special_ids)
+    ids = torch.arange(tok.vocab_size)
+    return ids[~torch.isin(ids, special)]
+
+
+def _word_starts(input_ids: torch.Tensor, tok) -> torch.Tensor:
+    """True where a token does not continue the previous word (`##` pieces do)."""
+    flat = input_ids.flatten().tolist()
+    tokens = tok.convert_ids_to_tokens(flat)
+    return torch.tensor([not str(t).startswith("##") for t in tokens]).view(input_ids.shape)
+
+
+# ---- corpus and NSP pairs -------------------------------------------------------------
+
+def read_corpus(source) -> list[list[str]]:
+    """Documents for pretraining: a list of documents, each a list of sentences.
+
+    `source`: a text file (or a list of files) in the original BERT format — one
+    sentence per line, a blank line between documents; a list of strings (lines,
+    "" separating documents); or already a list of lists, returned as is.
+    Files are read as UTF-8, falling back to GB18030 (common for Chinese text).
+    """
+    if isinstance(source, (str, Path)):
+        source = [source]
+    source = list(source)
+    if source and all(isinstance(d, (list, tuple)) for d in source):
+        return [list(d) for d in source if d]
+    lines: list[str] = []
+    for item in source:
+        path = Path(item)
+        if isinstance(item, Path) or (len(str(item)) < 4096 and "\n" not in str(item) and path.is_file()):
+            lines.extend(read_text(path).splitlines())
+            lines.append("")
+        elif isinstance(item, str):
+            lines.extend(item.splitlines() or [""])
+        else:
+            raise TypeError(f"corpus entries must be file paths, lines or lists of sentences, got {type(item).__name__}")
+    documents, current = [], []
+    for line in lines:
+        line = line.strip()
+        if line:
+            current.append(line)
+        elif current:
+            documents.append(current)
+            current = []
+    if current:
+        documents.append(current)
+    return documents
+
+
+def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float = 0.5,
+                   seed: int = 0, short_seq_prob: float = 0.1) -> list[dict]:
+    """Sentence-pair examples for MLM + NSP, as the original BERT builds them.
+
+    Consecutive sentences of a document are packed until they fill `max_length`
+    (minus [CLS], [SEP], [SEP]); the chunk is cut at a random sentence boundary
+    into A and B. With probability `nsp_probability` B is replaced by text from a
+    random *other* document (NotNext, label 1), else it is the true continuation
+    (IsNext, label 0). A chunk of a single sentence is cut inside the sentence.
+    `short_seq_prob` of chunks aim at a shorter random length, as BERT does, so the
+    model also sees short inputs.
+
+    Returns dicts with `input_ids`, `token_type_ids`, `next_sentence_label`, and
+    `document`/`partner_document` (where A and B came from).
+    """
+    if max_length < 8:
+        raise ValueError(f"max_length={max_length} is too short for a sentence pair; use >= 8")
+    documents = [d for d in documents if d]
+    if len(documents) < 2:
+        raise ValueError(f"NSP needs at least 2 documents (NotNext takes B from another one), got "
+                         f"{len(documents)}; separate documents by blank lines")
+    rng = random.Random(seed)
+    sentences = [s for d in documents for s in d]
+    encoded = iter(e.ids for e in tok.backend.encode_batch(sentences, add_special_tokens=False))
+    docs = [[ids for ids in (next(encoded) for _ in d) if ids] for d in documents]
+    docs = [d for d in docs if d]
+    if len(docs) < 2:
+        raise ValueError("NSP needs at least 2 documents with some text in them")
+    budget = max_length - 3
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+
+    pairs = []
+    for d, doc in enumerate(docs):
+        i = 0
+        while i < len(doc):
+            target = rng.randint(2, budget) if rng.random() < short_seq_prob else budget
+            chunk, size = [], 0
+            while i < len(doc) and (not chunk or size < target):
+                chunk.append(doc[i])
+                size += len(doc[i])
+                i += 1
+            not_next = rng.random() < nsp_probability
+            if len(chunk) == 1:  # one sentence: cut inside it
+                ids = chunk[0]
+                if len(ids) < 2:
+                    continue
+                cut = rng.randint(1, len(ids) - 1)
+                a, b_true, a_end = ids[:cut], ids[cut:], 1
+            else:
+                a_end = rng.randint(1, len(chunk) - 1)
+                a = [t for s in chunk[:a_end] for t in s]
+                b_true = [t for s in chunk[a_end:] for t in s]
+            partner = d
+            if not_next:
+                partner = rng.randrange(len(docs) - 1)
+                partner += partner >= d                                        # never this document
+                other = docs[partner]
+                start = rng.randrange(len(other))
+                b = []
+                for s in other[start:]:
+                    b.extend(s)
+                    if len(b) >= budget - len(a):
+                        break
+                if len(chunk) > 1:  # the unused true continuation goes back for the next chunk
+                    i -= len(chunk) - a_end
+            else:
+                b = b_true
+            a, b = _truncate_pair(a, b, budget, rng)
+            pairs.append({
+                "input_ids": [cls, *a, sep, *b, sep],
+                "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
+                "next_sentence_label": int(not_next),
+                "document": d,
+                "partner_document": partner,
+            })
+    return pairs
+
+
+def _truncate_pair(a: list, b: list, budget: int, rng: random.Random):
+    """Trim the longer side, from its front or back at random (BERT's choice), until
+    both fit; each side keeps at least one token."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > budget:
+        longer = a if len(a) > len(b) else b
+        if len(longer) <= 1:
+            break
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+    return a, b

@@ -1,0 +1,94 @@
+"""What a training run tells its user: a progress bar, `metrics.jsonl`, `curves.png`.
+
+Only rank 0 reports. Every record goes to the log at once (appended and flushed),
+so a killed run keeps what it logged; the plot is redrawn at the end of `fit`.
+"""
+import json
+import logging
+import math
+from pathlib import Path
+
+from .files import atomic_write
+
+logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+class Reporter:
+    """Progress bar and metrics log of one run in `output_dir`."""
+
+    def __init__(self, output_dir: Path, enabled: bool, progress: bool, fresh: bool):
+        self.output_dir, self.enabled, self.progress = Path(output_dir), enabled, progress
+        self.bar = None
+        if enabled:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            if fresh and (self.output_dir / METRICS_FILE).exists():
+                (self.output_dir / METRICS_FILE).unlink()
+
+    def start(self, total: int, initial: int, desc: str) -> None:
+        if self.enabled and self.progress:
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+    def step(self, record: dict, log: bool) -> None:
+        """One optimizer step: move the bar; `log` also appends the record to the log."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}")
+        if log:
+            self.log(record)
+
+    def evaluation(self, record: dict) -> None:
+        self.log({**record, "split": "eval"})
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                          if isinstance(v, float) and k not in ("epoch",))
+        logger.info("step %d: %s", record.get("step", 0), shown)
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(clean) + "\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.enabled:
+            self.plot()
+
+    def plot(self) -> None:
+        """curves.png: training loss and eval metrics against the step (needs matplotlib)."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            logger.info("matplotlib is not installed; no %s", CURVES_FILE)
+            return
+        file = self.output_dir / METRICS_FILE
+        if not file.exists():
+            return
+        records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+        train = [r for r in records if "loss" in r and r.get("split") != "eval"]
+        evals = [r for r in records if r.get("split") == "eval"]
+        keys = sorted({k for r in evals for k in r if isinstance(r[k], (int, float))}
+                      - {"step", "epoch", "train_loss"})
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        if train:
+            axes[0].plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+        for key in keys:
+            xs = [r["step"] for r in evals if isinstance(r.get(key), (int, float))]
+            ys = [r[key] for r in evals if isinstance(r.get(key), (int, float))]
+            (axes[0] if key.endswith("loss") else axes[1]).plot(xs, ys, marker=".", label=f"eval {key}")
+        for ax, title in zip(axes, ("loss", "eval metrics")):
+            ax.set_xlabel("optimizer step")
+            ax.set_title(title)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        atomic_write(self.output_dir / CURVES_FILE, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+        plt.close(fig)
