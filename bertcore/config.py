@@ -5,6 +5,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import write_json
+
 CONFIG_NAME = "config.json"
 MAX_POSITIONS = 512  # BERT's WordPiece input is at most 512 positions
 
@@ -30,6 +32,7 @@ class BertConfig:
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
+        self._check_types()
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads="
@@ -40,14 +43,28 @@ class BertConfig:
                 f"{MAX_POSITIONS} positions")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a positive integer")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r} must be in [0, 1)")
         if self.hidden_act not in ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu"):
             raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; use 'gelu'")
+
+    def _check_types(self):
+        """Each field holds its declared type (JSON gives strings, lists and nulls too).
+        An int is accepted for a float field and stored as a float."""
+        kinds = {int: "an integer", float: "a number", str: "a string"}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            kind, value = _FIELD_TYPES[f.name], getattr(self, f.name)
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+                setattr(self, f.name, value)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                got = "null" if value is None else f"{value!r} ({_JSON_NAMES.get(type(value), type(value).__name__)})"
+                raise ValueError(f"{f.name} must be {kinds[kind]}, got {got}")
 
     @property
     def head_dim(self) -> int:
@@ -55,6 +72,9 @@ class BertConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "BertConfig":
+        """A config from `config.json`'s fields; unknown fields are kept in `extra`."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a config must be a JSON object of fields, got {_JSON_NAMES.get(type(values), type(values).__name__)}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in values.items() if k in names}
         extra = {k: v for k, v in values.items() if k not in names}
@@ -79,13 +99,19 @@ class BertConfig:
             values = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{file}: not valid JSON (line {err.lineno}: {err.msg})") from None
-        return cls.from_dict(values)
+        except UnicodeDecodeError:
+            raise ValueError(f"{file}: not UTF-8 text; is it a config.json?") from None
+        try:
+            return cls.from_dict(values)
+        except (ValueError, TypeError) as err:  # name the file: the key alone does not say where
+            raise ValueError(f"{file}: {err}; fix that value in the file") from None
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        file = directory / CONFIG_NAME
-        tmp = file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, file)
-        return file
+        """Write `config.json` (keys sorted) atomically into `directory`."""
+        return write_json(Path(directory) / CONFIG_NAME, dict(sorted(self.to_dict().items())))
+
+
+_FIELD_TYPES = {f.name: {"int": int, "float": float, "str": str}.get(f.type, f.type)
+                for f in dataclasses.fields(BertConfig) if f.name != "extra"}
+_JSON_NAMES = {str: "a string", list: "a list", dict: "an object", bool: "a boolean",
+               int: "an integer", float: "a number", type(None): "null"}

@@ -1,4 +1,5 @@
 """Parity of BertEncoder with transformers.BertModel, padding paths, freezing, bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -230,3 +231,29 @@ def test_debug_flag_is_read_once_at_import():
         env = {**os.environ, "BERTCORE_DEBUG": value}
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
         assert done.stdout.strip() == expect, done.stderr
+
+
+@pytest.mark.parametrize("text,key", [
+    ('{"hidden_size": "32"}', r"hidden_size must be an integer, got '32' \(a string\)"),
+    ('{"num_hidden_layers": null}', "num_hidden_layers must be an integer, got null"),
+    ('{"hidden_dropout_prob": [0.1]}', r"hidden_dropout_prob must be a number, got \[0.1\] \(a list\)"),
+    ('{"vocab_size": true}', "vocab_size must be an integer, got True"),
+    ('{"hidden_act": 3}', "hidden_act must be a string"),
+    ('[{"hidden_size": 32}]', "a config must be a JSON object of fields, got a list"),
+])
+def test_config_json_of_the_wrong_type_is_one_line_naming_file_and_key(tmp_path, text, key):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=key) as err:
+        BertConfig.from_pretrained(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(tmp_path / "config.json"))
+
+
+def test_config_accepts_integers_for_float_fields_and_saves_atomically(tmp_path):
+    (tmp_path / "config.json").write_text('{"hidden_dropout_prob": 0, "layer_norm_eps": 1}')
+    cfg = BertConfig.from_pretrained(tmp_path)
+    assert cfg.hidden_dropout_prob == 0.0 and isinstance(cfg.hidden_dropout_prob, float)
+    cfg.save_pretrained(tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.json"]   # no temp file left behind
+    keys = list(json.loads((tmp_path / "out" / "config.json").read_text()))
+    assert keys == sorted(keys) and BertConfig.from_pretrained(tmp_path / "out") == cfg
