@@ -10,7 +10,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-slug=$($PY -c "import sys; sys.path.insert(0, 'benchmarks'); import benchlib; print(benchlib.device_slug('cuda'))") || exit 1
+slug=$($PY -c "from bertcore.bench.lib import device_slug; print(device_slug('cuda'))") || exit 1
 LOGDIR=${1:-benchmarks/results/$slug/logs}
 mkdir -p "$LOGDIR"
 

@@ -1,17 +1,15 @@
 """pytest-benchmark entry for the encoder: `pytest benchmarks --benchmark-only`.
 
 MiniLM shape (real MiniLM weights when installed), batch 16; bertcore against
-transformers.BertModel on the same weights and batch. bench_encoder.py interleaves
+transformers.BertModel on the same weights and batch. bertcore.bench.encoder interleaves
 the providers and prints ratios; here each provider is timed on its own."""
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_encoder  # noqa: E402
+import bertcore.bench.encoder as bench_encoder
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,16 +1,12 @@
 """pytest-benchmark entry for the kernels: `pytest benchmarks --benchmark-only`.
 
-A few representative points of the sweeps in bench_attention.py / bench_layer_norm.py
+A few representative points of the sweeps in bertcore.bench.attention / layer_norm
 (which write the CSV/PNG); here pytest-benchmark does the timing and comparison."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_attention  # noqa: E402
-import bench_layer_norm  # noqa: E402
+import bertcore.bench.attention as bench_attention
+import bertcore.bench.layer_norm as bench_layer_norm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -1,16 +1,17 @@
-"""Smoke test of the benchmark code (part of `make test`, well under a minute): tiny
-shapes, few repeats, nothing written under benchmarks/results/."""
+"""Smoke test of the benchmark code, bertcore.bench (part of `make test`, well under a
+minute): tiny shapes, few repeats, nothing written under benchmarks/results/."""
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_attention  # noqa: E402
-import bench_encoder  # noqa: E402
-import bench_layer_norm  # noqa: E402
-import benchlib  # noqa: E402
+import bertcore.bench.attention as bench_attention
+import bertcore.bench.encoder as bench_encoder
+import bertcore.bench.layer_norm as bench_layer_norm
+import bertcore.bench.lib as benchlib
+from bertcore import cli
 
 
 def test_timer_and_peak_memory():
@@ -51,3 +52,49 @@ def test_encoder_rows(tmp_path, monkeypatch):
     assert all(r["tokens_per_s"] > 0 and r["peak_mb"] > 0 for r in rows)
     assert all(r["speedup_vs_hf_sdpa"] == pytest.approx(1.0) for r in rows if r["provider"] == "hf-sdpa")
     assert bench_encoder.summary(rows) and (tmp_path / "encoder.csv").is_file()
+
+
+def test_results_go_under_the_current_folder_unless_told(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert benchlib.results_dir("cpu").resolve() == tmp_path / "bench-results" / benchlib.device_slug("cpu")
+    assert benchlib.results_dir("cpu", tmp_path / "x") == tmp_path / "x" / benchlib.device_slug("cpu")
+
+
+def test_bertcore_bench_writes_under_the_current_folder(tmp_path, monkeypatch):
+    calls = []
+    for module in (bench_attention, bench_layer_norm, bench_encoder):
+        monkeypatch.setattr(module, "run", lambda module=module, **kw: calls.append((module.__name__, kw)))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "all", "--quick", "--device", "cpu", "--threads", "1"]) == 0
+    assert [name for name, _ in calls] == ["bertcore.bench.attention", "bertcore.bench.layer_norm",
+                                           "bertcore.bench.encoder"]
+    out = {kw["out_dir"].resolve() for _, kw in calls}
+    assert out == {tmp_path / "bench-results" / benchlib.device_slug("cpu")}
+    calls.clear()
+    assert cli.main(["bench", "kernels", "--device", "cpu", "--output", str(tmp_path / "elsewhere")]) == 0
+    assert {kw["out_dir"] for _, kw in calls} == {tmp_path / "elsewhere" / benchlib.device_slug("cpu")}
+
+
+def test_the_library_never_imports_the_checkout_benchmarks_folder(tmp_path):
+    code = ("import sys, bertcore.cli, bertcore.bench.attention, bertcore.bench.layer_norm, "
+            "bertcore.bench.encoder\n"
+            "assert not any('benchmarks' in p for p in sys.path), sys.path\n"
+            "assert 'benchlib' not in sys.modules and 'bench_encoder' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_bench_encoder_without_transformers_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", None)                    # import raises ImportError
+    assert cli.main(["bench", "encoder", "--no-write"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "pip install transformers" in err
+
+
+def test_thin_scripts_run_the_package(tmp_path):
+    script = Path(__file__).resolve().parent / "bench_layer_norm.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--device", "cpu", "--threads", "1", "--hidden", "32",
+                           "--tokens", "64", "--dropout", "0", "--modes", "fwd", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / benchlib.device_slug("cpu") / "layer_norm-quick.csv").is_file()

@@ -5,9 +5,10 @@ backward (dropout 0.1: training) under every candidate (block rows, block cols,
 num_warps, num_stages), on two BERT batches of ~16k real tokens and 12 heads:
 equal lengths 128 and mixed lengths 16-512. The best config is the one with the
 lowest summed time; it is printed next to today's default and SDPA on the padded,
-masked batch, ready to paste into `attention._launch_config`.
+masked batch, ready to paste into `bertcore_kernels.attention.LAUNCH_CONFIGS`. Each
+candidate runs under `bertcore_kernels.override_launch_configs`.
 
-    python benchmarks/tune_attention.py [--dtypes bf16 fp16] [--head-dims 64 128]
+    python benchmarks/tune_attention.py [--dtypes bf16 fp16] [--head-dims 64 128] [--output DIR]
 
 GPU only. Each candidate compiles once (seconds); a config that does not fit the
 chip's shared memory is reported as failed and skipped.
@@ -15,24 +16,22 @@ chip's shared memory is reported as failed and skipped.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 
+import bertcore_kernels as K
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib as B  # noqa: E402
-from bench_attention import lengths_for, make_inputs, mode_fn, provider_fn  # noqa: E402
+from bertcore.bench import lib as B
+from bertcore.bench.attention import lengths_for, make_inputs, mode_fn, provider_fn
 
-A = importlib.import_module("bertcore_kernels.attention")
 FWD = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3),
        (128, 128, 8, 2), (64, 128, 4, 2), (64, 32, 4, 4)]
 BWD = [(32, 32, 4, 1), (32, 32, 4, 2), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 2),
        (128, 128, 8, 1), (128, 128, 8, 2)]
 KINDS = ("equal-128", "mixed-16-512")
 HEADS, TOKENS = 12, 16384
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = B.DTYPES
 
 
 def time_direction(provider, inp, backward: bool) -> float:
@@ -42,18 +41,15 @@ def time_direction(provider, inp, backward: bool) -> float:
 
 
 def sweep(dtype, head_dim, backward, inputs):
-    default = A._launch_config(dtype, head_dim, backward)
-    real = A._launch_config
+    direction = "bwd" if backward else "fwd"
+    default = tuple(K.launch_config(dtype, head_dim, direction))
     results = {}
     for cfg in (BWD if backward else FWD):
-        A._launch_config = (lambda dtype, head_dim, backward, cfg=cfg, want=backward:
-                            cfg if backward == want else real(dtype, head_dim, backward))
         try:
-            results[cfg] = [time_direction("bertcore-triton", inp, backward) for inp in inputs]
+            with K.override_launch_configs({(dtype, head_dim, direction): cfg}):
+                results[cfg] = [time_direction("bertcore-triton", inp, backward) for inp in inputs]
         except Exception as exc:  # out of shared memory / registers on this chip
             results[cfg] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-        finally:
-            A._launch_config = real
     return default, results
 
 
@@ -61,6 +57,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp16"])
     ap.add_argument("--head-dims", nargs="+", type=int, default=[64, 128, 32])
+    ap.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results",
+                    help="the CSV goes to DIR/<device>/tune_attention.csv (default: benchmarks/results)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_attention.py needs a CUDA GPU", file=sys.stderr)
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
                               ["config", "default", "best", *(f"ms_{k}" for k in KINDS),
                                *(f"sdpa_ms_{k}" for k in KINDS), "error"],
                               title=f"attention {direction} {dt} d={hd} ({HEADS} heads, ~{TOKENS} tokens)")
-    out = B.results_dir("cuda") / "tune_attention.csv"
+    out = B.results_dir("cuda", a.output) / "tune_attention.csv"
     B.write_csv(rows, out)
     print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages):")
     for (dt, hd, direction), cfg in picks.items():

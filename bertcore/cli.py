@@ -370,31 +370,35 @@ COMMANDS = {"demo": (add_demo, cmd_demo), "finetune": (add_finetune, cmd_finetun
 
 
 def add_bench(sub):
-    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm) or the whole encoder vs transformers")
+    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm) or the whole encoder vs transformers",
+                       description="Runs the benchmarks of bertcore.bench and prints their tables; CSV and PNG "
+                                   "results go to OUTPUT/<device>/ (default ./bench-results).")
     p.add_argument("what", nargs="?", choices=["kernels", "encoder", "all"], default="encoder",
                    help="kernels: attention + layer_norm sweeps; encoder: bertcore vs transformers.BertModel")
     p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU (default: all cores)")
-    p.add_argument("--no-write", action="store_true", help="print only; write no CSV/PNG under benchmarks/results/")
+    p.add_argument("--output", metavar="DIR", default="bench-results",
+                   help="results go to DIR/<device>/ (default: ./bench-results)")
+    p.add_argument("--no-write", action="store_true", help="print only; write no CSV/PNG")
     return p
 
 
 def cmd_bench(args) -> int:
-    from pathlib import Path
-    bench_dir = Path(__file__).resolve().parent.parent / "benchmarks"
-    if not (bench_dir / "bench_encoder.py").is_file():
-        raise FileNotFoundError(f"benchmarks not found at {bench_dir}: `bench` runs from a source checkout")
-    sys.path.insert(0, str(bench_dir))
-    import bench_attention
-    import bench_encoder
-    import bench_layer_norm
-    kw = dict(quick=args.quick, device=args.device, threads=args.threads, write=not args.no_write)
-    if args.what in ("kernels", "all"):
-        bench_attention.run(**kw)
-        bench_layer_norm.run(**kw)
+    from .bench import attention, encoder, layer_norm, lib
     if args.what in ("encoder", "all"):
-        bench_encoder.run(**kw)
+        try:
+            encoder.require_transformers()
+        except ImportError as err:
+            raise ValueError(str(err)) from None
+    device = lib.pick_device(args.device)
+    out_dir = None if args.no_write else lib.results_dir(device, args.output)
+    kw = dict(quick=args.quick, device=device, threads=args.threads, out_dir=out_dir, write=not args.no_write)
+    if args.what in ("kernels", "all"):
+        attention.run(**kw)
+        layer_norm.run(**kw)
+    if args.what in ("encoder", "all"):
+        encoder.run(**kw)
     return 0
 
 

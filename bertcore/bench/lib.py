@@ -1,4 +1,5 @@
-"""Shared benchmark machinery: timers, peak memory, the machine's own peaks, CSV/PNG/table.
+"""Shared benchmark machinery: timers, peak memory, the machine's own peaks, dtype
+names, CSV/PNG/table, and where results go.
 
 Timing
   GPU: `triton.testing.do_bench` (warm-up excluded, L2 flushed), quantiles 0.5/0.2/0.8.
@@ -18,6 +19,10 @@ Machine peaks
   `machine_peaks()` measures, in the same process, a large fp32 matrix product
   (FLOP/s) and a large tensor copy (bytes read + written per second); results are
   reported as a fraction of those.
+
+Results
+  `results_dir(device, root)`: `<root>/<device slug>/`, root by default
+  `./bench-results` under the current folder (never the installed package).
 """
 from __future__ import annotations
 
@@ -33,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_ROOT = Path("bench-results")   # relative: under the current folder
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 # ---- environment -------------------------------------------------------------------
@@ -180,10 +186,19 @@ def peak_flops(device: str, dtype: torch.dtype) -> float:
 
 # ---- output ------------------------------------------------------------------------
 
-def results_dir(device: str) -> Path:
-    d = RESULTS / device_slug(device)
+def results_dir(device: str, root: str | os.PathLike | None = None) -> Path:
+    """`<root>/<device slug>/`, created; root defaults to ./bench-results."""
+    d = Path(root if root is not None else DEFAULT_ROOT) / device_slug(device)
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def add_output_arguments(ap, default_output=None):
+    """--output ROOT (results go to ROOT/<device>/) and --no-write, for a sweep's command line."""
+    root = default_output if default_output is not None else DEFAULT_ROOT
+    ap.add_argument("--output", type=Path, default=Path(root), metavar="DIR",
+                    help=f"results go to DIR/<device>/ (default: {root})")
+    ap.add_argument("--no-write", action="store_true", help="print only; write no CSV/PNG")
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
