@@ -16,6 +16,7 @@ among `last/` and what a crash between the two renames can leave (`.last.new`,
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
@@ -25,6 +26,9 @@ import torch
 
 from .checkpoint import CheckpointError, load_weights, read_state_dict
 from .files import atomic_write, folder_candidates, folder_swap, write_json
+from .trainstate import TrainState, set_rng_state
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -161,3 +165,26 @@ def load_model_weights(model, folder: Path) -> None:
     for name, head in model.heads.items():
         file = root / "heads" / name / "head.safetensors"
         load_weights(head, read_state_dict(file), str(file), strict=True)
+
+
+def resume(directory, model, optimizer, scheduler, identity: dict) -> TrainState:
+    """Restore a run from the newest complete checkpoint at `directory`: weights, optimizer,
+    scheduler, RNG states; refused, with the differences listed, when `identity` (settings,
+    world size, data, heads) is not what the checkpoint recorded."""
+    folder = find_checkpoint(Path(directory))
+    payload = load_state(folder)
+    saved = payload.get("run", {})
+    changed = [f"{k}: {saved.get(k)!r} then, {identity[k]!r} now" for k in ("world", "data", "heads")
+               if saved.get(k) != identity[k]]
+    changed += [f"{k}: {saved.get('args', {}).get(k)!r} then, {v!r} now" for k, v in identity["args"].items()
+                if saved.get("args", {}).get(k) != v]
+    if changed:
+        raise ValueError(f"cannot resume from {folder}: the run differs from the one that wrote it "
+                         f"({'; '.join(changed)}); resume with the original settings and data, or start a new "
+                         "run in another output folder")
+    load_model_weights(model, folder)
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    set_rng_state(payload["rng"])
+    logger.info("resumed from %s at step %d", folder, payload["state"]["step"])
+    return TrainState.from_dict(payload["state"])

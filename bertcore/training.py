@@ -26,9 +26,9 @@ import torch.distributed as dist
 from .data import DataError, load_examples
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
-from .runfolder import RunLock, find_checkpoint, load_model_weights, load_state, save_checkpoint
+from .runfolder import RunLock, find_checkpoint, load_model_weights, load_state, resume, save_checkpoint
 from .taskmodel import Encoded, TaskModel, to_device
-from .trainstate import TrainState, rng_state, set_rng_state, set_seed
+from .trainstate import TrainState, rng_state, set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +174,13 @@ class Trainer:
         if args.freeze_encoder:
             model.encoder.freeze()
         model.to(self.device)
-        optimizer = self._optimizer()
+        optimizer = make_optimizer(self.model, args)
         total = total_steps(len(self._plan(0)), epochs=args.epochs, grad_accum_steps=args.grad_accum_steps,
                             max_steps=args.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * args.warmup_ratio), total))
-        state = self._resume(resume_from, optimizer, scheduler) if resume_from else TrainState()
+        identity = run_identity(args, self.world, self.train_sets, model)
+        folder = self.output_dir / "last" if resume_from is True else resume_from
+        state = resume(folder, model, optimizer, scheduler, identity) if resume_from else TrainState()
         self.history = state.history
         reporter = Reporter(self.output_dir, self.rank == 0, args.progress, fresh=not resume_from)
         reporter.start(total, state.step, f"train {', '.join('+'.join(d.heads) for d in self.train_sets)}")
@@ -216,7 +218,7 @@ class Trainer:
                 pending += 1
                 last_micro = pending == args.grad_accum_steps or i == len(plan) - 1
                 sync = step_model.no_sync() if self.distributed and not last_micro else nullcontext()
-                with sync, self._autocast():
+                with sync, autocast(self.device, self.args.bf16):
                     loss = model.compute_loss(step_model(batch, head=list(data.heads)), batch, args.loss_weights)
                 (loss / args.grad_accum_steps).backward()
                 pending_loss += float(loss.detach())
@@ -276,10 +278,10 @@ class Trainer:
         record.update(metrics)
         state.history.append(record)
         reporter.evaluation(record)
-        key = self.args.metric_for_best or self._default_metric()
+        key, greater = best_metric(self.model, self.eval_sets, self.args.metric_for_best)
         improved = False
         if key in metrics and math.isfinite(metrics[key]):
-            value, greater = metrics[key], self._greater_is_better(key)
+            value = metrics[key]
             improved = state.best is None or (value > state.best if greater else value < state.best)
             if improved:
                 state.best, state.best_step, state.bad_evals = value, state.step, 0
@@ -290,7 +292,9 @@ class Trainer:
         if self.args.save_checkpoints and self.rank == 0:
             if improved:
                 save_checkpoint(self.output_dir / "best", self.model)
-            save_checkpoint(self.output_dir / "last", self.model, self._checkpoint_state(state, optimizer, scheduler))
+            save_checkpoint(self.output_dir / "last", self.model, {
+                "state": state.to_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(), "run": run_identity(self.args, self.world, self.train_sets, self.model)})
         if self.distributed:
             dist.barrier()
         patience = self.args.early_stopping_patience
@@ -299,77 +303,6 @@ class Trainer:
                            key, patience, state.best, state.best_step)
             return True
         return False
-
-    def _default_metric(self) -> str:
-        """The first eval head's main metric ("<head>/<metric>" when several are evaluated)."""
-        if not self.eval_sets:
-            return "loss"
-        name = self.eval_sets[0].heads[0]
-        metric = self.model.heads[name].main_metric
-        return f"{name}/{metric}" if sum(len(d.heads) for d in self.eval_sets) > 1 else metric
-
-    def _greater_is_better(self, key: str) -> bool:
-        name, _, metric = key.rpartition("/")
-        head = self.model.heads[name] if name in self.model.heads else self.model.heads[self.eval_sets[0].heads[0]]
-        if metric.endswith("loss"):
-            return False
-        return bool(head.greater_is_better) if metric == head.main_metric else True
-
-    # ---- checkpoints ------------------------------------------------------------------------
-
-    def _checkpoint_state(self, state: TrainState, optimizer, scheduler) -> dict:
-        return {"state": state.to_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "run": self._run_identity()}
-
-    def _run_identity(self) -> dict:
-        """What a saved data position depends on: settings, world size, data and heads."""
-        data = [{"heads": list(d.heads), "features": len(d.features),
-                 "crc32": zlib.crc32(b"".join(torch.tensor(f["input_ids"], dtype=torch.int32).numpy().tobytes()
-                                              for f in d.features))} for d in self.train_sets]
-        return {"args": {k: getattr(self.args, k) for k in RESUME_KEYS}, "world": self.world, "data": data,
-                "heads": {n: h.get_config() for n, h in self.model.heads.items()}}
-
-    def _resume(self, resume_from, optimizer, scheduler) -> TrainState:
-        folder = find_checkpoint(self.output_dir / "last" if resume_from is True else Path(resume_from))
-        payload = load_state(folder)
-        saved, now = payload.get("run", {}), self._run_identity()
-        changed = [f"{k}: {saved.get(k)!r} then, {now[k]!r} now" for k in ("world", "data", "heads")
-                   if saved.get(k) != now[k]]
-        changed += [f"{k}: {saved.get('args', {}).get(k)!r} then, {v!r} now" for k, v in now["args"].items()
-                    if saved.get("args", {}).get(k) != v]
-        if changed:
-            raise ValueError(f"cannot resume from {folder}: the run differs from the one that wrote it ("
-                             f"{'; '.join(changed)}); resume with the original settings and data, or start a new "
-                             "run in another output folder")
-        load_model_weights(self.model, folder)
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        set_rng_state(payload["rng"])
-        logger.info("resumed from %s at step %d", folder, payload["state"]["step"])
-        return TrainState.from_dict(payload["state"])
-
-    def _optimizer(self):
-        """AdamW; no decay on biases and LayerNorm weights; optional layer-wise lr decay."""
-        args, encoder = self.args, self.model.encoder
-        layers = encoder.config.num_hidden_layers
-        depth = {}
-        for name, p in encoder.named_parameters():
-            if name.startswith("embeddings."):
-                depth[id(p)] = 0
-            elif name.startswith("encoder.layer."):
-                depth[id(p)] = int(name.split(".")[2]) + 1
-        groups: dict[tuple, list] = {}
-        for name, p in self.model.named_parameters():
-            if not p.requires_grad:
-                continue
-            no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
-            scale = args.layerwise_lr_decay ** (layers + 1 - depth.get(id(p), layers + 1))
-            groups.setdefault((0.0 if no_decay else args.weight_decay, scale), []).append(p)
-        if not groups:
-            raise ValueError("nothing to train: every parameter is frozen")
-        param_groups = [{"params": ps, "weight_decay": wd, "lr": args.learning_rate * scale}
-                        for (wd, scale), ps in groups.items()]
-        return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
 
     # ---- evaluation and prediction ----------------------------------------------------------
 
@@ -383,7 +316,7 @@ class Trainer:
         self.model.to(self.device)
         results = {}
         for data in sets:
-            with self._autocast():
+            with autocast(self.device, self.args.bf16):
                 run = self.model.run(data, self._eval_batch_size())
             for name, result in run.items():
                 head = self.model.heads[name]
@@ -404,20 +337,11 @@ class Trainer:
             self.model.prepare(names, self.tokenizer)
             data = self.model.encode(items, names, self.tokenizer, self.args.max_length)
         self.model.to(self.device)
-        with self._autocast():
+        with autocast(self.device, self.args.bf16):
             return self.model.run(data, self._eval_batch_size(), with_loss=False)[data.heads[0]].predictions
 
     def _eval_batch_size(self) -> int:
         return self.args.eval_batch_size or self.args.batch_size * 2
-
-    def _autocast(self):
-        if not self.args.bf16:
-            return nullcontext()
-        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            logger.warning("bf16=True but this GPU has no bfloat16; training in float32")
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
 
 def _device(name: str | None) -> torch.device:
     if name:
@@ -435,3 +359,61 @@ def _check_examples(head, examples, source) -> None:
             head.check_example(examples[i])
         except ValueError as err:
             raise DataError(f"{where}example {i + 1}: {err}") from None
+
+
+def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimizer:
+    """AdamW; no decay on biases and LayerNorm weights; optional layer-wise lr decay."""
+    encoder = model.encoder
+    layers = encoder.config.num_hidden_layers
+    depth = {}
+    for name, p in encoder.named_parameters():
+        if name.startswith("embeddings."):
+            depth[id(p)] = 0
+        elif name.startswith("encoder.layer."):
+            depth[id(p)] = int(name.split(".")[2]) + 1
+    groups: dict[tuple, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias")
+        scale = args.layerwise_lr_decay ** (layers + 1 - depth.get(id(p), layers + 1))
+        groups.setdefault((0.0 if no_decay else args.weight_decay, scale), []).append(p)
+    if not groups:
+        raise ValueError("nothing to train: every parameter is frozen")
+    param_groups = [{"params": ps, "weight_decay": wd, "lr": args.learning_rate * scale}
+                    for (wd, scale), ps in groups.items()]
+    return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
+
+
+def best_metric(model: TaskModel, eval_sets: list[Encoded], metric_for_best: str | None) -> tuple[str, bool]:
+    """(metric key, greater is better) that picks best/: `metric_for_best`, else the first
+    eval head's main metric ("<head>/<metric>" when several heads are evaluated)."""
+    if not eval_sets:
+        return metric_for_best or "loss", False
+    first = model.heads[eval_sets[0].heads[0]]
+    several = sum(len(d.heads) for d in eval_sets) > 1
+    key = metric_for_best or (f"{eval_sets[0].heads[0]}/" if several else "") + first.main_metric
+    name, _, metric = key.rpartition("/")
+    head = model.heads[name] if name in model.heads else first
+    if metric.endswith("loss"):
+        return key, False
+    return key, bool(head.greater_is_better) if metric == head.main_metric else True
+
+
+def run_identity(args: TrainingArgs, world: int, train_sets: list[Encoded], model: TaskModel) -> dict:
+    """What a saved data position depends on: settings, world size, data and heads."""
+    data = [{"heads": list(d.heads), "features": len(d.features),
+             "crc32": zlib.crc32(b"".join(torch.tensor(f["input_ids"], dtype=torch.int32).numpy().tobytes()
+                                          for f in d.features))} for d in train_sets]
+    return {"args": {k: getattr(args, k) for k in RESUME_KEYS}, "world": world, "data": data,
+            "heads": {n: h.get_config() for n, h in model.heads.items()}}
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bfloat16 autocast when asked for and the device has it."""
+    if not bf16:
+        return nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        logger.warning("bf16=True but this GPU has no bfloat16; training in float32")
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import bertcore
 from bertcore import training
 from bertcore.runfolder import load_state
 from bertcore.training import NonFiniteLossError, Trainer, TrainingArgs
@@ -151,7 +152,7 @@ def test_multitask_sampling_and_weights(tmp_path, tok):
 def test_layerwise_lr_decay_and_no_decay_groups(tmp_path, tok):
     model = toy.model(tok)
     trainer = Trainer(model, tokenizer=tok, train=toy.examples(8), args=args(tmp_path, layerwise_lr_decay=0.5))
-    opt = trainer._optimizer()
+    opt = training.make_optimizer(model, trainer.args)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
     enc = model.encoder
@@ -215,3 +216,49 @@ def test_early_stopping(tmp_path, tok):
                                 early_stopping_patience=2, save_checkpoints=False))
     history = trainer.fit()
     assert len(history) == 3  # the first sets the best; two without improvement stop the run
+
+
+def test_eval_loss_is_one_mean_from_every_entry_point_and_batch_size(tmp_path, tok):
+    """TaskModel.evaluate and Trainer.evaluate report the mean per example, whatever the
+    batch size: the reference is one cross-entropy over all examples at once."""
+    model = toy.model(tok)
+    held = toy.examples(37, seed=5)
+    model.prepare("toy")
+    data = model.encode(held, "toy")
+    with torch.no_grad():
+        batch = model.collate(data.features, "toy")
+        reference = float(torch.nn.functional.cross_entropy(model.eval()(batch, head="toy"), batch["labels"]))
+    losses = [model.evaluate(held, head="toy", batch_size=size)["loss"] for size in (1, 4, 37)]
+    trainer = Trainer(model, tokenizer=tok, eval=held, args=args(tmp_path, eval_batch_size=5), head="toy")
+    losses.append(trainer.evaluate()["loss"])
+    for loss in losses:
+        assert loss == pytest.approx(reference, rel=1e-6, abs=1e-7), losses
+
+
+def test_token_head_eval_loss_is_the_mean_per_labelled_token(tok):
+    mlm = bertcore.create_head("mlm", toy.model(tok).encoder.config, mlm_probability=0.5)
+    model = bertcore.TaskModel(toy.model(tok).encoder, {"mlm": mlm}, tokenizer=tok)
+    texts = [{"text": e["text"]} for e in toy.examples(23, seed=2)]
+    losses = [model.evaluate(texts, head="mlm", batch_size=size)["loss"] for size in (2, 5, 23)]
+    model.prepare("mlm")
+    with torch.no_grad():    # eval masks depend only on each text: one batch of all is the reference
+        batch = model.eval().collate(model.encode(texts, "mlm").features, "mlm")
+        reference = float(model.loss(batch, head="mlm"))
+    assert losses == pytest.approx([reference] * 3, rel=1e-6)
+
+
+def test_learning_rate_schedule_matches_transformers(tmp_path, tok):
+    transformers = pytest.importorskip("transformers")
+    model = toy.model(tok, dropout=0.0)
+    Trainer(model, tokenizer=tok, train=toy.examples(40), args=args(
+        tmp_path, max_steps=10, batch_size=4, warmup_ratio=0.3, logging_steps=1, save_checkpoints=False)).fit()
+    logged = [json.loads(line)["learning_rate"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+              if "learning_rate" in line]
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-3)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, num_warmup_steps=3, num_training_steps=10)
+    expected = []
+    for _ in range(10):
+        optimizer.step()
+        schedule.step()
+        expected.append(schedule.get_last_lr()[0])
+    assert logged == pytest.approx(expected, rel=1e-12, abs=0)

@@ -66,4 +66,4 @@ def model(tok, seed=0, dropout=0.1, heads=("toy",)):
     cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
                               hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return bertcore.TaskModel(bertcore.BertEncoder(cfg), {h: ToyHead(cfg) for h in heads})
+    return bertcore.TaskModel(bertcore.BertEncoder(cfg), {h: ToyHead(cfg) for h in heads}, tokenizer=tok)
