@@ -371,25 +371,27 @@ class LaunchConfig(NamedTuple):
 HEAD_DIM_BUCKETS = (64, 256)  # a head_dim uses the first bucket >= it
 
 
-def _table():
-    fp32 = {(torch.float32, 64, "fwd"): LaunchConfig(64, 32, 4, 2),
-            (torch.float32, 64, "bwd"): LaunchConfig(32, 32, 4, 1)}
-    fp32.update({(dt, 256, d): cfg for (dt, _, d), cfg in fp32.items()})
+# (dtype, head_dim bucket, "fwd" | "bwd") -> LaunchConfig. Picked per dtype and head
+# dim, never per sequence length, so a new batch reuses the compiled kernel. Change it
+# through `override_launch_configs`, not by assignment.
+LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = {
+    # fp32: twice the bytes per element, so smaller tiles fit shared memory.
+    (torch.float32, 64, "fwd"): LaunchConfig(64, 32, 4, 2),
+    (torch.float32, 256, "fwd"): LaunchConfig(64, 32, 4, 2),
+    (torch.float32, 64, "bwd"): LaunchConfig(32, 32, 4, 1),
+    (torch.float32, 256, "bwd"): LaunchConfig(32, 32, 4, 1),
     # 16-bit, head_dim <= 64: the winners of benchmarks/tune_attention.py on an H200
     # (bf16, BERT batches, results/nvidia-h200/tune_attention.csv). Small backward tiles
     # keep more programs in flight on short sequences: mixed 16-512 went 1.04 -> 0.78 ms.
-    half = {}
-    for dt in (torch.float16, torch.bfloat16):
-        half.update({(dt, 64, "fwd"): LaunchConfig(64, 32, 4, 4), (dt, 256, "fwd"): LaunchConfig(128, 64, 8, 2),
-                     (dt, 64, "bwd"): LaunchConfig(32, 32, 4, 2), (dt, 256, "bwd"): LaunchConfig(64, 64, 8, 1)})
-    return {**fp32, **half}
-
-
-# (dtype, head_dim bucket, "fwd" | "bwd") -> LaunchConfig. Picked per dtype and head
-# dim, never per sequence length, so a new batch reuses the compiled kernel. fp32
-# tiles are smaller: twice the bytes per element must fit shared memory. Change it
-# through `override_launch_configs`, not by assignment.
-LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = _table()
+    (torch.float16, 64, "fwd"): LaunchConfig(64, 32, 4, 4),
+    (torch.bfloat16, 64, "fwd"): LaunchConfig(64, 32, 4, 4),
+    (torch.float16, 64, "bwd"): LaunchConfig(32, 32, 4, 2),
+    (torch.bfloat16, 64, "bwd"): LaunchConfig(32, 32, 4, 2),
+    (torch.float16, 256, "fwd"): LaunchConfig(128, 64, 8, 2),
+    (torch.bfloat16, 256, "fwd"): LaunchConfig(128, 64, 8, 2),
+    (torch.float16, 256, "bwd"): LaunchConfig(64, 64, 8, 1),
+    (torch.bfloat16, 256, "bwd"): LaunchConfig(64, 64, 8, 1),
+}
 
 
 def _launch_key(dtype, head_dim, direction):
