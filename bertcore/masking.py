@@ -86,13 +86,13 @@ def _word_starts(input_ids: torch.Tensor, tok) -> torch.Tensor:
 
 # ---- corpus and NSP pairs -------------------------------------------------------------
 
-def read_corpus(source) -> list[list[str]]:
+def read_corpus(source, encoding: str | None = None) -> list[list[str]]:
     """Documents for pretraining: a list of documents, each a list of sentences.
 
     `source`: a text file (or a list of files) in the original BERT format — one
     sentence per line, a blank line between documents; a list of strings (lines,
     "" separating documents); or already a list of lists, returned as is.
-    Files are read as UTF-8, falling back to GB18030 (common for Chinese text).
+    Files are read as UTF-8 unless `encoding` names another.
     """
     if isinstance(source, (str, Path)):
         source = [source]
@@ -103,7 +103,7 @@ def read_corpus(source) -> list[list[str]]:
     for item in source:
         path = Path(item)
         if isinstance(item, Path) or (len(str(item)) < 4096 and "\n" not in str(item) and path.is_file()):
-            lines.extend(read_text(path).splitlines())
+            lines.extend(read_text(path, encoding).splitlines())
             lines.append("")
         elif isinstance(item, str):
             lines.extend(item.splitlines() or [""])

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .data import DataError, load_examples
+from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
 from .runfolder import RunLock, find_checkpoint, load_model_weights, load_state, resume, save_checkpoint
@@ -352,13 +352,12 @@ def _device(name: str | None) -> torch.device:
 
 
 def _check_examples(head, examples, source) -> None:
-    """Every example checked by the head; the first problem names where it is."""
-    where = f"{source}: " if isinstance(source, (str, Path)) else ""
+    """Every example checked by the head; the first problem names its file and line."""
     for i in range(len(examples)):
         try:
             head.check_example(examples[i])
         except ValueError as err:
-            raise DataError(f"{where}example {i + 1}: {err}") from None
+            raise DataError(f"{where(examples, i)}: {err}") from None
 
 
 def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimizer:

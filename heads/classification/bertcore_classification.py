@@ -11,6 +11,9 @@ Prediction: single-label {"label", "score", "scores"}; multi-label {"labels",
 "scores"}; regression {"value"}. Metrics: accuracy, macro_f1, mcc (multi-label:
 accuracy is exact-set match, macro_f1 over labels); regression pearson, spearman.
 """
+import math
+import warnings
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -63,12 +66,45 @@ class ClassificationHead(Head):
         return {"labels": self.labels, "num_labels": self.num_labels, "multi_label": self.multi_label,
                 "dropout": self.dropout_prob}
 
+    def prepare(self, tokenizer, train_examples=None):
+        if train_examples is not None and self.problem == "single_label":
+            seen = {str(ex["label"]) for ex in train_examples}
+            if len(seen) == 1:
+                warnings.warn(f"the training data has one class only ({seen.pop()!r}); the head will learn "
+                              "to predict it always", stacklevel=2)
+
+    def check_example(self, example):
+        super().check_example(example)
+        for key in ("text", "text_pair"):
+            if key in example and not isinstance(example[key], str):
+                raise ValueError(f"{key} is {type(example[key]).__name__} {example[key]!r}; expected a string")
+        label = example["label"]
+        if self.problem == "regression":
+            try:
+                ok = not isinstance(label, bool) and math.isfinite(float(label))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ValueError(f"label {label!r} is not a finite number (this head is a regression)")
+        elif self.problem == "multi_label":
+            items = [label] if isinstance(label, (str, int)) and not isinstance(label, bool) else label
+            if not isinstance(items, list) or not all(isinstance(x, (str, int)) for x in items):
+                raise ValueError(f"label {label!r} is not a label or a list of labels")
+            for item in items:
+                self.label_index(item)
+        else:
+            if isinstance(label, bool) or not isinstance(label, (str, int)) or label == "":
+                raise ValueError(f"label {label!r} is not a class name or index (a non-empty string or an int)")
+            self.label_index(label)
+
     def label_index(self, label) -> int:
         if self.labels is not None and str(label) in self.labels:
             return self.labels.index(str(label))
         if isinstance(label, int) and 0 <= label < self.num_labels:
             return label
-        raise ValueError(f"label {label!r} is not one of {self.labels or list(range(self.num_labels))}")
+        raise ValueError(f"label {label!r} is not one of the head's labels "
+                         f"{self.labels or list(range(self.num_labels))}; data with another label set needs a new "
+                         "head (labels are read from the training data)")
 
     def label_name(self, index: int):
         return self.labels[index] if self.labels is not None else index
@@ -137,6 +173,19 @@ class ClassificationHead(Head):
         y_pred = [self.label_index(p["label"]) for p in predictions]
         return {"accuracy": float(np.mean(np.equal(y_true, y_pred))), "macro_f1": macro_f1(y_true, y_pred),
                 "mcc": mcc(y_true, y_pred)}
+
+    # ---- export --------------------------------------------------------------------
+
+    def transformers_export(self) -> dict:
+        """This head as transformers' BertForSequenceClassification (`bertcore.export`)."""
+        names = self.labels or [f"LABEL_{i}" for i in range(self.num_labels)]
+        problem = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
+                   "regression": "regression"}[self.problem]
+        return {"architecture": "BertForSequenceClassification",
+                "config": {"num_labels": self.num_labels, "id2label": dict(enumerate(names)),
+                           "label2id": {n: i for i, n in enumerate(names)}, "problem_type": problem,
+                           "classifier_dropout": self.dropout_prob},
+                "state_dict": {"classifier.weight": self.classifier.weight, "classifier.bias": self.classifier.bias}}
 
 
 # ---- metrics (numpy only; no scipy/sklearn dependency) ------------------------------------

@@ -51,6 +51,22 @@ class NERHead(Head):
     def get_config(self):
         return {"labels": self.labels, "label_all_subwords": self.label_all_subwords, "dropout": self.dropout_prob}
 
+    def check_example(self, example):
+        super().check_example(example)
+        tokens, tags = example["tokens"], example["tags"]
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("tokens must be a list of strings")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError("tags must be a list of strings")
+        if len(tokens) != len(tags):
+            raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags; give one tag per token")
+        for tag in tags:
+            if tag != "O" and (len(tag) < 3 or tag[:2] not in ("B-", "I-", "E-", "S-")):
+                raise ValueError(f"tag {tag!r} is not BIO/BIOES; expected O, B-TYPE, I-TYPE (E-TYPE, S-TYPE)")
+            if tag not in self.labels:
+                raise ValueError(f"tag {tag!r} is not one of the head's labels {self.labels}; data with another "
+                                 "tag set needs a new head (labels are read from the training data)")
+
     def example_from_input(self, item):
         if isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
             return {"tokens": list(item)}
@@ -140,6 +156,16 @@ class NERHead(Head):
         return {"precision": float(precision_score(y_true, y_pred, zero_division=0)),
                 "recall": float(recall_score(y_true, y_pred, zero_division=0)),
                 "f1": float(f1_score(y_true, y_pred, zero_division=0))}
+
+    # ---- export --------------------------------------------------------------------
+
+    def transformers_export(self) -> dict:
+        """This head as transformers' BertForTokenClassification (`bertcore.export`)."""
+        return {"architecture": "BertForTokenClassification", "pooler": False,
+                "config": {"num_labels": len(self.labels), "id2label": dict(enumerate(self.labels)),
+                           "label2id": {n: i for i, n in enumerate(self.labels)},
+                           "classifier_dropout": self.dropout_prob},
+                "state_dict": {"classifier.weight": self.classifier.weight, "classifier.bias": self.classifier.bias}}
 
 
 # ---- tags → spans, with seqeval's (conlleval's) chunk rules for BIO and BIOES ---------------

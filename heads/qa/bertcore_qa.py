@@ -28,6 +28,19 @@ from bertcore import Head, hookimpl
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
 
+def answers_of(example: dict) -> dict:
+    """`answers` as {"text": [...], "answer_start": [...]}; also takes SQuAD's list of
+    {"text", "answer_start"} objects. Anything else is a ValueError naming the shape."""
+    answers = example["answers"]
+    if isinstance(answers, list) and all(isinstance(a, dict) and {"text", "answer_start"} <= set(a) for a in answers):
+        return {"text": [a["text"] for a in answers], "answer_start": [a["answer_start"] for a in answers]}
+    if isinstance(answers, dict) and isinstance(answers.get("text"), list) and \
+            isinstance(answers.get("answer_start"), list) and len(answers["text"]) == len(answers["answer_start"]):
+        return answers
+    raise ValueError('answers must be {"text": [...], "answer_start": [...]} (lists of equal length) or a list '
+                     'of {"text", "answer_start"} objects; [] for no answer')
+
+
 class QAHead(Head):
     name = "qa"
     description = "extractive question answering (SQuAD 1.1/2.0 spans, long contexts in windows)"
@@ -59,8 +72,22 @@ class QAHead(Head):
 
     def prepare(self, tokenizer, train_examples=None):
         """SQuAD 2.0 training data (a question without an answer) turns on no-answer."""
-        if train_examples is not None and any(not ex["answers"]["text"] for ex in train_examples):
+        if train_examples is not None and any(not answers_of(ex)["text"] for ex in train_examples):
             self.allow_no_answer = True
+
+    def check_example(self, example):
+        super().check_example(example)
+        for key in ("question", "context"):
+            if not isinstance(example[key], str):
+                raise ValueError(f"{key} is {type(example[key]).__name__}; expected a string")
+        answers, context = answers_of(example), example["context"]
+        for text, start in zip(answers["text"], answers["answer_start"]):
+            if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(context):
+                raise ValueError(f"answer_start {start!r} is not a character offset in the {len(context)}-"
+                                 "character context")
+            if context[start:start + len(text)] != text:
+                raise ValueError(f"the context at answer_start {start} reads "
+                                 f"{context[start:start + len(text)]!r}, not the answer {text!r}; fix the offset")
 
     def encode(self, example, tokenizer, max_length=512):
         question, context = example["question"].lstrip(), example["context"]
@@ -74,7 +101,7 @@ class QAHead(Head):
                              f"{q_len}-token question; raise max_length or lower max_query_length")
         enc = tokenizer(question, context, max_length=max_length, truncation="only_second",
                         stride=min(self.stride, budget // 2), return_overflowing=True, return_offsets=True)
-        answers = example.get("answers")
+        answers = answers_of(example) if "answers" in example else None
         features = []
         for row in range(len(enc["input_ids"])):
             sequence_ids = enc.sequence_ids(row)
@@ -139,11 +166,20 @@ class QAHead(Head):
     def metrics(self, predictions, examples):
         exact, f1 = [], []
         for prediction, example in zip(predictions, examples):
-            golds = [a for a in example["answers"]["text"] if normalize_answer(a)] or [""]
+            answers = example["answers"]
+            texts = answers["text"] if isinstance(answers, dict) else [a["text"] for a in answers]
+            golds = [a for a in texts if normalize_answer(a)] or [""]
             exact.append(max(compute_exact(g, prediction["text"]) for g in golds))
             f1.append(max(compute_f1(g, prediction["text"]) for g in golds))
         n = max(len(exact), 1)
         return {"exact_match": 100.0 * sum(exact) / n, "f1": 100.0 * sum(f1) / n}
+
+    # ---- export --------------------------------------------------------------------
+
+    def transformers_export(self) -> dict:
+        """This head as transformers' BertForQuestionAnswering (`bertcore.export`)."""
+        return {"architecture": "BertForQuestionAnswering", "pooler": False, "config": {"num_labels": 2},
+                "state_dict": {"qa_outputs.weight": self.qa_outputs.weight, "qa_outputs.bias": self.qa_outputs.bias}}
 
 
 # ---- the official SQuAD v2.0 evaluation functions ------------------------------------------

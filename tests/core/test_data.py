@@ -34,11 +34,20 @@ def test_conll_and_squad(tmp_path):
     assert ex[1]["answers"] == {"text": [], "answer_start": []} and ex[1]["context"] == "Paris is in France."
 
 
-def test_gbk_file(tmp_path):
+def test_other_encodings_are_named_never_guessed(tmp_path):
     f = tmp_path / "gbk.jsonl"
     f.write_bytes('{"text": "很好", "label": "pos"}\n'.encode("gbk"))
-    assert read_text(f).startswith('{"text": "很好"')
-    assert load_examples(f)[0]["text"] == "很好"
+    with pytest.raises(DataError, match=r"gbk.jsonl:1: byte 0xba at column 11 is not UTF-8.*encoding"):
+        load_examples(f)
+    assert load_examples(f, encoding="gb18030")[0]["text"] == "很好"
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ntrès bien,pos\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin.csv:2: byte 0xe8 at column 3 is not UTF-8"):
+        load_examples(latin)  # GB18030 would read it as 'tr鑣 bien'
+    assert load_examples(latin, encoding="latin-1")[0]["text"] == "très bien"
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes('{"text": "é", "label": "pos"}\n'.encode("utf-8-sig"))
+    assert read_text(bom).startswith('{"text"') and load_examples(bom)[0]["text"] == "é"
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -61,7 +70,7 @@ def test_bad_files_name_file_line_and_expectation(tmp_path, name, content, messa
 def test_undecodable_file(tmp_path):
     f = tmp_path / "bin.jsonl"
     f.write_bytes(b'{"text": "a"}\n' + bytes([0xff, 0xfe, 0xfa, 0x80, 0x81]) * 3)
-    with pytest.raises(DataError, match=r"bin.jsonl:2: cannot decode.*UTF-8 or GBK"):
+    with pytest.raises(DataError, match=r"bin.jsonl:2: byte 0xff at column 1 is not UTF-8"):
         load_examples(f)
 
 
