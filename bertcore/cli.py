@@ -4,6 +4,7 @@ Each command is a `cmd_<name>(args)` function below its `add_<name>(subparsers)`
 argument block; the work itself lives in the library modules.
 """
 import argparse
+import logging
 import re
 import subprocess
 import sys
@@ -37,31 +38,93 @@ def cmd_demo(args) -> int:
     return run_demo(args)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
 def _add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):
     g = p.add_argument_group("training")
     g.add_argument("--output", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, default=batch, help=f"per process (default {batch})")
-    g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
-    g.add_argument("--warmup-ratio", type=float, default=0.1)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-    g.add_argument("--max-length", type=int, default=max_length, help="tokens per sequence")
-    g.add_argument("--eval-every", type=int, help="evaluate and checkpoint every N steps (default: each epoch)")
+    g.add_argument("--epochs", type=_positive_int, default=epochs)
+    g.add_argument("--max-steps", type=_positive_int, help="stop after this many optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=_positive_int, default=batch, help=f"per process (default {batch})")
+    g.add_argument("--eval-batch-size", type=_positive_int, help="default: twice --batch-size")
+    g.add_argument("--lr", type=_non_negative, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--warmup-ratio", type=_fraction, default=0.1)
+    g.add_argument("--weight-decay", type=_non_negative, default=0.01)
+    g.add_argument("--grad-accum", type=_positive_int, default=1, help="gradient accumulation steps")
+    g.add_argument("--max-length", type=_positive_int, help=f"tokens per sequence (default {max_length}, "
+                   "or the model's max_position_embeddings when smaller)")
+    g.set_defaults(default_max_length=max_length)
+    g.add_argument("--eval-every", type=_positive_int, help="evaluate and checkpoint every N steps (default: each epoch)")
+    g.add_argument("--logging-steps", type=_positive_int, default=10, help="log the training loss every N steps")
+    g.add_argument("--metric-for-best", help="eval metric that picks best/ (default: the head's main metric)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    g.add_argument("--encoding", help="encoding of the data files (default UTF-8)")
+    g.add_argument("--seed", type=int, default=42, help="one seed repeats a CPU run exactly (default 42)")
     g.add_argument("--resume", action="store_true", help="continue from <output>/last")
     g.add_argument("--no-progress", action="store_true")
 
 
 def _training_args(args, **extra):
     from .training import TrainingArgs
+    if args.bf16 and (args.device or "cpu").startswith("cpu") and not _cpu_has_bf16():
+        print("bertcore: warning: this CPU has no native bfloat16 (AVX512-BF16/AMX); --bf16 will be slower "
+              "than float32 here", file=sys.stderr)
     return TrainingArgs(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
                         batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
                         weight_decay=args.weight_decay, grad_accum_steps=args.grad_accum,
                         max_length=args.max_length, eval_every=args.eval_every, bf16=args.bf16, seed=args.seed,
+                        eval_batch_size=args.eval_batch_size, logging_steps=args.logging_steps,
+                        metric_for_best=args.metric_for_best, device=args.device,
                         progress=not args.no_progress, **extra)
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+    if torch.cuda.is_available():
+        return True
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def _check_max_length(args, config) -> None:
+    """--max-length within what a sequence needs and the model's positions (the default fits)."""
+    if args.max_length is None:
+        args.max_length = min(args.default_max_length, config.max_position_embeddings)
+    max_length = args.max_length
+    if max_length > config.max_position_embeddings:
+        raise ValueError(f"--max-length {max_length} exceeds the encoder's max_position_embeddings="
+                         f"{config.max_position_embeddings}; use at most that")
+    if max_length < 8:
+        raise ValueError(f"--max-length {max_length} leaves no room for text between [CLS] and [SEP]; use 8 or more")
 
 
 def add_finetune(sub):
@@ -69,54 +132,112 @@ def add_finetune(sub):
         "finetune", help="train a task head (and the encoder) on labelled data",
         description="Fine-tune a head on a BERT checkpoint. Data: JSONL/CSV/TSV with the head's fields "
                     "(classification: text[,text_pair],label; ner: tokens,tags or CoNLL token<TAB>tag; "
-                    "qa: SQuAD JSON; nsp: text,text_pair,label). The model is saved to <output>/model.",
+                    "qa: SQuAD JSON; nsp: text,text_pair,label). Head options not given are read from the "
+                    "training data (and printed). The model is saved to <output>/model.",
         epilog="example: bertcore finetune --head classification --encoder bert-dir --train train.jsonl "
                "--eval dev.jsonl --output runs/sentiment")
-    p.add_argument("--head", required=True, help="head type: classification, ner, qa, nsp (see `bertcore heads`)")
+    p.add_argument("--head", required=True, help="head type: classification, ner, qa, nsp, ... (`bertcore heads`)")
     p.add_argument("--encoder", required=True, help="HF BERT checkpoint folder (config.json + weights)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
     p.add_argument("--train", required=True, help="training data file")
     p.add_argument("--eval", help="evaluation data file")
     p.add_argument("--labels", help="comma-separated labels (default: read from --train)")
+    p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a head option (VALUE read as JSON when it parses, else a string); repeatable")
+    p.add_argument("--head-options", metavar="FILE.json", help="head options as a JSON object")
+    p.add_argument("--multi-label", action="store_true", help="classification: several labels per text")
+    p.add_argument("--regression", action="store_true", help="classification: one number per text")
     p.add_argument("--name", help="head name in the saved model (default: the head type)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the head only")
     p.add_argument("--layerwise-lr-decay", type=float, default=1.0)
-    p.add_argument("--early-stopping", type=int, help="stop after N evaluations without improvement")
+    p.add_argument("--early-stopping", type=_positive_int, help="stop after N evaluations without improvement")
     _add_training_options(p, lr=5e-5, epochs=3, batch=32, max_length=128)
     return p
+
+
+def _head_type(name: str):
+    """The head type, or an error with the closest installed names (before anything loads)."""
+    import difflib
+
+    from .plugins import HeadNotFoundError, get_head_type, list_heads
+    try:
+        return get_head_type(name)
+    except HeadNotFoundError as err:
+        close = difflib.get_close_matches(name, [h.name for h in list_heads() if h.error is None], n=3)
+        raise HeadNotFoundError(f"{err}{'; did you mean ' + ' or '.join(close) + '?' if close else ''}") from None
+
+
+def _head_options(args, train, head_type) -> dict:
+    """--head-options FILE, --head-option K=V, --labels, --multi-label/--regression; what
+    is still missing is read from the training data, and said."""
+    import json
+    options = {}
+    if args.head_options:
+        from .data import read_text
+        try:
+            options = json.loads(read_text(args.head_options))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{args.head_options}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"{args.head_options}: expected a JSON object of head options")
+    for item in args.head_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--head-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.labels:
+        options["labels"] = args.labels.split(",")
+    if args.multi_label:
+        options["multi_label"] = True
+    if args.regression:
+        options.pop("labels", None)
+        options["num_labels"] = 1
+    if not {"labels", "num_labels"} & set(options):
+        read = head_type.options_from_examples(train)
+        read = {k: v for k, v in read.items() if k not in options}
+        if read:
+            shown = ", ".join(f"{k}={v if not isinstance(v, list) or len(v) <= 8 else v[:8] + ['...']}"
+                              for k, v in read.items())
+            print(f"bertcore: {args.head} head options read from {args.train}: {shown}", file=sys.stderr)
+        options.update(read)
+    return options
 
 
 def cmd_finetune(args) -> int:
     from . import set_seed
     from .data import load_examples
     from .model import BertEncoder
-    from .plugins import get_head_type
     from .taskmodel import TaskModel
     from .tokenizer import Tokenizer
     from .training import Trainer
 
-    head_type = get_head_type(args.head)
-    train = load_examples(args.train)
-    evaluation = load_examples(args.eval) if args.eval else None
+    head_type = _head_type(args.head)
+    train = load_examples(args.train, encoding=args.encoding)
+    evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
+    options = _head_options(args, train, head_type)
     encoder = BertEncoder.from_pretrained(args.encoder)
+    _check_max_length(args, encoder.config)
     tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
-    options = {"labels": args.labels.split(",")} if args.labels else head_type.options_from_examples(train)
-    if options and not args.labels:
-        print(f"{args.head} head options read from {args.train}: " + ", ".join(
-            f"{k}={v if not isinstance(v, list) or len(v) <= 8 else v[:8] + ['...']}" for k, v in options.items()),
-            file=sys.stderr)
     set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
-    head = head_type(encoder.config, **options)
+    try:
+        head = head_type(encoder.config, **options)
+    except TypeError as err:
+        raise ValueError(f"{err}; see the head's documentation for its options") from None
     name = args.name or args.head
     model = TaskModel(encoder, {name: head}, tokenizer=tok)
     targs = _training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,
                            early_stopping_patience=args.early_stopping, load_best_at_end=evaluation is not None)
-    history = Trainer(model, tokenizer=tok, train=train, eval=evaluation, args=targs, head=name).fit(
-        resume_from=True if args.resume else None)
+    trainer = Trainer(model, tokenizer=tok, train=train, eval=evaluation, args=targs, head=name)
+    trainer.fit(resume_from=True if args.resume else None)
+    if evaluation is not None:
+        state = trainer.state
+        which = f"best checkpoint, step {state.best_step}" if state.best_step is not None else \
+            f"last step, {state.step}"
+        print(f"final evaluation ({which}): " + ", ".join(f"{k}={v:.4f}" for k, v in trainer.evaluate().items()))
     saved = model.save_pretrained(f"{args.output}/model")
-    if history and len(history[-1]) > 3:
-        print("final evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items()
-                                               if isinstance(v, float) and k != "epoch"))
     print(f"model saved to {saved} (load it with bertcore.TaskModel.from_pretrained)")
     return 0
 
@@ -125,19 +246,19 @@ def add_pretrain(sub):
     p = sub.add_parser(
         "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction",
         description="Corpus: text files in the original BERT format, one sentence per line and a blank "
-                    "line between documents (UTF-8 or GBK). Without --tokenizer a WordPiece vocabulary is "
-                    "trained on the corpus; without --encoder a new encoder is built from the size options.",
+                    "line between documents (UTF-8, or --encoding). Without --tokenizer a WordPiece vocabulary "
+                    "is trained on the corpus; without --encoder a new encoder is built from the size options.",
         epilog="example: bertcore pretrain --corpus wiki.txt --output runs/bert-small --layers 4 --max-steps 10000")
     p.add_argument("--corpus", nargs="+", required=True, help="corpus text file(s)")
     p.add_argument("--tokenizer", help="existing tokenizer folder (default: train one)")
-    p.add_argument("--vocab-size", type=int, default=8000, help="size of a newly trained vocabulary")
+    p.add_argument("--vocab-size", type=_positive_int, default=8000, help="size of a newly trained vocabulary")
     p.add_argument("--cased", action="store_true", help="keep case when training a vocabulary")
     p.add_argument("--encoder", help="checkpoint folder to continue pretraining from")
-    p.add_argument("--hidden-size", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4, help="attention heads")
-    p.add_argument("--intermediate-size", type=int, help="feed-forward size (default 4 x hidden)")
-    p.add_argument("--mlm-probability", type=float, default=0.15)
+    p.add_argument("--hidden-size", type=_positive_int, default=256)
+    p.add_argument("--layers", type=_positive_int, default=4)
+    p.add_argument("--heads", type=_positive_int, default=4, help="attention heads")
+    p.add_argument("--intermediate-size", type=_positive_int, help="feed-forward size (default 4 x hidden)")
+    p.add_argument("--mlm-probability", type=_fraction, default=0.15)
     p.add_argument("--whole-word-masking", action="store_true")
     _add_training_options(p, lr=1e-4, epochs=1, batch=32, max_length=128)
     return p
@@ -145,19 +266,23 @@ def add_pretrain(sub):
 
 def cmd_pretrain(args) -> int:
     from .config import BertConfig
+    from .masking import read_corpus
     from .pretraining import pretrain
     from .tokenizer import Tokenizer
 
     for file in args.corpus:
         if not Path(file).is_file():
             raise FileNotFoundError(f"corpus file {file} does not exist")
+    args.max_length = args.max_length or args.default_max_length
+    if args.max_length < 8:
+        raise ValueError(f"--max-length {args.max_length} is too short for a sentence pair; use 8 or more")
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                                      num_attention_heads=args.heads,
                                      intermediate_size=args.intermediate_size or 4 * args.hidden_size,
                                      max_position_embeddings=max(128, args.max_length))
-    model = pretrain([Path(f) for f in args.corpus], tok, cfg, _training_args(args),
-                     vocab_size=args.vocab_size, lowercase=not args.cased,
+    corpus = read_corpus([Path(f) for f in args.corpus], encoding=args.encoding)
+    model = pretrain(corpus, tok, cfg, _training_args(args), vocab_size=args.vocab_size, lowercase=not args.cased,
                      mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
     if model.history:
         last = model.history[-1]
@@ -169,38 +294,86 @@ def cmd_pretrain(args) -> int:
 
 def add_predict(sub):
     p = sub.add_parser(
-        "predict", help="run a saved model's head on texts or a data file; prints JSON lines",
-        epilog='example: bertcore predict --model runs/sentiment/model "great phone" "broke in a day"')
+        "predict", help="run a saved model's head on texts, a file or stdin; prints JSON lines",
+        description="Prints one JSON line per input: the input (or its id) and the head's prediction.",
+        epilog='examples: bertcore predict --model runs/sentiment/model "great phone" "broke in a day"; '
+               'cat texts.txt | bertcore predict --model m -; '
+               'bertcore predict --model runs/qa/model --question "who?" --context "..."')
     p.add_argument("--model", required=True, help="folder written by TaskModel.save_pretrained (<output>/model)")
     p.add_argument("--head", help="head name (needed when the model has several)")
-    p.add_argument("texts", nargs="*", help="texts to predict on")
-    p.add_argument("--input", help="data file (JSONL/CSV/TSV/CoNLL/SQuAD) or plain text, one input per line")
+    p.add_argument("texts", nargs="*", help="texts to predict on; - reads stdin (one text or JSON object a line)")
+    p.add_argument("--input", help="data file (JSONL/CSV/TSV/CoNLL/SQuAD) or plain text, one input per line; - = stdin")
+    p.add_argument("--question", help="question answering: the question (with --context)")
+    p.add_argument("--context", help="question answering: the context")
     p.add_argument("--output", help="write predictions as JSON lines here instead of stdout")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
     return p
+
+
+def _read_inputs(args) -> list:
+    """Texts, (question, context), file examples and stdin lines, in that order."""
+    import json
+
+    from .data import load_examples, read_text
+    inputs = [t for t in args.texts if t != "-"]
+    if args.question is not None or args.context is not None:
+        if args.question is None or args.context is None:
+            raise ValueError("--question and --context go together")
+        inputs.append({"question": args.question, "context": args.context})
+    lines = []
+    if args.input == "-" or "-" in args.texts:
+        lines = sys.stdin.read().splitlines()
+    elif args.input:
+        path = Path(args.input)
+        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".conll"):
+            inputs += list(load_examples(path, encoding=args.encoding))
+        else:
+            lines = read_text(path, args.encoding).splitlines()
+    for n, line in enumerate(lines, 1):
+        if line.strip().startswith("{"):
+            try:
+                inputs.append(json.loads(line))
+                continue
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{args.input or 'stdin'}:{n}: invalid JSON ({err.msg})") from None
+        if line.strip():
+            inputs.append(line)
+    if not inputs:
+        raise ValueError("nothing to predict on: give texts, --input FILE, - for stdin, or --question/--context")
+    return inputs
+
+
+def _json_safe(value):
+    """Predictions as strict JSON: NaN and infinities become null."""
+    import math
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def cmd_predict(args) -> int:
     import json
 
-    from .data import load_examples, read_text
+    from .files import write_text
     from .taskmodel import TaskModel
 
-    if not args.texts and not args.input:
-        raise ValueError("give texts to predict on, or --input FILE")
-    model = TaskModel.from_pretrained(args.model)
-    inputs = list(args.texts)
-    if args.input:
-        path = Path(args.input)
-        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".conll"):
-            inputs += list(load_examples(path))
-        else:
-            inputs += [line for line in read_text(path).splitlines() if line.strip()]
+    inputs = _read_inputs(args)
+    model = TaskModel.from_pretrained(args.model, device=args.device)
     predictions = model.predict(inputs, head=args.head, batch_size=args.batch_size)
-    lines = [json.dumps(p, ensure_ascii=False, default=float) for p in predictions]
+    lines = []
+    for item, prediction in zip(inputs, predictions):
+        shown = {"id": item["id"]} if isinstance(item, dict) and "id" in item else {"input": item}
+        body = prediction if isinstance(prediction, dict) else {"prediction": prediction}
+        lines.append(json.dumps(_json_safe({**shown, **body}), ensure_ascii=False, allow_nan=False, default=float))
     if args.output:
-        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        print(f"{len(lines)} predictions written to {args.output}")
+        write_text(args.output, "\n".join(lines) + "\n")
+        print(f"{len(lines)} predictions written to {args.output}", file=sys.stderr)
     else:
         print("\n".join(lines))
     return 0
@@ -448,9 +621,85 @@ def cmd_export(args) -> int:
 COMMANDS["export"] = (add_export, cmd_export)
 
 
+def add_embed(sub):
+    p = sub.add_parser(
+        "embed", help="sentence embeddings of texts with the embedding head; prints one JSON line per text",
+        description="Embeds texts with an encoder checkpoint and the embedding head (bertcore-embedding). A "
+                    "sentence-transformers folder (modules.json, 1_Pooling/config.json, sentence_bert_config.json) "
+                    "sets the pooling, the normalisation and the maximum length, so the vectors equal "
+                    "SentenceTransformer(folder).encode's; a plain BERT folder gets mean pooling, normalised. "
+                    "--model takes a saved TaskModel with an embedding head instead (e.g. from finetune).",
+        epilog='example: bertcore embed --encoder all-MiniLM-L6-v2 "a sentence" "another one"')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--encoder", help="BERT or sentence-transformers checkpoint folder")
+    source.add_argument("--model", help="folder written by TaskModel.save_pretrained, with an embedding head")
+    p.add_argument("texts", nargs="*", help="texts to embed")
+    p.add_argument("--input", help="text file, one text per line (.jsonl: each line's \"text\"); - reads stdin")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--head", help="head name in --model (needed when it has several)")
+    p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalise the vectors (default: as the checkpoint says; yes without ST files)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="tokens per text (default: the checkpoint's max_seq_length)")
+    return p
+
+
+def _embed_inputs(source: str) -> list[str]:
+    """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
+    import json
+
+    from .data import read_text
+    text = sys.stdin.read() if source == "-" else read_text(source)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if source != "-" and Path(source).suffix.lower() == ".jsonl":
+        try:
+            return [str(json.loads(line)["text"]) for line in lines]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{source}: each line must be a JSON object with a \"text\" field") from None
+    return lines
+
+
+def cmd_embed(args) -> int:
+    import json
+
+    from .taskmodel import TaskModel
+
+    texts = list(args.texts) + (_embed_inputs(args.input) if args.input else [])
+    if not texts:
+        raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
+    if args.model:
+        if args.pooling or args.normalize is not None:
+            raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")
+        model = TaskModel.from_pretrained(args.model)
+        name = model.head_names(args.head)[0]
+    else:
+        from .model import BertEncoder
+        from .plugins import get_head_type
+        from .tokenizer import Tokenizer
+        head_type, name = get_head_type("embedding"), "embedding"
+        read = getattr(head_type, "options_from_checkpoint", None)  # the ST files, when the head reads them
+        options = read(args.encoder) if read else {}
+        options.update({k: v for k, v in (("pooling", args.pooling), ("normalize", args.normalize)) if v is not None})
+        encoder = BertEncoder.from_pretrained(args.encoder)
+        model = TaskModel(encoder, {name: head_type(encoder.config, **options)},
+                          tokenizer=Tokenizer.from_pretrained(args.tokenizer or args.encoder))
+    predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)
+    if "embedding" not in predictions[0]:
+        raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "
+                         "embedding head")
+    for text, prediction in zip(texts, predictions):
+        print(json.dumps({"text": text, "embedding": prediction["embedding"]}, ensure_ascii=False))
+    return 0
+
+
+COMMANDS["embed"] = (add_embed, cmd_embed)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertcore", description="BERT encoder core with pluggable task heads.")
     parser.add_argument("--version", action="version", version=f"bertcore {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also BERTCORE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, _) in COMMANDS.items():
         add(sub)
@@ -458,16 +707,58 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command. Every error is one line on stderr and exit 2 (1 for one that is
+    not the user's, 130 for Ctrl-C); --debug or BERTCORE_DEBUG=1 shows the traceback."""
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    debug = args.debug or os.environ.get("BERTCORE_DEBUG", "") not in ("", "0")
+    logger = logging.getLogger("bertcore")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("bertcore: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
     try:
         return COMMANDS[args.command][1](args) or 0
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"bertcore {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        where = getattr(args, "output", None)
+        hint = (f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"
+                if args.command in ("finetune", "pretrain") and where else "")
+        print(f"bertcore {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"bertcore {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        user = isinstance(err, (ValueError, OSError, KeyError, TypeError, FloatingPointError, ImportError,
+                                RuntimeError))
+        return 2 if user else 1
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Log records to whatever sys.stderr is when they are emitted (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line: KeyError's message without quotes, the type where the
+    message alone would not say what happened, and a pointer to --debug for the rest."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split()) or type(err).__name__
+    known = (ValueError, OSError, KeyError, FloatingPointError)
+    return text if isinstance(err, known) else f"{type(err).__name__}: {text} (--debug shows where)"
 
 
 if __name__ == "__main__":

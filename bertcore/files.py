@@ -7,8 +7,9 @@
 
 A crash (kill -9, power cut) at any point leaves either the old file (folder) or the
 new one, never a mix; a failed write (disk full, read-only folder) leaves the old one
-and raises. Temp names start with "." and end with ".tmp", so a reader can tell them
-apart and `clean_temp` can remove what a crash left behind.
+and raises `WriteError` (an OSError) naming the file. Temp names start with "." and
+end with ".tmp" (files) or ".new"/".old" (folders); `recover_folder` puts back a
+folder that a crash caught between its two renames.
 """
 import json
 import os
@@ -17,6 +18,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
+
+
+class WriteError(OSError):
+    """A file could not be written (disk full, read-only, permissions); nothing was replaced."""
 
 
 def _umask() -> int:
@@ -43,17 +48,24 @@ def atomic_write(path, write: Callable[[str], None], mode: int = 0o666) -> Path:
     """Call `write(tmp)` to fill a temp file next to `path`, then make it `path`
     atomically and durably. The file gets `mode & ~umask` like `open(..., "w")`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, mode & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as err:  # safetensors and torch wrap OSError in their own types
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        error = WriteError(f"cannot write {path}: {reason}; nothing was replaced (is the disk full or the "
+                           "folder read-only?)")
+        error.errno = getattr(err, "errno", None)
+        raise error from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     fsync_dir(path.parent)
     return path
@@ -102,6 +114,7 @@ def folder_swap(path):
     one complete at `.<name>.new`; `recover_folder` finds them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(path)
     new, old = _new(path), _old(path)
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(mode=0o777)
@@ -125,6 +138,18 @@ def _new(path: Path) -> Path:
 
 def _old(path: Path) -> Path:
     return path.with_name(f".{path.name}.old")
+
+
+def recover_folder(path) -> None:
+    """Undo a crash between `folder_swap`'s two renames: `path` is gone and the old folder
+    sits at `.<name>.old`. The new one was complete before the old was moved aside, so it
+    becomes `path`; without it, the old one comes back."""
+    path = Path(path)
+    new, old = _new(path), _old(path)
+    if path.exists() or not old.is_dir():
+        return
+    os.replace(new if new.is_dir() else old, path)
+    fsync_dir(path.parent)
 
 
 def folder_candidates(path) -> list[Path]:

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from . import plugins
 from .checkpoint import CheckpointError, load_weights, read_state_dict
-from .files import folder_swap, save_tensors, write_json
+from .files import folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, pack_features
 from .model import BertEncoder
 
@@ -274,6 +274,7 @@ class TaskModel(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, device=None) -> "TaskModel":
         """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed."""
         directory = Path(directory)
+        recover_folder(directory)  # a save killed between its two renames
         if not (directory / "encoder").is_dir():
             raise FileNotFoundError(f"{directory} has no encoder/ folder; pass a folder written by "
                                     "TaskModel.save_pretrained")

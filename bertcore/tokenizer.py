@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as _Backend
 from tokenizers.models import WordPiece
+
+from .files import write_text
 
 MAX_POSITIONS = 512  # BERT has 512 learned position embeddings; no sequence may be longer.
 
@@ -138,13 +139,24 @@ class Tokenizer:
 
         config = {}
         if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            try:
+                config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ValueError(f"{folder / 'tokenizer_config.json'}: not valid JSON ({err}); fix or delete "
+                                 "the file") from None
+            if not isinstance(config, dict):
+                raise ValueError(f"{folder / 'tokenizer_config.json'}: expected a JSON object")
         given = {"do_lower_case": do_lower_case, "strip_accents": strip_accents,
                  "tokenize_chinese_chars": tokenize_chinese_chars}
         config.update({k: v for k, v in given.items() if v is not None})
 
         if file.suffix == ".json":
-            backend = _Backend.from_file(str(file))
+            try:
+                backend = _Backend.from_file(str(file))
+            except Exception as err:  # the tokenizers library raises a bare Exception
+                raise ValueError(f"{file}: not a tokenizer the `tokenizers` library can read "
+                                 f"({' '.join(str(err).split())[:200]}); the file is damaged, or delete it "
+                                 "to fall back on vocab.txt") from None
             # transformers builds BERT's normalizer from tokenizer_config.json, not from
             # tokenizer.json, so the config decides when it speaks.
             if any(k in config for k in given):
@@ -209,10 +221,10 @@ class Tokenizer:
             "clean_up_tokenization_spaces": True,
             **SPECIAL_TOKENS,
         }
-        _write_atomic(directory / "tokenizer.json", self._backend.to_str(pretty=True))
-        _write_atomic(directory / "vocab.txt", "".join(f"{t}\n" for t, _ in vocab))
-        _write_atomic(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-        _write_atomic(directory / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
+        write_text(directory / "tokenizer.json", self._backend.to_str(pretty=True))
+        write_text(directory / "vocab.txt", "".join(f"{t}\n" for t, _ in vocab))
+        write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+        write_text(directory / "special_tokens_map.json", json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
         return directory
 
     # ----------------------------------------------------------------- encoding
@@ -421,18 +433,3 @@ def _to_tensors(data: dict) -> dict:
                              "differ; pass padding=True (or 'max_length')")
         out[key] = torch.tensor(value, dtype=torch.long)
     return out
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -134,6 +134,7 @@ class Trainer:
         self.train_sets = self._datasets(train, "train") if train is not None else []
         self.eval_sets = self._datasets(eval, "eval") if eval is not None else []
         self.history: list[dict] = []
+        self.state = TrainState()      # where the last fit() got to (best_step: what best/ holds)
 
     def _datasets(self, data, split: str) -> list[Encoded]:
         """Load, check and encode `data` (one source, or {head: source}) for its heads."""
@@ -181,7 +182,7 @@ class Trainer:
         identity = run_identity(args, self.world, self.train_sets, model)
         folder = self.output_dir / "last" if resume_from is True else resume_from
         state = resume(folder, model, optimizer, scheduler, identity) if resume_from else TrainState()
-        self.history = state.history
+        self.state, self.history = state, state.history
         reporter = Reporter(self.output_dir, self.rank == 0, args.progress, fresh=not resume_from)
         reporter.start(total, state.step, f"train {', '.join('+'.join(d.heads) for d in self.train_sets)}")
         try:

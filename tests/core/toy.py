@@ -67,3 +67,9 @@ def model(tok, seed=0, dropout=0.1, heads=("toy",)):
                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
                               hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     return bertcore.TaskModel(bertcore.BertEncoder(cfg), {h: ToyHead(cfg) for h in heads}, tokenizer=tok)
+
+
+@bertcore.hookimpl
+def register_heads(register):
+    """So that a saved toy model loads: `bertcore.plugins.register_plugin(toy)`."""
+    register(ToyHead)
