@@ -367,11 +367,13 @@ class BertEncoder(nn.Module):
                 raise ValueError(f"cu_seqlens must rise from 0 to the number of tokens ({total}), got "
                                  f"{offsets if len(offsets) <= 12 else offsets[:6] + ['...'] + offsets[-3:]}; "
                                  "build it as [0, *cumsum(lengths)]")
-            longest = max(lengths, default=0)
-            if max_seqlen is not None and max_seqlen < longest:
+            longest = max(lengths)
+            if max_seqlen is None:
+                return longest
+            if max_seqlen < longest:
                 raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {longest} tokens; pass the longest length")
         if max_seqlen is None:
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            max_seqlen = (cu_seqlens[1:] - cu_seqlens[:-1]).max()                # a device sync: pass it instead
         return int(max_seqlen)
 
     # ---- freezing ----------------------------------------------------------------
