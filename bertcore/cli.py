@@ -206,6 +206,18 @@ def _head_options(args, train, head_type) -> dict:
     return options
 
 
+def _build_head(head_type, config, options: dict):
+    """The head, or a one-line error naming an option it does not take and those it does."""
+    import inspect
+    accepted = [name for name, p in inspect.signature(head_type.__init__).parameters.items()
+                if name not in ("self", "config") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [k for k in options if k not in accepted]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(head_type.__init__).parameters.values()):
+        raise ValueError(f"the {head_type.name} head has no option {unknown[0]!r}; its options: "
+                         f"{', '.join(accepted) or 'none'}")
+    return head_type(config, **options)
+
+
 def cmd_finetune(args) -> int:
     from . import set_seed
     from .data import load_examples
@@ -222,10 +234,7 @@ def cmd_finetune(args) -> int:
     _check_max_length(args, encoder.config)
     tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
     set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
-    try:
-        head = head_type(encoder.config, **options)
-    except TypeError as err:
-        raise ValueError(f"{err}; see the head's documentation for its options") from None
+    head = _build_head(head_type, encoder.config, options)
     name = args.name or args.head
     model = TaskModel(encoder, {name: head}, tokenizer=tok)
     targs = _training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,
