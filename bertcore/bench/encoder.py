@@ -12,7 +12,7 @@ all of them alike:
   hf-eager         transformers.BertModel, attn_implementation="eager"
 
 Reported: median/p20/p80 ms, real (non-padding) tokens/s, peak memory of the call
-(see benchlib), and ratios against hf-sdpa. Models are in train() mode (their
+(see `lib`), and ratios against hf-sdpa. Models are in train() mode (their
 configured dropout) for the training step and eval() for inference; the optimizer
 is AdamW (fused where torch has it, else foreach), the same for every provider.
 
