@@ -130,7 +130,7 @@ class ServingModel(nn.Module):
         batch, seqlen = input_ids.shape
         hidden, pooled = encode_padded(self.encoder, input_ids, attention_mask, token_type_ids)  # (B, L, H), (B, H)
         cu_seqlens = (torch.arange(batch + 1, device=input_ids.device) * seqlen).to(torch.int32)  # (B+1,)
-        output = BertOutput(hidden.reshape(batch * seqlen, -1), pooled, cu_seqlens, seqlen)
+        output = BertOutput(hidden.reshape(batch * seqlen, hidden.shape[-1]), pooled, cu_seqlens, seqlen)
         packed = {"input_ids": input_ids.reshape(-1), "token_type_ids": token_type_ids.reshape(-1),
                   "cu_seqlens": cu_seqlens, "max_seqlen": seqlen, "attention_mask": attention_mask}
         logits = self.head(output, packed)
@@ -186,20 +186,22 @@ def _dense_layer_norm(module, x, residual, eps):
     return F.layer_norm(y, y.shape[-1:], module.LayerNorm.weight, module.LayerNorm.bias, eps)
 
 
-def _dynamic_shapes(serving: ServingModel) -> dict:
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    seqlen = torch.export.Dim("seqlen", min=1, max=serving.encoder.config.max_position_embeddings)
+def _dynamic_shapes(names: bool = False) -> dict:
+    """Batch and sequence length dynamic. `Dim.DYNAMIC` lets torch.export keep the guards it
+    derives (e.g. L ≥ 2 from a head's reshape) instead of failing on ones it cannot prove;
+    ONNX takes axis names."""
+    batch, seqlen = ("batch", "seqlen") if names else (torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC)
     both = {0: batch, 1: seqlen}
     return {"input_ids": both, "attention_mask": both, "token_type_ids": both}
 
 
 def export_program(serving: ServingModel, example_inputs: tuple | None = None) -> "torch.export.ExportedProgram":
     """`torch.export.export` of the serving module in eval mode, batch size and sequence
-    length dynamic (1 ≤ L ≤ max_position_embeddings)."""
+    length dynamic (trace with both ≥ 2: torch specialises dimensions of size 0 and 1)."""
     serving.eval()
     args = example_inputs or serving.example_inputs()
     with torch.no_grad():
-        return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes(serving))
+        return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes())
 
 
 def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: tuple | None = None,
@@ -218,7 +220,7 @@ def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: 
     with torch.no_grad(), warnings.catch_warnings():
         # torch names each input's axes separately, then warns that it merged the equal ones
         warnings.filterwarnings("ignore", message="# The axis name")
-        program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(serving),
+        program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(names=True),
                                     input_names=["input_ids", "attention_mask", "token_type_ids"],
                                     output_names=list(serving.per_token), opset_version=opset_version,
                                     external_data=False, verbose=False)
