@@ -11,11 +11,14 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraint
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml kernels/pyproject.toml $(wildcard heads/*/pyproject.toml) constraints.txt
+$(STAMP): pyproject.toml $(wildcard heads/*/pyproject.toml) constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PIP) torch
-	$(PIP) -e kernels -e ".[test]" $(addprefix -e ,$(HEADS))
+	# bertcore_kernels ships inside the core distribution; a kernels-only install from an
+	# older checkout would shadow it.
+	$(PY) -m pip uninstall --quiet --yes bertcore-kernels 2>/dev/null || true
+	$(PIP) -e ".[test]" $(addprefix -e ,$(HEADS))
 	touch $(STAMP)
 
 test: $(STAMP)
