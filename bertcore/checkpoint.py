@@ -1,6 +1,8 @@
 """HF BERT checkpoints in and out: safetensors (or a weights-only pytorch_model.bin),
 with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for heads."""
+import dataclasses
 import logging
+import os
 import pickle
 from pathlib import Path
 
@@ -88,12 +90,61 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     return missing, unexpected
 
 
-def load_encoder(cls, directory: Path, config: BertConfig | None = None, **overrides):
-    if not directory.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+def resolve_pretrained(name_or_path) -> Path:
+    """A checkpoint folder: the path itself, or a Hub name ("org/name") found in the local
+    Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else ~/.cache/huggingface/hub;
+    the snapshot `refs/main` names, else the newest). Nothing is downloaded."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise NotADirectoryError(f"{path} is a file; pass the checkpoint folder that holds it ({path.parent})")
+    name = str(name_or_path)
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")):
+        cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or
+                                                            Path.home() / ".cache" / "huggingface") / "hub")
+        repo = cache / ("models--" + name.replace("/", "--"))
+        ref = repo / "refs" / "main"
+        if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
+            return repo / "snapshots" / ref.read_text().strip()
+        snapshots = sorted((repo / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) \
+            if (repo / "snapshots").is_dir() else []
+        if snapshots:
+            return snapshots[-1]
+        raise FileNotFoundError(f"{name} is neither a folder nor in the local Hugging Face cache ({cache}); "
+                                f"download it once (e.g. `huggingface-cli download {name}`) or pass its folder")
+    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+
+
+def _dtype(value, config: BertConfig):
+    """torch_dtype / dtype as transformers takes it: a torch.dtype, its name, or "auto"
+    (the checkpoint's own `torch_dtype`, float32 when it has none)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = str(config.extra.get("torch_dtype", config.extra.get("dtype", "float32"))) if value == "auto" else str(value)
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"dtype={value!r} is not a torch dtype; use e.g. torch.bfloat16, 'float16' or 'auto'")
+    return dtype
+
+
+def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=None, torch_dtype=None,
+                 device=None, **overrides):
+    """The encoder of a checkpoint folder (or a cached Hub name), in eval mode, as
+    transformers' from_pretrained: `dtype` (or `torch_dtype`) and `device` place it;
+    `overrides` replace config fields and must name real ones."""
+    directory = resolve_pretrained(name_or_path)
     config = config or BertConfig.from_pretrained(directory)
     if overrides:
+        fields = sorted(f.name for f in dataclasses.fields(BertConfig) if f.name != "extra")
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise TypeError(f"from_pretrained() got unknown keyword {unknown[0]!r}; it takes dtype, torch_dtype, "
+                            f"device, config, and config fields to override: {', '.join(fields)}")
         config = BertConfig.from_dict({**config.to_dict(), **overrides})
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise TypeError("pass dtype= or torch_dtype= (the same thing), not both")
+    dtype = _dtype(dtype if dtype is not None else torch_dtype, config)
     file = find_weights(directory)
     encoder_state, head_state = to_encoder_keys(read_state_dict(file))
     model = cls(config)
@@ -104,6 +155,9 @@ def load_encoder(cls, directory: Path, config: BertConfig | None = None, **overr
     if unexpected:
         logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
     model.pretrained_head_weights = head_state
+    model.eval()
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
     return model
 
 

@@ -124,6 +124,9 @@ class Tokenizer:
         the keyword arguments override it. tokenizer.json wins over vocab.txt.
         """
         path = Path(path)
+        if not path.exists() and str(path).count("/") == 1:  # "org/name": the local Hugging Face cache
+            from .checkpoint import resolve_pretrained
+            path = resolve_pretrained(str(path))
         if path.is_dir():
             folder = path
             file = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).is_file()), None)
