@@ -13,8 +13,12 @@ import bertcore_embedding as E
 from bertcore.cli import main
 
 st = pytest.importorskip("sentence_transformers", reason="the reference is sentence-transformers")
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss  # noqa: E402
-from sentence_transformers.sentence_transformer.modules import Pooling  # noqa: E402
+try:  # sentence-transformers >= 6 moved them; the old paths warn there
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.sentence_transformer.modules import Pooling
+except ImportError:
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.models import Pooling
 
 TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
          "Ein Mann isst.", "短い文", "", "word " * 300]   # the last is past MiniLM's 256-token limit
