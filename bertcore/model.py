@@ -92,23 +92,9 @@ class QKV(nn.Module):
                   self.query.bias, self.key.bias, self.value.bias)
         if torch.is_grad_enabled() and any(t.requires_grad for t in params):
             return _FusedLinear.apply(x, *params)                              # (T, 3H)
-        return F.linear(x, *self.fused())                                      # (T, 3H)
-
-    def fused(self):
-        """(weight (3H, H), bias (3H,)). Under autograd the concatenation is part of the
-        graph; without it the result is cached until a parameter changes (in-place
-        updates bump `_version`, moves change `data_ptr`)."""
-        params = (self.query.weight, self.key.weight, self.value.weight,
-                  self.query.bias, self.key.bias, self.value.bias)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in params):
-            return torch.cat(params[:3]), torch.cat(params[3:])
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
-        cached = self.__dict__.get("_fused_cache")
-        if cached is None or cached[0] != key:
-            with torch.inference_mode(False), torch.no_grad():  # a normal tensor, usable in any mode
-                cached = (key, (torch.cat(params[:3]), torch.cat(params[3:])))
-            self.__dict__["_fused_cache"] = cached
-        return cached[1]
+        # No cache of the concatenation: fused optimizers (AdamW(fused=True)) update weights
+        # in place without bumping `_version`, so a cache keyed on it served stale weights.
+        return F.linear(x, torch.cat(params[:3]), torch.cat(params[3:]))       # (T, 3H)
 
 
 class _FusedLinear(torch.autograd.Function):

@@ -382,7 +382,12 @@ def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimize
         raise ValueError("nothing to train: every parameter is frozen")
     param_groups = [{"params": ps, "weight_decay": wd, "lr": args.learning_rate * scale}
                     for (wd, scale), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
+    # fused: the whole step in one kernel, on CPU and CUDA; for MiniLM's parameters on one
+    # CPU thread 66-74 ms a step against 325-419 ms for foreach (same results to 2.4e-7).
+    try:
+        return torch.optim.AdamW(param_groups, lr=args.learning_rate, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
 
 
 def best_metric(model: TaskModel, eval_sets: list[Encoded], metric_for_best: str | None) -> tuple[str, bool]:

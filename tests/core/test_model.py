@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 
+import bertcore
 from bertcore import BertConfig, BertEncoder
 
 TINY = dict(vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -257,3 +258,23 @@ def test_config_accepts_integers_for_float_fields_and_saves_atomically(tmp_path)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["config.json"]   # no temp file left behind
     keys = list(json.loads((tmp_path / "out" / "config.json").read_text()))
     assert keys == sorted(keys) and BertConfig.from_pretrained(tmp_path / "out") == cfg
+
+
+def test_inference_sees_weights_a_fused_optimizer_changed():
+    """AdamW(fused=True) updates parameters in place without bumping their version
+    counter; inference after a step must use the new weights (a cache keyed on the
+    version once served the old QKV weights, so evaluation disagreed with training)."""
+    cfg = bertcore.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = bertcore.BertEncoder(cfg).eval()
+    ids = torch.tensor([[2, 7, 9, 3]])
+    with torch.no_grad():
+        model(ids)                                              # a first inference
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    torch.optim.AdamW(model.parameters(), lr=0.1, fused=True).step()
+    fresh = bertcore.BertEncoder(cfg).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).last_hidden_state, fresh(ids).last_hidden_state, rtol=0, atol=0)
