@@ -1,4 +1,4 @@
-"""`bertcore finetune / pretrain / predict / demo` end to end on tiny models."""
+"""`bertcore finetune / pretrain / predict` end to end on tiny models (the demo: tests/cli/test_demo.py)."""
 import json
 import random
 
@@ -93,12 +93,3 @@ def test_help_is_there(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: bertcore " + command in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_demo_quick(tmp_path, capsys):
-    assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress"]) == 0
-    out = capsys.readouterr().out
-    assert "Sentiment accuracy, pretrained encoder" in out and "NSP accuracy" in out
-    for name in ("results.md", "results.json", "results.png", "pretrain/curves.png", "ner-pretrained/metrics.jsonl"):
-        assert (tmp_path / name).is_file(), name
