@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bertcore demo
 
 bench: $(STAMP)
-	$(VENV)/bin/bertcore bench encoder
+	$(VENV)/bin/bertcore bench encoder --output benchmarks/results
 
 clean:
 	rm -rf $(VENV)

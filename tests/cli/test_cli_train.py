@@ -39,7 +39,7 @@ def test_finetune_then_predict(tmp_path, checkpoint, capsys):
     train.write_text("".join(json.dumps(r) + "\n" for r in reviews(64)), encoding="utf-8")
     out = tmp_path / "run"
     rc = main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(train),
-               "--eval", str(train), "--output", str(out), "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
+               "--eval", str(train), "--output", str(out), "--epochs", "8", "--batch-size", "16", "--lr", "3e-3",
                "--no-progress"])
     assert rc == 0
     assert "model saved to" in capsys.readouterr().out

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import bertcore
+from bertcore.data import DataError
 from bertcore.pretraining import make_nsp_pairs, mask_tokens, read_corpus
 
 WORDS = "the quick brown fox jumps over lazy dog playing played player runs running ran".split()
@@ -111,5 +112,7 @@ def test_read_corpus(tmp_path):
     assert read_corpus(f) == [["s1", "s2"], ["s3"], ["s4", "s5"]]
     g = tmp_path / "gbk.txt"
     g.write_bytes("中文句子。\n\n第二篇。\n".encode("gbk"))
-    assert read_corpus(str(g)) == [["中文句子。"], ["第二篇。"]]
+    with pytest.raises(DataError, match=r"gbk.txt:1: byte 0xd6 at column 1 is not UTF-8"):
+        read_corpus(str(g))                                   # never guessed
+    assert read_corpus(str(g), encoding="gb18030") == [["中文句子。"], ["第二篇。"]]
     assert read_corpus([["a"], ["b"]]) == [["a"], ["b"]]

@@ -84,9 +84,9 @@ for name, dist in [("classification", "bertcore-turbo-classifier"), ("scorer", N
         plugins.get_head_type(name, distribution=dist, source="/saved/heads/x/head.json")
     except plugins.HeadNotFoundError as err:
         result[f"get_{name}"] = str(err)
-for argv in (["bertcore-kernels"], ["bertcore==0.1.0"], ["scorer"]):
+for argv in (["safetensors>=0.1"], ["bertcore==0.1.0"], ["scorer"]):
     result["uninstall " + argv[0]] = run("uninstall", *argv)
-result["kernels_still_installed"] = installed("bertcore-kernels")
+result["safetensors_still_installed"] = installed("safetensors")
 result["install"] = run("install", sys.argv[1])
 result["uninstall scorer-a"] = run("uninstall", "scorer-a")
 result["scorer-a_installed"] = installed("scorer-a")
@@ -168,9 +168,9 @@ def test_misspelt_hook_and_exit_at_import_are_listed(hostile_env):
 
 
 def test_uninstall_refuses_what_is_no_head_plugin(hostile_env):
-    kernels = hostile_env["uninstall bertcore-kernels"]
-    assert kernels["code"] == 2 and "bertcore-kernels is not a head plugin" in kernels["err"]
-    assert "running:" not in kernels["err"] and hostile_env["kernels_still_installed"]
+    other = hostile_env["uninstall safetensors>=0.1"]     # a dependency bertcore needs, not a plugin
+    assert other["code"] == 2 and "safetensors is not a head plugin" in other["err"]
+    assert "running:" not in other["err"] and hostile_env["safetensors_still_installed"]
     core = hostile_env["uninstall bertcore==0.1.0"]
     assert core["code"] == 2 and "is bertcore itself" in core["err"] and "running:" not in core["err"]
     both = hostile_env["uninstall scorer"]

@@ -90,7 +90,7 @@ def test_unknown_head_names_installed_ones_and_pip_command(cfg):
     with pytest.raises(plugins.HeadNotFoundError) as err:
         bertcore.create_head("sentiment-xl", cfg)
     message = str(err.value)
-    assert "classification, mlm, ner, nsp, qa" in message
+    assert "classification, embedding, mlm, ner, nsp, qa" in message
     assert "pip install bertcore-sentiment-xl" in message and "bertcore install sentiment-xl" in message
 
 
