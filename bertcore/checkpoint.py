@@ -1,6 +1,7 @@
 """HF BERT checkpoints in and out: safetensors (or a weights-only pytorch_model.bin),
 with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for heads."""
 import dataclasses
+import hashlib
 import logging
 import os
 import pickle
@@ -155,10 +156,20 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     if unexpected:
         logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
     model.pretrained_head_weights = head_state
+    model.source = file.resolve()  # what a head-only checkpoint of a frozen encoder points at
     model.eval()
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def file_sha256(file: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_encoder(model, directory: Path) -> Path:

@@ -14,17 +14,17 @@ among `last/` and what a crash between the two renames can leave (`.last.new`,
 `.last.old`).
 """
 import fcntl
-import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_weights, read_state_dict
+from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
 from .files import atomic_write, folder_candidates, folder_swap, write_json
 from .trainstate import TrainState, set_rng_state
 
@@ -80,29 +80,58 @@ class RunLock:
 
 # ---- writing --------------------------------------------------------------------------
 
-def save_checkpoint(directory: Path, model, state: dict | None = None) -> None:
+def save_checkpoint(directory: Path, model, state: dict | None = None, save_encoder: bool = True,
+                    keep: int = 1) -> None:
     """Write `model` (and, for a resumable checkpoint, the trainer `state`) to `directory`,
-    whole or not at all."""
+    whole or not at all. `save_encoder=False`: a frozen encoder is pointed at, not copied.
+    `keep` > 1 keeps that many resumable checkpoints: the previous `directory` is kept
+    beside it as `checkpoint-<step>/`, and the oldest beyond `keep` are removed."""
+    directory = Path(directory)
+    if keep > 1 and verify(directory) is None and (directory / STATE_FILE).is_file():
+        step = load_state(directory)["state"]["step"]
+        older = directory.with_name(f"checkpoint-{step}")
+        shutil.rmtree(older, ignore_errors=True)
+        shutil.copytree(directory, older, copy_function=os.link)        # hard links: no bytes written
     with folder_swap(directory) as tmp:
-        model.save_pretrained(tmp / MODEL_DIR)
+        model.save_pretrained(tmp / MODEL_DIR, save_encoder=save_encoder)
         if state is not None:
             atomic_write(tmp / STATE_FILE, lambda f: torch.save(state, f))
         write_manifest(tmp)
+    for stale in sorted(directory.parent.glob("checkpoint-*"), key=_step_of)[:-(keep - 1) or None]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def link_checkpoint(source: Path, directory: Path) -> None:
+    """Make `directory` the model of checkpoint `source` (best/ = last/ when the newest
+    evaluation is the best): hard links, so no byte is written twice."""
+    with folder_swap(directory) as tmp:
+        for file in (Path(source) / MODEL_DIR).rglob("*"):
+            target = tmp / file.relative_to(source)
+            if file.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(file, target)
+                except OSError:             # a filesystem without hard links: copy
+                    shutil.copy2(file, target)
+        write_manifest(tmp)
+
+
+def _step_of(folder: Path) -> int:
+    try:
+        return int(folder.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
 
 
 def write_manifest(folder: Path) -> None:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     write_json(folder / MANIFEST_FILE, {"files": files})
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- reading --------------------------------------------------------------------------
@@ -120,7 +149,7 @@ def verify(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{path} is missing"
-        if path.stat().st_size != meta.get("size") or _sha256(path) != meta.get("sha256"):
+        if path.stat().st_size != meta.get("size") or file_sha256(path) != meta.get("sha256"):
             return f"{path} does not match {MANIFEST_FILE} (changed or damaged)"
     return None
 
@@ -129,7 +158,8 @@ def find_checkpoint(directory: Path, resumable: bool = True) -> Path:
     """The newest complete checkpoint that `directory` (e.g. <output_dir>/last) or a crash
     beside it left, verified. `resumable`: it must hold the trainer state."""
     problems, found = [], []
-    for folder in folder_candidates(directory):
+    kept = sorted(Path(directory).parent.glob("checkpoint-*"), key=_step_of) if resumable else []
+    for folder in folder_candidates(directory) + kept[::-1]:
         why = verify(folder)
         if why is None and resumable and not (folder / STATE_FILE).is_file():
             why = f"{folder} has no {STATE_FILE} (a model, not a resumable checkpoint)"
@@ -156,8 +186,14 @@ def load_state(folder: Path) -> dict:
 def load_model_weights(model, folder: Path) -> None:
     """Copy the weights of `folder/model/` into `model` (a TaskModel with the same heads)."""
     root = folder / MODEL_DIR
-    load_weights(model.encoder, read_state_dict(root / "encoder" / "model.safetensors"),
-                 str(root / "encoder" / "model.safetensors"), strict=True)
+    if (root / "encoder").is_dir():
+        load_weights(model.encoder, read_state_dict(root / "encoder" / "model.safetensors"),
+                     str(root / "encoder" / "model.safetensors"), strict=True)
+    else:  # a frozen encoder, pointed at: it must be the one this model was built on
+        saved = json.loads((root / "taskmodel.json").read_text(encoding="utf-8")).get("encoder", {})
+        if saved.get("sha256") != model.encoder_reference()["sha256"]:
+            raise CheckpointError(f"{root} was trained on the frozen encoder {saved.get('path')}, not on the one "
+                                  f"this model has ({model.encoder_reference()['path']}); load that encoder")
     saved = sorted(p.name for p in (root / "heads").iterdir()) if (root / "heads").is_dir() else []
     if saved != sorted(model.heads):
         raise CheckpointError(f"{root} holds heads {saved}, this model has {sorted(model.heads)}; resume with "
@@ -183,8 +219,11 @@ def resume(directory, model, optimizer, scheduler, identity: dict) -> TrainState
                          f"({'; '.join(changed)}); resume with the original settings and data, or start a new "
                          "run in another output folder")
     load_model_weights(model, folder)
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
+    if "optimizer" in payload:      # the last checkpoint of a finished run keeps no optimizer state
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+    elif not payload.get("complete"):
+        raise CheckpointError(f"{folder / STATE_FILE} holds no optimizer state; it cannot continue a run")
     set_rng_state(payload["rng"])
     logger.info("resumed from %s at step %d", folder, payload["state"]["step"])
     return TrainState.from_dict(payload["state"])

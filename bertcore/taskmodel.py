@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from . import plugins
-from .checkpoint import CheckpointError, load_weights, read_state_dict
+from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
 from .files import folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, pack_features
 from .model import BertEncoder
@@ -255,44 +255,77 @@ class TaskModel(nn.Module):
 
     # ---- saving ----------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, save_encoder: bool = True) -> Path:
         """Write encoder/, tokenizer/ and heads/<name>/ (see the module docstring). The
         folder is built beside `directory` and swapped in whole, so a crash leaves the
-        old model or the new one, never a mix."""
+        old model or the new one, never a mix.
+
+        `save_encoder=False` (a frozen encoder loaded from a folder) writes no encoder/:
+        taskmodel.json points at the encoder's weights file by path and SHA-256, and
+        `from_pretrained` loads it from there after checking the hash."""
         directory = Path(directory)
         _check_replaceable(directory)
+        info = {"heads": list(self.heads), "bertcore_version": plugins.core_version()}
+        if not save_encoder:
+            info["encoder"] = self.encoder_reference()
         with folder_swap(directory) as tmp:
-            self.encoder.save_pretrained(tmp / "encoder")
+            if save_encoder:
+                self.encoder.save_pretrained(tmp / "encoder")
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
             for name, head in self.heads.items():
                 save_head(head, tmp / "heads" / name)
-            write_json(tmp / MODEL_FILE, {"heads": list(self.heads), "bertcore_version": plugins.core_version()})
+            write_json(tmp / MODEL_FILE, info)
         return directory
+
+    def encoder_reference(self) -> dict:
+        """{"path", "sha256"} of the weights file the encoder was loaded from (hashed once)."""
+        source = getattr(self.encoder, "source", None)
+        if source is None or not Path(source).is_file():
+            raise ValueError("the encoder was not loaded from a checkpoint folder, so a checkpoint cannot point "
+                             "at it; save it with the model (save_encoder=True)")
+        stat = Path(source).stat()
+        key = (str(source), stat.st_size, stat.st_mtime_ns)
+        cached = self.encoder.__dict__.get("_source_hash")
+        if cached is None or cached[0] != key:
+            cached = (key, file_sha256(Path(source)))
+            self.encoder.__dict__["_source_hash"] = cached
+        return {"path": str(source), "sha256": cached[1]}
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device=None) -> "TaskModel":
         """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed."""
         directory = Path(directory)
         recover_folder(directory)  # a save killed between its two renames
-        if not (directory / "encoder").is_dir():
+        info = _read_json(directory / MODEL_FILE, {"heads": list}) if (directory / MODEL_FILE).is_file() else {}
+        if (directory / "encoder").is_dir():
+            encoder = BertEncoder.from_pretrained(directory / "encoder")
+        elif isinstance(info.get("encoder"), dict):
+            encoder = _referenced_encoder(info["encoder"], directory / MODEL_FILE)
+        else:
             raise FileNotFoundError(f"{directory} has no encoder/ folder; pass a folder written by "
                                     "TaskModel.save_pretrained")
-        encoder = BertEncoder.from_pretrained(directory / "encoder")
         tokenizer = None
         if (directory / "tokenizer").is_dir():
             from .tokenizer import Tokenizer
             tokenizer = Tokenizer.from_pretrained(directory / "tokenizer")
-        if (directory / MODEL_FILE).is_file():
-            names = _read_json(directory / MODEL_FILE, {"heads": list})["heads"]
-        else:
-            names = sorted(p.name for p in (directory / "heads").iterdir() if p.is_dir())
+        names = info["heads"] if info else sorted(p.name for p in (directory / "heads").iterdir() if p.is_dir())
         model = cls(encoder, {}, tokenizer=tokenizer)
         for name in names:
             model.add_head(str(name), load_head(directory / "heads" / str(name), encoder.config),
                            load_pretrained=False)
         model.eval()
         return model.to(device) if device is not None else model
+
+    def save_head(self, directory: str | os.PathLike, name: str | None = None) -> Path:
+        """Save one head alone (head.json + head.safetensors, a few KB to MB), to share it
+        or to put it on another encoder of the same hidden size with `load_head`."""
+        name = self.head_names(name)[0]
+        directory = Path(directory)
+        _check_replaceable(directory, allowed={HEAD_CONFIG, HEAD_WEIGHTS})
+        with folder_swap(directory) as tmp:
+            save_head(self.heads[name], tmp)
+        return directory
 
     def load_head(self, path: str | os.PathLike, name: str | None = None) -> Head:
         """Add a head saved elsewhere (heads/<name>/ of another TaskModel) to this model."""
@@ -355,12 +388,24 @@ def _read_json(file: Path, schema: dict[str, type]) -> dict:
     return data
 
 
-def _check_replaceable(directory: Path) -> None:
+def _referenced_encoder(reference: dict, file: Path) -> BertEncoder:
+    """The encoder a head-only save points at, if its weights are still the ones saved."""
+    path, digest = Path(str(reference.get("path"))), reference.get("sha256")
+    if not path.is_file():
+        raise FileNotFoundError(f"{file} points at the encoder weights {path}, which do not exist any more; "
+                                "put them back, or load the heads onto an encoder with TaskModel.load_head")
+    if file_sha256(path) != digest:
+        raise CheckpointError(f"{file} points at the encoder weights {path}, which changed since it was saved "
+                              f"(sha256 {digest[:12]}... expected); its heads were trained on the old ones")
+    return BertEncoder.from_pretrained(path.parent)
+
+
+def _check_replaceable(directory: Path, allowed=SAVED_ENTRIES) -> None:
     """Saving swaps the whole folder: refuse to replace one that holds anything else."""
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"{directory} is a file; pass a folder to save the model in")
     if directory.is_dir():
-        other = sorted(p.name for p in directory.iterdir() if p.name not in SAVED_ENTRIES)
+        other = sorted(p.name for p in directory.iterdir() if p.name not in allowed)
         if other:
             raise FileExistsError(f"{directory} holds files that are not a saved model ({', '.join(other[:5])}); "
                                   "save into a new or empty folder (saving replaces the whole folder)")

@@ -26,7 +26,8 @@ import torch.distributed as dist
 from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
-from .runfolder import RunLock, find_checkpoint, load_model_weights, load_state, resume, save_checkpoint
+from .runfolder import (RunLock, find_checkpoint, link_checkpoint, load_model_weights, load_state, resume,
+                        save_checkpoint)
 from .taskmodel import Encoded, TaskModel, to_device
 from .trainstate import TrainState, rng_state, set_seed
 
@@ -51,6 +52,8 @@ class TrainingArgs:
     layer i the rate lr·d^(L-i) (embeddings lowest, heads the full lr).
     `loss_weights` ({head: w}) and `sampling` ("round_robin" | "proportional") are for
     multi-task training. `bf16` autocasts to bfloat16 where the device supports it.
+    `save_total_limit`: how many resumable checkpoints to keep (last/ and, beyond one,
+    checkpoint-<step>/ folders of hard links); best/ is always kept.
     The learning rate warms up linearly from 0 over `warmup_ratio` of the steps, then
     decays linearly to 0, as transformers' default schedule.
     """
@@ -77,6 +80,7 @@ class TrainingArgs:
     metric_for_best: str | None = None
     load_best_at_end: bool = False
     save_checkpoints: bool = True
+    save_total_limit: int = 1
     logging_steps: int = 10
     progress: bool = True
     device: str | None = None
@@ -84,7 +88,7 @@ class TrainingArgs:
     def __post_init__(self):
         if self.sampling not in ("round_robin", "proportional"):
             raise ValueError(f"sampling={self.sampling!r}; expected 'round_robin' or 'proportional'")
-        for name in ("epochs", "batch_size", "grad_accum_steps"):
+        for name in ("epochs", "batch_size", "grad_accum_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         for name in ("max_steps", "eval_every", "eval_batch_size", "early_stopping_patience"):
@@ -176,8 +180,8 @@ class Trainer:
             model.encoder.freeze()
         model.to(self.device)
         optimizer = make_optimizer(self.model, args)
-        total = total_steps(len(self._plan(0)), epochs=args.epochs, grad_accum_steps=args.grad_accum_steps,
-                            max_steps=args.max_steps)
+        total = self._total = total_steps(len(self._plan(0)), epochs=args.epochs,
+                                          grad_accum_steps=args.grad_accum_steps, max_steps=args.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * args.warmup_ratio), total))
         identity = run_identity(args, self.world, self.train_sets, model)
         folder = self.output_dir / "last" if resume_from is True else resume_from
@@ -290,20 +294,29 @@ class Trainer:
                 state.bad_evals += 1
         elif self.eval_sets:
             logger.warning("the eval metrics have no %r; no best checkpoint is kept (set metric_for_best)", key)
+        patience = self.args.early_stopping_patience
+        stop = patience is not None and state.bad_evals >= patience
         if self.args.save_checkpoints and self.rank == 0:
-            if improved:
-                save_checkpoint(self.output_dir / "best", self.model)
-            save_checkpoint(self.output_dir / "last", self.model, {
-                "state": state.to_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(), "run": run_identity(self.args, self.world, self.train_sets, self.model)})
+            self._save(state, optimizer, scheduler, improved, final=stop or state.step >= self._total)
         if self.distributed:
             dist.barrier()
-        patience = self.args.early_stopping_patience
-        if patience is not None and state.bad_evals >= patience:
+        if stop:
             logger.warning("early stopping: %s did not improve for %d evaluations (best %s at step %s)",
                            key, patience, state.best, state.best_step)
-            return True
-        return False
+        return stop
+
+    def _save(self, state: TrainState, optimizer, scheduler, improved: bool, final: bool) -> None:
+        """last/ (resumable: optimizer state unless the run is over) and, when improved, best/
+        as hard links to last/'s model; a frozen encoder loaded from a folder is pointed at."""
+        frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
+        payload = {"state": state.to_dict(), "rng": rng_state(), "complete": final,
+                   "run": run_identity(self.args, self.world, self.train_sets, self.model)}
+        if not final:
+            payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+        save_checkpoint(self.output_dir / "last", self.model, payload, keep=self.args.save_total_limit,
+                        save_encoder=not (frozen and getattr(self.model.encoder, "source", None)))
+        if improved:
+            link_checkpoint(self.output_dir / "last", self.output_dir / "best")
 
     # ---- evaluation and prediction ----------------------------------------------------------
 

@@ -71,8 +71,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, tok, monkeypatch)
 
     original = training.save_checkpoint
 
-    def save_then_die(directory, model, state=None):
-        original(directory, model, state)
+    def save_then_die(directory, model, state=None, **kw):
+        original(directory, model, state, **kw)
         if state is not None:
             raise Killed
 

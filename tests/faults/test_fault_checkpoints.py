@@ -145,12 +145,12 @@ model = toy.model(tok)
 saves = {{"n": 0}}
 import bertcore.training as training
 real_save = training.save_checkpoint
-def save_checkpoint(directory, model, state=None):
+def save_checkpoint(directory, model, state=None, **kw):
     saves["n"] += state is not None
     if saves["n"] == 2:        # the second resumable checkpoint: count writes from here
         writes["n"], armed["on"] = 0, True
         files.atomic_write = atomic_write
-    return real_save(directory, model, state)
+    return real_save(directory, model, state, **kw)
 files.atomic_write = real_write
 training.save_checkpoint = save_checkpoint
 bertcore.Trainer(model, tokenizer=tok, train=data, eval=held, args=args).fit()
