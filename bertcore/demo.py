@@ -42,30 +42,28 @@ class DemoSize:
     intermediate: int = 512
     initializer_range: float = 0.08   # BERT's 0.02 suits width 768; a 128-wide model learns sooner from wider
     vocab: int = 6000
-    max_length: int = 64
-    pretrain_steps: int = 300
+    max_length: int = 32                   # pretraining pairs and fine-tuning inputs (characters + 2-3 specials)
+    pretrain_steps: int = 400
     pretrain_batch: int = 32
     pretrain_lr: float = 1e-3
     mlm_probability: float = 0.15
     pretrain_evals: int = 5
     corpus_reviews: int | None = None      # None: every review outside the test set
     corpus_paragraphs: int | None = None   # None: every People's Daily paragraph outside the NER test
-    sizes: tuple = (100, 300, 1000, 3000)  # labelled examples per fine-tuning run
-    headline: int = 1000                   # the size the summary reports
+    sizes: tuple = (300, 1000, 3000)       # labelled examples per fine-tuning run
     seeds: int = 3
     test_reviews: int = 400
     test_ner: int = 250
-    finetune_batch: int = 16
+    finetune_batch: int = 32
     finetune_epochs: float = 3.0           # steps = epochs * size / batch, within [min, max]
-    finetune_min_steps: int = 20
-    finetune_max_steps: int = 50
+    finetune_min_steps: int = 30
+    finetune_max_steps: int = 60
     sentiment_lr: float = 1e-3
     ner_lr: float = 2e-3
 
 
-QUICK = DemoSize(pretrain_steps=40, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
-                 sizes=(1000,), headline=1000, seeds=1, test_reviews=300, test_ner=200,
-                 finetune_min_steps=60, finetune_max_steps=60)
+QUICK = DemoSize(pretrain_steps=30, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
+                 sizes=(2000,), seeds=1, test_reviews=200, test_ner=150, finetune_min_steps=100, finetune_max_steps=100)
 
 
 def run_demo(args) -> int:
