@@ -112,3 +112,25 @@ def test_one_seed_repeats_a_run_bit_for_bit(tmp_path, checkpoint):
                       **load_file(model / "heads" / "classification" / "head.safetensors")}
     assert all(torch.equal(saved["a"][k], saved["b"][k]) for k in saved["a"])
     assert not torch.equal(saved["a"]["classifier.weight"], saved["c"]["classifier.weight"])
+
+
+def test_regression_and_multi_label_from_the_command_line(tmp_path, checkpoint, capsys):
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text("".join(json.dumps({"text": r["text"], "label": 0.5 + (r["label"] == "pos")}) + "\n"
+                              for r in reviews(32)), encoding="utf-8")
+    assert main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(scores),
+                 "--eval", str(scores), "--output", str(tmp_path / "sts"), "--max-steps", "4", "--batch-size", "8",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr()
+    assert "options read from" in out.err and "num_labels=1" in out.err       # inferred, and said
+    assert "final evaluation (best checkpoint, step 4): " in out.out and "pearson=" in out.out
+    head = bertcore.TaskModel.from_pretrained(tmp_path / "sts" / "model").heads["classification"]
+    assert head.problem == "regression" and head.main_metric == "pearson"
+    tags = tmp_path / "tags.jsonl"
+    tags.write_text("".join(json.dumps({"text": r["text"], "label": [r["label"], "any"]}) + "\n"
+                            for r in reviews(16)), encoding="utf-8")
+    assert main(["finetune", "--head", "classification", "--multi-label", "--encoder", str(checkpoint), "--train",
+                 str(tags), "--output", str(tmp_path / "ml"), "--max-steps", "2", "--batch-size", "8",
+                 "--no-progress"]) == 0
+    head = bertcore.TaskModel.from_pretrained(tmp_path / "ml" / "model").heads["classification"]
+    assert head.problem == "multi_label" and head.labels == ["any", "neg", "pos"]
