@@ -3,15 +3,19 @@
     <output_dir>/.lock            held (flock) while a Trainer runs; names its holder
     <output_dir>/last/            newest checkpoint: model/ + trainer_state.pt + manifest.json
     <output_dir>/best/            best model by the eval metric: model/ + manifest.json
+                                  (hard links to last/'s files when it is the newest)
+    <output_dir>/checkpoint-<N>/  older resumable checkpoints, with save_total_limit > 1
 
 `model/` is what `TaskModel.save_pretrained` writes (every weight once; it loads with
-`TaskModel.from_pretrained`). `trainer_state.pt` holds optimizer, scheduler, RNG and
-loop state as tensors and plain data, read with `torch.load(weights_only=True)`.
+`TaskModel.from_pretrained`; a frozen encoder loaded from a folder is pointed at, not
+copied). `trainer_state.pt` holds optimizer, scheduler, RNG and loop state as tensors
+and plain data, read with `torch.load(weights_only=True)`; a finished run's keeps no
+optimizer state, which only continuing needs.
 `manifest.json`, written last, lists every file with its size and SHA-256; a folder
 whose files do not match it is not a checkpoint. Folders are built beside their place
 and swapped in (`files.folder_swap`), and resume takes the newest folder that verifies
-among `last/` and what a crash between the two renames can leave (`.last.new`,
-`.last.old`).
+among `last/`, what a crash between the two renames can leave (`.last.new`,
+`.last.old`) and the kept `checkpoint-<N>/`.
 """
 import fcntl
 import json
