@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(wildcard heads/*/pyproject.toml) constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest tests benchmarks/test_bench_smoke.py
+	$(PY) -m pytest tests benchmarks/test_bench_smoke.py benchmarks/test_bench_finetune.py
 
 demo: $(STAMP)
 	$(VENV)/bin/bertcore demo
