@@ -4,6 +4,7 @@ the checkout's benchmarks/):
     attention   packed varlen attention against padded PyTorch attention (sweep)
     layer_norm  LN(dropout(x) + residual) against PyTorch (sweep)
     encoder     bertcore.BertEncoder against transformers.BertModel (needs transformers)
+    finetune    bertcore.Trainer against transformers' Trainer (needs transformers, accelerate)
     lib         timers, peak memory, machine peaks, CSV/PNG/tables, results folders
 
 Each module has `run(...)` (returns rows, writes CSV and PNGs) and `main(argv)`.
