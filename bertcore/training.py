@@ -183,9 +183,9 @@ class Trainer:
         total = self._total = total_steps(len(self._plan(0)), epochs=args.epochs,
                                           grad_accum_steps=args.grad_accum_steps, max_steps=args.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * args.warmup_ratio), total))
-        identity = run_identity(args, self.world, self.train_sets, model)
+        self._identity = run_identity(args, self.world, self.train_sets, model)   # computed once per fit
         folder = self.output_dir / "last" if resume_from is True else resume_from
-        state = resume(folder, model, optimizer, scheduler, identity) if resume_from else TrainState()
+        state = resume(folder, model, optimizer, scheduler, self._identity) if resume_from else TrainState()
         self.state, self.history = state, state.history
         reporter = Reporter(self.output_dir, self.rank == 0, args.progress, fresh=not resume_from)
         reporter.start(total, state.step, f"train {', '.join('+'.join(d.heads) for d in self.train_sets)}")
@@ -310,7 +310,7 @@ class Trainer:
         as hard links to last/'s model; a frozen encoder loaded from a folder is pointed at."""
         frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
         payload = {"state": state.to_dict(), "rng": rng_state(), "complete": final,
-                   "run": run_identity(self.args, self.world, self.train_sets, self.model)}
+                   "run": self._identity}
         if not final:
             payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
         save_checkpoint(self.output_dir / "last", self.model, payload, keep=self.args.save_total_limit,
