@@ -30,3 +30,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+TINY_WORDS = "good great fine bad awful poor movie film plot actor the a".split()
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny encoder + tokenizer folder, as an HF checkpoint would be (CLI tests)."""
+    import random
+
+    import bertcore
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    rng = random.Random(0)
+    tok = bertcore.Tokenizer.train([" ".join(rng.choice(TINY_WORDS) for _ in range(6)) for _ in range(50)],
+                                   vocab_size=80, min_frequency=1)
+    cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    bertcore.BertEncoder(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def toy_plugin():
+    """Saved toy models (tests/core/toy.py) load only where a plugin registers the toy head."""
+    import sys
+
+    import bertcore
+    sys.path.insert(0, str(Path(__file__).parent / "core"))
+    import toy
+
+    bertcore.plugins.reset_plugins()
+    name = bertcore.plugins.register_plugin(toy, name="toy")
+    yield
+    bertcore.plugins.unregister_plugin(name)

@@ -19,14 +19,6 @@ import toy  # noqa: E402
 pytestmark = pytest.mark.usefixtures("one_thread", "toy_plugin")
 
 
-@pytest.fixture
-def toy_plugin():
-    bertcore.plugins.reset_plugins()
-    name = bertcore.plugins.register_plugin(toy, name="toy")
-    yield
-    bertcore.plugins.unregister_plugin(name)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return toy.tokenizer()

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import bertcore
-from bertcore import training
 from bertcore.checkpoint import CheckpointError
 from bertcore.runfolder import RunLock, RunLockedError, load_state
 from bertcore.training import NonFiniteLossError, Trainer, TrainingArgs
@@ -25,15 +24,6 @@ sys.path.insert(0, str(TESTS / "core"))
 import toy  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread", "toy_plugin")
-
-
-@pytest.fixture
-def toy_plugin():
-    """Saved toy models load only where a plugin registers the toy head."""
-    bertcore.plugins.reset_plugins()
-    name = bertcore.plugins.register_plugin(toy, name="toy")
-    yield
-    bertcore.plugins.unregister_plugin(name)
 
 
 @pytest.fixture(scope="module")

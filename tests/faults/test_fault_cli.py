@@ -21,20 +21,6 @@ WORDS = "good great fine bad awful poor movie film plot actor the a".split()
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A tiny encoder + tokenizer folder, as an HF checkpoint would be."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    rng = random.Random(0)
-    tok = bertcore.Tokenizer.train([" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(50)],
-                                   vocab_size=80, min_frequency=1)
-    cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                              num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    bertcore.BertEncoder(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def train_file(tmp_path_factory):
     rng = random.Random(0)
     rows = []
