@@ -91,16 +91,16 @@ def save_checkpoint(directory: Path, model, state: dict | None = None, save_enco
     `keep` > 1 keeps that many resumable checkpoints: the previous `directory` is kept
     beside it as `checkpoint-<step>/`, and the oldest beyond `keep` are removed."""
     directory = Path(directory)
-    if keep > 1 and verify(directory) is None and (directory / STATE_FILE).is_file():
-        step = load_state(directory)["state"]["step"]
-        older = directory.with_name(f"checkpoint-{step}")
+    previous = checkpoint_step(directory) if keep > 1 else None
+    if previous is not None:   # resume verifies it before use, like every candidate
+        older = directory.with_name(f"checkpoint-{previous}")
         shutil.rmtree(older, ignore_errors=True)
         shutil.copytree(directory, older, copy_function=os.link)        # hard links: no bytes written
     with folder_swap(directory) as tmp:
         model.save_pretrained(tmp / MODEL_DIR, save_encoder=save_encoder)
         if state is not None:
             atomic_write(tmp / STATE_FILE, lambda f: torch.save(state, f))
-        write_manifest(tmp)
+        write_manifest(tmp, step=None if state is None else state["state"]["step"])
     for stale in sorted(directory.parent.glob("checkpoint-*"), key=_step_of)[:-(keep - 1) or None]:
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -119,7 +119,7 @@ def link_checkpoint(source: Path, directory: Path) -> None:
                     os.link(file, target)
                 except OSError:             # a filesystem without hard links: copy
                     shutil.copy2(file, target)
-        write_manifest(tmp)
+        write_manifest(tmp, known=_manifest(Path(source)).get("files", {}))  # same files: no second hashing
 
 
 def _step_of(folder: Path) -> int:
@@ -129,25 +129,40 @@ def _step_of(folder: Path) -> int:
         return -1
 
 
-def write_manifest(folder: Path) -> None:
+def write_manifest(folder: Path, step: int | None = None, known: dict | None = None) -> None:
+    """manifest.json: every file's size and SHA-256 (taken from `known`, the manifest of
+    the files' hard-linked twins, where it lists them) and the checkpoint's step."""
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
-        files[path.relative_to(folder).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
-    write_json(folder / MANIFEST_FILE, {"files": files})
-
-
+        name = path.relative_to(folder).as_posix()
+        files[name] = (known or {}).get(name) or {"size": path.stat().st_size, "sha256": file_sha256(path)}
+    write_json(folder / MANIFEST_FILE, {"step": step, "files": files})
 
 
 # ---- reading --------------------------------------------------------------------------
+
+def _manifest(folder: Path) -> dict:
+    """The folder's manifest.json, or {} when there is none or it is not readable."""
+    try:
+        data = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else {}
+
+
+def checkpoint_step(folder: Path) -> int | None:
+    """The step a resumable checkpoint's manifest records (unverified), or None."""
+    step = _manifest(folder).get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
 
 def verify(folder: Path) -> str | None:
     """None when every file the manifest lists is there with its size and hash, else why not."""
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
         return f"{folder} has no {MANIFEST_FILE} (an unfinished write)"
-    try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError):
+    files = _manifest(folder).get("files")
+    if files is None:
         return f"{manifest} is damaged"
     for name, meta in files.items():
         path = folder / name
@@ -165,10 +180,10 @@ def find_checkpoint(directory: Path, resumable: bool = True) -> Path:
     kept = sorted(Path(directory).parent.glob("checkpoint-*"), key=_step_of) if resumable else []
     for folder in folder_candidates(directory) + kept[::-1]:
         why = verify(folder)
-        if why is None and resumable and not (folder / STATE_FILE).is_file():
+        if why is None and resumable and (checkpoint_step(folder) is None or not (folder / STATE_FILE).is_file()):
             why = f"{folder} has no {STATE_FILE} (a model, not a resumable checkpoint)"
         if why is None:
-            found.append((load_state(folder)["state"]["step"] if resumable else 0, folder))
+            found.append((checkpoint_step(folder) if resumable else 0, folder))
         else:
             problems.append(why)
     if not found:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
-from .runfolder import (RunLock, find_checkpoint, link_checkpoint, load_model_weights, load_state, resume,
+from .runfolder import (RunLock, checkpoint_step, find_checkpoint, link_checkpoint, load_model_weights, resume,
                         save_checkpoint)
 from .taskmodel import Encoded, TaskModel, to_device
 from .trainstate import TrainState, rng_state, set_seed
@@ -271,7 +271,7 @@ class Trainer:
             folder = find_checkpoint(self.output_dir / "last")
         except Exception:  # nothing written yet, or nothing verifies
             return "no checkpoint was written yet"
-        return f"the last good checkpoint is {folder} (step {load_state(folder)['state']['step']})"
+        return f"the last good checkpoint is {folder} (step {checkpoint_step(folder)})"
 
     def _evaluate_and_save(self, record: dict, state: TrainState, optimizer, scheduler, reporter) -> bool:
         """Evaluate, log, keep best/last checkpoints; True when early stopping says stop."""
