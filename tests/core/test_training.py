@@ -13,7 +13,7 @@ import torch
 import bertcore
 from bertcore import training
 from bertcore.runfolder import load_state
-from bertcore.training import NonFiniteLossError, Trainer, TrainingArgs
+from bertcore.training import NonFiniteLossError, Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy  # noqa: E402
@@ -26,16 +26,7 @@ def tok():
     return toy.tokenizer()
 
 
-def args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), epochs=2, batch_size=8, learning_rate=3e-3, progress=False,
-                logging_steps=2)
-    return TrainingArgs(**{**base, **kw})
-
-
-def weights(model):
-    # CPU copies: the Trainer moves the model to CUDA where there is one, and a snapshot
-    # taken before fit() must compare with one taken after.
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+args, weights = toy.args, toy.weights
 
 
 def test_fit_learns_and_writes_outputs(tmp_path, tok):

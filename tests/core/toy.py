@@ -73,3 +73,16 @@ def model(tok, seed=0, dropout=0.1, heads=("toy",)):
 def register_heads(register):
     """So that a saved toy model loads: `bertcore.plugins.register_plugin(toy)`."""
     register(ToyHead)
+
+
+def args(output_dir, **kw) -> bertcore.TrainingArgs:
+    """TrainingArgs for toy runs: 2 epochs of batches of 8 at lr 3e-3, no progress bar."""
+    base = dict(output_dir=str(output_dir), epochs=2, batch_size=8, learning_rate=3e-3, progress=False,
+                logging_steps=2)
+    return bertcore.TrainingArgs(**{**base, **kw})
+
+
+def weights(model) -> dict:
+    """CPU copies of the state dict: the Trainer moves the model to CUDA where there is one,
+    and a snapshot taken before fit() must compare with one taken after."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

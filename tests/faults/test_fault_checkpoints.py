@@ -17,7 +17,7 @@ import torch
 import bertcore
 from bertcore.checkpoint import CheckpointError
 from bertcore.runfolder import RunLock, RunLockedError, load_state
-from bertcore.training import NonFiniteLossError, Trainer, TrainingArgs
+from bertcore.training import NonFiniteLossError, Trainer
 
 TESTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TESTS / "core"))
@@ -33,14 +33,7 @@ def tok(tmp_path_factory):
     return tok
 
 
-def args(tmp_path, **kw):
-    base = dict(output_dir=str(tmp_path), epochs=2, batch_size=8, learning_rate=3e-3, progress=False,
-                logging_steps=2)
-    return TrainingArgs(**{**base, **kw})
-
-
-def weights(model):
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+args, weights = toy.args, toy.weights
 
 
 # A child process that dies with SIGKILL at the k-th durable write (or at the rename that
