@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import BertConfig, BertEncoder, TaskModel, Tokenizer, Trainer, TrainingArgs, create_head, demo_data, pretrain
-from .files import write_text
+from .files import atomic_write, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -300,9 +300,8 @@ def write_results(results: dict, out: Path) -> str:
           f"Encoder: {results['encoder']}; {size['layers']} layers x {size['hidden']} hidden, max length "
           f"{size['max_length']}; {size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs.", "",
           table, "", "![results](results.png)", "", "All numbers, each run's included, are in `results.json`.", ""]
-    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str),
-                                      encoding="utf-8")
+    write_text(out / "results.md", "\n".join(md))
+    write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False, default=str))
     plot_results(results, out / "results.png")
     return table
 
@@ -339,5 +338,5 @@ def plot_results(results: dict, file: Path) -> None:
         ax.legend()
     ax.set_title("pretraining: held-out accuracy")
     fig.tight_layout()
-    fig.savefig(file, dpi=100)
+    atomic_write(file, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

@@ -194,13 +194,8 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
     if write and rows:
         out_dir = out_dir or B.results_dir(device)
         name = "attention-quick" if quick else "attention"
-        B.write_csv(rows, out_dir / f"{name}.csv")
-        for mode in modes:
-            sub = [dict(r, panel=f"{r['dtype']} d={r['head_dim']}") for r in rows if r["mode"] == mode]
-            B.plot(sub, out_dir / f"{name}-{mode}.png", x="lengths", y="tflops", series="provider",
-                   panels="panel", title=f"attention {mode}: TFLOP/s on real tokens")
-        if verbose:
-            print(f"wrote {out_dir / (name + '.csv')} and PNGs")
+        B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} d={r['head_dim']}", verbose=verbose,
+                      title="attention {mode}: TFLOP/s on real tokens", x="lengths", y="tflops", series="provider")
     return rows
 
 

@@ -223,13 +223,9 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
     if write:
         out_dir = out_dir or B.results_dir(device)
         name = name or ("encoder-quick" if quick else "encoder")
-        B.write_csv(rows, out_dir / f"{name}.csv")
-        for mode in modes:
-            sub = [dict(r, case=f"{r['shape']}") for r in rows if r["mode"] == mode]
-            B.plot(sub, out_dir / f"{name}-{mode}.png", x="batch", y="tokens_per_s", series="provider",
-                   panels="shape", title=f"encoder {mode}: real tokens/s (batch {batch_size})")
-        if verbose:
-            print(f"\nwrote {out_dir / (name + '.csv')} and PNGs")
+        B.write_sweep(rows, out_dir, name, lambda r: r["shape"], verbose=verbose,
+                      title=f"encoder {{mode}}: real tokens/s (batch {batch_size})", x="batch", y="tokens_per_s",
+                      series="provider")
     if verbose:
         summary(rows)
     return rows

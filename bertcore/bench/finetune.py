@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from . import lib as B
+from ..files import atomic_write
 from .encoder import minilm_checkpoint
 
 LIBRARIES = ("bertcore", "transformers")
@@ -358,7 +359,7 @@ def plot(rows: list[dict], path: Path) -> Path | None:
                  f"eval+checkpoint every {r['eval_every']})\n"
                  f"{B.device_name_from_rows(med)}, transformers {r.get('transformers', '')}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 

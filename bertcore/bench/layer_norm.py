@@ -113,14 +113,8 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
     if write and rows:
         out_dir = out_dir or B.results_dir(device)
         name = "layer_norm-quick" if quick else "layer_norm"
-        B.write_csv(rows, out_dir / f"{name}.csv")
-        for mode in modes:
-            sub = [dict(r, panel=f"{r['dtype']} H={r['hidden']} p={r['dropout']}") for r in rows
-                   if r["mode"] == mode]
-            B.plot(sub, out_dir / f"{name}-{mode}.png", x="tokens", y="gbps", series="provider",
-                   panels="panel", title=f"layer_norm {mode}: GB/s")
-        if verbose:
-            print(f"wrote {out_dir / (name + '.csv')} and PNGs")
+        B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} H={r['hidden']} p={r['dropout']}",
+                      verbose=verbose, title="layer_norm {mode}: GB/s", x="tokens", y="gbps", series="provider")
     return rows
 
 

@@ -27,6 +27,7 @@ Results
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import platform
@@ -37,6 +38,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from ..files import atomic_write, write_text
 
 DEFAULT_ROOT = Path("bench-results")   # relative: under the current folder
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -205,12 +208,24 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _fmt(v) for k, v in r.items()})
-    return path
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(v) for k, v in r.items()})
+    return write_text(path, text.getvalue())
+
+
+def write_sweep(rows: list[dict], out_dir: Path, name: str, panel, title: str, verbose: bool = True,
+                **plot_kw) -> None:
+    """<name>.csv, and one <name>-<mode>.png per mode with the rows grouped into panels by
+    `panel(row)`; `title` may hold {mode}."""
+    write_csv(rows, out_dir / f"{name}.csv")
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        sub = [dict(r, panel=panel(r)) for r in rows if r["mode"] == mode]
+        plot(sub, out_dir / f"{name}-{mode}.png", panels="panel", title=title.format(mode=mode), **plot_kw)
+    if verbose:
+        print(f"wrote {out_dir / (name + '.csv')} and PNGs")
 
 
 def _fmt(v):
@@ -276,7 +291,7 @@ def plot(rows: list[dict], path: Path, x: str, y: str, series: str, panels: str 
         ax.axis("off")
     fig.suptitle(f"{title}\n{device_name_from_rows(rows)}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path
 
