@@ -1,0 +1,81 @@
+"""Dropout seeds that live on the device, so a captured CUDA graph draws fresh masks.
+
+A Triton dropout kernel needs a Philox seed. Drawing it on the host (`.item()` of a
+`torch.randint`) costs a device sync per op and, worse, is frozen into a CUDA graph:
+every replay would reuse the captured seed and drop the same units. Here each device
+holds a (2,) int64 state tensor [base, counter]; `next_seed(device)` returns a fresh
+(1,) int64 seed computed *on the device* from it and advances the counter with a
+device op. Both are kernels, so each replay of a captured graph advances the counter
+and draws new masks.
+
+The base follows torch's generator for the device, so `torch.manual_seed(s)` repeats
+a run: on CUDA the state restarts when the generator's seed changes or its Philox
+offset goes back (a reseed sets it to 0; a restart bumps it by 4 so that a reseed to
+the same seed is noticed); on the CPU (the Triton interpreter) each call draws its
+base from the CPU generator when that generator moved since the last call.
+
+Kernels read the seed with `tl.load(SEED)`; an autograd Function saves the same
+(1,) tensor for its backward, which regenerates the forward's mask from it.
+"""
+import torch
+
+# Odd 63-bit multiplier (golden-ratio bits): consecutive counters give seeds far apart.
+_STEP = 0x1E3779B97F4A7C15
+_MASK_63 = (1 << 63) - 1
+
+# device -> (mark of torch's generator after our last call, (2,) int64 [base, counter])
+_STATE: dict[torch.device, tuple] = {}
+
+
+def _canonical(device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _restart(device: torch.device):
+    """A new state tensor whose base is a function of torch's generator; returns (mark, state)."""
+    if device.type == "cuda":
+        gen = torch.cuda.default_generators[device.index]
+        seed, offset = gen.initial_seed(), gen.get_offset()
+        base = (seed * _STEP + offset) & _MASK_63
+        gen.set_offset(offset + 4)
+        mark = (seed, offset + 4)
+    else:
+        base = int(torch.randint(0, 2**62, (1,)).item())     # a host draw: no device involved
+        mark = torch.default_generator.get_state()
+    return mark, torch.tensor([base, 0], dtype=torch.int64, device=device)
+
+
+def _moved(device: torch.device, mark) -> bool:
+    if device.type == "cuda":
+        gen = torch.cuda.default_generators[device.index]
+        seed, offset = gen.initial_seed(), gen.get_offset()
+        return seed != mark[0] or offset < mark[1]
+    return not torch.equal(torch.default_generator.get_state(), mark)
+
+
+def next_seed(device) -> torch.Tensor:
+    """A fresh (1,) int64 seed on `device`, without a host sync and safe to capture in a
+    CUDA graph (each replay gets a new one). `torch.manual_seed` repeats the sequence."""
+    device = _canonical(device)
+    entry = _STATE.get(device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if entry is None or (not capturing and _moved(device, entry[0])):
+        if capturing:
+            raise RuntimeError("draw one dropout seed before capturing a CUDA graph (a warm-up step)")
+        entry = _restart(device)
+    elif device.type == "cuda" and not capturing:
+        gen = torch.cuda.default_generators[device.index]
+        entry = ((gen.initial_seed(), gen.get_offset()), entry[1])
+    _STATE[device] = entry
+    state = entry[1]
+    seed = (state[:1] + state[1:] * _STEP).bitwise_and_(_MASK_63)     # (1,) on the device
+    state[1:].add_(1)
+    return seed
+
+
+def seed_tensor(seed: int, device) -> torch.Tensor:
+    """A caller's explicit int seed as the (1,) int64 device tensor kernels read."""
+    return torch.tensor([int(seed) & _MASK_63], dtype=torch.int64, device=device)
