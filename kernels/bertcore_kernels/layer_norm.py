@@ -1,16 +1,21 @@
 """Post-LN residual block tail: LayerNorm(dropout(x) + residual), over the last dim.
 
 The file reads: the PyTorch reference (also the CPU path), the Triton kernels (one
-pass over each row: dropout, residual add, statistics, affine), their host
-launchers, the autograd Function, and the public `layer_norm`.
+pass over each tile of rows: dropout, residual add, statistics, affine), the launch
+configuration table, their host launchers and the custom ops that wrap them for
+`torch.compile`, the autograd Function, and the public `layer_norm`.
 """
+from contextlib import contextmanager
 import functools
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
 from .dispatch import resolve, tl, triton
 from .dropout import dropout
+from .ops import device_seed
+from .rng import seed_tensor
 
 
 def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dropout_mask=None,
@@ -39,13 +44,20 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
 
 # --------------------------------------------------------------------------- Triton
 @triton.jit
-def _layer_norm_keep(seed, row64, cols, N, dropout_p):
-    # Philox offset = flat element index (int64: M * N can pass 2**31), so the
-    # backward regenerates the forward's mask instead of reading a stored one.
-    return tl.rand(seed, row64 * N + cols) >= dropout_p
+def _layer_norm_keep(SEED, rows64, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+    # (ROWS, BLOCK_N) keep-mask. One Philox call gives four 32-bit outputs: element
+    # (row, 4q + j) takes output j of the call at counter row * ceil(N / 4) + q (int64:
+    # rows * N can pass 2**31). The backward calls this with the same rows, so it
+    # regenerates the forward's mask instead of reading a stored one.
+    seed = tl.load(SEED)
+    q = tl.arange(0, BLOCK_N // 4)
+    r0, r1, r2, r3 = tl.randint4x(seed, rows64[:, None] * ((N + 3) // 4) + q[None, :])
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (ROWS, BLOCK_N))  # [.., 4q + j] = r_j
+    # keep when the top 31 bits are >= threshold = p * 2**31: an integer compare
+    return (r >> 1).to(tl.int32, bitcast=True) >= threshold
 
 
-@triton.jit(do_not_specialize=["seed"])
+@triton.jit(do_not_specialize=["M", "threshold"])
 def _layer_norm_fwd_kernel(
     X,     # (M, N) input that dropout applies to (the sub-layer output); row stride given
     R,     # (M, N) residual; row stride given; unused without HAS_RESIDUAL
@@ -54,34 +66,37 @@ def _layer_norm_fwd_kernel(
     Y,     # (M, N) out, contiguous; dtype of x + residual (promoted)
     MEAN,  # (M,) fp32 out: row mean of dropout(x) + residual
     RSTD,  # (M,) fp32 out: 1 / sqrt(var + eps)
-    stride_x, stride_r, stride_y, N, eps, dropout_p, seed,
-    BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
+    SEED,  # (1,) int64 Philox seed (device memory: a CUDA graph replays a fresh one); read with DROPOUT
+    stride_x, stride_r, stride_y, M, N, eps, dropout_p, threshold,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
 ):
-    # One program per row: a BERT row (<= a few thousand features) fits in
-    # registers, so the statistics need a single read of x and residual.
-    row = tl.program_id(0)
+    # ROWS rows per program: a BERT row (<= a few thousand features) fits in registers,
+    # so the statistics need a single read of x and residual, and several rows per
+    # program keep enough bytes in flight for 16-bit rows of 768 (LAUNCH_CONFIGS).
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    row64 = row.to(tl.int64)
-    x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    row_ok = rows < M
+    mask = row_ok[:, None] & (cols < N)[None, :]
+    rows64 = rows.to(tl.int64)
+    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = _layer_norm_keep(seed, row64, cols, N, dropout_p)
-        x = tl.where(keep, x / (1.0 - dropout_p), 0.0)
+        keep = _layer_norm_keep(SEED, rows64, N, threshold, ROWS, BLOCK_N)
+        x = tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
     if HAS_RESIDUAL:
-        x += tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / N
-    xc = tl.where(mask, x - mean, 0.0)  # padding lanes must not add to the variance
-    var = tl.sum(xc * xc, axis=0) / N
+        x += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / N
+    xc = tl.where(mask, x - mean[:, None], 0.0)  # padding lanes must not add to the variance
+    var = tl.sum(xc * xc, axis=1) / N
     rstd = 1.0 / tl.sqrt(var + eps)
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-    y = xc * rstd * w + b
-    tl.store(Y + row64 * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
-    tl.store(MEAN + row, mean)
-    tl.store(RSTD + row, rstd)
+    w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
+    y = xc * rstd[:, None] * w[None, :] + b[None, :]
+    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + rows, mean, mask=row_ok)
+    tl.store(RSTD + rows, rstd, mask=row_ok)
 
 
-@triton.jit(do_not_specialize=["seed", "M", "rows_per_program"])
+@triton.jit(do_not_specialize=["M", "rows_per_program", "threshold"])
 def _layer_norm_bwd_kernel(
     DY,          # (M, N) gradient of the output; row stride given
     X,           # (M, N) forward input x; row stride given
@@ -93,59 +108,148 @@ def _layer_norm_bwd_kernel(
     DR,          # (M, N) out, contiguous: gradient of residual; written when STORE_DR
     DW_PARTIAL,  # (programs, N) fp32 out: this program's share of dweight
     DB_PARTIAL,  # (programs, N) fp32 out: this program's share of dbias
-    stride_dy, stride_x, stride_r, M, N, dropout_p, seed, rows_per_program,
-    BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
+    SEED,        # (1,) int64 the forward's Philox seed; read with DROPOUT
+    stride_dy, stride_x, stride_r, M, N, dropout_p, threshold, rows_per_program,
+    ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
     STORE_DR: tl.constexpr,
 ):
-    # Each program walks a contiguous run of rows and keeps its dweight/dbias sums
-    # in fp32 registers; the host adds the per-program rows with one .sum(0), so
-    # the result does not depend on scheduling (no atomics).
+    # Each program walks a contiguous run of rows (a multiple of ROWS), ROWS at a time,
+    # and keeps its dweight/dbias sums in fp32 registers; the host adds the
+    # per-program rows with one .sum(0), so the result does not depend on scheduling
+    # (no atomics).
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
-    mask = cols < N
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    col_ok = cols < N
+    w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_N], dtype=tl.float32)
     db = tl.zeros([BLOCK_N], dtype=tl.float32)
     row_start = pid * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
-    for row in range(row_start, row_end):
-        row64 = tl.cast(row, tl.int64)
+    for start in range(row_start, row_end, ROWS):
+        rows = start + tl.arange(0, ROWS)
+        row_ok = rows < row_end
+        mask = row_ok[:, None] & col_ok[None, :]
+        rows64 = rows.to(tl.int64)
         # Rebuild dropout(x) + residual exactly as the forward did (same fp32 math,
         # same Philox draws) rather than saving it: no extra (M, N) tensor.
-        x = tl.load(X + row64 * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if DROPOUT:
-            keep = _layer_norm_keep(seed, row64, cols, N, dropout_p)
-            x = tl.where(keep, x / (1.0 - dropout_p), 0.0)
+            keep = _layer_norm_keep(SEED, rows64, N, threshold, ROWS, BLOCK_N)
+            x = tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
         if HAS_RESIDUAL:
-            x += tl.load(R + row64 * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
-        xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-        dy = tl.load(DY + row64 * stride_dy + cols, mask=mask, other=0.0).to(tl.float32)
-        wdy = w * dy
-        c1 = tl.sum(xhat * wdy, axis=0) / N
-        c2 = tl.sum(wdy, axis=0) / N
-        ds = (wdy - (xhat * c1 + c2)) * rstd  # gradient w.r.t. dropout(x) + residual
-        dw += dy * xhat
-        db += dy
+            x += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        wdy = w[None, :] * dy
+        c1 = tl.sum(xhat * wdy, axis=1) / N
+        c2 = tl.sum(wdy, axis=1) / N
+        ds = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]  # d(dropout(x) + residual)
+        dw += tl.sum(dy * xhat, axis=0)
+        db += tl.sum(dy, axis=0)
+        out = rows64[:, None] * N + cols[None, :]
         if STORE_DR:
-            tl.store(DR + row64 * N + cols, ds.to(DR.dtype.element_ty), mask=mask)
+            tl.store(DR + out, ds.to(DR.dtype.element_ty), mask=mask)
         if DROPOUT:
-            ds = tl.where(keep, ds / (1.0 - dropout_p), 0.0)
-        tl.store(DX + row64 * N + cols, ds.to(DX.dtype.element_ty), mask=mask)
-    tl.store(DW_PARTIAL + pid * N + cols, dw, mask=mask)
-    tl.store(DB_PARTIAL + pid * N + cols, db, mask=mask)
+            ds = tl.where(keep, ds * (1.0 / (1.0 - dropout_p)), 0.0)
+        tl.store(DX + out, ds.to(DX.dtype.element_ty), mask=mask)
+    tl.store(DW_PARTIAL + pid * N + cols, dw, mask=col_ok)
+    tl.store(DB_PARTIAL + pid * N + cols, db, mask=col_ok)
+
+
+# ------------------------------------------------------------ launch configurations
+class LaunchConfig(NamedTuple):
+    """How a LayerNorm kernel is launched: `rows` per tile (the forward's rows per
+    program; the backward's rows per loop step), `num_warps`, and for the backward
+    `programs_per_sm`, the programs launched per multiprocessor (each writes one row
+    of fp32 dweight/dbias partial sums; the forward ignores it)."""
+
+    rows: int
+    num_warps: int
+    programs_per_sm: int = 0
+
+
+WIDTH_BUCKETS = (1024, 4096, 32768)  # a row of N features uses the first bucket >= next_pow2(N)
+
+# (dtype, width bucket, "fwd" | "bwd") -> LaunchConfig. Picked per dtype and hidden
+# size, never per token count, so a new batch reuses the compiled kernel. Change it
+# through `override_launch_configs`, not by assignment. Untuned guesses (no GPU when
+# written): `python benchmarks/bench_layer_norm.py --tune` sweeps them on a GPU.
+LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = {
+    # hidden <= 1024 (BERT base/large): several rows per program. One 16-bit row of 768
+    # is 1.5 KiB; the old one-row programs kept too few bytes in flight (64 % of copy
+    # bandwidth in bf16 against 97 % in fp32, H200).
+    (torch.float16, 1024, "fwd"): LaunchConfig(4, 4),
+    (torch.bfloat16, 1024, "fwd"): LaunchConfig(4, 4),
+    (torch.float32, 1024, "fwd"): LaunchConfig(2, 4),
+    (torch.float16, 1024, "bwd"): LaunchConfig(4, 4, 8),
+    (torch.bfloat16, 1024, "bwd"): LaunchConfig(4, 4, 8),
+    (torch.float32, 1024, "bwd"): LaunchConfig(2, 4, 8),
+    # wider rows: one per tile, 8 warps (as before the table)
+    **{(dt, bucket, d): LaunchConfig(1, 8, 4 if d == "bwd" else 0)
+       for dt in (torch.float16, torch.bfloat16, torch.float32) for bucket in (4096, 32768)
+       for d in ("fwd", "bwd")},
+}
+
+
+def _launch_key(dtype, width, direction):
+    if direction not in ("fwd", "bwd"):
+        raise ValueError(f"direction={direction!r}: expected 'fwd' or 'bwd'")
+    block_n = triton.next_power_of_2(width)
+    bucket = next((b for b in WIDTH_BUCKETS if block_n <= b), None)
+    key = (dtype, bucket, direction)
+    if key not in LAUNCH_CONFIGS:
+        raise ValueError(f"no layer_norm launch config for {dtype}, width {width}: the Triton "
+                         f"layer_norm runs fp16/bf16/fp32 rows of up to {WIDTH_BUCKETS[-1]} features")
+    return key
+
+
+def launch_config(dtype, width: int, direction: str) -> LaunchConfig:
+    """The LaunchConfig of the LayerNorm kernel for this dtype (of x), row width and
+    direction ("fwd" or "bwd")."""
+    return LAUNCH_CONFIGS[_launch_key(dtype, width, direction)]
+
+
+@contextmanager
+def override_launch_configs(configs: dict):
+    """Run the block with some LayerNorm launch configs replaced; restored on exit.
+
+    `configs`: {(dtype, width, "fwd" | "bwd"): LaunchConfig or a tuple}; a width stands
+    for its bucket (1024 covers 1..1024, 4096 up to 4096, 32768 beyond). For tuning
+    sweeps and compile checks; not thread-safe (one table per process).
+
+    >>> with override_launch_configs({(torch.bfloat16, 768, "fwd"): (8, 8)}):
+    ...     layer_norm(x, w, b, residual=r)
+    """
+    new = {_launch_key(*key): LaunchConfig(*cfg) for key, cfg in configs.items()}
+    for cfg in new.values():
+        if cfg.rows < 1 or cfg.rows & (cfg.rows - 1) or cfg.num_warps not in (1, 2, 4, 8, 16, 32):
+            raise ValueError(f"{cfg}: rows must be a power of two, num_warps one of 1..32 (powers of two)")
+    saved = dict(LAUNCH_CONFIGS)
+    LAUNCH_CONFIGS.update(new)
+    try:
+        yield
+    finally:
+        LAUNCH_CONFIGS.clear()
+        LAUNCH_CONFIGS.update(saved)
 
 
 # ------------------------------------------------------------------- host launchers
 def _max_hidden(dtype):
     # A whole row lives in registers; past 64 KiB per row the kernel would spill
     # everything (the Triton LayerNorm tutorial's limit).
-    return 65536 // torch.empty((), dtype=dtype).element_size()
+    return 65536 // dtype.itemsize
 
 
-def _num_warps(block_n):
-    return min(max(block_n // 256, 1), 8)
+def _threshold(dropout_p):
+    # the kernels drop an element when 31 random bits fall below p * 2**31
+    return min(int(dropout_p * 2**31), 2**31 - 1)
+
+
+def _block_n(n):
+    # at least 4 lanes: the dropout draws one Philox call per 4 features
+    return max(triton.next_power_of_2(n), 4)
 
 
 @functools.cache
@@ -160,7 +264,8 @@ def _rows(t, n):
 
 
 def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
-    """Runs the forward kernel on (M, N) rows. Returns (y, mean, rstd)."""
+    """Runs the forward kernel on (M, N) rows; `seed` a (1,) int64 tensor on x's device
+    (read only with dropout). Returns (y, mean, rstd)."""
     M, N = x.shape
     out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
@@ -168,47 +273,90 @@ def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:
         return y, mean, rstd
-    block_n = triton.next_power_of_2(N)
+    cfg = launch_config(x.dtype, N, "fwd")
     r = residual if residual is not None else x  # any valid pointer; never read
-    _layer_norm_fwd_kernel[(M,)](
-        x, r, weight, bias, y, mean, rstd,
-        x.stride(0), r.stride(0), y.stride(0), N, eps, dropout_p, seed,
-        BLOCK_N=block_n, HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
-        num_warps=_num_warps(block_n))
+    _layer_norm_fwd_kernel[(triton.cdiv(M, cfg.rows),)](
+        x, r, weight, bias, y, mean, rstd, seed,
+        x.stride(0), r.stride(0), y.stride(0), M, N, eps, dropout_p, _threshold(dropout_p),
+        ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
+        num_warps=cfg.num_warps)
     return y, mean, rstd
 
 
+def _stores_dresidual(need_dresidual, dropout_p, x_dtype, residual_dtype):
+    # Without dropout d(residual) equals dx: one tensor serves both, when they share a dtype.
+    return need_dresidual and (dropout_p > 0.0 or residual_dtype != x_dtype)
+
+
 def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual):
-    """Runs the backward kernel. Returns (dx, dweight, dbias, dresidual or None)."""
+    """Runs the backward kernel. Returns (dx, dweight, dbias, dresidual or None); the
+    dresidual is dx itself where `_stores_dresidual` says it equals dx."""
     M, N = x.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    # Without dropout d(residual) equals dx: one tensor serves both, when they share a dtype.
-    store_dr = need_dresidual and (dropout_p > 0.0 or residual.dtype != x.dtype)
+    store_dr = _stores_dresidual(need_dresidual, dropout_p, x.dtype,
+                                 residual.dtype if residual is not None else None)
     dr = torch.empty((M, N), dtype=residual.dtype, device=x.device) if store_dr else dx
     if M == 0:
         zeros = torch.zeros_like(weight)
         return dx, zeros, zeros.clone(), (dr if need_dresidual else None)
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+    cfg = launch_config(x.dtype, N, "bwd")
     if x.is_cuda:
         programs = _multi_processors(x.device.index if x.device.index is not None
-                                     else torch.cuda.current_device()) * 4
+                                     else torch.cuda.current_device()) * cfg.programs_per_sm
     else:
         programs = 8  # the interpreter runs programs one by one: few and long is fastest
-    programs = min(programs, M)
-    rows_per_program = triton.cdiv(M, programs)
+    programs = max(min(programs, triton.cdiv(M, cfg.rows)), 1)
+    rows_per_program = cfg.rows * triton.cdiv(triton.cdiv(M, programs), cfg.rows)
     programs = triton.cdiv(M, rows_per_program)
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
-    block_n = triton.next_power_of_2(N)
     r = residual if residual is not None else x
     _layer_norm_bwd_kernel[(programs,)](
-        dy, x, r, weight, mean, rstd, dx, dr, dw_partial, db_partial,
-        dy.stride(0), x.stride(0), r.stride(0), M, N, dropout_p, seed, rows_per_program,
-        BLOCK_N=block_n, HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
-        STORE_DR=store_dr, num_warps=_num_warps(block_n))
+        dy, x, r, weight, mean, rstd, dx, dr, dw_partial, db_partial, seed,
+        dy.stride(0), x.stride(0), r.stride(0), M, N, dropout_p, _threshold(dropout_p), rows_per_program,
+        ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
+        STORE_DR=store_dr, num_warps=cfg.num_warps)
     dw = dw_partial.sum(0).to(weight.dtype)
     db = db_partial.sum(0).to(weight.dtype)
     return dx, dw, db, (dr if need_dresidual else None)
+
+
+# The launchers as custom ops, for torch.compile: Dynamo puts them in the graph as
+# opaque calls (shapes from the fake implementations) instead of breaking the graph at
+# the Triton launch. Eager calls skip the dispatcher and run the launchers directly.
+@torch.library.custom_op("bertcore::layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       residual: Optional[torch.Tensor], eps: float, dropout_p: float,
+                       seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed)
+
+
+@_layer_norm_fwd_op.register_fake
+def _(x, weight, bias, residual, eps, dropout_p, seed):
+    M, N = x.shape
+    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    return (x.new_empty((M, N), dtype=out_dtype), x.new_empty((M,), dtype=torch.float32),
+            x.new_empty((M,), dtype=torch.float32))
+
+
+@torch.library.custom_op("bertcore::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                       residual: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
+                       dropout_p: float, seed: torch.Tensor, need_dresidual: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db, dr = _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual)
+    # a custom op's outputs may not alias each other: an empty dresidual means "equals dx"
+    return dx, dw, db, (dr if dr is not None and dr is not dx else dx.new_empty((0,)))
+
+
+@_layer_norm_bwd_op.register_fake
+def _(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual):
+    M, N = x.shape
+    store_dr = _stores_dresidual(need_dresidual, dropout_p, x.dtype,
+                                 residual.dtype if residual is not None else None)
+    dr = x.new_empty((M, N), dtype=residual.dtype) if store_dr else x.new_empty((0,))
+    return x.new_empty((M, N)), weight.new_empty((N,)), weight.new_empty((N,)), dr
 
 
 class _LayerNormFunction(torch.autograd.Function):
@@ -217,18 +365,28 @@ class _LayerNormFunction(torch.autograd.Function):
         shape, N = x.shape, x.shape[-1]
         x2 = _rows(x, N)
         r2 = _rows(residual, N) if residual is not None else None
-        y, mean, rstd = _layer_norm_fwd(x2, weight, bias, eps, r2, dropout_p, seed)
-        ctx.save_for_backward(x2, weight, r2, mean, rstd)
-        ctx.args = (dropout_p, seed, shape)
+        if torch.compiler.is_compiling():
+            y, mean, rstd = torch.ops.bertcore.layer_norm_fwd(x2, weight, bias, r2, eps, dropout_p, seed)
+        else:
+            y, mean, rstd = _layer_norm_fwd(x2, weight, bias, eps, r2, dropout_p, seed)
+        ctx.save_for_backward(x2, weight, r2, mean, rstd, seed)
+        ctx.args = (dropout_p, shape)
         return y.view(shape)
 
     @staticmethod
     def backward(ctx, dy):
-        x2, weight, r2, mean, rstd = ctx.saved_tensors
-        dropout_p, seed, shape = ctx.args
-        dx, dw, db, dr = _layer_norm_bwd(_rows(dy, x2.shape[1]), x2, weight, r2, mean, rstd,
-                                         dropout_p, seed, ctx.needs_input_grad[3])
-        dr = dr.view(shape) if dr is not None else None
+        x2, weight, r2, mean, rstd, seed = ctx.saved_tensors
+        dropout_p, shape = ctx.args
+        need_dr = ctx.needs_input_grad[3]
+        dy2 = _rows(dy, x2.shape[1])
+        if torch.compiler.is_compiling():
+            dx, dw, db, dr = torch.ops.bertcore.layer_norm_bwd(dy2, x2, weight, r2, mean, rstd,
+                                                               dropout_p, seed, need_dr)
+            if need_dr and not _stores_dresidual(need_dr, dropout_p, x2.dtype, r2.dtype):
+                dr = dx
+        else:
+            dx, dw, db, dr = _layer_norm_bwd(dy2, x2, weight, r2, mean, rstd, dropout_p, seed, need_dr)
+        dr = dr.view(shape) if need_dr else None
         return dx.view(shape), dw, db, dr, None, None, None
 
 
@@ -239,9 +397,11 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
     """LayerNorm(dropout(x) + residual) over the last dimension, in one pass on a GPU.
 
     x, residual: (..., hidden); weight, bias: (hidden,). `dropout_p` applies to x
-    only (BERT's sub-layer output); `seed` makes it repeatable (None draws one from
-    torch's default generator, so `torch.manual_seed` makes runs repeatable; the
-    same seed gives the same mask within one backend, not across backends).
+    only (BERT's sub-layer output); `seed` (an int) makes it repeatable. Without one,
+    the Triton backend draws a fresh seed on the device each call (`rng.next_seed`:
+    no host sync, fresh in each CUDA-graph replay) and the torch backend uses torch's
+    generator; either way `torch.manual_seed` makes runs repeatable. The same seed
+    gives the same mask within one backend, not across backends.
     `backend`: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
     The Triton backend takes hidden sizes up to 16384 (fp32) / 32768 (fp16, bf16)
     and raises beyond; the torch backend has no limit.
@@ -263,10 +423,13 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
             raise ValueError(f"the Triton layer_norm holds a row in registers and takes hidden sizes up "
                              f"to {_max_hidden(x.dtype)} for {x.dtype}; got {x.shape[-1]}. "
                              f"Use backend='torch' for wider rows")
-        if dropout_p > 0.0 and seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        seed = int(seed) if seed is not None else 0
-        return _LayerNormFunction.apply(x, weight, bias, residual, float(eps), float(dropout_p), seed)
+        if dropout_p == 0.0:
+            seed_t = x  # any tensor: the kernels read the seed only with dropout (no allocation here)
+        elif seed is None:
+            seed_t = device_seed(x)
+        else:
+            seed_t = seed_tensor(seed, x.device)
+        return _LayerNormFunction.apply(x, weight, bias, residual, float(eps), float(dropout_p), seed_t)
     generator = None
     if dropout_p > 0.0 and seed is not None:
         generator = torch.Generator(device=x.device).manual_seed(int(seed))

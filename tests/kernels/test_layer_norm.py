@@ -8,6 +8,7 @@ import torch
 
 import bertcore_kernels as K
 from bertcore_kernels.layer_norm import layer_norm_ref
+from bertcore_kernels.rng import seed_tensor
 
 from kernel_checks import DEVICE, assert_rule, requires_cuda
 
@@ -144,7 +145,7 @@ def test_dropout_keep_fraction_and_scaling():
     # The saved row mean of dropout(1) is (kept fraction) / (1 - p): the kernel's scaling.
     ones = torch.ones(shape, device=DEVICE)
     w, b = torch.ones(1024, device=DEVICE), torch.zeros(1024, device=DEVICE)
-    _, mean, _ = ln_mod._layer_norm_fwd(ones, w, b, EPS, None, p, 21)
+    _, mean, _ = ln_mod._layer_norm_fwd(ones, w, b, EPS, None, p, seed_tensor(21, DEVICE))
     torch.testing.assert_close(mean, keep.float().mean(-1) / (1 - p))
     assert abs(mean.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
 
