@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import plugins
+from . import cudagraphs, plugins
+from .buckets import SEQLEN_BUCKETS, Buckets, pad_batch, real_batch, unpad_outputs
 from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
 from .files import folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, pack_features
@@ -69,7 +70,13 @@ class RunResult:
 class TaskModel(nn.Module):
     """An encoder and a dict of named heads (several at once: MLM + NSP, two
     classification tasks, ...). Heads of an HF pretraining checkpoint (`cls.*`)
-    are loaded into fresh MLM/NSP heads unless `load_pretrained_heads=False`."""
+    are loaded into fresh MLM/NSP heads unless `load_pretrained_heads=False`.
+
+    On a GPU, `run` (prediction, evaluation) replays the forward from a CUDA graph per
+    batch bucket (see `bertcore.cudagraphs`); set `model.cuda_graphs = False` to run it
+    eagerly."""
+
+    cuda_graphs: bool = True
 
     def __init__(self, encoder: BertEncoder, heads: dict[str, Head], tokenizer=None,
                  load_pretrained_heads: bool = True):
@@ -138,9 +145,14 @@ class TaskModel(nn.Module):
             owner.extend([i] * len(merged))
         return Encoded(names, examples, features, owner)
 
-    def collate(self, features: list[dict], head=None) -> dict:
+    def collate(self, features: list[dict], head=None, buckets: Buckets | None = None) -> dict:
         """One batch for the named heads: the tokens packed once, then each head's labels
-        (`Head.collate_labels`). Two heads may not set the same label key."""
+        (`Head.collate_labels`). Two heads may not set the same label key.
+
+        With `buckets` (see `bertcore.buckets`), a batch whose labels can be padded is
+        padded to its bucket's static shape (it then carries `num_sequences`); one whose
+        labels cannot (float targets, a head's extra keys such as MLM's masked ids) comes
+        back as it is."""
         batch = pack_features(features)
         owners: dict[str, str] = {}
         for name in self.head_names(head):
@@ -150,7 +162,27 @@ class TaskModel(nn.Module):
                                      "train them on separate data")
                 owners[key] = name
                 batch[key] = value
-        return batch
+        return self._bucketed(batch, owners, buckets) if buckets is not None else batch
+
+    def buckets(self, batch_size: int) -> Buckets:
+        """Buckets for batches of up to `batch_size` features, no longer than the encoder's
+        positions allow."""
+        most = self.encoder.config.max_position_embeddings
+        return Buckets(batch_size, tuple(s for s in SEQLEN_BUCKETS if s < most) + (most,))
+
+    def _bucketed(self, batch: dict, owners: dict[str, str], buckets: Buckets) -> dict:
+        """`batch` padded to its bucket, or as it is when a label cannot be padded with
+        IGNORE_INDEX (only integer tensors under a head's own `label_keys` can)."""
+        sequence_keys, token_keys = [], []
+        for key, name in owners.items():
+            head, value = self.heads[name], batch[key]
+            if key not in head.label_keys or not isinstance(value, torch.Tensor) \
+                    or value.dtype.is_floating_point or value.dtype == torch.bool:
+                return batch
+            (token_keys if head.token_labels else sequence_keys).append(key)
+        offsets = batch["cu_seqlens"].tolist()
+        shape = buckets.shape([b - a for a, b in zip(offsets, offsets[1:])])
+        return pad_batch(batch, shape, sequence_keys, token_keys, self.encoder.config.pad_token_id)
 
     def _tokenizer(self, tokenizer):
         tok = tokenizer or self.tokenizer
@@ -198,9 +230,11 @@ class TaskModel(nn.Module):
         outputs = {n: [] for n in data.heads}
         totals = {n: [0.0, 0] for n in data.heads}
         try:
+            graphs = self.cuda_graphs and cudagraphs.usable(self.device)
+            buckets = self.buckets(batch_size) if graphs else None
             for start in range(0, len(data.features), batch_size):
-                batch = to_device(self.collate(data.features[start:start + batch_size], data.heads), self.device)
-                logits = self(batch, head=list(data.heads))
+                batch = self.collate(data.features[start:start + batch_size], data.heads, buckets)
+                logits, batch = self._run_forward(batch, data.heads)
                 for name in data.heads:
                     head = self.heads[name]
                     if with_loss and head.has_labels(batch):
@@ -217,6 +251,17 @@ class TaskModel(nn.Module):
             total, count = totals[name]
             results[name] = RunResult(predictions, total / count if count else float("nan"))
         return results
+
+    def _run_forward(self, batch: dict, heads: tuple[str, ...]) -> tuple:
+        """(the heads' logits, the real batch on the device) for one collated batch in eval
+        mode. A bucketed batch is replayed from its bucket's CUDA graph, and both are cut
+        back to the real sequences, so heads' `loss`, `loss_count` and `split` see the
+        batch they would without buckets."""
+        if "num_sequences" in batch:
+            logits = unpad_outputs(cudagraphs.forward_of(self)(to_device(batch, self.device), heads), batch)
+            return logits, to_device(real_batch(batch), self.device)
+        batch = to_device(batch, self.device)
+        return self(batch, head=list(heads)), batch
 
     def _decode(self, name: str, data: Encoded, outputs: list) -> list | None:
         grouped = [([], []) for _ in range(len(data.examples))]
