@@ -5,20 +5,28 @@ back to back; `cu_seqlens` (B+1,) int32 holds each sequence's start offset and
 `max_seqlen` the longest length as a Python int (known on the host, no sync).
 Attention is non-causal and never crosses a sequence boundary.
 
-The file reads: the PyTorch reference, the Triton kernels (FlashAttention-2:
-online softmax, no L x L matrix in memory), their launch configurations and host
-launchers, the autograd Function, and the public `attention`. The torch backend's
-fast path (per run of equal lengths, for lengths on the host) is `attention_torch`.
+The file reads: the PyTorch reference, the Triton forward kernel (FlashAttention-2:
+online softmax, no L x L matrix in memory), the launch configurations, the host
+launchers, the autograd Function and the custom ops (for torch.compile), and the
+public `attention`. The backward kernels are in `attention_bwd`, dropout's Philox
+draws (four keep-decisions per call) in `attention_philox`, and the torch backend's
+fast path (per run of equal lengths, for lengths on the host) in `attention_torch`.
+No host sync on the CUDA path: seeds, the program order and the lengths stay on the
+device.
 """
 import math
 from contextlib import contextmanager
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
+from .attention_philox import _dropout_bits, _rng_rows, _rng_threshold
 from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, resolve, tl, triton
+from .ops import device_seed
+from .rng import seed_tensor
 
 
 def _pad_index(cu_seqlens: torch.Tensor, max_seqlen: int, total: int):
@@ -81,21 +89,7 @@ def attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=
 # log2(e) = 1.4426950408889634 and the saved logsumexp is in log2 units too.
 
 
-@triton.jit
-def _dropout_keep(seed, rng_row, cols, dropout_p):
-    # One Philox draw per (batch, head, row, col): the forward, the backward and
-    # `_dropout_mask_kernel` all call this with the same offsets, so they agree
-    # bit for bit and the backward never needs a stored L x L mask.
-    return tl.rand(seed, rng_row + cols) >= dropout_p
-
-
-@triton.jit
-def _rng_base(bid, hid, nheads, max_seqlen):
-    # int64: B * H * L * L overflows int32 for large batches.
-    return (bid * nheads + hid).to(tl.int64) * max_seqlen * max_seqlen
-
-
-@triton.jit(do_not_specialize=["seed", "max_seqlen"])
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
 def _attention_fwd_kernel(
     Q,           # (T, H, D) queries; token and head strides given, unit dim stride
     K,           # (T, H, D) keys, same layout rules as Q
@@ -103,14 +97,18 @@ def _attention_fwd_kernel(
     O,           # (T, H, D) output, contiguous
     LSE,         # (T, H) fp32 out: log2-sum-exp of each score row, for the backward
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
-    sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
+    ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
+    SEED,        # (1,) int64 Philox seed (read if DROPOUT; see attention_philox)
+    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0)
-    bid = tl.program_id(1)
-    hid = tl.program_id(2)
+    hid = tl.program_id(1)
+    # The batch axis is the slowest of the grid, so programs start sequence by
+    # sequence in ORDER: the long ones first, the short ones fill in behind.
+    bid = tl.load(ORDER + tl.program_id(2))
     seq_start = tl.load(CU_SEQLENS + bid)
     seqlen = tl.load(CU_SEQLENS + bid + 1) - seq_start
     # The grid is sized for the longest sequence; shorter ones (and empty ones)
@@ -132,7 +130,9 @@ def _attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     if DROPOUT:
-        rng_row = _rng_base(bid, hid, nheads, max_seqlen) + offs_m.to(tl.int64)[:, None] * max_seqlen
+        seed = tl.load(SEED)
+        threshold = rng_threshold.to(tl.uint32, bitcast=True)
+        rng_rows = _rng_rows(bid, hid, nheads, max_seqlen, offs_m)
 
     for start_n in range(0, seqlen, BLOCK_N):
         cols = start_n + offs_n
@@ -152,7 +152,8 @@ def _attention_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            p = tl.where(_dropout_keep(seed, rng_row, cols[None, :], dropout_p), p, 0.0)
+            keep = _dropout_bits(seed, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+            p = tl.where(keep, p, 0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -165,191 +166,7 @@ def _attention_fwd_kernel(
     tl.store(LSE + tok_m * nheads + hid, lse, mask=m_mask)
 
 
-@triton.jit(do_not_specialize=["total_rows"])
-def _attention_bwd_preprocess_kernel(
-    O,      # (T, H, D) forward output, contiguous
-    DO,     # (T, H, D) gradient of the output; token and head strides given
-    DELTA,  # (T, H) fp32 out: rowsum(dO * O), the softmax-backward correction term
-    total_rows, head_dim, nheads, stride_ot, stride_oh, stride_dot, stride_doh,
-    BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    # Rows are (token, head) pairs, flattened; the grid covers T * H of them.
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask = (rows < total_rows)[:, None] & (offs_d < head_dim)[None, :]
-    tok = (rows // nheads).to(tl.int64)
-    hid = rows % nheads
-    o = tl.load(O + tok[:, None] * stride_ot + hid[:, None] * stride_oh + offs_d[None, :], mask=mask, other=0.0)
-    do = tl.load(DO + tok[:, None] * stride_dot + hid[:, None] * stride_doh + offs_d[None, :], mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + rows, delta, mask=rows < total_rows)
-
-
-@triton.jit
-def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, seq_start, seqlen, bid, hid,
-                        sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
-                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                        stride_dot, stride_doh, stride_gt, stride_gh,
-                        BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                        DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # Pointers and strides: see `_attention_bwd_kernel`, the caller.
-    # One key/value block stays in registers while every query block of the
-    # sequence streams past: dK and dV accumulate without atomics.
-    offs_n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_b = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    n_mask = offs_n < seqlen
-    d_mask = offs_d < head_dim
-    tok_n = (seq_start + offs_n).to(tl.int64)
-    kv_mask = n_mask[:, None] & d_mask[None, :]
-    k = tl.load(K + tok_n[:, None] * stride_kt + hid * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + tok_n[:, None] * stride_vt + hid * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-    qk_scale = sm_scale * 1.4426950408889634
-    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    if DROPOUT:
-        rng_base = _rng_base(bid, hid, nheads, max_seqlen)
-        drop_scale = 1.0 / (1.0 - dropout_p)
-
-    for start_m in range(0, seqlen, BLOCK):
-        offs_m = start_m + offs_b
-        m_mask = offs_m < seqlen
-        tok_m = (seq_start + offs_m).to(tl.int64)
-        q_mask = m_mask[:, None] & d_mask[None, :]
-        q = tl.load(Q + tok_m[:, None] * stride_qt + hid * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + tok_m[:, None] * stride_dot + hid * stride_doh + offs_d[None, :], mask=q_mask, other=0.0)
-        lse = tl.load(LSE + tok_m * nheads + hid, mask=m_mask, other=0.0)
-        delta = tl.load(DELTA + tok_m * nheads + hid, mask=m_mask, other=0.0)
-        # Transposed tiles (keys x queries) so the reductions run over queries.
-        p_t = tl.math.exp2(tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale - lse[None, :])
-        p_t = tl.where(n_mask[:, None] & m_mask[None, :], p_t, 0.0)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        if DROPOUT:
-            keep_t = _dropout_keep(seed, rng_base + offs_m.to(tl.int64)[None, :] * max_seqlen,
-                                   offs_n[:, None], dropout_p)
-            pd_t = tl.where(keep_t, p_t * drop_scale, 0.0)
-            dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
-        else:
-            pd_t = p_t
-        dv += tl.dot(pd_t.to(do.dtype), do, input_precision=DOT_PRECISION)
-        # delta = rowsum(dO * O) equals rowsum(P * dP) even with dropout, since O
-        # already carries the mask.
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
-
-    tl.store(DK + tok_n[:, None] * stride_gt + hid * stride_gh + offs_d[None, :],
-             (dk * sm_scale).to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + tok_n[:, None] * stride_gt + hid * stride_gh + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
-
-
-@triton.jit
-def _attention_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, hid,
-                      sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
-                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                      stride_dot, stride_doh, stride_gt, stride_gh,
-                      BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                      DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    # Pointers and strides: see `_attention_bwd_kernel`, the caller.
-    # One query block stays in registers while the key blocks stream past; a
-    # separate pass from dK/dV, so dQ needs no atomics and is deterministic.
-    offs_m = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_b = tl.arange(0, BLOCK)
-    offs_d = tl.arange(0, BLOCK_D)
-    m_mask = offs_m < seqlen
-    d_mask = offs_d < head_dim
-    tok_m = (seq_start + offs_m).to(tl.int64)
-    q_mask = m_mask[:, None] & d_mask[None, :]
-    q = tl.load(Q + tok_m[:, None] * stride_qt + hid * stride_qh + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + tok_m[:, None] * stride_dot + hid * stride_doh + offs_d[None, :], mask=q_mask, other=0.0)
-    lse = tl.load(LSE + tok_m * nheads + hid, mask=m_mask, other=0.0)
-    delta = tl.load(DELTA + tok_m * nheads + hid, mask=m_mask, other=0.0)
-    qk_scale = sm_scale * 1.4426950408889634
-    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    if DROPOUT:
-        rng_row = _rng_base(bid, hid, nheads, max_seqlen) + offs_m.to(tl.int64)[:, None] * max_seqlen
-        drop_scale = 1.0 / (1.0 - dropout_p)
-
-    for start_n in range(0, seqlen, BLOCK):
-        offs_n = start_n + offs_b
-        n_mask = offs_n < seqlen
-        tok_n = (seq_start + offs_n).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(K + tok_n[:, None] * stride_kt + hid * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + tok_n[:, None] * stride_vt + hid * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0)
-        p = tl.math.exp2(tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale - lse[:, None])
-        p = tl.where(n_mask[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-        if DROPOUT:
-            keep = _dropout_keep(seed, rng_row, offs_n[None, :], dropout_p)
-            dp = tl.where(keep, dp * drop_scale, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
-
-    tl.store(DQ + tok_m[:, None] * stride_gt + hid * stride_gh + offs_d[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
-
-
-@triton.jit(do_not_specialize=["seed", "max_seqlen"])
-def _attention_bwd_kernel(
-    Q,           # (T, H, D) forward queries; token and head strides given
-    K,           # (T, H, D) forward keys
-    V,           # (T, H, D) forward values
-    DO,          # (T, H, D) gradient of the output; token and head strides given
-    LSE,         # (T, H) fp32 log2-sum-exp saved by the forward
-    DELTA,       # (T, H) fp32 rowsum(dO * O) from the preprocess kernel
-    DQ,          # (T, H, D) out, contiguous (stride_gt, stride_gh)
-    DK,          # (T, H, D) out, contiguous
-    DV,          # (T, H, D) out, contiguous
-    CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
-    sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
-    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    stride_dot, stride_doh, stride_gt, stride_gh,
-    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-):
-    # Program (i, b, h) owns key block i for dK/dV and query block i for dQ, as in
-    # the Triton fused-attention tutorial: one launch, no atomics.
-    bid = tl.program_id(1)
-    hid = tl.program_id(2)
-    seq_start = tl.load(CU_SEQLENS + bid)
-    seqlen = tl.load(CU_SEQLENS + bid + 1) - seq_start
-    if tl.program_id(0) * BLOCK >= seqlen:
-        return
-    _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, seq_start, seqlen, bid, hid,
-                        sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
-                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                        stride_dot, stride_doh, stride_gt, stride_gh,
-                        BLOCK, BLOCK_D, DROPOUT, DOT_PRECISION)
-    _attention_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, hid,
-                      sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
-                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                      stride_dot, stride_doh, stride_gt, stride_gh,
-                      BLOCK, BLOCK_D, DROPOUT, DOT_PRECISION)
-
-
-@triton.jit(do_not_specialize=["seed", "max_seqlen"])
-def _dropout_mask_kernel(
-    MASK,        # (B, H, L, L) uint8 out: 1 where the kernels keep a probability
-    dropout_p, seed, max_seqlen, nheads,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    # For tests: materialises the keep-mask that the forward and backward draw
-    # from the same Philox stream (FlashAttention's tests do the same).
-    start_m = tl.program_id(0)
-    bid = tl.program_id(1)
-    hid = tl.program_id(2)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    base = _rng_base(bid, hid, nheads, max_seqlen)
-    rng_row = base + offs_m.to(tl.int64)[:, None] * max_seqlen
-    for start_n in range(0, max_seqlen, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_keep(seed, rng_row, cols[None, :], dropout_p)
-        mask = (offs_m < max_seqlen)[:, None] & (cols < max_seqlen)[None, :]
-        tl.store(MASK + rng_row + cols[None, :], keep.to(tl.uint8), mask=mask)
-
-
-# ------------------------------------------------------------------- host launchers
+# ------------------------------------------------------------------- launch configs
 def _dot_precision(dtype):
     # fp32 follows PyTorch's own switch, so "fp32" means the same thing on both
     # backends; 16-bit inputs always run on tensor cores.
@@ -359,8 +176,10 @@ def _dot_precision(dtype):
 
 
 class LaunchConfig(NamedTuple):
-    """Tile sizes and scheduling of one attention kernel launch. The backward kernel
-    uses square tiles: `block_m` rows and columns (`block_n` is not read)."""
+    """Tile sizes and scheduling of one attention kernel launch. "fwd": `block_m` query
+    rows per program, `block_n` keys per step. "bwd": `block_n` keys per program,
+    `block_m` query rows per step. "bwd_det": square tiles of `block_m` (`block_n` is
+    not read)."""
 
     block_m: int
     block_n: int
@@ -368,61 +187,88 @@ class LaunchConfig(NamedTuple):
     num_stages: int
 
 
-HEAD_DIM_BUCKETS = (64, 256)  # a head_dim uses the first bucket >= it
+HEAD_DIM_BUCKETS = (64, 128, 256)  # a head_dim uses the first bucket >= it
+SHORT_MAX = 128                    # max_seqlen <= SHORT_MAX is the "short" length class
+LENGTH_CLASSES = ("short", "long")
+DIRECTIONS = ("fwd", "bwd", "bwd_det")  # forward, one-pass backward, deterministic backward
+_ALL_D, _BOTH = HEAD_DIM_BUCKETS, LENGTH_CLASSES
+_16BIT = (torch.float16, torch.bfloat16)
 
-
-# (dtype, head_dim bucket, "fwd" | "bwd") -> LaunchConfig. Picked per dtype and head
-# dim, never per sequence length, so a new batch reuses the compiled kernel. Change it
-# through `override_launch_configs`, not by assignment.
-LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = {
+# (dtypes, head_dim buckets, direction, length classes, config), expanded into the table.
+# Picked per dtype, head dim and length class, never per exact length: a new batch
+# reuses the compiled kernel (two classes at most compile two variants).
+_DEFAULTS = [
     # fp32: twice the bytes per element, so smaller tiles fit shared memory.
-    (torch.float32, 64, "fwd"): LaunchConfig(64, 32, 4, 2),
-    (torch.float32, 256, "fwd"): LaunchConfig(64, 32, 4, 2),
-    (torch.float32, 64, "bwd"): LaunchConfig(32, 32, 4, 1),
-    (torch.float32, 256, "bwd"): LaunchConfig(32, 32, 4, 1),
-    # 16-bit, head_dim <= 64: the winners of benchmarks/tune_attention.py on an H200
-    # (bf16, BERT batches, results/nvidia-h200/tune_attention.csv). Small backward tiles
-    # keep more programs in flight on short sequences: mixed 16-512 went 1.04 -> 0.78 ms.
-    (torch.float16, 64, "fwd"): LaunchConfig(64, 32, 4, 4),
-    (torch.bfloat16, 64, "fwd"): LaunchConfig(64, 32, 4, 4),
-    (torch.float16, 64, "bwd"): LaunchConfig(32, 32, 4, 2),
-    (torch.bfloat16, 64, "bwd"): LaunchConfig(32, 32, 4, 2),
-    (torch.float16, 256, "fwd"): LaunchConfig(128, 64, 8, 2),
-    (torch.bfloat16, 256, "fwd"): LaunchConfig(128, 64, 8, 2),
-    (torch.float16, 256, "bwd"): LaunchConfig(64, 64, 8, 1),
-    (torch.bfloat16, 256, "bwd"): LaunchConfig(64, 64, 8, 1),
+    ((torch.float32,), _ALL_D, "fwd", _BOTH, (64, 32, 4, 2)),
+    ((torch.float32,), _ALL_D, "bwd", _BOTH, (32, 32, 4, 1)),
+    ((torch.float32,), _ALL_D, "bwd_det", _BOTH, (32, 32, 4, 1)),
+    # 16-bit fwd and bwd_det, head_dim <= 64: the winners of benchmarks/tune_attention.py on
+    # an H200 (bf16, BERT batches). Small backward tiles keep more programs in flight on
+    # short sequences: mixed 16-512 went 1.04 -> 0.78 ms.
+    (_16BIT, (64,), "fwd", _BOTH, (64, 32, 4, 4)),
+    (_16BIT, (64,), "bwd_det", _BOTH, (32, 32, 4, 2)),
+    (_16BIT, (128, 256), "fwd", _BOTH, (128, 64, 8, 2)),
+    (_16BIT, (128, 256), "bwd_det", _BOTH, (64, 64, 8, 1)),
+    # One-pass backward: not tuned yet. FlashAttention-2's shape (few query rows per
+    # step, many keys per program: fewer dQ atomics per key), smaller for short batches.
+    (_16BIT, (64,), "bwd", ("short",), (32, 64, 4, 2)),
+    (_16BIT, (64,), "bwd", ("long",), (32, 128, 4, 3)),
+    (_16BIT, (128,), "bwd", _BOTH, (32, 64, 4, 2)),
+    (_16BIT, (256,), "bwd", _BOTH, (16, 32, 8, 1)),
+]
+
+# (dtype, head_dim bucket, direction, length class) -> LaunchConfig. Change it through
+# `override_launch_configs`, not by assignment.
+LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str, str], LaunchConfig] = {
+    (dtype, head_dim, direction, length): LaunchConfig(*cfg)
+    for dtypes, head_dims, direction, lengths, cfg in _DEFAULTS
+    for dtype in dtypes for head_dim in head_dims for length in lengths
 }
 
 
-def _launch_key(dtype, head_dim, direction):
-    if direction not in ("fwd", "bwd"):
-        raise ValueError(f"direction={direction!r}: expected 'fwd' or 'bwd'")
+def length_class(length) -> str:
+    """"short" or "long": a batch's max_seqlen (an int) or a class name, checked."""
+    if isinstance(length, str):
+        if length not in LENGTH_CLASSES:
+            raise ValueError(f"length class {length!r}: expected one of {LENGTH_CLASSES}")
+        return length
+    return "short" if length <= SHORT_MAX else "long"
+
+
+def _launch_keys(dtype, head_dim, direction, length=None):
+    """The table keys for one (dtype, head_dim, direction) and a length class or
+    max_seqlen; length None: both classes."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}: expected one of {DIRECTIONS}")
     bucket = next((b for b in HEAD_DIM_BUCKETS if head_dim <= b), None)
-    key = (dtype, bucket, direction)
-    if key not in LAUNCH_CONFIGS:
+    lengths = LENGTH_CLASSES if length is None else (length_class(length),)
+    keys = [(dtype, bucket, direction, cls) for cls in lengths]
+    if keys[0] not in LAUNCH_CONFIGS:
         raise ValueError(f"no attention launch config for {dtype}, head_dim={head_dim}: the Triton "
                          f"attention runs fp16/bf16/fp32 with head_dim <= {HEAD_DIM_BUCKETS[-1]}")
-    return key
+    return keys
 
 
-def launch_config(dtype, head_dim: int, direction: str) -> LaunchConfig:
-    """The LaunchConfig the attention kernels use for this dtype, head dim and
-    direction ("fwd", or "bwd" for the backward kernel)."""
-    return LAUNCH_CONFIGS[_launch_key(dtype, head_dim, direction)]
+def launch_config(dtype, head_dim: int, direction: str, length=SHORT_MAX + 1) -> LaunchConfig:
+    """The LaunchConfig the attention kernels use for this dtype, head dim, direction
+    ("fwd"; "bwd", the default one-pass backward; "bwd_det", the deterministic one) and
+    batch length: a max_seqlen or a length class ("short", "long"; default "long")."""
+    return LAUNCH_CONFIGS[_launch_keys(dtype, head_dim, direction, length)[0]]
 
 
 @contextmanager
 def override_launch_configs(configs: dict):
     """Run the block with some launch configs replaced; the table is restored on exit.
 
-    `configs`: {(dtype, head_dim, "fwd" | "bwd"): LaunchConfig or a 4-tuple}; head_dim
-    stands for its bucket (64 covers 1..64, 256 covers 65..256). For tuning sweeps and
-    compile checks; not thread-safe (one table per process).
+    `configs`: {(dtype, head_dim, direction[, length class]): LaunchConfig or a 4-tuple};
+    head_dim stands for its bucket (64 covers 1..64, 128 covers 65..128, 256 the rest);
+    without a length class ("short": max_seqlen <= 128, "long") both classes change.
+    For tuning sweeps and compile checks; not thread-safe (one table per process).
 
-    >>> with override_launch_configs({(torch.bfloat16, 64, "bwd"): (64, 64, 4, 2)}):
+    >>> with override_launch_configs({(torch.bfloat16, 64, "bwd"): (32, 64, 4, 2)}):
     ...     attention(q, k, v, cu_seqlens, max_seqlen).sum().backward()
     """
-    new = {_launch_key(*key): LaunchConfig(*cfg) for key, cfg in configs.items()}
+    new = {key: LaunchConfig(*cfg) for spec, cfg in configs.items() for key in _launch_keys(*spec)}
     saved = dict(LAUNCH_CONFIGS)
     LAUNCH_CONFIGS.update(new)
     try:
@@ -432,6 +278,7 @@ def override_launch_configs(configs: dict):
         LAUNCH_CONFIGS.update(saved)
 
 
+# ------------------------------------------------------------------- host launchers
 def _last_dim_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -440,86 +287,140 @@ def _block_d(head_dim):
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def _attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, sm_scale, seed):
-    """Runs the forward kernel. Returns (out (T, H, D), lse (T, H) fp32, base 2)."""
+def _sequence_order(cu_seqlens):
+    """(B,) int32 sequence indices, longest first: the kernels' program order. An
+    argsort on the device, so the lengths never travel to the host."""
+    lens = cu_seqlens[1:] - cu_seqlens[:-1]                                    # (B,)
+    return torch.argsort(lens, descending=True).to(torch.int32)
+
+
+def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed):
+    """Runs the forward kernel; `seed` a (1,) int64 device tensor (None without dropout).
+    Returns (out (T, H, D), lse (T, H) fp32, base 2)."""
     total, nheads, head_dim = q.shape
     batch = cu_seqlens.numel() - 1
     out = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
     if total == 0 or max_seqlen == 0:
         return out, lse
-    block_m, block_n, num_warps, num_stages = launch_config(q.dtype, head_dim, "fwd")
-    grid = (triton.cdiv(max_seqlen, block_m), batch, nheads)
+    dropout = dropout_p > 0.0
+    block_m, block_n, num_warps, num_stages = launch_config(q.dtype, head_dim, "fwd", max_seqlen)
+    grid = (triton.cdiv(max_seqlen, block_m), nheads, batch)
     _attention_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens,
-        sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
+        q, k, v, out, lse, cu_seqlens, order, seed if dropout else None,
+        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(head_dim),
-        DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
+        DROPOUT=dropout, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=num_warps, num_stages=num_stages)
     return out, lse
 
 
-def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p, sm_scale, seed):
-    """Runs the backward kernels. Returns (dq, dk, dv), each (T, H, D) contiguous."""
+def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed,
+                   deterministic=False):
+    """Runs the backward kernels (attention_bwd.py): the one-pass kernel with atomic dQ,
+    or with `deterministic` the two-pass one. Returns (dq, dk, dv), each (T, H, D)
+    contiguous."""
     total, nheads, head_dim = q.shape
     batch = cu_seqlens.numel() - 1
-    dq = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
-    dk = torch.empty_like(dq)
-    dv = torch.empty_like(dq)
+    dk = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
+    dv = torch.empty_like(dk)
     if total == 0 or max_seqlen == 0:
-        return dq, dk, dv
+        return torch.empty_like(dk), dk, dv
     do = _last_dim_contiguous(do)
+    dropout = dropout_p > 0.0
+    seed = seed if dropout else None
+    block_d = _block_d(head_dim)
     delta = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
+    # fp32 dQ sums for the atomics, zeroed by the preprocess kernel.
+    dq_acc = None if deterministic else torch.empty((total, nheads, head_dim), dtype=torch.float32,
+                                                    device=q.device)
     block_r = 64
     _attention_bwd_preprocess_kernel[(triton.cdiv(total * nheads, block_r),)](
-        out, do, delta, total * nheads, head_dim, nheads,
+        out, do, delta, dq_acc, total * nheads, head_dim, nheads,
         out.stride(0), out.stride(1), do.stride(0), do.stride(1),
-        BLOCK_R=block_r, BLOCK_D=_block_d(head_dim))
-    block, _, num_warps, num_stages = launch_config(q.dtype, head_dim, "bwd")
-    grid = (triton.cdiv(max_seqlen, block), batch, nheads)
-    _attention_bwd_kernel[grid](
-        q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens,
-        sm_scale, dropout_p, seed, max_seqlen, nheads, head_dim,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        BLOCK=block, BLOCK_D=_block_d(head_dim),
-        DROPOUT=dropout_p > 0.0, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages)
-    return dq, dk, dv
+        BLOCK_R=block_r, BLOCK_D=block_d, ZERO_DQ=not deterministic)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               do.stride(0), do.stride(1), dk.stride(0), dk.stride(1))
+    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=_dot_precision(q.dtype))
+    if deterministic:
+        dq = torch.empty_like(dk)
+        block, _, num_warps, num_stages = launch_config(q.dtype, head_dim, "bwd_det", max_seqlen)
+        _attention_bwd_det_kernel[(triton.cdiv(max_seqlen, block), nheads, batch)](
+            q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, order, seed,
+            sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, *strides,
+            BLOCK=block, **flags, num_warps=num_warps, num_stages=num_stages)
+        return dq, dk, dv
+    block_m, block_n, num_warps, num_stages = launch_config(q.dtype, head_dim, "bwd", max_seqlen)
+    _attention_bwd_kernel[(triton.cdiv(max_seqlen, block_n), nheads, batch)](
+        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_seqlens, order, seed,
+        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, *strides,
+        BLOCK_M=block_m, BLOCK_N=block_n, **flags, num_warps=num_warps, num_stages=num_stages)
+    return (dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)), dk, dv
 
 
-def _dropout_mask(cu_seqlens, max_seqlen, nheads, dropout_p, seed, device=None):
-    """The exact keep-mask (B, H, L, L) bool that the Triton attention kernels use for
-    (seed, dropout_p); feed it to `attention_ref(dropout_mask=...)` to check them."""
-    batch = cu_seqlens.numel() - 1
-    device = device if device is not None else cu_seqlens.device
-    mask = torch.zeros((batch, nheads, max_seqlen, max_seqlen), dtype=torch.uint8, device=device)
-    if mask.numel():
-        grid = (triton.cdiv(max_seqlen, 32), batch, nheads)
-        _dropout_mask_kernel[grid](mask, dropout_p, seed, max_seqlen, nheads, BLOCK_M=32, BLOCK_N=32)
-    return mask.bool()
+# ------------------------------------------------------------------ custom ops, autograd
+# The launchers as custom ops, for torch.compile: Dynamo puts them in the graph as
+# opaque calls (shapes from the fake implementations) instead of breaking the graph at
+# the Triton launch. Eager calls skip the dispatcher and run the launchers directly.
+# One implementation serves CUDA tensors and CPU ones (the interpreter).
+@torch.library.custom_op("bertcore::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                      order: torch.Tensor, seed: Optional[torch.Tensor], max_seqlen: int, dropout_p: float,
+                      sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, cu_seqlens, order, seed, max_seqlen, dropout_p, sm_scale):
+    total, nheads, head_dim = q.shape
+    return q.new_empty((total, nheads, head_dim)), q.new_empty((total, nheads), dtype=torch.float32)
+
+
+@torch.library.custom_op("bertcore::attention_bwd", mutates_args=())
+def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, order: torch.Tensor,
+                      seed: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, sm_scale: float,
+                      deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p, sm_scale,
+                          seed, deterministic)
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens, order, seed, max_seqlen, dropout_p, sm_scale, deterministic):
+    return tuple(q.new_empty(q.shape) for _ in range(3))
 
 
 class _AttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, dropout_p, sm_scale, seed):
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, dropout_p, sm_scale, seed, deterministic):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        out, lse = _attention_fwd(q, k, v, cu_seqlens, max_seqlen, dropout_p, sm_scale, seed)
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-        ctx.args = (max_seqlen, dropout_p, sm_scale, seed)
+        order = _sequence_order(cu_seqlens)
+        if torch.compiler.is_compiling():
+            out, lse = torch.ops.bertcore.attention_fwd(q, k, v, cu_seqlens, order, seed, max_seqlen,
+                                                        dropout_p, sm_scale)
+        else:
+            out, lse = _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed)
+        # The seed tensor itself: the backward regenerates the forward's mask from it.
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, order, seed)
+        ctx.args = (max_seqlen, dropout_p, sm_scale, deterministic)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-        max_seqlen, dropout_p, sm_scale, seed = ctx.args
-        dq, dk, dv = _attention_bwd(do, q, k, v, out, lse, cu_seqlens, max_seqlen, dropout_p,
-                                    sm_scale, seed)
-        return dq, dk, dv, None, None, None, None, None
+        q, k, v, out, lse, cu_seqlens, order, seed = ctx.saved_tensors
+        max_seqlen, dropout_p, sm_scale, deterministic = ctx.args
+        if torch.compiler.is_compiling():
+            dq, dk, dv = torch.ops.bertcore.attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, seed,
+                                                          max_seqlen, dropout_p, sm_scale, deterministic)
+        else:
+            dq, dk, dv = _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p,
+                                        sm_scale, seed, deterministic)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
+# ------------------------------------------------------------------------- public
 def _check(q, k, v, cu_seqlens, max_seqlen, dropout_p):
     """Raises on bad arguments; returns cu_seqlens as a list when it is on the host
     (checked too), None on a GPU."""
@@ -537,9 +438,9 @@ def _check(q, k, v, cu_seqlens, max_seqlen, dropout_p):
         raise ValueError(f"max_seqlen must be >= 0, got {max_seqlen}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
-    if cu_seqlens.device.type != "cpu":
+    if cu_seqlens.device.type != "cpu" or torch.compiler.is_compiling():
         # On a GPU a check would cost a sync, so there the caller's word (the
-        # collator computed both) is taken.
+        # collator computed both) is taken; a traced graph cannot read values.
         return None
     offsets = cu_seqlens.tolist()
     lens = [b - a for a, b in zip(offsets, offsets[1:])]
@@ -554,19 +455,25 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None, seed=None,
-              backend="auto"):
+              backend="auto", deterministic=False):
     """Non-causal attention on packed sequences: softmax(q kᵀ · scale) v per sequence.
 
     q, k, v: (total_tokens, heads, head_dim), each may be a strided view (e.g. one
     slice of a fused (T, 3, heads, head_dim) projection); cu_seqlens: (batch + 1,)
     int32 offsets; max_seqlen: the longest sequence, a Python int (it sizes the
     grid; it must not be smaller than the real longest). `dropout_p` drops attention
-    probabilities; `seed` makes that dropout repeatable (None draws one from torch's
-    default generator, so `torch.manual_seed` makes runs repeatable). The same seed
+    probabilities; `seed` makes that dropout repeatable (None: the Triton backend
+    draws a seed on the device, `rng.next_seed`, the torch backend from torch's
+    generator; either way `torch.manual_seed` makes runs repeatable). The same seed
     gives the same mask within one backend, not across backends.
+    `deterministic` (Triton backend): the two-pass backward, bitwise repeatable; the
+    default one-pass backward sums dQ with atomics, faster but not bitwise repeatable.
     `backend`: "auto" (Triton on CUDA, torch on CPU; see `dispatch`), "triton" or
     "torch". The torch backend runs one unmasked SDPA per run of equal lengths when
-    cu_seqlens is on the CPU (`attention_torch`), else `attention_ref`'s repadding.
+    cu_seqlens is on the CPU (`attention_torch`), else `attention_ref`'s repadding
+    (also under torch.compile, which cannot read the lengths).
+    Under torch.compile the Triton kernels run as the custom ops `bertcore::attention_fwd`
+    and `bertcore::attention_bwd`, the seed as `bertcore::device_seed`.
     Returns (total_tokens, heads, head_dim) in q's dtype.
     """
     offsets = _check(q, k, v, cu_seqlens, max_seqlen, dropout_p)               # host offsets or None
@@ -580,13 +487,14 @@ def attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None
         if q.shape[-1] > 256:
             raise ValueError(f"the Triton attention supports head_dim <= 256, got {q.shape[-1]}; "
                              f"use backend='torch'")
-        scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-        if dropout_p > 0.0 and seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        seed = int(seed) if seed is not None else 0
+        scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+        dropout_p, deterministic = float(dropout_p), bool(deterministic)
+        seed_t = None
+        if dropout_p > 0.0:  # a (1,) int64 device tensor: no host sync, fresh in a graph replay
+            seed_t = device_seed(q) if seed is None else seed_tensor(seed, q.device)
         cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
-        return _AttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, float(dropout_p),
-                                        float(scale), seed)
+        return _AttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed_t,
+                                        deterministic)
     if dropout_p > 0.0 and seed is not None:  # a repeatable mask: drawn whole from its own generator
         generator = torch.Generator(device=q.device).manual_seed(int(seed))
         batch = cu_seqlens.numel() - 1

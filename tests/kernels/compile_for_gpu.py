@@ -19,6 +19,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 A = importlib.import_module("bertcore_kernels.attention")
+B = importlib.import_module("bertcore_kernels.attention_bwd")
+P = importlib.import_module("bertcore_kernels.attention_philox")
 L = importlib.import_module("bertcore_kernels.layer_norm")
 TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 227 * 1024  # H100 per-block maximum
@@ -38,19 +40,25 @@ def build(fn, types, constexprs, num_warps, num_stages=2):
 
 def attention_kernels(dtype, head_dim, dropout):
     t, block_d, prec = TY[dtype], A._block_d(head_dim), A._dot_precision(dtype)
-    scalars = {"LSE": "*fp32", "DELTA": "*fp32", "CU_SEQLENS": "*i32", "sm_scale": "fp32",
-               "dropout_p": "fp32", "seed": "i32"}
-    bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd")
-    fwd = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
-                dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec),
-                warps, stages)
-    block, _, warps, stages = A.launch_config(dtype, head_dim, "bwd")
-    bwd = build(A._attention_bwd_kernel,
-                {**{n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}, **scalars},
-                dict(BLOCK=block, BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec), warps, stages)
-    build(A._attention_bwd_preprocess_kernel, {"O": "*" + t, "DO": "*" + t, "DELTA": "*fp32"},
-          dict(BLOCK_R=64, BLOCK_D=block_d), 4)
-    print(f"attention {t} d={head_dim} dropout={dropout}: shared fwd {fwd} B, bwd {bwd} B", flush=True)
+    scalars = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "CU_SEQLENS": "*i32", "ORDER": "*i32",
+               "SEED": "*i64", "sm_scale": "fp32", "dropout_p": "fp32"}
+    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec)
+    grads = {n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
+    shared = {}
+    for length in A.LENGTH_CLASSES:  # each length class has its own tiles
+        bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd", length)
+        shared["fwd", length] = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
+                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+        bm, bn, warps, stages = A.launch_config(dtype, head_dim, "bwd", length)
+        shared["bwd", length] = build(A._attention_bwd_kernel, {**grads, **scalars},
+                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+        block, _, warps, stages = A.launch_config(dtype, head_dim, "bwd_det", length)
+        shared["bwd_det", length] = build(A._attention_bwd_det_kernel, {**grads, **scalars},
+                                          dict(BLOCK=block, **flags), warps, stages)
+    build(B._attention_bwd_preprocess_kernel, {"O": "*" + t, "DO": "*" + t, "DELTA": "*fp32", "DQ_ACC": "*fp32"},
+          dict(BLOCK_R=64, BLOCK_D=block_d, ZERO_DQ=True), 4)
+    print(f"attention {t} d={head_dim} dropout={dropout}: shared memory (B) "
+          + ", ".join(f"{d} {cls} {n}" for (d, cls), n in shared.items()), flush=True)
 
 
 def layer_norm_kernels(dtype, width, residual, dropout):
@@ -77,8 +85,7 @@ def main(sweep):
             for width in (384, 1023, 8192, L._max_hidden(dtype)):
                 layer_norm_kernels(dtype, width, True, True)
                 layer_norm_kernels(dtype, width, False, False)
-    build(A._dropout_mask_kernel, {"MASK": "*u8", "dropout_p": "fp32", "seed": "i32"},
-          dict(BLOCK_M=32, BLOCK_N=32), 4)
+    build(P._dropout_mask_kernel, {"MASK": "*u8", "SEED": "*i64"}, dict(BLOCK_M=32, BLOCK_N=32), 4)
     print("compiled", flush=True)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import bertcore_kernels as K
-from bertcore_kernels.attention import _dropout_mask, attention_ref
+from bertcore_kernels.attention import attention_ref
+from bertcore_kernels.attention_philox import _dropout_mask
 from bertcore_kernels.dispatch import interpret_mode
 
 from kernel_checks import DEVICE, assert_rule, cu_seqlens_of, requires_cuda
@@ -184,19 +185,31 @@ def test_backend_choice(monkeypatch):
 
 
 def test_launch_configs_are_a_table_with_a_scoped_override():
-    default = K.launch_config(torch.float16, 64, "bwd")
-    assert default == attn_mod.LAUNCH_CONFIGS[(torch.float16, 64, "bwd")]
+    table = attn_mod.LAUNCH_CONFIGS
+    default = K.launch_config(torch.float16, 64, "bwd")                       # length class "long"
+    assert default == table[(torch.float16, 64, "bwd", "long")] == K.launch_config(torch.float16, 64, "bwd", 512)
+    assert K.launch_config(torch.float16, 64, "bwd", 128) == table[(torch.float16, 64, "bwd", "short")]
     assert K.launch_config(torch.float16, 40, "bwd") == default               # 40 is in the <= 64 bucket
-    assert K.launch_config(torch.float16, 128, "fwd") == attn_mod.LAUNCH_CONFIGS[(torch.float16, 256, "fwd")]
-    with K.override_launch_configs({(torch.float16, 32, "bwd"): (64, 64, 8, 1)}):
-        assert K.launch_config(torch.float16, 64, "bwd") == (64, 64, 8, 1)
-        assert K.launch_config(torch.float16, 64, "bwd").block_m == 64
-        assert K.launch_config(torch.float16, 64, "fwd") == attn_mod.LAUNCH_CONFIGS[(torch.float16, 64, "fwd")]
+    default_det = table[(torch.float16, 64, "bwd_det", "long")]
+    assert K.launch_config(torch.float16, 100, "fwd") == table[(torch.float16, 128, "fwd", "long")]
+    assert all((dt, d, direction, cls) in table for dt in (torch.float16, torch.bfloat16, torch.float32)
+               for d in attn_mod.HEAD_DIM_BUCKETS for direction in attn_mod.DIRECTIONS
+               for cls in attn_mod.LENGTH_CLASSES)
+    with K.override_launch_configs({(torch.float16, 32, "bwd"): (64, 64, 8, 1),
+                                    (torch.float16, 64, "fwd", "short"): (16, 16, 2, 1)}):
+        assert K.launch_config(torch.float16, 64, "bwd") == (64, 64, 8, 1)    # no class: both classes
+        assert K.launch_config(torch.float16, 64, "bwd", "short").block_m == 64
+        assert K.launch_config(torch.float16, 64, "fwd", 17) == (16, 16, 2, 1)
+        assert K.launch_config(torch.float16, 64, "fwd", 200) == table[(torch.float16, 64, "fwd", "long")]
+        assert K.launch_config(torch.float16, 64, "bwd_det") == default_det
     assert K.launch_config(torch.float16, 64, "bwd") == default
+    assert K.launch_config(torch.float16, 64, "fwd", 17) != (16, 16, 2, 1)
     with pytest.raises(ValueError, match="head_dim <= 256"):
         K.launch_config(torch.float16, 512, "fwd")
     with pytest.raises(ValueError, match="direction"):
         K.launch_config(torch.float16, 64, "backward")
+    with pytest.raises(ValueError, match="length class"):
+        K.launch_config(torch.float16, 64, "fwd", "medium")
 
 
 def test_overridden_launch_config_reaches_the_kernel(monkeypatch):

@@ -1,0 +1,87 @@
+"""Attention dropout's random numbers: four keep-decisions per Philox call.
+
+Philox-4x32 yields four 32-bit words per evaluation; `tl.rand` keeps one and throws
+three away. Here counter c of (batch b, head h) covers four consecutive keys of one
+score row:
+
+    c = (b * H + h) * L * G + row * G + col // 4,   G = ceil(L / 4),  L = max_seqlen
+
+and lane `col % 4` of `tl.randint4x(seed, c)` decides key `col`: kept iff the
+uint32 word >= round(p * 2**32). The forward, both backward kernels and
+`_dropout_mask_kernel` all go through `_dropout_bits`, with tiles that start on a
+multiple of 4 columns (every BLOCK_N is), so they agree bit for bit and the
+backward never needs a stored L x L mask.
+
+The seed is a (1,) int64 device tensor (`rng.next_seed`, or `rng.seed_tensor` of a
+caller's int) that the kernels `tl.load`: no host sync, and a replayed CUDA graph
+reads the seed its captured `next_seed` kernels wrote.
+"""
+import torch
+
+from .dispatch import tl, triton
+from .rng import seed_tensor
+
+
+def _rng_threshold(dropout_p: float) -> int:
+    """The keep threshold round(p * 2**32) as int32 bits (the kernels reinterpret them
+    as uint32): an int32 for every p, so no p value compiles a new kernel signature."""
+    t = min(round(dropout_p * 2**32), 2**32 - 1)
+    return t - 2**32 if t >= 2**31 else t
+
+
+@triton.jit
+def _rng_rows(bid, hid, nheads, max_seqlen, rows):
+    # (M, 1) int64 Philox counter of the first four keys of each score row; int64
+    # because B * H * L * L / 4 passes 2**31 for large batches.
+    groups = (max_seqlen + 3) // 4
+    return (bid * nheads + hid).to(tl.int64) * max_seqlen * groups + rows.to(tl.int64)[:, None] * groups
+
+
+@triton.jit
+def _dropout_bits(seed, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # (BLOCK_M, BLOCK_N) uint32 random words for columns start_n .. start_n + BLOCK_N
+    # of the rows whose counters `rng_rows` (M, 1) holds; start_n % 4 == 0.
+    groups = start_n // 4 + tl.arange(0, BLOCK_N // 4)
+    r0, r1, r2, r3 = tl.randint4x(seed, rng_rows + groups[None, :])       # (M, N/4) each
+    # Interleave so that column 4 g + j reads lane j of counter g.
+    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
+
+
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
+def _dropout_mask_kernel(
+    MASK,        # (B, H, L, L) uint8 out: 1 where the kernels keep a probability
+    SEED,        # (1,) int64 Philox seed
+    rng_threshold, max_seqlen, nheads,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # For tests: materialises the keep-mask that the forward and backward draw
+    # from the same Philox stream (FlashAttention's tests do the same).
+    start_m = tl.program_id(0)
+    bid = tl.program_id(1)
+    hid = tl.program_id(2)
+    seed = tl.load(SEED)
+    threshold = rng_threshold.to(tl.uint32, bitcast=True)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rng_rows = _rng_rows(bid, hid, nheads, max_seqlen, offs_m)
+    row_base = ((bid * nheads + hid).to(tl.int64) * max_seqlen + offs_m.to(tl.int64)[:, None]) * max_seqlen
+    for start_n in range(0, max_seqlen, BLOCK_N):
+        cols = start_n + tl.arange(0, BLOCK_N)
+        keep = _dropout_bits(seed, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+        mask = (offs_m < max_seqlen)[:, None] & (cols < max_seqlen)[None, :]
+        tl.store(MASK + row_base + cols[None, :], keep.to(tl.uint8), mask=mask)
+
+
+def _dropout_mask(cu_seqlens, max_seqlen, nheads, dropout_p, seed, device=None):
+    """The exact keep-mask (B, H, L, L) bool that the Triton attention kernels use for
+    (seed, dropout_p); `seed` an int or the (1,) int64 seed tensor the kernels read.
+    Feed it to `attention_ref(dropout_mask=...)` to check them."""
+    batch = cu_seqlens.numel() - 1
+    device = device if device is not None else cu_seqlens.device
+    if not isinstance(seed, torch.Tensor):
+        seed = seed_tensor(seed, device)
+    mask = torch.zeros((batch, nheads, max_seqlen, max_seqlen), dtype=torch.uint8, device=device)
+    if mask.numel():
+        grid = (triton.cdiv(max_seqlen, 32), batch, nheads)
+        _dropout_mask_kernel[grid](mask, seed, _rng_threshold(dropout_p), max_seqlen, nheads,
+                                   BLOCK_M=32, BLOCK_N=32)
+    return mask.bool()
