@@ -154,14 +154,22 @@ def activation(name: str):
 
 
 class Intermediate(nn.Module):
-    """First half of the feed-forward: dense to the intermediate size, then GELU."""
+    """First half of the feed-forward: dense to the intermediate size, then GELU.
+
+    Where the kernels run on Triton (a GPU) and the activation is BERT's exact GELU,
+    the bias add and the GELU are one fused pass each way (`K.bias_gelu` after
+    `x @ W1ᵀ` without the bias); elsewhere (the CPU) it is `act(dense(x))`, as in HF.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
         self.act = activation(config.hidden_act)
+        self.exact_gelu = config.hidden_act == "gelu"
 
     def forward(self, x):
+        if self.exact_gelu and K.dispatch.resolve("auto", x) == "triton":
+            return K.bias_gelu(F.linear(x, self.dense.weight), self.dense.bias)  # (T, I)
         return self.act(self.dense(x))                                         # (T, I)
 
 
