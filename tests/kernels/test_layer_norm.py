@@ -150,6 +150,55 @@ def test_dropout_keep_fraction_and_scaling():
     assert abs(mean.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_keep_fraction_and_the_four_philox_lanes_are_independent(p):
+    # One Philox call feeds features 4q..4q+3 of a row: its four outputs, and the same
+    # feature in neighbouring rows, must be independent Bernoulli(1 - p) draws.
+    shape = (64, 1024)
+    keep = kept_elements(shape, p, seed=31).float()
+    n = keep.numel()
+    assert abs(keep.mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    lanes = keep.view(-1, 4)
+    sigma = math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / (n / 4))
+    for i, j in ((0, 1), (1, 2), (2, 3), (0, 3)):
+        assert abs((lanes[:, i] * lanes[:, j]).mean().item() - (1 - p) ** 2) < 5 * sigma, (i, j)
+    rows = (keep[1:] * keep[:-1]).mean().item()
+    assert abs(rows - (1 - p) ** 2) < 5 * math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / n)
+
+
+def test_dropout_mask_does_not_depend_on_the_launch_config():
+    # The mask is a function of (seed, row, feature) only: any rows-per-program in the
+    # forward, any split of the backward's rows, the same mask and the same gradients.
+    x, w, b, r, grad = inputs((19, 200))
+    kw = dict(dropout_p=0.3, seed=5)
+    base = run(triton_layer_norm, x, w, b, r, grad, torch.float32, **kw)
+    with ln_mod.override_launch_configs({(torch.float32, 200, "fwd"): (8, 2),
+                                         (torch.float32, 200, "bwd"): (1, 1, 1)}):
+        other = run(triton_layer_norm, x, w, b, r, grad, torch.float32, **kw)
+    for name, u, v in zip(NAMES, base, other):
+        torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5, msg=name)
+        if name in ("y", "dx", "dresidual"):
+            assert torch.equal(u == 0, v == 0), name
+    with pytest.raises(ValueError, match="power of two"):
+        with ln_mod.override_launch_configs({(torch.float32, 200, "fwd"): (3, 2)}):
+            pass
+
+
+def test_fresh_seed_each_call_and_the_backward_keeps_its_own():
+    # No seed: each call draws a new one on the device; a backward run after a later
+    # forward still uses its own forward's mask (the Function saved the seed tensor).
+    n = 256
+    w, b = torch.ones(n, device=DEVICE), torch.zeros(n, device=DEVICE)
+    x1 = torch.ones(8, n, device=DEVICE, requires_grad=True)
+    x2 = torch.ones(8, n, device=DEVICE, requires_grad=True)
+    y1 = triton_layer_norm(x1, w, b, EPS, dropout_p=0.3)
+    y2 = triton_layer_norm(x2, w, b, EPS, dropout_p=0.3)
+    assert not torch.equal(y1 > 0, y2 > 0)
+    y2.backward(torch.randn_like(y2))
+    y1.backward(torch.randn_like(y1))
+    assert torch.equal(x1.grad != 0, y1 > 0) and torch.equal(x2.grad != 0, y2 > 0)
+
+
 # ---------------------------------------------------------------------- dispatch, errors
 def test_backend_choice(monkeypatch):
     calls = []
