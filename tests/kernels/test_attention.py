@@ -10,6 +10,7 @@ import bertcore_kernels as K
 from bertcore_kernels.attention import attention_ref
 from bertcore_kernels.attention_philox import _dropout_mask
 from bertcore_kernels.dispatch import interpret_mode
+from bertcore_kernels.rng import seed_tensor
 
 from kernel_checks import DEVICE, assert_rule, cu_seqlens_of, requires_cuda
 
@@ -38,12 +39,12 @@ def inputs(lengths, head_dim, seed=0, device=DEVICE):
     return qkv.to(device), grad.to(device), cu_seqlens_of(lengths, device), max(lengths, default=0)
 
 
-def check_against_fp64(lengths, head_dim, dtype, device=DEVICE, dropout_p=0.0, seed=None):
+def check_against_fp64(lengths, head_dim, dtype, device=DEVICE, dropout_p=0.0, seed=None, deterministic=False):
     qkv, grad, cu, max_seqlen = inputs(lengths, head_dim, device=device)
-    kw, ref_kw = {}, {}
+    kw, ref_kw = dict(deterministic=deterministic), {}
     if dropout_p:
         mask = _dropout_mask(cu, max_seqlen, HEADS, dropout_p, seed)
-        kw = dict(dropout_p=dropout_p, seed=seed)
+        kw.update(dropout_p=dropout_p, seed=seed)
         ref_kw = dict(dropout_p=dropout_p, dropout_mask=mask)
     tri = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
     same = run(attention_ref, qkv, cu, max_seqlen, grad, dtype, **ref_kw)
@@ -73,6 +74,23 @@ def case_id(case):
 @pytest.mark.parametrize("dtype,head_dim,lengths", CASES, ids=[case_id(c) for c in CASES])
 def test_attention_fwd_bwd_matches_fp64(dtype, head_dim, lengths):
     check_against_fp64(lengths, head_dim, dtype)
+
+
+@pytest.mark.parametrize("dtype,head_dim,lengths", CASES[::3], ids=[case_id(c) for c in CASES[::3]])
+def test_deterministic_backward_matches_fp64_and_repeats_bitwise(dtype, head_dim, lengths):
+    check_against_fp64(lengths, head_dim, dtype, deterministic=True)
+    qkv, grad, cu, max_seqlen = inputs(lengths, head_dim)
+    a, b = (run(triton_attention, qkv, cu, max_seqlen, grad, dtype, deterministic=True) for _ in range(2))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_programs_run_longest_sequence_first():
+    cu = cu_seqlens_of([3, 0, 130, 17, 130, 1])
+    order = attn_mod._sequence_order(cu).cpu()
+    assert order.dtype == torch.int32
+    lens = (cu[1:] - cu[:-1]).cpu()
+    assert sorted(order.tolist()) == list(range(6))
+    assert lens[order.long()].tolist() == [130, 130, 17, 3, 1, 0]
 
 
 def test_odd_head_dim_and_custom_scale_on_contiguous_inputs():
@@ -111,6 +129,26 @@ def test_single_token_output_is_its_value():
 def test_dropout_same_seed_same_result_and_backward_uses_forward_mask():
     check_against_fp64([0, 17, 40], 32, torch.float32, dropout_p=0.2, seed=1234)
     check_against_fp64([17, 1], 64, torch.float16, dropout_p=0.3, seed=7)
+    check_against_fp64([40, 0, 17], 32, torch.float32, dropout_p=0.2, seed=2**62 + 3, deterministic=True)
+
+
+def test_backward_uses_the_seed_saved_by_its_forward():
+    # seed=None: the forward draws a device seed; draws made between the forward and the
+    # backward (another layer's) must not change the mask the backward regenerates.
+    qkv, grad, cu, max_seqlen = inputs([17, 30], 32)
+
+    def grads(draw_between):
+        torch.manual_seed(11)
+        x = qkv.float().clone().requires_grad_()
+        out = triton_attention(x[:, 0], x[:, 1], x[:, 2], cu, max_seqlen, dropout_p=0.3)
+        if draw_between:
+            triton_attention(x[:, 0], x[:, 1], x[:, 2], cu, max_seqlen, dropout_p=0.3)
+        out.backward(grad.float())
+        return out, x.grad
+
+    with torch.random.fork_rng(devices=[]):
+        (a, ga), (b, gb) = grads(False), grads(True)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
 def test_dropout_is_repeatable_by_seed():
@@ -146,12 +184,42 @@ def test_dropout_keep_fraction_and_scaling():
     assert abs(out.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
 
 
+def within_binomial(frac, p, n, sigmas=5.0):
+    """Whether kept fractions `frac` (a tensor of them) are within `sigmas` standard
+    deviations of 1 - p for n draws each."""
+    return bool(((frac - (1 - p)).abs() <= sigmas * math.sqrt(p * (1 - p) / n)).all())
+
+
+def test_dropout_keep_fraction_per_head_position_and_lane_and_lanes_independent():
+    # One Philox call decides four neighbouring keys (attention_philox): the four lanes
+    # must each keep 1 - p and be uncorrelated, as must neighbouring calls.
+    p, B, L = 0.3, 4, 128
+    mask = _dropout_mask(cu_seqlens_of([L] * B), L, HEADS, p, 2024).float().cpu()  # (B, H, L, L)
+    assert within_binomial(mask.mean(), p, mask.numel())
+    assert within_binomial(mask.mean((0, 2, 3)), p, B * L * L)                     # per head
+    assert within_binomial(mask.mean((0, 1, 3)), p, B * HEADS * L)                 # per query position
+    assert within_binomial(mask.mean((0, 1, 2)), p, B * HEADS * L)                 # per key position
+    lanes = mask.view(-1, 4)                                                       # (calls, 4)
+    assert within_binomial(lanes.mean(0), p, lanes.shape[0])                       # per lane
+    n = lanes.shape[0]
+    corr = torch.corrcoef(lanes.T)                                                 # (4, 4)
+    off_diagonal = corr[~torch.eye(4, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 5 / math.sqrt(n)
+    neighbours = torch.corrcoef(torch.stack([lanes[:-1, 0], lanes[1:, 0]]))[0, 1]  # next call
+    assert neighbours.abs() < 5 / math.sqrt(n)
+    for q in (0.05, 0.9):                                                          # far ends of p
+        m = _dropout_mask(cu_seqlens_of([64]), 64, HEADS, q, 3).float()
+        assert within_binomial(m.mean(), q, m.numel())
+
+
 def test_dropout_mask_depends_on_seed_only_through_philox():
     cu = cu_seqlens_of([20])
     a = _dropout_mask(cu, 20, HEADS, 0.5, 1)
     assert torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 1))
     assert not torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 2))
     assert not torch.equal(a[:, 0], a[:, 1])  # heads draw different masks
+    assert torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, seed_tensor(1, DEVICE)))  # int or device tensor
+    assert not torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 2**40 + 1))  # all 63 seed bits count
 
 
 # ---------------------------------------------------------------------- dispatch, errors
@@ -277,22 +345,44 @@ def test_bad_inputs_raise_clear_errors():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("head_dim", [32, 64, 128])
 def test_cuda_attention_matches_fp64(dtype, head_dim):
-    check_against_fp64([0, 1, 17, 130, 512, 64], head_dim, dtype, device="cuda")
-    check_against_fp64([33, 200, 1], head_dim, dtype, device="cuda", dropout_p=0.1, seed=3)
+    for deterministic in (False, True):
+        check_against_fp64([0, 1, 17, 130, 512, 64], head_dim, dtype, device="cuda", deterministic=deterministic)
+        check_against_fp64([33, 200, 1], head_dim, dtype, device="cuda", dropout_p=0.1, seed=3,
+                           deterministic=deterministic)
+    check_against_fp64([17, 100, 128], head_dim, dtype, device="cuda", dropout_p=0.2, seed=4)  # "short" tiles
 
 
 @requires_cuda
 def test_cuda_new_batch_does_not_recompile():
-    def compiled():
-        return sum(len(cache[0]) for cache in attn_mod._attention_fwd_kernel.device_caches.values())
+    kernels = (attn_mod._attention_fwd_kernel, attn_mod._attention_bwd_kernel, attn_mod._attention_bwd_det_kernel)
 
-    for i, lengths in enumerate(([5, 17], [130, 3, 64], [512], [1, 2, 3, 4, 99])):
-        qkv, _, cu, max_seqlen = inputs(lengths, 64, device="cuda")
-        q, k, v = qkv.half().unbind(1)
-        triton_attention(q, k, v, cu, max_seqlen, dropout_p=0.1, seed=i + 1)
-        if i == 0:
+    def compiled():
+        return sum(len(cache[0]) for kernel in kernels for cache in kernel.device_caches.values())
+
+    # The first two batches compile each kernel once per length class (short, long).
+    for i, lengths in enumerate(([5, 17], [130, 3, 64], [512], [1, 2, 3, 4, 99], [128, 7], [300, 129])):
+        qkv, grad, cu, max_seqlen = inputs(lengths, 64, device="cuda")
+        for deterministic in (False, True):
+            run(triton_attention, qkv, cu, max_seqlen, grad, torch.float16, dropout_p=0.1, seed=i + 1,
+                deterministic=deterministic)
+        if i == 1:
             first = compiled()
     assert compiled() == first
+
+
+@requires_cuda
+def test_cuda_fwd_bwd_never_sync_with_the_host():
+    qkv, grad, cu, max_seqlen = inputs([17, 300, 0, 64], 64, device="cuda")
+    run(triton_attention, qkv, cu, max_seqlen, grad, torch.bfloat16, dropout_p=0.1)   # warm-up: compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for deterministic in (False, True):
+            run(triton_attention, qkv, cu, max_seqlen, grad, torch.bfloat16, dropout_p=0.1,
+                deterministic=deterministic)
+            run(triton_attention, qkv, cu, max_seqlen, grad, torch.bfloat16, deterministic=deterministic)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_torch_path_accepts_a_batch_of_only_empty_sequences():
