@@ -146,43 +146,58 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
 class TrainStep:
     """One optimizer step of a TaskModel on a bucketed batch, as a CUDA graph per bucket:
     zero the gradients, forward, weighted loss, backward, clip to `max_grad_norm`,
-    AdamW. A step whose loss or gradient norm is not finite leaves the weights and the
-    optimizer state as they were (the fused AdamW's `found_inf`).
+    AdamW, under bf16/fp16 autocast when `dtype` is given. A step whose loss or gradient
+    norm is not finite leaves the weights and the optimizer state as they were (the
+    fused AdamW's `found_inf`).
 
-    `step(batch, heads)` returns a (2,) device tensor [loss, 1.0 if not finite]. The
+    `step(batch, heads)` returns a (3,) device tensor [loss, 1.0 if not finite, gradient
+    norm before clipping]; it is the graph's buffer, so read it before the next step. The
     gradients live in buffers of their own, shared by every bucket's graph (one copy
-    of the parameters' size); the parameters' `.grad` is None between steps.
+    of the parameters' size); the parameters' `.grad` is None between steps. As in an
+    eager step, only parameters that get a gradient are clipped and stepped (another
+    task's head, or the pooler under a token head, are left alone): the warm-up step
+    of each bucket, run eagerly, finds out which those are.
     Gradient accumulation and DDP are not captured: the Trainer runs those eagerly."""
 
     def __init__(self, model, optimizer, max_grad_norm: float | None, loss_weights: dict | None = None,
-                 warmup: int = 1):
+                 dtype: torch.dtype | None = None, warmup: int = 1):
+        if warmup < 1:
+            raise ValueError("TrainStep needs warmup >= 1 (the eager step that finds the used parameters)")
         make_capturable(optimizer)
         self.model, self.optimizer = model, optimizer
         self.max_grad_norm = max_grad_norm or float("inf")
-        self.loss_weights = loss_weights or {}
+        self.loss_weights, self.dtype = loss_weights or {}, dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        device = self.params[0].device
-        self.found_inf = torch.zeros((), dtype=torch.float32, device=device)
+        self.grads: dict[int, torch.Tensor] = {}     # param index -> its gradient buffer, made on first use
+        self.used: dict = {}                         # graph key -> indices of the params that get gradients
+        self.key = None
+        self.found_inf = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self.cache = GraphCache(self._step, warmup=warmup, name="training step")
 
     def __call__(self, batch: dict, heads) -> torch.Tensor:
-        inputs = {**batch, "_heads": tuple(heads), "_autocast": autocast_state()}
-        return self.cache(inputs, graph_key(inputs, self.model))
+        inputs = {**batch, "_heads": tuple(heads), "_autocast": self.dtype}
+        self.key = graph_key(inputs, self.model)
+        for i in self.used.get(self.key, ()):   # outside any capture: buffers that outlive the graphs
+            if i not in self.grads:
+                self.grads[i] = torch.zeros_like(self.params[i])
+        return self.cache(inputs, self.key)
 
     def _step(self, inputs: dict) -> torch.Tensor:
         model, opt = self.model, self.optimizer
         batch = {k: v for k, v in inputs.items() if not k.startswith("_")}
-        for p, g in zip(self.params, self.grads):
-            p.grad = g
+        used = self.used.get(self.key)
+        for i, p in enumerate(self.params):   # eager (used unknown): autograd makes the grads it needs
+            p.grad = self.grads[i] if used is not None and i in used else None
         try:
             opt.zero_grad(set_to_none=False)
             with no_autocast_cache(inputs["_autocast"]):
                 logits = model(batch, head=list(inputs["_heads"]))
                 loss = model.compute_loss(logits, batch, self.loss_weights)
             loss.backward()
+            if used is None:
+                self.used[self.key] = frozenset(i for i, p in enumerate(self.params) if p.grad is not None)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-            loss = loss.detach().float()
+            loss, norm = loss.detach().float(), norm.float()
             self.found_inf.copy_((~torch.isfinite(loss) | ~torch.isfinite(norm)).float())
             opt.found_inf = self.found_inf   # read by the fused AdamW: skip the update when set
             opt.step()
@@ -190,12 +205,12 @@ class TrainStep:
             opt.__dict__.pop("found_inf", None)
             for p in self.params:
                 p.grad = None
-        return torch.stack([loss, self.found_inf])
+        return torch.stack([loss, self.found_inf, norm])
 
     @property
     def memory_bytes(self) -> int:
         """Device memory the captured graphs took, plus the gradient buffers."""
-        return self.cache.memory_bytes + sum(g.numel() * g.element_size() for g in self.grads)
+        return self.cache.memory_bytes + sum(g.numel() * g.element_size() for g in self.grads.values())
 
 
 class Forward:

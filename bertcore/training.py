@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import cudagraphs
 from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
@@ -56,6 +57,11 @@ class TrainingArgs:
     checkpoint-<step>/ folders of hard links); best/ is always kept.
     The learning rate warms up linearly from 0 over `warmup_ratio` of the steps, then
     decays linearly to 0, as transformers' default schedule.
+    `cuda_graphs`: on a GPU, run each training step as a CUDA graph captured once per
+    batch bucket (`bertcore.buckets`, `bertcore.cudagraphs`). None (the default) = on
+    where it applies: CUDA, one process, `grad_accum_steps` 1, labels that pad with
+    IGNORE_INDEX (classification, NER, QA, NSP; not regression, multi-label, MLM or
+    embedding pairs, whose batches run eagerly). False = always eager.
     """
 
     output_dir: str
@@ -84,6 +90,7 @@ class TrainingArgs:
     logging_steps: int = 10
     progress: bool = True
     device: str | None = None
+    cuda_graphs: bool | None = None
 
     def __post_init__(self):
         if self.sampling not in ("round_robin", "proportional"):
@@ -210,6 +217,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             step_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              find_unused_parameters=len(self.train_sets) > 1)
+        graph_step = self._graph_step(optimizer)
+        buckets = model.buckets(args.batch_size) if graph_step else None
         model.train()
         running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
         pending, pending_loss = 0, 0.0
@@ -219,18 +228,27 @@ class Trainer:
             for i in range(state.position if epoch == state.epoch else 0, len(plan)):
                 t, indices = plan[i]
                 data = self.train_sets[t]
-                batch = to_device(model.collate([data.features[j] for j in indices], data.heads), self.device)
+                batch = to_device(model.collate([data.features[j] for j in indices], data.heads, buckets),
+                                  self.device)
                 pending += 1
                 last_micro = pending == args.grad_accum_steps or i == len(plan) - 1
-                sync = step_model.no_sync() if self.distributed and not last_micro else nullcontext()
-                with sync, autocast(self.device, self.args.bf16):
-                    loss = model.compute_loss(step_model(batch, head=list(data.heads)), batch, args.loss_weights)
-                (loss / args.grad_accum_steps).backward()
-                pending_loss += float(loss.detach())
-                tokens += int(batch["input_ids"].numel()) * self.world
-                if not last_micro:
-                    continue
-                self._optimizer_step(optimizer, scheduler, pending_loss / pending, state.step, data)
+                if "num_sequences" in batch:  # bucketed: the whole step is one graph replay
+                    loss, bad, norm = graph_step(batch, data.heads).tolist()   # one host read, after the step
+                    if bad:
+                        self._non_finite(loss, norm, state.step, data)
+                    scheduler.step()
+                    pending_loss += loss
+                    tokens += batch["num_tokens"] * self.world
+                else:
+                    sync = step_model.no_sync() if self.distributed and not last_micro else nullcontext()
+                    with sync, autocast(self.device, self.args.bf16):
+                        loss = model.compute_loss(step_model(batch, head=list(data.heads)), batch, args.loss_weights)
+                    (loss / args.grad_accum_steps).backward()
+                    pending_loss += float(loss.detach())
+                    tokens += int(batch["input_ids"].numel()) * self.world
+                    if not last_micro:
+                        continue
+                    self._optimizer_step(optimizer, scheduler, pending_loss / pending, state.step, data)
                 running, running_n = running + pending_loss, running_n + pending
                 pending, pending_loss = 0, 0.0
                 state.step += 1
@@ -258,13 +276,33 @@ class Trainer:
         if self.distributed:
             dist.all_reduce(bad)
         if bad.item():
-            what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {float(norm)}"
-            raise NonFiniteLossError(f"{what} at step {step + 1} ({'+'.join(data.heads)}); stopped before the "
-                                     f"optimizer step, so the weights are unharmed; {self._last_good()}. Lower "
-                                     "learning_rate, check the data's labels, or turn off bf16.")
+            self._non_finite(loss, float(norm), step, data)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+
+    def _non_finite(self, loss: float, norm: float, step: int, data: Encoded):
+        what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {norm}"
+        raise NonFiniteLossError(f"{what} at step {step + 1} ({'+'.join(data.heads)}); stopped before the "
+                                 f"optimizer step, so the weights are unharmed; {self._last_good()}. Lower "
+                                 "learning_rate, check the data's labels, or turn off bf16.")
+
+    def _graph_step(self, optimizer) -> "cudagraphs.TrainStep | None":
+        """The CUDA-graph training step where `cuda_graphs` applies, else None (eager)."""
+        args = self.args
+        if args.cuda_graphs is False or not cudagraphs.usable(self.device):
+            if args.cuda_graphs:
+                logger.warning("cuda_graphs=True, but the device is %s: training eagerly", self.device)
+            return None
+        why = "grad_accum_steps > 1" if args.grad_accum_steps > 1 else "DDP" if self.distributed else None
+        if why is None:
+            dtype = torch.bfloat16 if args.bf16 and torch.cuda.is_bf16_supported() else None
+            try:
+                return cudagraphs.TrainStep(self.model, optimizer, args.max_grad_norm, args.loss_weights, dtype)
+            except ValueError as err:
+                why = str(err)
+        (logger.warning if args.cuda_graphs else logger.info)("training steps run eagerly, not as CUDA graphs: %s", why)
+        return None
 
     def _last_good(self) -> str:
         try:
