@@ -265,7 +265,7 @@ def _rows(t, n):
 
 def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
     """Runs the forward kernel on (M, N) rows; `seed` a (1,) int64 tensor on x's device
-    (read only with dropout). Returns (y, mean, rstd)."""
+    (None without dropout). Returns (y, mean, rstd)."""
     M, N = x.shape
     out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
@@ -275,6 +275,7 @@ def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
         return y, mean, rstd
     cfg = launch_config(x.dtype, N, "fwd")
     r = residual if residual is not None else x  # any valid pointer; never read
+    seed = seed if seed is not None else x       # the same: read only with dropout
     _layer_norm_fwd_kernel[(triton.cdiv(M, cfg.rows),)](
         x, r, weight, bias, y, mean, rstd, seed,
         x.stride(0), r.stride(0), y.stride(0), M, N, eps, dropout_p, _threshold(dropout_p),
@@ -312,6 +313,7 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
     dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
     r = residual if residual is not None else x
+    seed = seed if seed is not None else x
     _layer_norm_bwd_kernel[(programs,)](
         dy, x, r, weight, mean, rstd, dx, dr, dw_partial, db_partial, seed,
         dy.stride(0), x.stride(0), r.stride(0), M, N, dropout_p, _threshold(dropout_p), rows_per_program,
@@ -328,7 +330,7 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
 @torch.library.custom_op("bertcore::layer_norm_fwd", mutates_args=())
 def _layer_norm_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        residual: Optional[torch.Tensor], eps: float, dropout_p: float,
-                       seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed)
 
 
@@ -343,7 +345,7 @@ def _(x, weight, bias, residual, eps, dropout_p, seed):
 @torch.library.custom_op("bertcore::layer_norm_bwd", mutates_args=())
 def _layer_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                        residual: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
-                       dropout_p: float, seed: torch.Tensor, need_dresidual: bool
+                       dropout_p: float, seed: Optional[torch.Tensor], need_dresidual: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dw, db, dr = _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual)
     # a custom op's outputs may not alias each other: an empty dresidual means "equals dx"
@@ -424,7 +426,7 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
                              f"to {_max_hidden(x.dtype)} for {x.dtype}; got {x.shape[-1]}. "
                              f"Use backend='torch' for wider rows")
         if dropout_p == 0.0:
-            seed_t = x  # any tensor: the kernels read the seed only with dropout (no allocation here)
+            seed_t = None  # the kernels read the seed only with dropout
         elif seed is None:
             seed_t = device_seed(x)
         else:
