@@ -8,8 +8,9 @@ which picks Triton on a GPU and PyTorch on a CPU. Module and parameter names equ
 Hugging Face's BERT state-dict keys, so checkpoints load key by key.
 
 Input checks that read token values run on host (CPU) tensors only: on a GPU each
-would cost a device sync per call. Set `BERTCORE_DEBUG=1` (read once, at import) to
-run them on GPU tensors too.
+would cost a device sync per call, so `TaskModel.collate` runs them on the host
+batch instead (`check_token_values`). Set `BERTCORE_DEBUG=1` (read once, at import)
+to run them on GPU tensors too.
 """
 import numbers
 import os
@@ -308,6 +309,14 @@ class BertEncoder(nn.Module):
         """Whether to check `t`'s values: always on the CPU; elsewhere (a device sync)
         only with BERTCORE_DEBUG=1."""
         return t.device.type == "cpu" or DEBUG_CHECKS
+
+    def check_token_values(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> None:
+        """ValueError unless every id lies in the vocabulary and every segment id in
+        `type_vocab_size`. Reads the values: call it on host tensors (the collator does)."""
+        self._check_range("input_ids", input_ids, self.config.vocab_size, "vocab_size",
+                          "tokenizer and model vocabularies differ")
+        if token_type_ids is not None:
+            self._check_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
 
     @staticmethod
     def _check_ids(name, t):

@@ -162,6 +162,8 @@ class TaskModel(nn.Module):
                                      "train them on separate data")
                 owners[key] = name
                 batch[key] = value
+        if self.device.type != "cpu":  # the encoder checks token values on host tensors only
+            self.encoder.check_token_values(batch["input_ids"], batch.get("token_type_ids"))
         return self._bucketed(batch, owners, buckets) if buckets is not None else batch
 
     def buckets(self, batch_size: int) -> Buckets:

@@ -107,6 +107,18 @@ def test_cuda_graphs_stay_off_on_the_cpu(tok, tmp_path, caplog):
     assert "training eagerly" in caplog.text
 
 
+def test_collator_checks_token_values_on_the_host_for_a_gpu_model(tok, monkeypatch):
+    """On a GPU the encoder skips value checks (each would be a device sync): the collator
+    makes them on the host batch instead."""
+    model = toy.model(tok)
+    feature = model.encode(toy.examples(1), "toy", tok).features[0]
+    bad = {**feature, "input_ids": [tok.vocab_size + 5] + feature["input_ids"][1:]}
+    model.collate([bad], "toy")                            # a CPU model: its forward checks
+    monkeypatch.setattr(type(model), "device", property(lambda self: torch.device("cuda")))
+    with pytest.raises(ValueError, match="vocab_size"):
+        model.collate([bad], "toy")
+
+
 # ---- on a GPU ---------------------------------------------------------------------------------
 
 
