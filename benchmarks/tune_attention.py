@@ -1,14 +1,23 @@
 """Launch-config sweep for the Triton attention kernels on this GPU.
 
-For each (dtype, head_dim) it times the forward (no dropout: inference) and the
-backward (dropout 0.1: training) under every candidate (block rows, block cols,
-num_warps, num_stages), on two BERT batches of ~16k real tokens and 12 heads:
-equal lengths 128 and mixed lengths 16-512. The best config is the one with the
-lowest summed time; it is printed next to today's default and SDPA on the padded,
-masked batch, ready to paste into `bertcore_kernels.attention.LAUNCH_CONFIGS`. Each
+For each (dtype, head_dim) and direction it times every candidate (block rows,
+block cols, num_warps, num_stages) on two BERT batches of ~16k real tokens and 12
+heads, one per length class of `LAUNCH_CONFIGS`: equal lengths 128 ("short",
+max_seqlen <= 128) and mixed lengths 16-512 ("long"). Directions:
+
+  fwd      the forward, no dropout (inference)
+  bwd      the default one-pass backward (dQ by atomics), dropout 0.1 (training);
+           block rows = query rows per step, block cols = keys per program
+  bwd_det  the deterministic two-pass backward, dropout 0.1; square tiles (block rows)
+
+The best config per length class is the fastest; it is printed next to today's
+default, SDPA on the padded, masked batch and PyTorch's varlen FlashAttention
+(`torch.nn.attention.varlen.varlen_attn`, no dropout: a bound, where torch has it),
+and as `_DEFAULTS` rows ready to paste into `bertcore_kernels/attention.py`. Each
 candidate runs under `bertcore_kernels.override_launch_configs`.
 
-    python benchmarks/tune_attention.py [--dtypes bf16 fp16] [--head-dims 64 128] [--output DIR]
+    python benchmarks/tune_attention.py [--dtypes bf16 fp16] [--head-dims 64 128]
+        [--directions fwd bwd bwd_det] [--output DIR]
 
 GPU only. Each candidate compiles once (seconds); a config that does not fit the
 chip's shared memory is reported as failed and skipped.
@@ -23,31 +32,40 @@ import bertcore_kernels as K
 import torch
 
 from bertcore.bench import lib as B
-from bertcore.bench.attention import lengths_for, make_inputs, mode_fn, provider_fn
+from bertcore.bench.attention import available, lengths_for, make_inputs, mode_fn, provider_fn
 
-FWD = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3),
-       (128, 128, 8, 2), (64, 128, 4, 2), (64, 32, 4, 4)]
-BWD = [(32, 32, 4, 1), (32, 32, 4, 2), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 2),
-       (128, 128, 8, 1), (128, 128, 8, 2)]
-KINDS = ("equal-128", "mixed-16-512")
+CANDIDATES = {
+    "fwd": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 32, 4, 3),
+            (128, 128, 8, 2), (64, 128, 4, 2), (64, 32, 4, 4)],
+    # FlashAttention-2's Triton tutorial runs (32, 128, 4, 5) for dK/dV on H100.
+    "bwd": [(32, 64, 4, 2), (32, 64, 4, 3), (32, 128, 4, 3), (32, 128, 4, 5), (64, 64, 4, 2),
+            (64, 128, 8, 3), (16, 64, 4, 2), (16, 32, 4, 2)],
+    "bwd_det": [(32, 32, 4, 1), (32, 32, 4, 2), (64, 64, 4, 1), (64, 64, 4, 2), (64, 64, 8, 2),
+                (128, 128, 8, 1), (128, 128, 8, 2)],
+}
+KINDS = {"short": "equal-128", "long": "mixed-16-512"}  # length class -> the batch that tunes it
 HEADS, TOKENS = 12, 16384
 DTYPES = B.DTYPES
 
 
-def time_direction(provider, inp, backward: bool) -> float:
-    """ms of the forward (no dropout: inference) or the backward (dropout 0.1: training)."""
-    fn, leaves = provider_fn(provider, inp, None, dropout_p=0.1 if backward else 0.0)
+def time_direction(provider, inp, direction: str) -> float:
+    """ms of the forward (no dropout) or a backward (dropout 0.1, none for torch-varlen)."""
+    backward = direction != "fwd"
+    if direction == "bwd_det":
+        provider = "bertcore-triton-det" if provider == "bertcore-triton" else provider
+    dropout_p = 0.1 if backward and provider != "torch-varlen" else 0.0
+    fn, leaves = provider_fn(provider, inp, None, dropout_p=dropout_p)
     return B.time_fn(mode_fn(fn, leaves, "bwd" if backward else "fwd"), "cuda")["ms"]
 
 
-def sweep(dtype, head_dim, backward, inputs):
-    direction = "bwd" if backward else "fwd"
-    default = tuple(K.launch_config(dtype, head_dim, direction))
+def sweep(dtype, head_dim, direction, length, inp):
+    """{config: ms or 'failed: ...'} for one length class, and today's default."""
+    default = tuple(K.launch_config(dtype, head_dim, direction, length))
     results = {}
-    for cfg in (BWD if backward else FWD):
+    for cfg in CANDIDATES[direction]:
         try:
-            with K.override_launch_configs({(dtype, head_dim, direction): cfg}):
-                results[cfg] = [time_direction("bertcore-triton", inp, backward) for inp in inputs]
+            with K.override_launch_configs({(dtype, head_dim, direction, length): cfg}):
+                results[cfg] = time_direction("bertcore-triton", inp, direction)
         except Exception as exc:  # out of shared memory / registers on this chip
             results[cfg] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
     return default, results
@@ -57,6 +75,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp16"])
     ap.add_argument("--head-dims", nargs="+", type=int, default=[64, 128, 32])
+    ap.add_argument("--directions", nargs="+", choices=list(CANDIDATES), default=["fwd", "bwd"])
     ap.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results",
                     help="the CSV goes to DIR/<device>/tune_attention.csv (default: benchmarks/results)")
     a = ap.parse_args(argv)
@@ -66,32 +85,34 @@ def main(argv=None) -> int:
     rows, picks = [], {}
     env = B.env_row("cuda")
     for dt in a.dtypes:
+        refs = [p for p in ("sdpa-mask", "torch-varlen") if available(p, "cuda", dt) is None]
         for hd in a.head_dims:
-            inputs = [make_inputs(lengths_for(kind, TOKENS), HEADS, hd, DTYPES[dt], "cuda") for kind in KINDS]
-            for backward in (False, True):
-                direction = "bwd" if backward else "fwd"
-                default, results = sweep(DTYPES[dt], hd, backward, inputs)
-                sdpa = [time_direction("sdpa-mask", inp, backward) for inp in inputs]
-                ok = {c: t for c, t in results.items() if not isinstance(t, str)}
-                best = min(ok, key=lambda c: sum(ok[c])) if ok else None
-                picks[(dt, hd, direction)] = best
-                for cfg, t in results.items():
-                    rows.append({**env, "dtype": dt, "head_dim": hd, "direction": direction,
-                                 "config": "x".join(map(str, cfg)), "default": cfg == default,
-                                 "best": cfg == best,
-                                 **({f"ms_{k}": v for k, v in zip(KINDS, t)} if not isinstance(t, str)
-                                    else {"error": t}),
-                                 **{f"sdpa_ms_{k}": v for k, v in zip(KINDS, sdpa)}})
-                B.print_table([r for r in rows if r["dtype"] == dt and r["head_dim"] == hd
-                               and r["direction"] == direction],
-                              ["config", "default", "best", *(f"ms_{k}" for k in KINDS),
-                               *(f"sdpa_ms_{k}" for k in KINDS), "error"],
-                              title=f"attention {direction} {dt} d={hd} ({HEADS} heads, ~{TOKENS} tokens)")
+            inputs = {cls: make_inputs(lengths_for(kind, TOKENS), HEADS, hd, DTYPES[dt], "cuda")
+                      for cls, kind in KINDS.items()}
+            for direction in a.directions:
+                for cls, inp in inputs.items():
+                    default, results = sweep(DTYPES[dt], hd, direction, cls, inp)
+                    ref_ms = {p: time_direction(p, inp, direction) for p in refs}
+                    ok = {c: t for c, t in results.items() if not isinstance(t, str)}
+                    best = min(ok, key=ok.get) if ok else None
+                    picks[(dt, hd, direction, cls)] = best
+                    for cfg, t in results.items():
+                        rows.append({**env, "dtype": dt, "head_dim": hd, "direction": direction,
+                                     "length_class": cls, "lengths": KINDS[cls],
+                                     "config": "x".join(map(str, cfg)), "default": cfg == default,
+                                     "best": cfg == best,
+                                     **({"ms": t} if not isinstance(t, str) else {"error": t}),
+                                     **{f"{p}_ms": ms for p, ms in ref_ms.items()}})
+                    B.print_table([r for r in rows if r["dtype"] == dt and r["head_dim"] == hd
+                                   and r["direction"] == direction and r["length_class"] == cls],
+                                  ["config", "default", "best", "ms", *(f"{p}_ms" for p in refs), "error"],
+                                  title=f"attention {direction} {dt} d={hd} {cls} ({KINDS[cls]}, {HEADS} heads, "
+                                        f"~{TOKENS} tokens)")
     out = B.results_dir("cuda", a.output) / "tune_attention.csv"
     B.write_csv(rows, out)
-    print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages):")
-    for (dt, hd, direction), cfg in picks.items():
-        print(f"  {dt} d={hd} {direction}: {cfg}")
+    print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages), as _DEFAULTS rows:")
+    for (dt, hd, direction, cls), cfg in picks.items():
+        print(f"    (({DTYPES[dt]},), ({hd},), {direction!r}, ({cls!r},), {cfg}),")  # hd stands for its bucket
     return 0
 
 

@@ -4,8 +4,11 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
 32/64/128 (12 heads), dtypes (fp32 on CPU; fp16/bf16/fp32 on GPU) and modes
 (fwd, bwd, full = fwd+bwd). Providers:
 
-  bertcore-triton  bertcore_kernels.attention(backend="triton"): the Triton kernel (GPU only;
+  bertcore-triton  bertcore_kernels.attention(backend="triton"): the Triton kernels (GPU only;
                    on a CPU Triton only has its interpreter, which is no performance path)
+  bertcore-triton-det  the same with deterministic=True: the two-pass backward without atomics
+  torch-varlen     torch.nn.attention.varlen.varlen_attn: PyTorch's packed FlashAttention (CUDA,
+                   fp16/bf16, no dropout; where the installed torch has it)
   bertcore-repad   bertcore_kernels.attention_ref: repad + masked SDPA + unpad (what the torch
                    backend does when cu_seqlens is on a GPU)
   bertcore-runs    bertcore_kernels.attention(backend="torch") with cu_seqlens on the host: the
@@ -33,7 +36,8 @@ import torch.nn.functional as F
 
 from . import lib as B
 
-PROVIDERS = ("bertcore-triton", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
+PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "torch-varlen", "bertcore-repad", "bertcore-runs",
+             "sdpa-mask", "sdpa-nomask", "eager")
 MODES = ("fwd", "bwd", "full")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "full": 3.5}
 
@@ -64,11 +68,22 @@ def provider_fn(provider, inp, lengths, dropout_p=0.0):
     """A function of (q, k, v) leaves → output, plus those leaves, for one provider;
     `dropout_p` on the attention probabilities (training), as each provider does it."""
     import bertcore_kernels as K
-    if provider == "bertcore-triton":
+    if provider in ("bertcore-triton", "bertcore-triton-det"):
+        leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
+        deterministic = provider == "bertcore-triton-det"
+
+        def fn(q, k, v):
+            return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend="triton",
+                               deterministic=deterministic)
+        return fn, leaves
+    if provider == "torch-varlen":
+        if dropout_p:
+            raise ValueError("torch-varlen has no dropout")
+        varlen_attn = _varlen_attn()
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
 
         def fn(q, k, v):
-            return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend="triton")
+            return varlen_attn(q, k, v, inp["cu"], inp["cu"], inp["max"], inp["max"])
         return fn, leaves
     if provider == "bertcore-repad":
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
@@ -125,15 +140,31 @@ def mode_fn(fn, leaves, mode):
     return call
 
 
-def available(provider: str, device: str) -> str | None:
-    """None if the provider runs here, else why not."""
-    if provider == "bertcore-triton":
+def _varlen_attn():
+    """torch.nn.attention.varlen.varlen_attn, or None where this torch lacks it (< 2.9)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def available(provider: str, device: str, dtype: str | None = None) -> str | None:
+    """None if the provider runs here (for `dtype`, "fp16"/"bf16"/"fp32", if given), else why not."""
+    if provider in ("bertcore-triton", "bertcore-triton-det"):
         if device != "cuda":
             return "skipped: no CUDA device (Triton's CPU interpreter is not a performance path)"
         try:
             import triton  # noqa: F401
         except ImportError:
             return "skipped: triton not installed"
+    if provider == "torch-varlen":
+        if _varlen_attn() is None:
+            return f"skipped: torch {torch.__version__} has no torch.nn.attention.varlen.varlen_attn"
+        if device != "cuda":
+            return "skipped: varlen_attn runs FlashAttention on CUDA only"
+        if dtype == "fp32":
+            return "skipped for fp32: FlashAttention runs fp16/bf16 only"
     return None
 
 
@@ -157,7 +188,8 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
     env = B.env_row(device)
     notes, rows = [], []
     for p in providers:
-        why = available(p, device)
+        why = available(p, device) or next((available(p, device, dt) for dt in dtypes
+                                            if available(p, device, dt)), None)
         if why:
             notes.append(f"{p}: {why}")
     for dt in dtypes:
@@ -169,7 +201,7 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                 flops_fwd = 4 * heads * hd * sum(n * n for n in lengths)
                 for mode in modes:
                     for p in providers:
-                        if available(p, device):
+                        if available(p, device, dt):
                             continue
                         fn, leaves = provider_fn(p, inp, lengths)
                         call = mode_fn(fn, leaves, mode)
@@ -184,9 +216,12 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                                      "peak_mb": peak / 2 ** 20,
                                      "machine_matmul_tflops": B.peak_flops(device, dtype)})
                     if verbose:
-                        B.print_table([r for r in rows if r["lengths"] == kind and r["mode"] == mode
-                                       and r["head_dim"] == hd and r["dtype"] == dt], TABLE_COLS,
-                                      title=f"attention {dt} d={hd} {kind} {mode}")
+                        these = [r for r in rows if r["lengths"] == kind and r["mode"] == mode
+                                 and r["head_dim"] == hd and r["dtype"] == dt]
+                        B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}")
+                        ratio = speed_vs_varlen(these)
+                        if ratio is not None:
+                            print(f"bertcore-triton speed / torch-varlen speed: {ratio:.2f} (target >= 0.9)")
     if verbose:
         print(f"\nmachine peaks ({env['device']}): " + ", ".join(f"{k}={v:.3g}" for k, v in peaks.items()))
         for n in notes:
@@ -197,6 +232,15 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
         B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} d={r['head_dim']}", verbose=verbose,
                       title="attention {mode}: TFLOP/s on real tokens", x="lengths", y="tflops", series="provider")
     return rows
+
+
+def speed_vs_varlen(rows) -> float | None:
+    """torch-varlen's time over bertcore-triton's among `rows` of one case (> 1: bertcore is
+    faster), or None without both."""
+    ms = {r["provider"]: r["ms"] for r in rows}
+    if "bertcore-triton" in ms and "torch-varlen" in ms:
+        return ms["torch-varlen"] / ms["bertcore-triton"]
+    return None
 
 
 TABLE_COLS = ["provider", "ms", "ms_p20", "ms_p80", "tflops", "frac_of_peak", "peak_mb"]
