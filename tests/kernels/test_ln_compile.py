@@ -104,16 +104,20 @@ def test_custom_ops_pass_opcheck():
 
 
 @requires_cuda
-def test_cuda_encoder_layer_compiles_fullgraph_with_inductor():
-    # the Triton ops inside Inductor's graph (opaque custom ops), bf16 autocast, dropout on
-    from bertcore import BertConfig
-    from bertcore.model import Layer
-    torch.manual_seed(0)
-    layer = Layer(BertConfig(hidden_size=256, num_attention_heads=4, intermediate_size=1024)).cuda().train()
-    x = torch.randn(300, 256, device="cuda", requires_grad=True)
-    cu = torch.tensor([0, 100, 300], dtype=torch.int32, device="cuda")
-    compiled = torch.compile(layer, fullgraph=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = compiled(x, cu, 200)
-    out.float().square().sum().backward()
-    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in layer.parameters())
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+def test_cuda_feed_forward_compiles_fullgraph_with_inductor(dropout_p):
+    # The feed-forward's ops inside an Inductor graph (opaque custom ops), bf16 autocast.
+    import torch.nn.functional as F
+    h, w1, b1, w2, b2, lw, lb = leaves((300, 256), (1024, 256), (1024,), (256, 1024), (256,), (256,), (256,),
+                                       device="cuda")
+
+    def block(h, w1, b1, w2, b2, lw, lb):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            inter = K.bias_gelu(F.linear(h, w1), b1)
+            return K.layer_norm(F.linear(inter, w2, b2), lw, lb, EPS, residual=h, dropout_p=dropout_p, seed=3)
+
+    ts = [h, w1, b1, w2, b2, lw, lb]
+    eager = values_and_grads(block, ts)
+    compiled = values_and_grads(torch.compile(block, fullgraph=True), ts)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e, rtol=2e-2, atol=2e-2)
