@@ -15,8 +15,8 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("kind", ["equal-128", "mixed-16-128"])
 @pytest.mark.parametrize("provider", bench_attention.PROVIDERS)
 def test_attention(benchmark, provider, kind, mode):
-    if bench_attention.available(provider, DEVICE):
-        pytest.skip(bench_attention.available(provider, DEVICE))
+    if bench_attention.available(provider, DEVICE, "fp32"):
+        pytest.skip(bench_attention.available(provider, DEVICE, "fp32"))
     lengths = bench_attention.lengths_for(kind, 2048)
     inp = bench_attention.make_inputs(lengths, 12, 64, torch.float32, DEVICE)
     fn, leaves = bench_attention.provider_fn(provider, inp, lengths)
