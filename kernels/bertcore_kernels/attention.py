@@ -15,6 +15,7 @@ No host sync on the CUDA path: seeds, the program order and the lengths stay on 
 device.
 """
 import math
+import weakref
 from contextlib import contextmanager
 from typing import NamedTuple, Optional
 
@@ -287,11 +288,29 @@ def _block_d(head_dim):
     return max(16, triton.next_power_of_2(head_dim))
 
 
+# The last cu_seqlens (a weak reference, so a freed tensor never matches), its version
+# counter, whether a CUDA graph was being captured, and its order: every layer of an
+# encoder passes the same cu_seqlens, and the argsort's three launches are host time
+# on the launch-bound path. A capture never reuses an order from outside it (the graph
+# must compute its own, in memory it owns), nor the other way round.
+_last_order: tuple = (None, -1, False, None)
+
+
 def _sequence_order(cu_seqlens):
     """(B,) int32 sequence indices, longest first: the kernels' program order. An
-    argsort on the device, so the lengths never travel to the host."""
+    argsort on the device, so the lengths never travel to the host. Any order gives the
+    same result; only the scheduling changes."""
+    global _last_order
+    if torch.compiler.is_compiling():  # traced: the graph computes it (and CSEs repeats)
+        return torch.argsort(cu_seqlens[1:] - cu_seqlens[:-1], descending=True).to(torch.int32)
+    capturing = cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()
+    ref, version, captured, order = _last_order
+    if ref is not None and ref() is cu_seqlens and cu_seqlens._version == version and captured == capturing:
+        return order
     lens = cu_seqlens[1:] - cu_seqlens[:-1]                                    # (B,)
-    return torch.argsort(lens, descending=True).to(torch.int32)
+    order = torch.argsort(lens, descending=True).to(torch.int32)
+    _last_order = (weakref.ref(cu_seqlens), cu_seqlens._version, capturing, order)
+    return order
 
 
 def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed):

@@ -92,9 +92,8 @@ def test_custom_ops_pass_opcheck():
 
 # --------------------------------------------------------------------------- GPU only
 @requires_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_cuda_inductor_compile_matches_eager(dtype):
-    qkv, cu, max_seqlen = make("cuda", dtype, [130, 1, 0, 64])
+def test_cuda_inductor_compile_matches_eager():
+    qkv, cu, max_seqlen = make("cuda", torch.bfloat16, [130, 1, 0, 64])
     for kw in ({}, {"dropout_p": 0.1, "seed": 3}, {"deterministic": True}):
         out, grad = fwd_bwd(compiled("inductor"), qkv, cu, max_seqlen, "auto", **kw)
         ref, ref_grad = fwd_bwd(attend, qkv, cu, max_seqlen, "auto", **kw)
