@@ -1,7 +1,8 @@
-"""LayerNorm benchmark: LN(dropout(x) + residual), BERT's post-LN sub-layer tail.
+"""LayerNorm and bias+GELU benchmarks: LN(dropout(x) + residual), BERT's post-LN
+sub-layer tail, and GELU(x + bias), the feed-forward's first activation.
 
-Sweeps hidden sizes 384/768/1024, token counts, dropout 0 and 0.1, dtypes (fp32 on
-CPU; fp16/bf16/fp32 on GPU) and modes (fwd, bwd, full). Providers:
+LayerNorm sweeps hidden sizes 384/768/1024, token counts, dropout 0 and 0.1, dtypes
+(fp32 on CPU; fp16/bf16/fp32 on GPU) and modes (fwd, bwd, full = fwd+bwd). Providers:
 
   bertcore-triton  bertcore_kernels.layer_norm(backend="triton"): one fused pass (GPU only)
   bertcore-torch   bertcore_kernels.layer_norm(backend="torch"): dropout, add, F.layer_norm
@@ -10,15 +11,29 @@ CPU; fp16/bf16/fp32 on GPU) and modes (fwd, bwd, full). Providers:
 
 GB/s counts the bytes a fused kernel must move: fwd reads x and residual and writes
 the output (3·T·H elements); bwd reads dy and the saved input and writes dx (3·T·H;
-d(residual) is the same tensor); full is the sum. Weight/bias traffic is ignored. The
-fraction is of this machine's copy bandwidth measured in-process.
+d(residual) is the same tensor); full is the sum. Weight/bias traffic is ignored.
+`frac_of_peak` is the fraction of this machine's copy bandwidth, measured in-process;
+`speedup_vs_torch` (bertcore-triton rows) is the bertcore-torch time over Triton's.
 
-    bertcore bench kernels [--quick] [--threads N]
-    python benchmarks/bench_layer_norm.py [--quick] [--threads N] [--hidden ...] [--help]
+bias+GELU (width I = 4 x hidden, BERT's intermediate size) runs the same token counts,
+dtypes and modes with providers bertcore-triton (`bertcore_kernels.bias_gelu`) and
+torch (`F.gelu(x + b)`); bytes: fwd reads x, writes y (2·T·I); bwd reads dy and x,
+writes dx (3·T·I).
+
+The closing summary prints, per dtype, hidden and token count, the Triton LayerNorm
+forward's % of copy bandwidth (p = 0), its fwd+bwd speed-up over the torch path at
+each dropout, and the same for bias+GELU. `--tune` instead sweeps the kernels' launch
+configurations (layer_norm.LAUNCH_CONFIGS, bias_gelu.LAUNCH_CONFIGS) on the GPU and
+prints the fastest as table entries to paste.
+
+    bertcore bench kernels [--quick] [--threads N]          (LayerNorm only)
+    python benchmarks/bench_layer_norm.py [--quick] [--threads N] [--hidden ...] [--ops ...] [--tune] [--help]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import sys
 
 import torch
@@ -28,8 +43,11 @@ from . import lib as B
 from .attention import available, mode_fn
 
 PROVIDERS = ("bertcore-triton", "bertcore-torch", "torch-ln-only", "eager")
+GELU_PROVIDERS = ("bertcore-triton", "torch")
 MODES = ("fwd", "bwd", "full")
 BYTES_FACTOR = {"fwd": 3, "bwd": 3, "full": 6}
+GELU_BYTES_FACTOR = {"fwd": 2, "bwd": 3, "full": 5}
+OPS = ("layer_norm", "bias_gelu")
 EPS = 1e-12
 
 
@@ -57,17 +75,34 @@ def provider_fn(provider, x, res, w, b, p):
     raise ValueError(provider)
 
 
+def gelu_provider_fn(provider, x, b):
+    import bertcore_kernels as K
+    if provider == "bertcore-triton":
+        return (lambda x, b: K.bias_gelu(x, b, backend="triton")), [x, b]
+    if provider == "torch":
+        return (lambda x, b: F.gelu(x + b)), [x, b]
+    raise ValueError(provider)
+
+
+def _add_speedups(rows, keys, baseline):
+    """speedup_vs_torch on the bertcore-triton rows: the baseline provider's ms over Triton's."""
+    base = {tuple(r[k] for k in keys): r["ms"] for r in rows if r["provider"] == baseline}
+    for r in rows:
+        t = base.get(tuple(r[k] for k in keys))
+        if r["provider"] == "bertcore-triton" and t:
+            r["speedup_vs_torch"] = t / r["ms"]
+
+
 def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None, dropouts=None,
         dtypes=None, modes=None, providers=None, out_dir=None, write=True, verbose=True) -> list[dict]:
-    """Runs the sweep; returns one row per measurement. Writes CSV/PNG into `out_dir`
-    (default `lib.results_dir(device)`) unless `write` is False."""
+    """Runs the LayerNorm sweep; returns one row per measurement. Writes CSV/PNG into
+    `out_dir` (default `lib.results_dir(device)`) unless `write` is False."""
     device = B.pick_device(device)
     if device == "cpu":
         B.set_threads(threads)
     cuda = device == "cuda"
     hiddens = hiddens or ([384, 768] if quick else [384, 768, 1024])
-    token_counts = token_counts or (([4096] if quick else [4096, 16384, 65536]) if cuda else
-                                    ([1024] if quick else [1024, 4096, 16384]))
+    token_counts = token_counts or _default_tokens(quick, cuda)
     dropouts = dropouts if dropouts is not None else ([0.1] if quick else [0.0, 0.1])
     dtypes = dtypes or (["fp16", "bf16", "fp32"] if cuda else ["fp32"])
     modes = modes or (["fwd", "full"] if quick else list(MODES))
@@ -91,17 +126,11 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
                                 continue
                             x, res = x0.clone().requires_grad_(), r0.clone().requires_grad_()
                             fn, leaves = provider_fn(prov, x, res, w, b, p)
-                            call = mode_fn(fn, leaves, mode)
-                            t = B.time_fn(call, device, warmup=2, rep=5 if quick else 10,
-                                          min_time=0.1 if quick else 0.3)
-                            peak = B.peak_memory(call, device)
-                            nbytes = BYTES_FACTOR[mode] * tokens * hidden * x0.element_size()
-                            gbps = nbytes / (t["ms"] * 1e-3) / 1e9
-                            rows.append({**env, "dtype": dt, "hidden": hidden, "tokens": tokens,
-                                         "dropout": p, "mode": mode, "provider": prov, **t,
-                                         "gbps": gbps, "frac_of_peak": gbps / peaks["copy_gbps"],
-                                         "peak_mb": peak / 2 ** 20,
-                                         "machine_copy_gbps": peaks["copy_gbps"]})
+                            rows.append({**env, "dtype": dt, "hidden": hidden, "tokens": tokens, "dropout": p,
+                                         "mode": mode, "provider": prov,
+                                         **_measure(mode_fn(fn, leaves, mode), device, quick, peaks,
+                                                    BYTES_FACTOR[mode] * tokens * hidden * x0.element_size())})
+                        _add_speedups(rows, ("dtype", "hidden", "tokens", "dropout", "mode"), "bertcore-torch")
                         if verbose:
                             B.print_table([r for r in rows if (r["dtype"], r["hidden"], r["tokens"], r["dropout"],
                                                                r["mode"]) == (dt, hidden, tokens, p, mode)],
@@ -118,26 +147,208 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
     return rows
 
 
-TABLE_COLS = ["provider", "ms", "ms_p20", "ms_p80", "gbps", "frac_of_peak", "peak_mb"]
+def run_bias_gelu(quick=False, device=None, threads=None, widths=None, token_counts=None, dtypes=None,
+                  modes=None, providers=None, out_dir=None, write=True, verbose=True) -> list[dict]:
+    """The bias+GELU sweep (widths: BERT's intermediate sizes, 4 x hidden); one row per
+    measurement; writes bias_gelu[-quick].csv/PNG unless `write` is False."""
+    device = B.pick_device(device)
+    if device == "cpu":
+        B.set_threads(threads)
+    cuda = device == "cuda"
+    widths = widths or ([1536, 3072] if quick else [1536, 3072, 4096])
+    token_counts = token_counts or _default_tokens(quick, cuda)
+    dtypes = dtypes or (["fp16", "bf16", "fp32"] if cuda else ["fp32"])
+    modes = modes or (["fwd", "full"] if quick else list(MODES))
+    providers = providers or list(GELU_PROVIDERS)
+    peaks = B.machine_peaks(device, quick)
+    env = B.env_row(device)
+    rows = []
+    for dt in dtypes:
+        dtype = B.DTYPES[dt]
+        for width in widths:
+            for tokens in token_counts:
+                g = torch.Generator().manual_seed(0)
+                x0 = torch.randn(tokens, width, generator=g).to(device, dtype)
+                b0 = torch.randn(width, generator=g).to(device, dtype)
+                for mode in modes:
+                    for prov in providers:
+                        if available(prov, device):
+                            continue
+                        fn, leaves = gelu_provider_fn(prov, x0.clone().requires_grad_(), b0.clone().requires_grad_())
+                        rows.append({**env, "dtype": dt, "width": width, "tokens": tokens, "mode": mode,
+                                     "provider": prov,
+                                     **_measure(mode_fn(fn, leaves, mode), device, quick, peaks,
+                                                GELU_BYTES_FACTOR[mode] * tokens * width * x0.element_size())})
+                    _add_speedups(rows, ("dtype", "width", "tokens", "mode"), "torch")
+                    if verbose:
+                        B.print_table([r for r in rows if (r["dtype"], r["width"], r["tokens"], r["mode"])
+                                       == (dt, width, tokens, mode)],
+                                      TABLE_COLS, title=f"bias_gelu {dt} N={width} T={tokens} {mode}")
+    if write and rows:
+        out_dir = out_dir or B.results_dir(device)
+        name = "bias_gelu-quick" if quick else "bias_gelu"
+        B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} N={r['width']}",
+                      verbose=verbose, title="bias_gelu {mode}: GB/s", x="tokens", y="gbps", series="provider")
+    return rows
+
+
+def _default_tokens(quick, cuda):
+    return ([4096] if quick else [4096, 16384, 65536]) if cuda else ([1024] if quick else [1024, 4096, 16384])
+
+
+def _measure(call, device, quick, peaks, nbytes):
+    t = B.time_fn(call, device, warmup=2, rep=5 if quick else 10, min_time=0.1 if quick else 0.3)
+    gbps = nbytes / (t["ms"] * 1e-3) / 1e9
+    return {**t, "gbps": gbps, "frac_of_peak": gbps / peaks["copy_gbps"],
+            "peak_mb": B.peak_memory(call, device) / 2 ** 20, "machine_copy_gbps": peaks["copy_gbps"]}
+
+
+TABLE_COLS = ["provider", "ms", "ms_p20", "ms_p80", "gbps", "frac_of_peak", "speedup_vs_torch", "peak_mb"]
+
+
+def summary(ln_rows, gelu_rows) -> list[str]:
+    """The numbers the kernels' targets are stated in (Triton rows only)."""
+    lines = []
+
+    def pick(rows, **kw):
+        return next((r for r in rows if r["provider"] == "bertcore-triton"
+                     and all(r[k] == v for k, v in kw.items())), None)
+
+    for dt, hidden, tokens in dict.fromkeys((r["dtype"], r["hidden"], r["tokens"]) for r in ln_rows):
+        parts = []
+        fwd = pick(ln_rows, dtype=dt, hidden=hidden, tokens=tokens, dropout=0.0, mode="fwd")
+        if fwd:
+            parts.append(f"fwd p=0 at {100 * fwd['frac_of_peak']:.0f}% of copy bandwidth")
+        for p in sorted({r["dropout"] for r in ln_rows}):
+            full = pick(ln_rows, dtype=dt, hidden=hidden, tokens=tokens, dropout=p, mode="full")
+            if full and "speedup_vs_torch" in full:
+                parts.append(f"fwd+bwd p={p:g} {full['speedup_vs_torch']:.2f}x torch (dropout, add, F.layer_norm)")
+        if parts:
+            lines.append(f"layer_norm {dt} H={hidden} T={tokens}: " + "; ".join(parts))
+    for dt, width, tokens in dict.fromkeys((r["dtype"], r["width"], r["tokens"]) for r in gelu_rows):
+        parts = []
+        fwd = pick(gelu_rows, dtype=dt, width=width, tokens=tokens, mode="fwd")
+        if fwd:
+            parts.append(f"fwd at {100 * fwd['frac_of_peak']:.0f}% of copy bandwidth, "
+                         f"{fwd.get('speedup_vs_torch', float('nan')):.2f}x torch")
+        full = pick(gelu_rows, dtype=dt, width=width, tokens=tokens, mode="full")
+        if full and "speedup_vs_torch" in full:
+            parts.append(f"fwd+bwd {full['speedup_vs_torch']:.2f}x torch F.gelu(x + b)")
+        if parts:
+            lines.append(f"bias_gelu {dt} N={width} T={tokens}: " + "; ".join(parts))
+    return lines
+
+
+# ------------------------------------------------------------------------------ tuning
+LN_TUNE = {"fwd": [(r, w) for r in (1, 2, 4, 8) for w in (2, 4, 8)],
+           "bwd": [(r, w, s) for r in (1, 2, 4) for w in (4, 8) for s in (4, 8, 16)]}
+GELU_TUNE = {"fwd": [(m, n, w) for m, n in ((1, 1024), (2, 1024), (4, 512), (8, 512), (16, 256), (8, 1024))
+                     for w in (4, 8)],
+             "bwd": [(m, n, w, s) for m, n in ((4, 512), (8, 512), (16, 256), (8, 1024)) for w in (4, 8)
+                     for s in (4, 8, 16)]}
+
+
+def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=None, ops=OPS, out_dir=None,
+         write=True, verbose=True) -> list[dict]:
+    """Times every launch config in LN_TUNE / GELU_TUNE for each dtype and hidden size
+    (bias+GELU: width 4 x hidden) and prints the fastest (geometric mean over token counts
+    and dropouts) as LAUNCH_CONFIGS entries. GPU only: the interpreter's times mean nothing."""
+    import importlib
+    ln = importlib.import_module("bertcore_kernels.layer_norm")
+    bg = importlib.import_module("bertcore_kernels.bias_gelu")
+    device = B.pick_device(device)
+    if available("bertcore-triton", device):
+        raise SystemExit(f"--tune needs a GPU: {available('bertcore-triton', device)}")
+    hiddens = hiddens or [768]
+    token_counts = token_counts or [16384, 65536]
+    dtypes = dtypes or ["bf16"]
+    dropouts = dropouts if dropouts is not None else [0.0, 0.1]
+    peaks = B.machine_peaks(device)
+    env = B.env_row(device)
+    rows, best = [], []
+    for dt, hidden in itertools.product(dtypes, hiddens):
+        dtype = B.DTYPES[dt]
+        for op, direction in itertools.product(ops, ("fwd", "bwd")):
+            table = LN_TUNE if op == "layer_norm" else GELU_TUNE
+            times = {}
+            for cfg in table[direction]:
+                for tokens, p in itertools.product(token_counts, dropouts if op == "layer_norm" else [0.0]):
+                    g = torch.Generator().manual_seed(0)
+                    if op == "layer_norm":
+                        x, res = (torch.randn(tokens, hidden, generator=g).to(device, dtype).requires_grad_()
+                                  for _ in range(2))
+                        w, b = (torch.randn(hidden, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
+                        fn, leaves = provider_fn("bertcore-triton", x, res, w, b, p)
+                        width, nbytes = hidden, BYTES_FACTOR[direction] * tokens * hidden * dtype.itemsize
+                    else:
+                        width = 4 * hidden
+                        x = torch.randn(tokens, width, generator=g).to(device, dtype).requires_grad_()
+                        b = torch.randn(width, generator=g).to(device, dtype).requires_grad_()
+                        fn, leaves = gelu_provider_fn("bertcore-triton", x, b)
+                        nbytes = GELU_BYTES_FACTOR[direction] * tokens * width * dtype.itemsize
+                    override = (ln.override_launch_configs({(dtype, hidden, direction): cfg}) if op == "layer_norm"
+                                else bg.override_launch_configs({direction: cfg}))
+                    with override:
+                        t = B.time_fn(mode_fn(fn, leaves, direction), device)
+                    gbps = nbytes / (t["ms"] * 1e-3) / 1e9
+                    rows.append({**env, "op": op, "dtype": dt, "width": width, "tokens": tokens, "dropout": p,
+                                 "mode": direction, "config": "/".join(map(str, cfg)), **t, "gbps": gbps,
+                                 "frac_of_peak": gbps / peaks["copy_gbps"]})
+                    times.setdefault(cfg, []).append(t["ms"])
+            score = {cfg: math.exp(sum(map(math.log, ts)) / len(ts)) for cfg, ts in times.items()}
+            winner = min(score, key=score.get)
+            now = (tuple(ln.launch_config(dtype, hidden, direction)) if op == "layer_norm"
+                   else tuple(bg.LAUNCH_CONFIGS[direction]))
+            now_score = score.get(tuple(now[:len(winner)]))
+            key = (f"({dtype}, {ln._launch_key(dtype, hidden, direction)[1]}, \"{direction}\")"
+                   if op == "layer_norm" else f"\"{direction}\"")
+            shape = f"H={hidden}" if op == "layer_norm" else f"N={4 * hidden}"
+            best.append(f"{op} {dt} {shape}: {key}: LaunchConfig{winner}  # {score[winner]:.4f} ms (geomean); "
+                        f"current {now}: " + (f"{now_score:.4f} ms" if now_score else "not in the sweep"))
+            if verbose:
+                print(best[-1], flush=True)
+    if write and rows:
+        B.write_csv(rows, (out_dir or B.results_dir(device)) / "tune_layer_norm.csv")
+    if verbose:
+        print("\nfastest launch configs (paste into layer_norm.py / bias_gelu.py LAUNCH_CONFIGS):")
+        for line in best:
+            print(" ", line)
+    return rows
 
 
 def main(argv=None, default_output=None) -> int:
-    """Command line of the sweep; results go to <--output or default_output>/<device>/."""
+    """Command line of the sweeps; results go to <--output or default_output>/<device>/."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int)
-    ap.add_argument("--hidden", nargs="+", type=int)
+    ap.add_argument("--hidden", nargs="+", type=int, help="LayerNorm hidden sizes; bias+GELU runs 4x each")
     ap.add_argument("--tokens", nargs="+", type=int)
     ap.add_argument("--dropout", nargs="+", type=float)
     ap.add_argument("--dtypes", nargs="+", choices=["fp16", "bf16", "fp32"])
     ap.add_argument("--modes", nargs="+", choices=list(MODES))
-    ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS))
+    ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS), help="LayerNorm providers")
+    ap.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
+    ap.add_argument("--tune", action="store_true", help="sweep the launch configs instead (GPU)")
     B.add_output_arguments(ap, default_output)
     a = ap.parse_args(argv)
     device = B.pick_device(a.device)
-    run(a.quick, device, a.threads, a.hidden, a.tokens, a.dropout, a.dtypes, a.modes, a.providers,
-        out_dir=None if a.no_write else B.results_dir(device, a.output), write=not a.no_write)
+    out_dir = None if a.no_write else B.results_dir(device, a.output)
+    if a.tune:
+        tune(device, a.hidden, a.tokens, a.dtypes, a.dropout, a.ops, out_dir=out_dir, write=not a.no_write)
+        return 0
+    ln_rows = gelu_rows = []
+    if "layer_norm" in a.ops:
+        ln_rows = run(a.quick, device, a.threads, a.hidden, a.tokens, a.dropout, a.dtypes, a.modes, a.providers,
+                      out_dir=out_dir, write=not a.no_write)
+    if "bias_gelu" in a.ops:
+        gelu_rows = run_bias_gelu(a.quick, device, a.threads, [4 * h for h in a.hidden] if a.hidden else None,
+                                  a.tokens, a.dtypes, a.modes, out_dir=out_dir, write=not a.no_write)
+    lines = summary(ln_rows, gelu_rows)
+    if lines:
+        print("\nsummary (targets, issue 14: LN bf16 fwd >= 80% of copy; LN p=0.1 fwd+bwd >= 1.5x torch):")
+        for line in lines:
+            print(" ", line)
     return 0
 
 
