@@ -170,6 +170,7 @@ class LaunchConfig(NamedTuple):
     programs_per_sm: int = 0
 
 
+MIN_STEPS = 8  # the backward's least number of row tiles per program (see _layer_norm_bwd)
 WIDTH_BUCKETS = (1024, 4096, 32768)  # a row of N features uses the first bucket >= next_pow2(N)
 
 # (dtype, width bucket, "fwd" | "bwd") -> LaunchConfig. Picked per dtype and hidden
@@ -305,6 +306,9 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
     if x.is_cuda:
         programs = _multi_processors(x.device.index if x.device.index is not None
                                      else torch.cuda.current_device()) * cfg.programs_per_sm
+        # at least MIN_STEPS tiles per program, so that on small batches the fp32 partial
+        # sums (programs x N, written then summed) stay a few % of the row traffic
+        programs = min(programs, triton.cdiv(M, MIN_STEPS * cfg.rows))
     else:
         programs = 8  # the interpreter runs programs one by one: few and long is fastest
     programs = max(min(programs, triton.cdiv(M, cfg.rows)), 1)
