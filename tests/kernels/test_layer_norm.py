@@ -283,3 +283,25 @@ def test_cuda_new_batch_does_not_recompile():
         if i == 0:
             first = compiled()
     assert compiled() == first
+
+
+@requires_cuda
+def test_cuda_graph_replays_draw_fresh_masks():
+    # The seed is read from device memory that the captured seed op advances, so each
+    # replay of a CUDA graph drops different features (a host-drawn seed would freeze).
+    x = torch.ones(64, 768, device="cuda")
+    w, b = torch.ones(768, device="cuda"), torch.zeros(768, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):            # warm-up: compiles the kernel, draws a first seed
+        triton_layer_norm(x, w, b, EPS, dropout_p=0.1)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = triton_layer_norm(x, w, b, EPS, dropout_p=0.1)
+    masks = []
+    for _ in range(3):
+        graph.replay()
+        masks.append(y > 0)
+    assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
+    assert all(abs(m.float().mean().item() - 0.9) < 0.01 for m in masks)
