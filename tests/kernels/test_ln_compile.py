@@ -116,8 +116,11 @@ def test_cuda_feed_forward_compiles_fullgraph_with_inductor(dropout_p):
             inter = K.bias_gelu(F.linear(h, w1), b1)
             return K.layer_norm(F.linear(inter, w2, b2), lw, lb, EPS, residual=h, dropout_p=dropout_p, seed=3)
 
+    with torch.no_grad():
+        w1 /= 16                                 # 1/sqrt(fan-in): activations of order 1
+        w2 /= 32
     ts = [h, w1, b1, w2, b2, lw, lb]
     eager = values_and_grads(block, ts)
     compiled = values_and_grads(torch.compile(block, fullgraph=True), ts)
-    for e, c in zip(eager, compiled):
-        torch.testing.assert_close(c, e, rtol=2e-2, atol=2e-2)
+    for e, c in zip(eager, compiled):           # same kernels and masks; Inductor may round differently
+        assert ((c.float() - e.float()).norm() / e.float().norm()).item() < 1e-2
