@@ -219,7 +219,7 @@ def graphed_call(model, batch: dict, mode: str, opt, amp):
         return out.last_hidden_state, out.pooler_output
 
     if mode == "inference":
-        cache = GraphCache(torch.no_grad()(forward), warmup=2, name="encoder forward")
+        cache = GraphCache(torch.no_grad()(forward), warmup=1, name="encoder forward")
     else:
         make_capturable(opt)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -238,7 +238,7 @@ def graphed_call(model, batch: dict, mode: str, opt, amp):
                 for p in params:
                     p.grad = None
             return loss.detach()
-        cache = GraphCache(step, warmup=2, name="encoder training step")
+        cache = GraphCache(step, warmup=1, name="encoder training step")
 
     def call():
         return cache(inputs, key)
@@ -256,7 +256,8 @@ def run_case(models, providers, batch, mode, device, rounds, budget_s, warmup, d
         calls[p] = make_call(p, m, batch, mode, models.get(("opt", id(m))), dtype)
     for p in list(providers):
         try:
-            for _ in range(warmup):
+            # graphs: eager warm-up, capture, first replay; compile: compile, then record its graphs
+            for _ in range(warmup + 2 if p == "bertcore-graphs" or p in COMPILE_MODES else warmup):
                 calls[p]()
         except Exception as err:  # a compile or capture failure: report it, time the rest
             if p == BASELINE:
@@ -312,6 +313,8 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
     env = B.env_row(device)
     peak = B.peak_flops(device, AUTOCAST[dtype] or torch.float32) if device == "cuda" else None
     rows = []
+    out_dir = (out_dir or B.results_dir(device)) if write else None
+    name = name or ("encoder-quick" if quick else "encoder")
     with tempfile.TemporaryDirectory() as tmp:
         for shape in shapes:
             models = build_models(shape, providers, device, Path(tmp), vocab_size)
@@ -345,10 +348,10 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
                                      "bucket_extra_flops": extra if p == "bertcore-graphs" else ""})
                     if verbose:
                         B.print_table(rows[-len(stats):], TABLE_COLS, title=f"{shape} {kind} x{bs} {mode}")
+                    if write:   # after every case: a run cut short by a time limit keeps what it measured
+                        B.write_csv(rows, out_dir / f"{name}.csv")
             del models
     if write:
-        out_dir = out_dir or B.results_dir(device)
-        name = name or ("encoder-quick" if quick else "encoder")
         B.write_sweep(rows, out_dir, name, lambda r: r["shape"], verbose=verbose,
                       title="encoder {mode}: real tokens/s", x="case", y="tokens_per_s", series="provider")
     if verbose:
@@ -361,9 +364,11 @@ TABLE_COLS = ["provider", "ms", "ms_p20", "ms_p80", "tokens_per_s", "peak_mb", "
 
 
 def summary(rows: list[dict], file=None) -> list[dict]:
-    """Side-by-side ratios of bertcore (its CUDA-graph provider where it ran) over hf-sdpa
+    """Side-by-side ratios of bertcore (its CUDA-graph provider where it ran, else the
+    padded call, else the packed one) over hf-sdpa
     and over the best torch.compile provider, against the issue's targets."""
-    ours = "bertcore-graphs" if any(r["provider"] == "bertcore-graphs" for r in rows) else "bertcore"
+    ran = {r["provider"] for r in rows}
+    ours = next((p for p in ("bertcore-graphs", "bertcore", "bertcore-packed") if p in ran), "bertcore")
     out = []
     for r in rows:
         if r["provider"] != ours:
