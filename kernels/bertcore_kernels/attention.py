@@ -250,7 +250,7 @@ def _launch_keys(dtype, head_dim, direction, length=None):
     return keys
 
 
-def launch_config(dtype, head_dim: int, direction: str, length=SHORT_MAX + 1) -> LaunchConfig:
+def launch_config(dtype, head_dim: int, direction: str, length="long") -> LaunchConfig:
     """The LaunchConfig the attention kernels use for this dtype, head dim, direction
     ("fwd"; "bwd", the default one-pass backward; "bwd_det", the deterministic one) and
     batch length: a max_seqlen or a length class ("short", "long"; default "long")."""
