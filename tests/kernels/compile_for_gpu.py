@@ -62,14 +62,15 @@ def attention_kernels(dtype, head_dim, dropout):
 
 
 def layer_norm_kernels(dtype, width, residual, dropout):
-    t, block_n = TY[dtype], triton.next_power_of_2(width)
-    stats = {"MEAN": "*fp32", "RSTD": "*fp32", "eps": "fp32", "dropout_p": "fp32", "seed": "i32",
+    t, block_n = TY[dtype], L._block_n(width)
+    stats = {"MEAN": "*fp32", "RSTD": "*fp32", "eps": "fp32", "dropout_p": "fp32", "SEED": "*i64",
              "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32"}
     flags = dict(BLOCK_N=block_n, HAS_RESIDUAL=residual, DROPOUT=dropout)
+    fwd, bwd = L.launch_config(dtype, width, "fwd"), L.launch_config(dtype, width, "bwd")
     build(L._layer_norm_fwd_kernel, {**{n: "*" + t for n in ("X", "R", "W", "B", "Y")}, **stats},
-          flags, L._num_warps(block_n))
+          {**flags, "ROWS": fwd.rows}, fwd.num_warps)
     build(L._layer_norm_bwd_kernel, {**{n: "*" + t for n in ("DY", "X", "R", "W", "DX", "DR")}, **stats},
-          {**flags, "STORE_DR": dropout and residual}, L._num_warps(block_n))
+          {**flags, "ROWS": bwd.rows, "STORE_DR": dropout and residual}, bwd.num_warps)
     print(f"layer_norm {t} N={width} residual={residual} dropout={dropout}: ok", flush=True)
 
 
