@@ -16,7 +16,9 @@ scheduler fills in place).
 stream, as capture wants: cuBLAS and Triton set themselves up there), captures it
 on the next call, then copies each call's inputs into the captured buffers and
 replays. Outputs of a replay are the graph's own buffers: read them before the next
-call. All graphs of a cache share one memory pool. A capture that fails logs its
+call. All graphs share one memory pool (what one graph's step frees, the next
+graph's capture reuses: graphs run one at a time, and the tensors that must outlive
+a replay, its inputs and outputs, stay referenced). A capture that fails logs its
 reason once and the cache runs `fn` eagerly from then on.
 
 `TrainStep` is the training step in that form (zero grads, forward, loss,
@@ -61,7 +63,6 @@ class GraphCache:
     def __init__(self, fn, warmup: int = 1, name: str = "step"):
         self.fn, self.warmup, self.name = fn, warmup, name
         self.entries: dict = {}
-        self.pool = None
         self.failed: str | None = None   # why capture failed; set once, then all calls run eagerly
         self.memory_bytes = 0            # device memory the captures took (pool growth)
 
@@ -92,9 +93,8 @@ class GraphCache:
         entry.static = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         before = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=_shared_pool()):
             entry.outputs = self.fn(entry.static)
-        self.pool = graph.pool()
         entry.graph = graph
         grown = torch.cuda.memory_reserved() - before
         self.memory_bytes += max(grown, 0)
@@ -105,6 +105,16 @@ class GraphCache:
     def graphs(self) -> int:
         """How many graphs are captured."""
         return sum(e.graph is not None for e in self.entries.values())
+
+
+_POOL: list = []
+
+
+def _shared_pool():
+    """The memory pool every graph of this process is captured into."""
+    if not _POOL:
+        _POOL.append(torch.cuda.graph_pool_handle())
+    return _POOL[0]
 
 
 def _on_side_stream(fn, inputs):
@@ -141,6 +151,19 @@ def make_capturable(optimizer: torch.optim.Optimizer) -> None:
         group["capturable"] = True
         if not isinstance(group["lr"], torch.Tensor):
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+
+
+def portable(state: dict) -> dict:
+    """An optimizer's or LR scheduler's state dict as an eager CPU run would save it:
+    learning rates as floats, `capturable` off (resuming with graphs turns it back on).
+    Checkpoints stay loadable anywhere; reading the rates syncs, once per checkpoint."""
+    state = dict(state)
+    if "param_groups" in state:
+        state["param_groups"] = [{**g, "lr": float(g["lr"]), "capturable": False} if isinstance(g["lr"], torch.Tensor)
+                                 else g for g in state["param_groups"]]
+    if "_last_lr" in state:
+        state["_last_lr"] = [float(v) for v in state["_last_lr"]]
+    return state
 
 
 class TrainStep:

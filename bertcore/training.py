@@ -254,7 +254,7 @@ class Trainer:
                 state.step += 1
                 state.epoch, state.position = (epoch, i + 1) if i + 1 < len(plan) else (epoch + 1, 0)
                 record = {"step": state.step, "epoch": epoch + (i + 1) / len(plan), "loss": running / running_n,
-                          "learning_rate": scheduler.get_last_lr()[0],
+                          "learning_rate": _learning_rate(scheduler),
                           "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
                 reporter.step(record, log=bool(args.logging_steps) and state.step % args.logging_steps == 0)
                 done = state.step >= total
@@ -350,7 +350,8 @@ class Trainer:
         payload = {"state": state.to_dict(), "rng": rng_state(), "complete": final,
                    "run": self._identity}
         if not final:
-            payload.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict())
+            payload.update(optimizer=cudagraphs.portable(optimizer.state_dict()),
+                           scheduler=cudagraphs.portable(scheduler.state_dict()))
         save_checkpoint(self.output_dir / "last", self.model, payload, keep=self.args.save_total_limit,
                         save_encoder=not (frozen and getattr(self.model.encoder, "source", None)))
         if improved:
@@ -394,6 +395,12 @@ class Trainer:
 
     def _eval_batch_size(self) -> int:
         return self.args.eval_batch_size or self.args.batch_size * 2
+
+def _learning_rate(scheduler) -> float:
+    """The first group's current rate, from the schedule on the host: under CUDA graphs the
+    optimizer holds it in a device tensor, and reading that would cost a sync."""
+    return scheduler.base_lrs[0] * scheduler.lr_lambdas[0](scheduler.last_epoch)
+
 
 def _device(name: str | None) -> torch.device:
     if name:

@@ -99,6 +99,25 @@ def test_non_finite_step_leaves_weights_and_optimizer_alone(tok, tmp_path, monke
         assert torch.equal(opt.state[p]["exp_avg"], m)
 
 
+def test_checkpointed_optimizer_state_is_portable(tok, tmp_path, monkeypatch):
+    """Graph steps keep the lr in a tensor and capturable on; what a checkpoint saves is
+    the eager form, so an eager (CPU) run resumes from it."""
+    monkeypatch.setattr(cudagraphs, "GraphCache", Eager)
+    model = toy.model(tok)
+    opt = make_optimizer(model, args(tmp_path))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5)
+    step = cudagraphs.TrainStep(model, opt, 1.0)
+    step(batches(model, tok, 1)[0], ("toy",))
+    scheduler.step()
+    saved_opt, saved_sched = cudagraphs.portable(opt.state_dict()), cudagraphs.portable(scheduler.state_dict())
+    assert all(isinstance(g["lr"], float) and not g["capturable"] for g in saved_opt["param_groups"])
+    assert saved_sched["_last_lr"] == [pytest.approx(5e-4)] * len(opt.param_groups)
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)            # the live optimizer is untouched
+    fresh = make_optimizer(toy.model(tok), args(tmp_path))
+    fresh.load_state_dict(saved_opt)
+    assert fresh.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
 def test_cuda_graphs_stay_off_on_the_cpu(tok, tmp_path, caplog):
     trainer = Trainer(toy.model(tok), tok, train=toy.examples(16), args=args(tmp_path, epochs=1, cuda_graphs=True),
                       head="toy")
