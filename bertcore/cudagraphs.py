@@ -74,9 +74,11 @@ class GraphCache:
             entry.calls += 1
             return _on_side_stream(self.fn, inputs)
         if entry.graph is None:
+            stream = torch.cuda.current_stream()
             try:
                 self._capture(entry, inputs, key)
             except Exception as err:  # any capture failure: fall back, say why once
+                torch.cuda.set_stream(stream)   # a failed capture_end leaves the capture stream current
                 self.failed = f"{type(err).__name__}: {err}".splitlines()[0]
                 self.entries.clear()
                 logger.warning("CUDA graph capture of the %s failed, running it eagerly from now on: %s",

@@ -146,6 +146,8 @@ class Trainer:
         self.eval_sets = self._datasets(eval, "eval") if eval is not None else []
         self.history: list[dict] = []
         self.state = TrainState()      # where the last fit() got to (best_step: what best/ holds)
+        self.graph_stats: dict | None = None   # the last fit()'s graphs: count, memory_mb, failed (None: eager)
+        self._graph_step_now = None
 
     def _datasets(self, data, split: str) -> list[Encoded]:
         """Load, check and encode `data` (one source, or {head: source}) for its heads."""
@@ -200,6 +202,12 @@ class Trainer:
             self._loop(state, total, optimizer, scheduler, reporter)
         finally:
             reporter.close()
+            step, self._graph_step_now = self._graph_step_now, None   # its gradient buffers go with it
+            if step is not None:
+                self.graph_stats = {"graphs": step.cache.graphs, "memory_mb": step.memory_bytes / 2 ** 20,
+                                    "failed": step.cache.failed}
+                logger.info("training ran on %(graphs)d CUDA graphs holding %(memory_mb).0f MiB (gradients "
+                            "included); failed capture: %(failed)s", self.graph_stats)
         best = self.output_dir / "best"
         if args.load_best_at_end and best.exists():
             load_model_weights(model, find_checkpoint(best, resumable=False))
@@ -217,7 +225,7 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             step_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              find_unused_parameters=len(self.train_sets) > 1)
-        graph_step = self._graph_step(optimizer)
+        graph_step = self._graph_step_now = self._graph_step(optimizer)
         buckets = model.buckets(args.batch_size) if graph_step else None
         model.train()
         running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()

@@ -230,6 +230,9 @@ def test_trainer_on_graphs_matches_eager(tok, tmp_path, heads):
         trainer = Trainer(model, tok, train=train, eval=toy.examples(16, seed=9) if len(heads) == 1 else None,
                           args=args(tmp_path / str(graphs), epochs=2, cuda_graphs=graphs), head=heads[0])
         histories.append(trainer.fit())
+        assert (trainer.graph_stats is not None) == graphs
+        if graphs:
+            assert trainer.graph_stats["graphs"] >= len(heads) and not trainer.graph_stats["failed"]
     for g, e in zip(*histories):
         assert abs(g["train_loss"] - e["train_loss"]) < 1e-4, (g, e)
         assert abs(g.get("loss", 0.0) - e.get("loss", 0.0)) < 1e-4, (g, e)
