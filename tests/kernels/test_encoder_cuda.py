@@ -130,3 +130,86 @@ def test_packed_forward_does_not_sync_the_host(models):
     ref = ours(ids, attention_mask=mask, token_type_ids=types)
     torch.testing.assert_close(out.last_hidden_state, ref.last_hidden_state[real])
     torch.testing.assert_close(out.pooler_output, ref.pooler_output)
+
+
+def packed_batch():
+    """The test batch packed: (ids, types, cu_seqlens) on the GPU, lengths on the host."""
+    ids, mask, types = batch()
+    real = mask.bool()
+    cu = torch.nn.functional.pad(mask.sum(1).cumsum(0), (1, 0)).int()
+    return ids[real], types[real], cu
+
+
+def test_training_step_does_not_sync_the_host(models):
+    """Forward, backward, clipping and a fused AdamW step with dropout on, in bf16: no
+    device value read on the host once warmed up (issue 13)."""
+    ours, _ = models
+    ours.train()
+    ids, types, cu = packed_batch()
+    opt = torch.optim.AdamW(ours.parameters(), lr=0.0, fused=True)   # lr 0: leave the shared weights alone
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = ours(ids, token_type_ids=types, cu_seqlens=cu, max_seqlen=max(LENGTHS))
+        (out.last_hidden_state.float().square().mean() + out.pooler_output.float().square().mean()).backward()
+        torch.nn.utils.clip_grad_norm_(ours.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ours.eval()
+
+
+def test_bucketed_batch_matches_on_gpu(models):
+    """Padding to a bucket (Triton kernels, fp32) leaves the real sequences' outputs as they were."""
+    from bertcore.buckets import Buckets, pad_batch
+    ours, _ = models
+    ours.eval()
+    ids, types, cu = packed_batch()
+    shape = Buckets(8).shape(LENGTHS)
+    padded = pad_batch({"input_ids": ids.cpu(), "token_type_ids": types.cpu(), "cu_seqlens": cu.cpu(),
+                        "max_seqlen": max(LENGTHS)}, shape)
+    with torch.no_grad():
+        ref = ours(ids, token_type_ids=types, cu_seqlens=cu, max_seqlen=max(LENGTHS))
+        out = ours(padded["input_ids"].cuda(), token_type_ids=padded["token_type_ids"].cuda(),
+                   cu_seqlens=padded["cu_seqlens"].cuda(), max_seqlen=padded["max_seqlen"])
+    torch.testing.assert_close(out.last_hidden_state[:ids.shape[0]], ref.last_hidden_state, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.pooler_output[:len(LENGTHS)], ref.pooler_output, rtol=1e-5, atol=1e-5)
+    assert out.pooler_output[len(LENGTHS) + shape.pad_slots:].eq(0).all()   # zero-length sequences
+
+
+def test_forward_replayed_from_a_cuda_graph_matches_eager(models):
+    """Two batches of one bucket: captured on the first, replayed for the second."""
+    from bertcore.buckets import Buckets, pad_batch
+    from bertcore.cudagraphs import GraphCache
+    ours, _ = models
+    ours.eval()
+    buckets = Buckets(8)
+    batches = []
+    for lengths in ([5, 130, 200, 1, 77], [9, 150, 180, 3, 60, 7]):
+        g = torch.Generator().manual_seed(len(lengths))
+        ids = torch.randint(5, CONFIG["vocab_size"], (sum(lengths),), generator=g)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        padded = pad_batch({"input_ids": ids, "cu_seqlens": cu, "max_seqlen": max(lengths)}, buckets.shape(lengths))
+        batches.append({k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in padded.items()})
+    assert len({(b["input_ids"].shape, b["cu_seqlens"].shape, b["max_seqlen"]) for b in batches}) == 1
+
+    @torch.no_grad()
+    def forward(inp):
+        out = ours(inp["input_ids"], cu_seqlens=inp["cu_seqlens"], max_seqlen=inp["max_seqlen"])
+        return out.last_hidden_state, out.pooler_output
+
+    cache = GraphCache(forward, warmup=1, name="test forward")
+    for b in batches + batches:
+        inputs = {k: b[k] for k in ("input_ids", "cu_seqlens", "max_seqlen")}
+        hidden, pooled = cache(inputs, key="bucket")
+        ref_hidden, ref_pooled = forward(b)
+        torch.testing.assert_close(hidden, ref_hidden)
+        torch.testing.assert_close(pooled, ref_pooled)
+    assert cache.graphs == 1 and cache.failed is None
