@@ -314,17 +314,18 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
     programs = max(min(programs, triton.cdiv(M, cfg.rows)), 1)
     rows_per_program = cfg.rows * triton.cdiv(triton.cdiv(M, programs), cfg.rows)
     programs = triton.cdiv(M, rows_per_program)
-    dw_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
-    db_partial = torch.empty((programs, N), dtype=torch.float32, device=x.device)
+    # dweight's and dbias's partial sums in one tensor: one allocation, one reduction. Rows
+    # rounded up to a multiple of 4 keep partial[1] 16-byte aligned whatever the batch (Triton
+    # specializes on pointer alignment: an odd offset would compile a second kernel).
+    partial = torch.empty((2, triton.cdiv(programs, 4) * 4, N), dtype=torch.float32, device=x.device)
     r = residual if residual is not None else x
     seed = seed if seed is not None else x
     _layer_norm_bwd_kernel[(programs,)](
-        dy, x, r, weight, mean, rstd, dx, dr, dw_partial, db_partial, seed,
+        dy, x, r, weight, mean, rstd, dx, dr, partial[0], partial[1], seed,
         dy.stride(0), x.stride(0), r.stride(0), M, N, dropout_p, _threshold(dropout_p), rows_per_program,
         ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
         STORE_DR=store_dr, num_warps=cfg.num_warps)
-    dw = dw_partial.sum(0).to(weight.dtype)
-    db = db_partial.sum(0).to(weight.dtype)
+    dw, db = partial[:, :programs].sum(1).to(weight.dtype).unbind(0)  # views of one (2, N) tensor
     return dx, dw, db, (dr if need_dresidual else None)
 
 
@@ -352,8 +353,9 @@ def _layer_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                        dropout_p: float, seed: Optional[torch.Tensor], need_dresidual: bool
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dw, db, dr = _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual)
-    # a custom op's outputs may not alias each other: an empty dresidual means "equals dx"
-    return dx, dw, db, (dr if dr is not None and dr is not dx else dx.new_empty((0,)))
+    # a custom op's outputs may not alias each other: an empty dresidual means "equals dx",
+    # and dbias gets its own storage (the launcher returns two views of one tensor)
+    return dx, dw, db.clone(), (dr if dr is not None and dr is not dx else dx.new_empty((0,)))
 
 
 @_layer_norm_bwd_op.register_fake
