@@ -242,10 +242,10 @@ class BertEncoder(nn.Module):
             return self.forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
         self._check_padded(input_ids, attention_mask, token_type_ids)
         batch, seqlen = input_ids.shape
-        if attention_mask is None or bool(attention_mask.all()):
+        if attention_mask is None:
             packing: Packing = full_packing(batch, seqlen, input_ids.device)
         else:
-            packing = unpad(attention_mask)
+            packing = unpad(attention_mask)                                    # one host read of the lengths
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if position_ids is None:  # absolute positions, as HF: equal to per-sequence ones for right padding

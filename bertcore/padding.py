@@ -20,13 +20,19 @@ class Packing:
 
 
 def unpad(attention_mask: torch.Tensor) -> Packing:
-    """Packing for a (B, L) mask of 1 = real token, 0 = padding (any layout of holes)."""
+    """Packing for a (B, L) mask of 1 = real token, 0 = padding (any layout of holes).
+
+    Reads the B lengths to the host once (on a GPU, the padded call's one device sync);
+    the token indices then come from `nonzero_static`, which needs no second one. A
+    mask without holes packs as a plain reshape (`indices` None)."""
     batch, seqlen = attention_mask.shape
     mask = attention_mask.bool()
     seqlens = mask.sum(1, dtype=torch.int32)                                   # (B,)
-    indices = mask.flatten().nonzero().flatten()                               # (T,)
+    lengths = seqlens.tolist()
+    total = sum(lengths)
+    indices = None if total == batch * seqlen else mask.flatten().nonzero_static(size=total).flatten()  # (T,)
     cu_seqlens = torch.nn.functional.pad(seqlens.cumsum(0, dtype=torch.int32), (1, 0))  # (B+1,)
-    return Packing(indices, cu_seqlens, int(seqlens.max()) if batch else 0, batch, seqlen)
+    return Packing(indices, cu_seqlens, max(lengths, default=0), batch, seqlen)
 
 
 def full_packing(batch: int, seqlen: int, device) -> Packing:
