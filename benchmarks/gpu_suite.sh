@@ -32,20 +32,20 @@ step() {  # step NAME SECONDS COMMAND...
 
 # BERT's shapes (head_dim 64, hidden 768) in the 16-bit dtypes a GPU trains in; the
 # scripts themselves sweep wider when run alone.
-step tests          ${T_TESTS:-170}  $PY -m pytest -q -rs -p no:cacheprovider ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
+step tests          ${T_TESTS:-160}  $PY -m pytest -q -rs -p no:cacheprovider ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 step attention      ${T_ATTN:-60}    $PY benchmarks/bench_attention.py --dtypes bf16 fp16 --head-dims 64
 step layer_norm     ${T_LN:-40}      $PY benchmarks/bench_layer_norm.py --dtypes bf16 fp32 --hidden 768 --tokens 16384 65536
 # bertcore (eager packed, CUDA graphs) against transformers SDPA; bert-base at batch 128 gives the MFU
-step encoder        ${T_ENC:-80}     $PY benchmarks/bench_encoder.py --dtype bf16 --shapes minilm bert-base \
-                                     --batches mixed-16-128 --batch-sizes 16 32 128 --rounds 15 --budget 8 \
+ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batches mixed-16-128 --batch-sizes 16 32 128"
+step encoder        ${T_ENC:-70}     $ENC --shapes minilm bert-base --rounds 15 --budget 6 \
                                      --providers bertcore-packed bertcore-graphs hf-sdpa
-# the same against torch.compile (default and reduce-overhead): compiling takes most of this step
-step encoder_compile ${T_COMPILE:-120} $PY benchmarks/bench_encoder.py --dtype bf16 --shapes minilm \
-                                     --batches mixed-16-128 --batch-sizes 16 32 128 --rounds 10 --budget 5 \
-                                     --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro \
-                                     --name encoder-compile
+# the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
+# mode); compiling takes most of these steps, so inference and training run apart
+COMPILED="--shapes minilm --rounds 10 --budget 4 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
+step compile_infer  ${T_COMPILE_INFER:-50} $ENC $COMPILED --modes inference --name encoder-compile-inference
+step compile_train  ${T_COMPILE_TRAIN:-90} $ENC $COMPILED --modes train --name encoder-compile-train
 step tune           ${T_TUNE:-0}     $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64
-for log in encoder encoder_compile; do
+for log in encoder compile_infer compile_train; do
     grep -h -A14 "bertcore vs transformers" "$LOGDIR/$log.log" 2>/dev/null
 done
 tail -3 "$LOGDIR/tests.log"
