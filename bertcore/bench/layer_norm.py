@@ -241,11 +241,11 @@ def summary(ln_rows, gelu_rows) -> list[str]:
 
 # ------------------------------------------------------------------------------ tuning
 LN_TUNE = {"fwd": [(r, w) for r in (1, 2, 4, 8) for w in (2, 4, 8)],
-           "bwd": [(r, w, s) for r in (1, 2, 4) for w in (4, 8) for s in (4, 8, 16)]}
+           "bwd": [(r, w, s) for r in (1, 2, 4) for w in (4, 8) for s in (2, 3, 4, 6, 8, 16)]}
 GELU_TUNE = {"fwd": [(m, n, w) for m, n in ((1, 1024), (2, 1024), (4, 512), (8, 512), (16, 256), (8, 1024))
                      for w in (4, 8)],
              "bwd": [(m, n, w, s) for m, n in ((4, 512), (8, 512), (16, 256), (8, 1024)) for w in (4, 8)
-                     for s in (4, 8, 16)]}
+                     for s in (2, 4, 8)]}
 
 
 def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=None, ops=OPS, out_dir=None,
