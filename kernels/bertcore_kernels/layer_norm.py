@@ -179,8 +179,8 @@ WIDTH_BUCKETS = (1024, 4096, 32768)  # a row of N features uses the first bucket
 # written): `python benchmarks/bench_layer_norm.py --tune` sweeps them on a GPU.
 LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = {
     # hidden <= 1024 (BERT base/large): several rows per program. One 16-bit row of 768
-    # is 1.5 KiB; the old one-row programs kept too few bytes in flight (64 % of copy
-    # bandwidth in bf16 against 97 % in fp32, H200).
+    # is 1.5 KiB; the old one-row programs reached 64 % of copy bandwidth in bf16 against
+    # 97 % in fp32 (H200), presumably from too few bytes in flight (not yet measured).
     (torch.float16, 1024, "fwd"): LaunchConfig(4, 4),
     (torch.bfloat16, 1024, "fwd"): LaunchConfig(4, 4),
     (torch.float32, 1024, "fwd"): LaunchConfig(2, 4),
