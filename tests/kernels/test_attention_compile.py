@@ -16,9 +16,9 @@ HEADS, HEAD_DIM = 2, 32
 LENGTHS = [17, 0, 23]
 
 
-def make(device=DEVICE, dtype=torch.float32, lengths=LENGTHS):
+def make(device=DEVICE, dtype=torch.float32, lengths=LENGTHS, head_dim=HEAD_DIM):
     g = torch.Generator().manual_seed(0)
-    qkv = torch.randn(sum(lengths), 3, HEADS, HEAD_DIM, generator=g).to(device=device, dtype=dtype)
+    qkv = torch.randn(sum(lengths), 3, HEADS, head_dim, generator=g).to(device=device, dtype=dtype)
     return qkv, cu_seqlens_of(lengths, device), max(lengths)
 
 
@@ -93,7 +93,7 @@ def test_custom_ops_pass_opcheck():
 # --------------------------------------------------------------------------- GPU only
 @requires_cuda
 def test_cuda_inductor_compile_matches_eager():
-    qkv, cu, max_seqlen = make("cuda", torch.bfloat16, [130, 1, 0, 64])
+    qkv, cu, max_seqlen = make("cuda", torch.bfloat16, [130, 1, 0, 64], head_dim=64)  # kernels test_attention built
     for kw in ({}, {"dropout_p": 0.1, "seed": 3}, {"deterministic": True}):
         out, grad = fwd_bwd(compiled("inductor"), qkv, cu, max_seqlen, "auto", **kw)
         ref, ref_grad = fwd_bwd(attend, qkv, cu, max_seqlen, "auto", **kw)
@@ -105,7 +105,7 @@ def test_cuda_inductor_compile_matches_eager():
 def test_cuda_graph_replays_draw_fresh_masks():
     # mode="reduce-overhead" captures CUDA graphs: the seed's kernels are captured too,
     # so each replay reads a new seed from the device state (rng.next_seed).
-    qkv, cu, max_seqlen = make("cuda", torch.float16, [64, 17])
+    qkv, cu, max_seqlen = make("cuda", torch.float16, [64, 17], head_dim=64)
     fn = compiled("inductor", mode="reduce-overhead")
     outs = []
     for _ in range(5):
