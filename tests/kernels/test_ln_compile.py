@@ -104,9 +104,11 @@ def test_custom_ops_pass_opcheck():
 
 
 @requires_cuda
-@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
-def test_cuda_feed_forward_compiles_fullgraph_with_inductor(dropout_p):
-    # The feed-forward's ops inside an Inductor graph (opaque custom ops), bf16 autocast.
+def test_cuda_feed_forward_compiles_fullgraph_with_inductor():
+    # The feed-forward's ops inside an Inductor graph (opaque custom ops), bf16 autocast,
+    # dropout with a fixed seed so eager and compiled drop the same features. One case:
+    # an Inductor compile takes tens of seconds.
+    dropout_p = 0.1
     import torch.nn.functional as F
     h, w1, b1, w2, b2, lw, lb = leaves((300, 256), (1024, 256), (1024,), (256, 1024), (256,), (256,), (256,),
                                        device="cuda")
