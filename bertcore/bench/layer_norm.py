@@ -114,11 +114,11 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
         dtype = B.DTYPES[dt]
         for hidden in hiddens:
             for tokens in token_counts:
-                g = torch.Generator().manual_seed(0)
-                x0 = torch.randn(tokens, hidden, generator=g).to(device, dtype)
-                r0 = torch.randn(tokens, hidden, generator=g).to(device, dtype)
-                w = torch.randn(hidden, generator=g).to(device, dtype).requires_grad_()
-                b = torch.randn(hidden, generator=g).to(device, dtype).requires_grad_()
+                g = torch.Generator(device).manual_seed(0)  # drawn where they are used
+                x0 = torch.randn(tokens, hidden, generator=g, device=device, dtype=dtype)
+                r0 = torch.randn(tokens, hidden, generator=g, device=device, dtype=dtype)
+                w = torch.randn(hidden, generator=g, device=device, dtype=dtype).requires_grad_()
+                b = torch.randn(hidden, generator=g, device=device, dtype=dtype).requires_grad_()
                 for p in dropouts:
                     for mode in modes:
                         for prov in providers:
@@ -167,9 +167,9 @@ def run_bias_gelu(quick=False, device=None, threads=None, widths=None, token_cou
         dtype = B.DTYPES[dt]
         for width in widths:
             for tokens in token_counts:
-                g = torch.Generator().manual_seed(0)
-                x0 = torch.randn(tokens, width, generator=g).to(device, dtype)
-                b0 = torch.randn(width, generator=g).to(device, dtype)
+                g = torch.Generator(device).manual_seed(0)  # drawn where they are used
+                x0 = torch.randn(tokens, width, generator=g, device=device, dtype=dtype)
+                b0 = torch.randn(width, generator=g, device=device, dtype=dtype)
                 for mode in modes:
                     for prov in providers:
                         if available(prov, device):
@@ -273,17 +273,17 @@ def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=Non
             times = {}
             for cfg in table[direction]:
                 for tokens, p in itertools.product(token_counts, dropouts if op == "layer_norm" else [0.0]):
-                    g = torch.Generator().manual_seed(0)
+                    g = torch.Generator(device).manual_seed(0)  # drawn where they are used
+
+                    def randn(*shape):
+                        return torch.randn(*shape, generator=g, device=device, dtype=dtype).requires_grad_()
                     if op == "layer_norm":
-                        x, res = (torch.randn(tokens, hidden, generator=g).to(device, dtype).requires_grad_()
-                                  for _ in range(2))
-                        w, b = (torch.randn(hidden, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
+                        x, res, w, b = randn(tokens, hidden), randn(tokens, hidden), randn(hidden), randn(hidden)
                         fn, leaves = provider_fn("bertcore-triton", x, res, w, b, p)
                         width, nbytes = hidden, BYTES_FACTOR[direction] * tokens * hidden * dtype.itemsize
                     else:
                         width = 4 * hidden
-                        x = torch.randn(tokens, width, generator=g).to(device, dtype).requires_grad_()
-                        b = torch.randn(width, generator=g).to(device, dtype).requires_grad_()
+                        x, b = randn(tokens, width), randn(width)
                         fn, leaves = gelu_provider_fn("bertcore-triton", x, b)
                         nbytes = GELU_BYTES_FACTOR[direction] * tokens * width * dtype.itemsize
                     override = (ln.override_launch_configs({(dtype, hidden, direction): cfg}) if op == "layer_norm"
