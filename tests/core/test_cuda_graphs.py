@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from bertcore import cudagraphs
-from bertcore.training import Trainer, make_optimizer
+from bertcore.runfolder import load_state
+from bertcore.training import NonFiniteLossError, Trainer, make_optimizer
 
 sys.path.insert(0, str(Path(__file__).parent))
 import toy  # noqa: E402
@@ -33,8 +34,10 @@ def tok():
 class Eager:
     """GraphCache stand-in for the CPU: every call runs the function."""
 
+    graphs, failed, memory_bytes = 0, None, 0
+
     def __init__(self, fn, warmup=1, name=""):
-        self.fn, self.memory_bytes = fn, 0
+        self.fn = fn
 
     def __call__(self, inputs, key):
         return self.fn(inputs)
@@ -116,6 +119,58 @@ def test_checkpointed_optimizer_state_is_portable(tok, tmp_path, monkeypatch):
     fresh = make_optimizer(toy.model(tok), args(tmp_path))
     fresh.load_state_dict(saved_opt)
     assert fresh.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+@pytest.fixture
+def graphs_on_cpu(monkeypatch):
+    """The Trainer's and TaskModel.run's CUDA-graph paths on the CPU: graphs "usable",
+    every captured call run eagerly (bucketing, TrainStep, lr tensors all as on a GPU)."""
+    monkeypatch.setattr(cudagraphs, "GraphCache", Eager)
+    monkeypatch.setattr(cudagraphs, "usable", lambda device: True)
+
+
+@pytest.mark.parametrize("heads", [("toy",), ("toy", "other")])
+def test_trainer_graph_path_matches_eager_on_cpu(tok, tmp_path, monkeypatch, heads):
+    histories = []
+    for graphs in (False, None):
+        if graphs is None:
+            monkeypatch.setattr(cudagraphs, "GraphCache", Eager)
+            monkeypatch.setattr(cudagraphs, "usable", lambda device: True)
+        model = toy.model(tok, dropout=0.0, heads=heads)
+        train = {h: toy.examples(40, seed=i) for i, h in enumerate(heads)} if len(heads) > 1 else toy.examples(48)
+        trainer = Trainer(model, tok, train=train, eval=toy.examples(16, seed=9) if len(heads) == 1 else None,
+                          args=args(tmp_path / str(graphs), epochs=2, eval_every=3, cuda_graphs=graphs), head=heads[0])
+        histories.append(trainer.fit())
+        assert (trainer.graph_stats is not None) == (graphs is None)
+    assert len(histories[0]) == len(histories[1]) > 2
+    for e, g in zip(*histories):
+        assert e.keys() == g.keys() and e["step"] == g["step"]
+        for key in e:
+            assert g[key] == pytest.approx(e[key], abs=1e-5), (key, e, g)
+
+
+def test_trainer_graph_path_stops_on_nan_with_weights_unharmed(tok, tmp_path, graphs_on_cpu):
+    model = toy.model(tok)
+    head = model.heads["toy"]
+    calls = {"n": 0}
+    real_loss = head.loss
+
+    def loss(logits, batch):
+        calls["n"] += head.training
+        value = real_loss(logits, batch)
+        return value * float("nan") if calls["n"] > 6 else value
+
+    head.loss = loss
+    trainer = Trainer(model, tokenizer=tok, train=toy.examples(32), eval=toy.examples(8),
+                      args=args(tmp_path, eval_every=2), head="toy")
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 7.*last good checkpoint"):
+        trainer.fit()
+    assert trainer.graph_stats is not None
+    saved = load_state(tmp_path / "last")
+    assert saved["state"]["step"] == 6
+    assert all(isinstance(g["lr"], float) for g in saved["optimizer"]["param_groups"])
+    for name, value in toy.weights(model).items():
+        assert torch.isfinite(value).all(), name
 
 
 def test_cuda_graphs_stay_off_on_the_cpu(tok, tmp_path, caplog):
