@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import resolve, tl, triton
-from .layer_norm import _multi_processors  # one cached device query for both ops
+from .layer_norm import _cdiv, _multi_processors, _pow2  # one cached device query for both ops
 
 
 def bias_gelu_ref(x, bias, upcast=False):
@@ -145,8 +145,8 @@ def _bias_gelu_fwd(x, bias):
     if M == 0 or N == 0:
         return y
     cfg = LAUNCH_CONFIGS["fwd"]
-    block_n = min(cfg.block_n, triton.next_power_of_2(N))
-    _bias_gelu_fwd_kernel[(triton.cdiv(M, cfg.block_m), triton.cdiv(N, block_n))](
+    block_n = min(cfg.block_n, _pow2(N))
+    _bias_gelu_fwd_kernel[(_cdiv(M, cfg.block_m), _cdiv(N, block_n))](
         x, bias, y, x.stride(0), M, N, BLOCK_M=cfg.block_m, BLOCK_N=block_n, num_warps=cfg.num_warps)
     return y
 
@@ -159,16 +159,16 @@ def _bias_gelu_bwd(dy, x, bias):
         return dx, torch.zeros_like(bias)
     dy = dy if dy.is_contiguous() else dy.contiguous()
     cfg = LAUNCH_CONFIGS["bwd"]
-    block_n = min(cfg.block_n, triton.next_power_of_2(N))
-    col_blocks = triton.cdiv(N, block_n)
+    block_n = min(cfg.block_n, _pow2(N))
+    col_blocks = _cdiv(N, block_n)
     if x.is_cuda:
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()
         programs_m = max(_multi_processors(index) * cfg.programs_per_sm // col_blocks, 1)
     else:
         programs_m = 2  # the interpreter runs programs one by one: few and long is fastest
-    programs_m = min(programs_m, triton.cdiv(M, cfg.block_m))
-    rows_per_program = cfg.block_m * triton.cdiv(triton.cdiv(M, programs_m), cfg.block_m)
-    programs_m = triton.cdiv(M, rows_per_program)
+    programs_m = min(programs_m, _cdiv(M, cfg.block_m))
+    rows_per_program = cfg.block_m * _cdiv(_cdiv(M, programs_m), cfg.block_m)
+    programs_m = _cdiv(M, rows_per_program)
     db_partial = torch.empty((programs_m, N), dtype=torch.float32, device=x.device)
     _bias_gelu_bwd_kernel[(programs_m, col_blocks)](
         dy, x, bias, dx, db_partial, x.stride(0), M, N, rows_per_program,

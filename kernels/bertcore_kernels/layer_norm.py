@@ -159,6 +159,16 @@ def _layer_norm_bwd_kernel(
 
 
 # ------------------------------------------------------------ launch configurations
+# Plain-Python integer helpers for the host side: triton.cdiv and triton.next_power_of_2
+# are JIT functions, microseconds a call on the launch-bound path.
+def _cdiv(a, b):
+    return -(-a // b)
+
+
+def _pow2(n):
+    return 1 << max(n - 1, 0).bit_length()
+
+
 class LaunchConfig(NamedTuple):
     """How a LayerNorm kernel is launched: `rows` per tile (the forward's rows per
     program; the backward's rows per loop step), `num_warps`, and for the backward
@@ -200,7 +210,7 @@ LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = {
 def _launch_key(dtype, width, direction):
     if direction not in ("fwd", "bwd"):
         raise ValueError(f"direction={direction!r}: expected 'fwd' or 'bwd'")
-    block_n = triton.next_power_of_2(width)
+    block_n = _pow2(width)
     bucket = next((b for b in WIDTH_BUCKETS if block_n <= b), None)
     key = (dtype, bucket, direction)
     if key not in LAUNCH_CONFIGS:
@@ -253,7 +263,7 @@ def _threshold(dropout_p):
 
 def _block_n(n):
     # at least 4 lanes: the dropout draws one Philox call per 4 features
-    return max(triton.next_power_of_2(n), 4)
+    return max(_pow2(n), 4)
 
 
 @functools.cache
@@ -280,7 +290,7 @@ def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
     cfg = launch_config(x.dtype, N, "fwd")
     r = residual if residual is not None else x  # any valid pointer; never read
     seed = seed if seed is not None else x       # the same: read only with dropout
-    _layer_norm_fwd_kernel[(triton.cdiv(M, cfg.rows),)](
+    _layer_norm_fwd_kernel[(_cdiv(M, cfg.rows),)](
         x, r, weight, bias, y, mean, rstd, seed,
         x.stride(0), r.stride(0), y.stride(0), M, N, eps, dropout_p, _threshold(dropout_p),
         ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
@@ -311,16 +321,16 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
                                      else torch.cuda.current_device()) * cfg.programs_per_sm
         # at least MIN_STEPS tiles per program, so that on small batches the fp32 partial
         # sums (programs x N, written then summed) stay a few % of the row traffic
-        programs = min(programs, triton.cdiv(M, MIN_STEPS * cfg.rows))
+        programs = min(programs, _cdiv(M, MIN_STEPS * cfg.rows))
     else:
         programs = 8  # the interpreter runs programs one by one: few and long is fastest
-    programs = max(min(programs, triton.cdiv(M, cfg.rows)), 1)
-    rows_per_program = cfg.rows * triton.cdiv(triton.cdiv(M, programs), cfg.rows)
-    programs = triton.cdiv(M, rows_per_program)
+    programs = max(min(programs, _cdiv(M, cfg.rows)), 1)
+    rows_per_program = cfg.rows * _cdiv(_cdiv(M, programs), cfg.rows)
+    programs = _cdiv(M, rows_per_program)
     # dweight's and dbias's partial sums in one tensor: one allocation, one reduction. Rows
     # rounded up to a multiple of 4 keep partial[1] 16-byte aligned whatever the batch (Triton
     # specializes on pointer alignment: an odd offset would compile a second kernel).
-    partial = torch.empty((2, triton.cdiv(programs, 4) * 4, N), dtype=torch.float32, device=x.device)
+    partial = torch.empty((2, _cdiv(programs, 4) * 4, N), dtype=torch.float32, device=x.device)
     r = residual if residual is not None else x
     seed = seed if seed is not None else x
     _layer_norm_bwd_kernel[(programs,)](
