@@ -124,3 +124,23 @@ def test_cuda_new_batch_does_not_recompile():
         if i == 0:
             first = compiled()
     assert compiled() == first
+
+
+# ------------------------------------------------------------------ in the encoder
+@pytest.mark.parametrize("act", ["gelu", "gelu_new"])
+def test_intermediate_fuses_only_exact_gelu_on_triton(monkeypatch, act):
+    from bertcore import BertConfig
+    from bertcore.model import Intermediate
+    calls = []
+    real = bg_mod._bias_gelu_fwd
+    monkeypatch.setattr(bg_mod, "_bias_gelu_fwd", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    layer = Intermediate(BertConfig(hidden_size=32, intermediate_size=128, num_attention_heads=2, hidden_act=act))
+    x = torch.randn(9, 32)
+    plain = layer.act(torch.nn.functional.linear(x, layer.dense.weight, layer.dense.bias))
+    assert torch.equal(layer(x), plain) and calls == []        # CPU, torch backend: exactly HF's ops
+    layer, x = layer.to(DEVICE), x.to(DEVICE)
+    with K.use_backend("triton"):
+        fused = layer(x)
+    assert calls == ([1] if act == "gelu" else [])
+    torch.testing.assert_close(fused.cpu(), plain, rtol=1e-5, atol=1e-5)
