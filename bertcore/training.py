@@ -233,15 +233,20 @@ class Trainer:
         epoch = state.epoch
         while state.step < total and (args.max_steps or epoch < args.epochs):
             plan = self._plan(epoch)
+            ahead = None   # (i, batch): the next batch, collated while the GPU runs a graph step
             for i in range(state.position if epoch == state.epoch else 0, len(plan)):
                 t, indices = plan[i]
                 data = self.train_sets[t]
-                batch = to_device(model.collate([data.features[j] for j in indices], data.heads, buckets),
-                                  self.device)
+                batch = ahead[1] if ahead and ahead[0] == i else self._collate(data, indices, buckets)
+                ahead = None
                 pending += 1
                 last_micro = pending == args.grad_accum_steps or i == len(plan) - 1
                 if "num_sequences" in batch:  # bucketed: the whole step is one graph replay
-                    loss, bad, norm = graph_step(batch, data.heads).tolist()   # one host read, after the step
+                    result = graph_step(batch, data.heads)
+                    # Not before a checkpoint: the RNG state it saves must precede the next collate.
+                    if i + 1 < len(plan) and state.step + 1 < total and not self._evaluates(state.step + 1, i, plan):
+                        ahead = (i + 1, self._collate(self.train_sets[plan[i + 1][0]], plan[i + 1][1], buckets))
+                    loss, bad, norm = result.tolist()   # the step's one host read
                     if bad:
                         self._non_finite(loss, norm, state.step, data)
                     scheduler.step()
@@ -266,8 +271,7 @@ class Trainer:
                           "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
                 reporter.step(record, log=bool(args.logging_steps) and state.step % args.logging_steps == 0)
                 done = state.step >= total
-                if (args.eval_every and state.step % args.eval_every == 0) or \
-                        (not args.eval_every and i == len(plan) - 1) or done:
+                if self._evaluates(state.step, i, plan) or done:
                     record = {"step": state.step, "epoch": record["epoch"], "train_loss": running / running_n}
                     running, running_n = 0.0, 0
                     stop = self._evaluate_and_save(record, state, optimizer, scheduler, reporter)
@@ -275,6 +279,16 @@ class Trainer:
                     if stop or done:
                         return
             epoch += 1
+
+    def _collate(self, data: Encoded, indices: list[int], buckets) -> dict:
+        """The micro-batch of these features, on the device (bucketed when `buckets` is given)."""
+        return to_device(self.model.collate([data.features[j] for j in indices], data.heads, buckets), self.device)
+
+    def _evaluates(self, step: int, i: int, plan: list) -> bool:
+        """Whether optimizer step `step`, ending at micro-batch i of the epoch's plan, is
+        followed by an evaluation and a checkpoint (the run's last step is too)."""
+        return bool(self.args.eval_every and step % self.args.eval_every == 0) or \
+            (not self.args.eval_every and i == len(plan) - 1)
 
     def _optimizer_step(self, optimizer, scheduler, loss: float, step: int, data: Encoded) -> None:
         """Clip, check that loss and gradients are finite (all ranks agree), then step."""
