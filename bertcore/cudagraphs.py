@@ -58,13 +58,15 @@ class GraphCache:
 
     `fn` takes a dict of tensors and host values and returns tensors (or a dict,
     list or tuple of them). Host values in `inputs` must be part of `key`: a replay
-    reuses the ones seen at capture."""
+    reuses the ones seen at capture. `pool`: a memory pool of the cache's own
+    (`torch.cuda.graph_pool_handle()`), so that `memory_bytes` is what its graphs
+    alone hold; default the process's shared one."""
 
-    def __init__(self, fn, warmup: int = 1, name: str = "step"):
-        self.fn, self.warmup, self.name = fn, warmup, name
+    def __init__(self, fn, warmup: int = 1, name: str = "step", pool=None):
+        self.fn, self.warmup, self.name, self.pool = fn, warmup, name, pool
         self.entries: dict = {}
         self.failed: str | None = None   # why capture failed; set once, then all calls run eagerly
-        self.memory_bytes = 0            # device memory the captures took (pool growth)
+        self.memory_bytes = 0            # device memory the captures took (growth of the reserved memory)
 
     def __call__(self, inputs: dict, key):
         if self.failed is not None:
@@ -93,9 +95,11 @@ class GraphCache:
 
     def _capture(self, entry: _Entry, inputs: dict, key) -> None:
         entry.static = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()                 # what capture does first: measure growth from there
         before = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=_shared_pool()):
+        with torch.cuda.graph(graph, pool=self.pool or _shared_pool()):
             entry.outputs = self.fn(entry.static)
         entry.graph = graph
         grown = torch.cuda.memory_reserved() - before

@@ -212,6 +212,7 @@ def graphed_call(model, batch: dict, mode: str, opt, amp):
     inputs = {"input_ids": batch["input_ids"], "cu_seqlens": batch["cu_seqlens"]}
     tokens, sequences, max_seqlen = batch["num_tokens"], batch["num_sequences"], batch["max_seqlen"]
     key = (mode, tuple(batch["input_ids"].shape), tuple(batch["cu_seqlens"].shape), max_seqlen)
+    pool = torch.cuda.graph_pool_handle()   # its own: graph_mb is then this call's graphs alone
 
     def forward(inp):
         with no_autocast_cache(amp):
@@ -219,7 +220,7 @@ def graphed_call(model, batch: dict, mode: str, opt, amp):
         return out.last_hidden_state, out.pooler_output
 
     if mode == "inference":
-        cache = GraphCache(torch.no_grad()(forward), warmup=1, name="encoder forward")
+        cache = GraphCache(torch.no_grad()(forward), warmup=1, name="encoder forward", pool=pool)
     else:
         make_capturable(opt)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -238,7 +239,7 @@ def graphed_call(model, batch: dict, mode: str, opt, amp):
                 for p in params:
                     p.grad = None
             return loss.detach()
-        cache = GraphCache(step, warmup=1, name="encoder training step")
+        cache = GraphCache(step, warmup=1, name="encoder training step", pool=pool)
 
     def call():
         return cache(inputs, key)
