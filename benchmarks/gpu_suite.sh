@@ -13,6 +13,13 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+# A bare machine: install the checkout and its head plugins (entry points) without touching
+# the machine's own torch/triton/transformers (no deps, no network needed).
+$PY -c "import bertcore, bertcore_kernels, bertcore_classification" 2>/dev/null ||
+    $PY -m pip install -q --no-deps --no-build-isolation -e . $(for h in heads/*/; do printf -- '-e %s ' "$h"; done) \
+        >/tmp/gpu_suite_setup.log 2>&1 || {
+    tail -5 /tmp/gpu_suite_setup.log   # no install: the core from the checkout still runs (no head plugins)
+    export PYTHONPATH=$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}; }
 slug=$($PY -c "from bertcore.bench.lib import device_slug; print(device_slug('cuda'))") || exit 1
 LOGDIR=${1:-benchmarks/results/$slug/logs}
 mkdir -p "$LOGDIR"
