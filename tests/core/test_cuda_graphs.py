@@ -60,7 +60,7 @@ def eager_step(model, optimizer, batch, heads, max_norm=1.0):
 
 
 def args(tmp_path, **kw):
-    return toy.args(tmp_path, learning_rate=1e-3, weight_decay=0.01, **kw)
+    return toy.args(tmp_path, **{"learning_rate": 1e-3, "weight_decay": 0.01, **kw})
 
 
 def test_train_step_logic_equals_the_eager_step_on_cpu(tok, tmp_path, monkeypatch):
