@@ -169,3 +169,51 @@ def test_run_on_bucketed_batches_gives_the_unbucketed_results(tok, monkeypatch):
     assert len(calls) == 3 and all(n % 64 == 0 for n in calls)
     assert got.predictions == expected.predictions
     assert abs(got.loss - expected.loss) < 1e-6
+
+
+def _head_examples(name):
+    words = "good great fine bad awful poor movie film plot actor".split()
+    rows = []
+    for i in range(13):
+        text = " ".join(words[(i + k) % len(words)] for k in range(3 + i % 5))
+        if name == "ner":
+            rows.append({"tokens": text.split(), "tags": ["B-PER" if w == "actor" else "O" for w in text.split()]})
+        elif name == "qa":
+            answer = text.split()[1]
+            rows.append({"id": str(i), "question": "which film ?", "context": text,
+                         "answers": {"text": [answer], "answer_start": [text.index(answer)]}})
+        elif name == "nsp":
+            rows.append({"text": text, "text_pair": text[::-1], "label": i % 2})
+        else:
+            rows.append({"text": text, "label": ["neg", "pos"][i % 2]})
+    return rows
+
+
+@pytest.mark.parametrize("name, options", [("classification", {"labels": ["neg", "pos"]}),
+                                           ("ner", {"labels": ["O", "B-PER"]}), ("qa", {"stride": 8}),
+                                           ("nsp", {})])
+def test_evaluate_on_bucketed_batches_matches_for_every_head(tok, monkeypatch, name, options):
+    """Sequence-level (classification, NSP), token-level (NER) and per-sequence positions
+    over token logits (QA): metrics and loss of the bucketed run path equal the plain one."""
+    import bertcore
+    if name not in {h.name for h in bertcore.list_heads() if h.error is None}:
+        pytest.skip(f"the {name} head plugin is not installed")
+    model = toy.model(tok, heads=())
+    model.add_head(name, bertcore.create_head(name, model.encoder.config, **options))
+    examples = _head_examples(name)
+    expected = model.evaluate(examples, head=name, batch_size=4)
+    monkeypatch.setattr(cudagraphs, "usable", lambda device: True)
+    sizes = []
+
+    def forward_of(m):
+        def forward(batch, heads):
+            sizes.append(batch["input_ids"].shape[0])
+            return m(batch, head=list(heads))
+        return forward
+
+    monkeypatch.setattr(cudagraphs, "forward_of", forward_of)
+    got = model.evaluate(examples, head=name, batch_size=4)
+    assert sizes and all(n % 64 == 0 for n in sizes)             # every batch went through a bucket
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-6), key
