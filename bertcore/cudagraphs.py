@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 def usable(device) -> bool:
-    """Whether CUDA graphs can run on `device` (a CUDA device, not under DDP)."""
+    """Whether CUDA graphs can run on `device`: a CUDA device of this machine."""
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 

@@ -286,7 +286,8 @@ class Trainer:
 
     def _evaluates(self, step: int, i: int, plan: list) -> bool:
         """Whether optimizer step `step`, ending at micro-batch i of the epoch's plan, is
-        followed by an evaluation and a checkpoint (the run's last step is too)."""
+        followed by an evaluation and a checkpoint by the cadence (the run's last step
+        always is; the loop checks that apart)."""
         return bool(self.args.eval_every and step % self.args.eval_every == 0) or \
             (not self.args.eval_every and i == len(plan) - 1)
 
