@@ -320,6 +320,8 @@ class Trainer:
         why = "grad_accum_steps > 1" if args.grad_accum_steps > 1 else "DDP" if self.distributed else None
         if why is None:
             dtype = torch.bfloat16 if args.bf16 and torch.cuda.is_bf16_supported() else None
+            if args.bf16 and dtype is None:
+                logger.warning("bf16=True but this GPU has no bfloat16; training in float32")
             try:
                 return cudagraphs.TrainStep(self.model, optimizer, args.max_grad_norm, args.loss_weights, dtype)
             except ValueError as err:
