@@ -241,6 +241,33 @@ class TrainStep:
         """Device memory the captured graphs took, plus the gradient buffers."""
         return self.cache.memory_bytes + sum(g.numel() * g.element_size() for g in self.grads.values())
 
+    def report(self) -> dict:
+        """{"graphs", "memory_mb", "failed"} of this step's graphs, also logged."""
+        stats = {"graphs": self.cache.graphs, "memory_mb": self.memory_bytes / 2 ** 20, "failed": self.cache.failed}
+        logger.info("training ran on %(graphs)d CUDA graphs holding %(memory_mb).0f MiB (gradients "
+                    "included); failed capture: %(failed)s", stats)
+        return stats
+
+
+def train_step_for(model, optimizer, args, device, distributed: bool) -> "TrainStep | None":
+    """The Trainer's CUDA-graph training step where `args.cuda_graphs` applies (CUDA, one
+    process, no gradient accumulation), else None: train eagerly, saying why."""
+    if args.cuda_graphs is False or not usable(device):
+        if args.cuda_graphs:
+            logger.warning("cuda_graphs=True, but the device is %s: training eagerly", device)
+        return None
+    why = "grad_accum_steps > 1" if args.grad_accum_steps > 1 else "DDP" if distributed else None
+    if why is None:
+        dtype = torch.bfloat16 if args.bf16 and torch.cuda.is_bf16_supported() else None
+        if args.bf16 and dtype is None:
+            logger.warning("bf16=True but this GPU has no bfloat16; training in float32")
+        try:
+            return TrainStep(model, optimizer, args.max_grad_norm, args.loss_weights, dtype)
+        except ValueError as err:
+            why = str(err)
+    (logger.warning if args.cuda_graphs else logger.info)("training steps run eagerly, not as CUDA graphs: %s", why)
+    return None
+
 
 class Forward:
     """`TaskModel.forward` in eval mode on bucketed batches, as a CUDA graph per bucket

@@ -204,10 +204,7 @@ class Trainer:
             reporter.close()
             step, self._graph_step_now = self._graph_step_now, None   # its gradient buffers go with it
             if step is not None:
-                self.graph_stats = {"graphs": step.cache.graphs, "memory_mb": step.memory_bytes / 2 ** 20,
-                                    "failed": step.cache.failed}
-                logger.info("training ran on %(graphs)d CUDA graphs holding %(memory_mb).0f MiB (gradients "
-                            "included); failed capture: %(failed)s", self.graph_stats)
+                self.graph_stats = step.report()
         best = self.output_dir / "best"
         if args.load_best_at_end and best.exists():
             load_model_weights(model, find_checkpoint(best, resumable=False))
@@ -225,7 +222,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
             step_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                              find_unused_parameters=len(self.train_sets) > 1)
-        graph_step = self._graph_step_now = self._graph_step(optimizer)
+        graph_step = self._graph_step_now = cudagraphs.train_step_for(model, optimizer, args, self.device,
+                                                                          self.distributed)
         buckets = model.buckets(args.batch_size) if graph_step else None
         model.train()
         running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
@@ -244,11 +242,11 @@ class Trainer:
                 if "num_sequences" in batch:  # bucketed: the whole step is one graph replay
                     result = graph_step(batch, data.heads)
                     # Not before a checkpoint: the RNG state it saves must precede the next collate.
-                    if i + 1 < len(plan) and state.step + 1 < total and not self._evaluates(state.step + 1, i, plan):
+                    if i + 1 < len(plan) and state.step + 1 < total and not _evaluates(args, state.step + 1, i, len(plan)):
                         ahead = (i + 1, self._collate(self.train_sets[plan[i + 1][0]], plan[i + 1][1], buckets))
                     loss, bad, norm = result.tolist()   # the step's one host read
                     if bad:
-                        self._non_finite(loss, norm, state.step, data)
+                        raise _non_finite(loss, norm, state.step, data.heads, self.output_dir)
                     scheduler.step()
                     pending_loss += loss
                     tokens += batch["num_tokens"] * self.world
@@ -261,7 +259,10 @@ class Trainer:
                     tokens += int(batch["input_ids"].numel()) * self.world
                     if not last_micro:
                         continue
-                    self._optimizer_step(optimizer, scheduler, pending_loss / pending, state.step, data)
+                    bad_norm = _clip_and_step(model, optimizer, scheduler, args.max_grad_norm, self.distributed,
+                                              pending_loss / pending)
+                    if bad_norm is not None:
+                        raise _non_finite(pending_loss / pending, bad_norm, state.step, data.heads, self.output_dir)
                 running, running_n = running + pending_loss, running_n + pending
                 pending, pending_loss = 0, 0.0
                 state.step += 1
@@ -271,7 +272,7 @@ class Trainer:
                           "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9)}
                 reporter.step(record, log=bool(args.logging_steps) and state.step % args.logging_steps == 0)
                 done = state.step >= total
-                if self._evaluates(state.step, i, plan) or done:
+                if _evaluates(args, state.step, i, len(plan)) or done:
                     record = {"step": state.step, "epoch": record["epoch"], "train_loss": running / running_n}
                     running, running_n = 0.0, 0
                     stop = self._evaluate_and_save(record, state, optimizer, scheduler, reporter)
@@ -284,65 +285,13 @@ class Trainer:
         """The micro-batch of these features, on the device (bucketed when `buckets` is given)."""
         return to_device(self.model.collate([data.features[j] for j in indices], data.heads, buckets), self.device)
 
-    def _evaluates(self, step: int, i: int, plan: list) -> bool:
-        """Whether optimizer step `step`, ending at micro-batch i of the epoch's plan, is
-        followed by an evaluation and a checkpoint by the cadence (the run's last step
-        always is; the loop checks that apart)."""
-        return bool(self.args.eval_every and step % self.args.eval_every == 0) or \
-            (not self.args.eval_every and i == len(plan) - 1)
-
-    def _optimizer_step(self, optimizer, scheduler, loss: float, step: int, data: Encoded) -> None:
-        """Clip, check that loss and gradients are finite (all ranks agree), then step."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm or float("inf"))
-        bad = torch.tensor([0.0 if math.isfinite(loss) and bool(torch.isfinite(norm)) else 1.0])
-        if self.distributed:
-            dist.all_reduce(bad)
-        if bad.item():
-            self._non_finite(loss, float(norm), step, data)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    def _non_finite(self, loss: float, norm: float, step: int, data: Encoded):
-        what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {norm}"
-        raise NonFiniteLossError(f"{what} at step {step + 1} ({'+'.join(data.heads)}); stopped before the "
-                                 f"optimizer step, so the weights are unharmed; {self._last_good()}. Lower "
-                                 "learning_rate, check the data's labels, or turn off bf16.")
-
-    def _graph_step(self, optimizer) -> "cudagraphs.TrainStep | None":
-        """The CUDA-graph training step where `cuda_graphs` applies, else None (eager)."""
-        args = self.args
-        if args.cuda_graphs is False or not cudagraphs.usable(self.device):
-            if args.cuda_graphs:
-                logger.warning("cuda_graphs=True, but the device is %s: training eagerly", self.device)
-            return None
-        why = "grad_accum_steps > 1" if args.grad_accum_steps > 1 else "DDP" if self.distributed else None
-        if why is None:
-            dtype = torch.bfloat16 if args.bf16 and torch.cuda.is_bf16_supported() else None
-            if args.bf16 and dtype is None:
-                logger.warning("bf16=True but this GPU has no bfloat16; training in float32")
-            try:
-                return cudagraphs.TrainStep(self.model, optimizer, args.max_grad_norm, args.loss_weights, dtype)
-            except ValueError as err:
-                why = str(err)
-        (logger.warning if args.cuda_graphs else logger.info)("training steps run eagerly, not as CUDA graphs: %s", why)
-        return None
-
-    def _last_good(self) -> str:
-        try:
-            folder = find_checkpoint(self.output_dir / "last")
-        except Exception:  # nothing written yet, or nothing verifies
-            return "no checkpoint was written yet"
-        return f"the last good checkpoint is {folder} (step {checkpoint_step(folder)})"
-
     def _evaluate_and_save(self, record: dict, state: TrainState, optimizer, scheduler, reporter) -> bool:
         """Evaluate, log, keep best/last checkpoints; True when early stopping says stop."""
         metrics = self.evaluate() if self.eval_sets else {}
         bad = [k for k, v in metrics.items() if not math.isfinite(v) and k.endswith("loss")]
         if bad:
             raise NonFiniteLossError(f"the eval {bad[0]} is {metrics[bad[0]]} at step {state.step}; nothing was "
-                                     f"saved for this step; {self._last_good()}. Lower learning_rate or turn off bf16.")
+                                     f"saved for this step; {_last_good(self.output_dir)}. Lower learning_rate or turn off bf16.")
         record.update(metrics)
         state.history.append(record)
         reporter.evaluation(record)
@@ -395,7 +344,7 @@ class Trainer:
         results = {}
         for data in sets:
             with autocast(self.device, self.args.bf16):
-                run = self.model.run(data, self._eval_batch_size())
+                run = self.model.run(data, _eval_batch_size(self.args))
             for name, result in run.items():
                 head = self.model.heads[name]
                 metrics = dict(head.metrics(result.predictions, data.examples)) if result.predictions is not None else {}
@@ -416,10 +365,50 @@ class Trainer:
             data = self.model.encode(items, names, self.tokenizer, self.args.max_length)
         self.model.to(self.device)
         with autocast(self.device, self.args.bf16):
-            return self.model.run(data, self._eval_batch_size(), with_loss=False)[data.heads[0]].predictions
+            return self.model.run(data, _eval_batch_size(self.args), with_loss=False)[data.heads[0]].predictions
 
-    def _eval_batch_size(self) -> int:
-        return self.args.eval_batch_size or self.args.batch_size * 2
+
+def _evaluates(args: TrainingArgs, step: int, i: int, plan_length: int) -> bool:
+    """Whether optimizer step `step`, ending at micro-batch i of the epoch's plan, is
+    followed by an evaluation and a checkpoint by the cadence (the run's last step
+    always is; the loop checks that apart)."""
+    return bool(args.eval_every and step % args.eval_every == 0) or (not args.eval_every and i == plan_length - 1)
+
+
+def _eval_batch_size(args: TrainingArgs) -> int:
+    return args.eval_batch_size or args.batch_size * 2
+
+
+def _clip_and_step(model, optimizer, scheduler, max_grad_norm, distributed: bool, loss: float) -> float | None:
+    """Clip, check that loss and gradients are finite (all ranks agree), then step; a
+    non-finite step is not taken and its gradient norm comes back (None: stepped)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
+    bad = torch.tensor([0.0 if math.isfinite(loss) and bool(torch.isfinite(norm)) else 1.0])
+    if distributed:
+        dist.all_reduce(bad)
+    if bad.item():
+        return float(norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return None
+
+
+def _non_finite(loss: float, norm: float, step: int, heads, output_dir: Path) -> "NonFiniteLossError":
+    what = f"the loss became {loss}" if not math.isfinite(loss) else f"the gradient norm became {norm}"
+    return NonFiniteLossError(f"{what} at step {step + 1} ({'+'.join(heads)}); stopped before the optimizer "
+                              f"step, so the weights are unharmed; {_last_good(output_dir)}. Lower "
+                              "learning_rate, check the data's labels, or turn off bf16.")
+
+
+def _last_good(output_dir: Path) -> str:
+    try:
+        folder = find_checkpoint(output_dir / "last")
+    except Exception:  # nothing written yet, or nothing verifies
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {folder} (step {checkpoint_step(folder)})"
+
 
 def _learning_rate(scheduler) -> float:
     """The first group's current rate, from the schedule on the host: under CUDA graphs the
