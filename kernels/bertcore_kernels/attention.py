@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
 from .attention_philox import _dropout_bits, _rng_rows, _rng_threshold
 from .attention_torch import attention_runs, equal_length_runs
-from .dispatch import interpret_mode, resolve, tl, triton
+from .dispatch import interpret_mode, patched, resolve, tl, triton
 from .ops import device_seed
 from .rng import seed_tensor
 
@@ -270,13 +270,8 @@ def override_launch_configs(configs: dict):
     ...     attention(q, k, v, cu_seqlens, max_seqlen).sum().backward()
     """
     new = {key: LaunchConfig(*cfg) for spec, cfg in configs.items() for key in _launch_keys(*spec)}
-    saved = dict(LAUNCH_CONFIGS)
-    LAUNCH_CONFIGS.update(new)
-    try:
+    with patched(LAUNCH_CONFIGS, new):
         yield
-    finally:
-        LAUNCH_CONFIGS.clear()
-        LAUNCH_CONFIGS.update(saved)
 
 
 # ------------------------------------------------------------------- host launchers

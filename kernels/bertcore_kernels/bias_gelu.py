@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve, tl, triton
+from .dispatch import patched, resolve, tl, triton
 from .layer_norm import _cdiv, _multi_processors, _pow2  # one cached device query for both ops
 
 
@@ -123,13 +123,8 @@ def override_launch_configs(configs: dict):
             raise ValueError(f"direction {d!r}: expected 'fwd' or 'bwd'")
         if any(v < 1 or v & (v - 1) for v in (cfg.block_m, cfg.block_n, cfg.num_warps)):
             raise ValueError(f"{cfg}: block_m, block_n and num_warps must be powers of two")
-    saved = dict(LAUNCH_CONFIGS)
-    LAUNCH_CONFIGS.update(new)
-    try:
+    with patched(LAUNCH_CONFIGS, new):
         yield
-    finally:
-        LAUNCH_CONFIGS.clear()
-        LAUNCH_CONFIGS.update(saved)
 
 
 # ------------------------------------------------------------------- host launchers

@@ -119,3 +119,16 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
                 "backend='triton' on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
                 "before importing bertcore_kernels (or triton), or use backend='torch'")
     return backend
+
+
+@contextmanager
+def patched(table: dict, entries: dict):
+    """`table` with `entries` added or replaced for a block, then restored as it was
+    (the ops' launch-configuration overrides)."""
+    saved = dict(table)
+    table.update(entries)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)

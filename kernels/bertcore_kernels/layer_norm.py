@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve, tl, triton
+from .dispatch import patched, resolve, tl, triton
 from .dropout import dropout
 from .ops import device_seed
 from .rng import seed_tensor
@@ -240,13 +240,8 @@ def override_launch_configs(configs: dict):
     for cfg in new.values():
         if cfg.rows < 1 or cfg.rows & (cfg.rows - 1) or cfg.num_warps not in (1, 2, 4, 8, 16, 32):
             raise ValueError(f"{cfg}: rows must be a power of two, num_warps one of 1..32 (powers of two)")
-    saved = dict(LAUNCH_CONFIGS)
-    LAUNCH_CONFIGS.update(new)
-    try:
+    with patched(LAUNCH_CONFIGS, new):
         yield
-    finally:
-        LAUNCH_CONFIGS.clear()
-        LAUNCH_CONFIGS.update(saved)
 
 
 # ------------------------------------------------------------------- host launchers
