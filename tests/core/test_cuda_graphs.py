@@ -151,16 +151,7 @@ def test_trainer_graph_path_matches_eager_on_cpu(tok, tmp_path, monkeypatch, hea
 
 def test_trainer_graph_path_stops_on_nan_with_weights_unharmed(tok, tmp_path, graphs_on_cpu):
     model = toy.model(tok)
-    head = model.heads["toy"]
-    calls = {"n": 0}
-    real_loss = head.loss
-
-    def loss(logits, batch):
-        calls["n"] += head.training
-        value = real_loss(logits, batch)
-        return value * float("nan") if calls["n"] > 6 else value
-
-    head.loss = loss
+    toy.nan_after(model.heads["toy"], 6)
     trainer = Trainer(model, tokenizer=tok, train=toy.examples(32), eval=toy.examples(8),
                       args=args(tmp_path, eval_every=2), head="toy")
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 7.*last good checkpoint"):

@@ -94,16 +94,7 @@ def test_frozen_encoder_is_unchanged(tmp_path, tok):
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, tok):
     model = toy.model(tok)
-    head = model.heads["toy"]
-    calls = {"n": 0}
-    real_loss = head.loss
-
-    def loss(logits, batch):
-        calls["n"] += head.training
-        value = real_loss(logits, batch)
-        return value * float("nan") if calls["n"] > 6 else value
-
-    head.loss = loss
+    toy.nan_after(model.heads["toy"], 6)
     trainer = Trainer(model, tokenizer=tok, train=toy.examples(32), eval=toy.examples(8),
                       args=args(tmp_path, eval_every=2), head="toy")
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 7.*last good checkpoint"):

@@ -86,3 +86,16 @@ def weights(model) -> dict:
     """CPU copies of the state dict: the Trainer moves the model to CUDA where there is one,
     and a snapshot taken before fit() must compare with one taken after."""
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def nan_after(head, steps: int) -> None:
+    """Make `head`'s training loss NaN from its (steps + 1)-th training call on."""
+    calls = {"n": 0}
+    real_loss = head.loss
+
+    def loss(logits, batch):
+        calls["n"] += head.training
+        value = real_loss(logits, batch)
+        return value * float("nan") if calls["n"] > steps else value
+
+    head.loss = loss
