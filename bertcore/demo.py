@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from . import BertConfig, BertEncoder, TaskModel, Tokenizer, Trainer, TrainingArgs, create_head, demo_data, pretrain
+from .masking import make_nsp_pairs
 from .files import atomic_write, write_text
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class DemoSize:
     pretrain_evals: int = 5
     corpus_reviews: int | None = None      # None: every review outside the test set
     corpus_paragraphs: int | None = None   # None: every People's Daily paragraph outside the NER test
-    sizes: tuple = (300, 1000, 3000)       # labelled examples per fine-tuning run
+    sizes: tuple = (100, 300, 1000, 3000)  # labelled examples per fine-tuning run
     seeds: int = 3
     test_reviews: int = 400
     test_ner: int = 250
@@ -106,6 +107,7 @@ class Demo:
         ner_pool = ner_sentences(paragraphs[:-cut], s.max_length - 2)
         random.Random(self.seed).shuffle(ner_pool)
         ner_test = ner_sentences(paragraphs[-cut:], s.max_length - 2)[: s.test_ner]
+        self.review_test, self.paragraph_test = review_test, paragraphs[-cut:][:1000]
         self.say(f"{len(reviews)} distinct reviews ({len(review_test)} test), {len(paragraphs)} People's Daily "
                  f"paragraphs ({len(ner_test)} test NER sentences from the last {cut})")
 
@@ -194,13 +196,28 @@ class Demo:
         model = pretrain(corpus, tok, cfg, args, eval_fraction=0.02, max_eval_pairs=500,
                          mlm_probability=s.mlm_probability)
         last = model.history[-1]
-        self.results["pretraining"] = {"mlm_accuracy": last["mlm/accuracy"], "nsp_accuracy": last["nsp/accuracy"],
+        heldout = self.heldout_mlm(model, tok)
+        self.results["pretraining"] = {"mlm_accuracy": heldout, "mlm_accuracy_train_rate": last["mlm/accuracy"],
+                                       "nsp_accuracy": last["nsp/accuracy"],
                                        "mlm_loss": last["mlm/loss"], "nsp_loss": last["nsp/loss"],
                                        "documents": len(corpus), "characters": chars,
                                        "seconds": round(time.perf_counter() - t, 1), "history": model.history}
-        self.say(f"pretraining: held-out MLM accuracy {last['mlm/accuracy']:.3f}, NSP accuracy "
+        self.say(f"pretraining: held-out MLM accuracy {heldout:.3f} (15% masked), NSP accuracy "
                  f"{last['nsp/accuracy']:.3f} ({time.perf_counter() - t:.0f}s)")
         return model.encoder
+
+    def heldout_mlm(self, model, tok) -> float:
+        """MLM accuracy at BERT's 15% on the test reviews and test paragraphs, which
+        pretraining never saw (its own eval documents are masked at the training rate)."""
+        docs = [demo_data.split_sentences(r["text"]) for r in self.review_test]
+        docs += [demo_data.split_sentences("".join(w for w, _ in p)) for p in self.paragraph_test]
+        pairs = make_nsp_pairs([d for d in docs if d], tok, max_length=self.size.max_length, seed=self.seed + 7)
+        head = model.heads["mlm"]
+        head.mlm_probability, rate = 0.15, head.mlm_probability
+        try:
+            return model.evaluate(pairs[:2000], head="mlm", batch_size=64)["accuracy"]
+        finally:
+            head.mlm_probability = rate
 
     def finetune(self, model, train, test, name, lr, steps, seed) -> dict:
         args = TrainingArgs(output_dir=str(self.out / "finetune" / name), epochs=1000, max_steps=steps,
@@ -314,7 +331,7 @@ def plot_results(results: dict, file: Path) -> None:
     except ImportError:
         logger.info("matplotlib is not installed; no results.png")
         return
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     titles = {"sentiment": "sentiment: test accuracy", "ner": "NER (PER/LOC/ORG): test entity F1"}
     for ax, task in zip(axes, ("sentiment", "ner")):
         summary = results[task]["summary"]
@@ -330,9 +347,24 @@ def plot_results(results: dict, file: Path) -> None:
         ax.set_title(titles[task])
         ax.legend()
     ax = axes[2]
+    for task, label in (("sentiment", "sentiment accuracy"), ("ner", "NER entity F1")):
+        summary = results[task]["summary"]
+        sizes = list(summary)
+        ax.errorbar(sizes, [summary[n]["lift"]["mean"] for n in sizes], yerr=[summary[n]["lift"]["std"] for n in sizes],
+                    fmt="-o", capsize=3, label=label)
+    ax.axhline(0.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.set_xlabel("labelled training examples")
+    ax.set_title("lift from pretraining (pretrained − random)")
+    ax.legend()
+    ax = axes[3]
     if "pretraining" in results:
         h = results["pretraining"]["history"]
-        ax.plot([r["step"] for r in h], [r["mlm/accuracy"] for r in h], "-o", label="MLM accuracy")
+        rate = results["size"]["mlm_probability"]
+        ax.plot([r["step"] for r in h], [r["mlm/accuracy"] for r in h], "-o", label=f"MLM accuracy ({rate:.0%} masked)")
+        ax.plot([h[-1]["step"]], [results["pretraining"]["mlm_accuracy"]], "k*", ms=10,
+                label="MLM accuracy, test text, 15% masked")
         ax.plot([r["step"] for r in h], [r["nsp/accuracy"] for r in h], "-o", label="NSP accuracy")
         ax.set_xlabel("pretraining step")
         ax.legend()
