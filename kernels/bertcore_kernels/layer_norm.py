@@ -196,7 +196,7 @@ LAUNCH_CONFIGS: dict[tuple[torch.dtype, int, str], LaunchConfig] = {
     (torch.float32, 1024, "fwd"): LaunchConfig(2, 4),
     # backward: as many programs as fit on an SM at once (one wave; each walks its rows):
     # the sm_90 build of (4 rows, 4 warps) 16-bit takes 164 registers a thread, 3 blocks
-    # an SM; fp32's (2, 4) takes 96, 5 blocks (tests/kernels/ln_compile_for_gpu.py).
+    # an SM; fp32's (2, 4) takes 96, 5 blocks (tests/kernels/compile_for_gpu.py).
     (torch.float16, 1024, "bwd"): LaunchConfig(4, 4, 3),
     (torch.bfloat16, 1024, "bwd"): LaunchConfig(4, 4, 3),
     (torch.float32, 1024, "bwd"): LaunchConfig(2, 4, 5),

@@ -1,11 +1,15 @@
 """Compiles every Triton kernel for an sm_90 GPU without one (Triton's own compiler
 and bundled ptxas), so a CPU-only machine still catches what the interpreter lets
-through: constructs the compiler rejects, type errors, shared memory overruns.
+through: constructs the compiler rejects, type errors, shared memory overruns. The
+LayerNorm and bias-GELU kernels are compiled as a real launch on aligned tensors would
+be (pointers and row strides carry the JIT's divisibility-by-16 hint), and the 16-bit
+LayerNorm rows must load in 16-byte vectors.
 
 Run as a script in a process without TRITON_INTERPRET (the test does that):
     python tests/kernels/compile_for_gpu.py [--all]
-Default: the model's configuration (fp16, head_dim 64, dropout on); --all sweeps
-dtypes, head dims and widths (minutes).
+Default: the model's configuration (attention fp16, head_dim 64, dropout on; LayerNorm
+fp16 and bf16 at hidden 768; bias-GELU bf16 at 3072); --all sweeps dtypes, head dims
+and widths (minutes).
 """
 import importlib
 import os
@@ -22,20 +26,27 @@ A = importlib.import_module("bertcore_kernels.attention")
 B = importlib.import_module("bertcore_kernels.attention_bwd")
 P = importlib.import_module("bertcore_kernels.attention_philox")
 L = importlib.import_module("bertcore_kernels.layer_norm")
+G = importlib.import_module("bertcore_kernels.bias_gelu")
 TARGET = GPUTarget("cuda", 90, 32)
 SHARED_LIMIT = 227 * 1024  # H100 per-block maximum
 TY = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-def build(fn, types, constexprs, num_warps, num_stages=2):
-    """Compiles fn; scalar args not in `types` are i32. Returns shared memory bytes."""
+def build(fn, types, constexprs, num_warps, num_stages=2, aligned=()):
+    """Compiles fn; scalar args not in `types` are i32; `aligned` args get the JIT's
+    divisible-by-16 hint. Returns the compiled kernel."""
     sig = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
-    src = ASTSource(fn=fn, signature=sig,
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned if n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, attrs=attrs,
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     kernel = triton.compile(src, target=TARGET, options=dict(num_warps=num_warps, num_stages=num_stages))
     shared = kernel.metadata.shared
     assert shared <= SHARED_LIMIT, f"{fn.__name__}: {shared} bytes of shared memory > {SHARED_LIMIT}"
-    return shared
+    return kernel
+
+
+def _vector_loads(kernel):
+    return sum(".v4.b32" in line for line in kernel.asm["ptx"].splitlines() if "ld.global" in line)
 
 
 def attention_kernels(dtype, head_dim, dropout):
@@ -48,13 +59,13 @@ def attention_kernels(dtype, head_dim, dropout):
     for length in A.LENGTH_CLASSES:  # each length class has its own tiles
         bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd", length)
         shared["fwd", length] = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
-                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages).metadata.shared
         bm, bn, warps, stages = A.launch_config(dtype, head_dim, "bwd", length)
         shared["bwd", length] = build(A._attention_bwd_kernel, {**grads, **scalars},
-                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages).metadata.shared
         block, _, warps, stages = A.launch_config(dtype, head_dim, "bwd_det", length)
         shared["bwd_det", length] = build(A._attention_bwd_det_kernel, {**grads, **scalars},
-                                          dict(BLOCK=block, **flags), warps, stages)
+                                          dict(BLOCK=block, **flags), warps, stages).metadata.shared
     build(B._attention_bwd_preprocess_kernel, {"O": "*" + t, "DO": "*" + t, "DELTA": "*fp32", "DQ_ACC": "*fp32"},
           dict(BLOCK_R=64, BLOCK_D=block_d, ZERO_DQ=True), 4)
     print(f"attention {t} d={head_dim} dropout={dropout}: shared memory (B) "
@@ -63,29 +74,59 @@ def attention_kernels(dtype, head_dim, dropout):
 
 def layer_norm_kernels(dtype, width, residual, dropout):
     t, block_n = TY[dtype], L._block_n(width)
-    stats = {"MEAN": "*fp32", "RSTD": "*fp32", "eps": "fp32", "dropout_p": "fp32", "SEED": "*i64",
-             "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32"}
+    common = {"MEAN": "*fp32", "RSTD": "*fp32", "eps": "fp32", "dropout_p": "fp32", "SEED": "*i64",
+              "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32"}
     flags = dict(BLOCK_N=block_n, HAS_RESIDUAL=residual, DROPOUT=dropout)
-    fwd, bwd = L.launch_config(dtype, width, "fwd"), L.launch_config(dtype, width, "bwd")
-    build(L._layer_norm_fwd_kernel, {**{n: "*" + t for n in ("X", "R", "W", "B", "Y")}, **stats},
-          {**flags, "ROWS": fwd.rows}, fwd.num_warps)
-    build(L._layer_norm_bwd_kernel, {**{n: "*" + t for n in ("DY", "X", "R", "W", "DX", "DR")}, **stats},
-          {**flags, "ROWS": bwd.rows, "STORE_DR": dropout and residual}, bwd.num_warps)
-    print(f"layer_norm {t} N={width} residual={residual} dropout={dropout}: ok", flush=True)
+    # the JIT's hints for aligned tensors of an aligned width (768, 1024, ...)
+    aligned = ("X", "R", "W", "B", "Y", "DY", "DX", "DR", "MEAN", "RSTD", "DW_PARTIAL", "DB_PARTIAL",
+               "stride_x", "stride_r", "stride_y", "stride_dy", "N") if width % 16 == 0 else ()
+    fwd_cfg, bwd_cfg = L.launch_config(dtype, width, "fwd"), L.launch_config(dtype, width, "bwd")
+    fn = L._layer_norm_fwd_kernel
+    fwd = build(fn, {**{n: "*" + t for n in ("X", "R", "W", "B", "Y")}, **common},
+                {**flags, "ROWS": fwd_cfg.rows}, fwd_cfg.num_warps, aligned=aligned)
+    fn = L._layer_norm_bwd_kernel
+    bwd = build(fn, {**{n: "*" + t for n in ("DY", "X", "R", "W", "DX", "DR")}, **common},
+                {**flags, "ROWS": bwd_cfg.rows, "STORE_DR": dropout and residual}, bwd_cfg.num_warps,
+                aligned=aligned)
+    print(f"layer_norm {t} N={width} residual={residual} dropout={dropout}: shared fwd "
+          f"{fwd.metadata.shared} B, bwd {bwd.metadata.shared} B; 16-byte loads fwd {_vector_loads(fwd)}, "
+          f"bwd {_vector_loads(bwd)}", flush=True)
+    return fwd, bwd
+
+
+def bias_gelu_kernels(dtype, width):
+    t = TY[dtype]
+    aligned = ("X", "B", "Y", "DY", "DX", "DB_PARTIAL", "stride_x", "N") if width % 16 == 0 else ()
+    out = []
+    for fn, direction, ptrs in ((G._bias_gelu_fwd_kernel, "fwd", ("X", "Y")),
+                                (G._bias_gelu_bwd_kernel, "bwd", ("DY", "X", "DX"))):
+        cfg = G.LAUNCH_CONFIGS[direction]
+        block_n = min(cfg.block_n, triton.next_power_of_2(width))
+        types = {**{n: "*" + t for n in ptrs}, "B": "*fp32", "DB_PARTIAL": "*fp32"}
+        out.append(build(fn, types, dict(BLOCK_M=cfg.block_m, BLOCK_N=block_n), cfg.num_warps,
+                         aligned=aligned))
+    print(f"bias_gelu {t} N={width}: 16-byte loads fwd {_vector_loads(out[0])}, bwd {_vector_loads(out[1])}",
+          flush=True)
+    return out
 
 
 def main(sweep):
     if not sweep:
         attention_kernels(torch.float16, 64, True)
         layer_norm_kernels(torch.float16, 768, True, True)
+        fwd, _ = layer_norm_kernels(torch.bfloat16, 768, True, True)
+        assert _vector_loads(fwd) > 0, "the bf16 LayerNorm forward does not load 16-byte vectors"
+        bias_gelu_kernels(torch.bfloat16, 3072)
     else:
         for dtype in TY:
             for head_dim in (32, 64, 128):
                 for dropout in (False, True):
                     attention_kernels(dtype, head_dim, dropout)
-            for width in (384, 1023, 8192, L._max_hidden(dtype)):
+            for width in (384, 768, 1023, 4096, 8192, L._max_hidden(dtype)):
                 layer_norm_kernels(dtype, width, True, True)
                 layer_norm_kernels(dtype, width, False, False)
+            for width in (1536, 3072, 1000):
+                bias_gelu_kernels(dtype, width)
     build(P._dropout_mask_kernel, {"MASK": "*u8", "SEED": "*i64"}, dict(BLOCK_M=32, BLOCK_N=32), 4)
     print("compiled", flush=True)
 

@@ -1,4 +1,5 @@
-"""The kernels compile for a real GPU target even where only the interpreter runs them."""
+"""The kernels (attention, LayerNorm, bias-GELU) compile for a real GPU target even where
+only the interpreter runs them (compile_for_gpu.py, in a process without TRITON_INTERPRET)."""
 import os
 import subprocess
 import sys
