@@ -41,19 +41,24 @@ def _restart(device: torch.device):
         seed, offset = gen.initial_seed(), gen.get_offset()
         base = (seed * _STEP + offset) & _MASK_63
         gen.set_offset(offset + 4)
-        mark = (seed, offset + 4)
     else:
         base = int(torch.randint(0, 2**62, (1,)).item())     # a host draw: no device involved
-        mark = torch.default_generator.get_state()
-    return mark, torch.tensor([base, 0], dtype=torch.int64, device=device)
+    return _mark(device), torch.tensor([base, 0], dtype=torch.int64, device=device)
 
 
-def _moved(device: torch.device, mark) -> bool:
+def _mark(device: torch.device):
+    """Where torch's generator for `device` stands: (seed, Philox offset) on CUDA, the
+    whole generator state on the CPU. Host values: no sync."""
     if device.type == "cuda":
         gen = torch.cuda.default_generators[device.index]
-        seed, offset = gen.initial_seed(), gen.get_offset()
-        return seed != mark[0] or offset < mark[1]
-    return not torch.equal(torch.default_generator.get_state(), mark)
+        return gen.initial_seed(), gen.get_offset()
+    return torch.default_generator.get_state()
+
+
+def _moved(device: torch.device, old, new) -> bool:
+    if device.type == "cuda":       # reseeded: another seed, or the offset went back
+        return new[0] != old[0] or new[1] < old[1]
+    return not torch.equal(new, old)
 
 
 def next_seed(device) -> torch.Tensor:
@@ -62,13 +67,13 @@ def next_seed(device) -> torch.Tensor:
     device = _canonical(device)
     entry = _STATE.get(device)
     capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    if entry is None or (not capturing and _moved(device, entry[0])):
+    mark = None if capturing else _mark(device)
+    if entry is None or (mark is not None and _moved(device, entry[0], mark)):
         if capturing:
             raise RuntimeError("draw one dropout seed before capturing a CUDA graph (a warm-up step)")
         entry = _restart(device)
-    elif device.type == "cuda" and not capturing:
-        gen = torch.cuda.default_generators[device.index]
-        entry = ((gen.initial_seed(), gen.get_offset()), entry[1])
+    elif device.type == "cuda" and mark is not None:
+        entry = (mark, entry[1])     # other CUDA random ops moved the offset on: follow it
     _STATE[device] = entry
     state = entry[1]
     seed = (state[:1] + state[1:] * _STEP).bitwise_and_(_MASK_63)     # (1,) on the device
