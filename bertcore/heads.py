@@ -213,6 +213,20 @@ class Head(nn.Module):
         out[seq, pos] = x
         return out
 
+    def token_vectors(self, output, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded token vectors (B, L, H) and their (B, L) bool mask of real tokens, for
+        heads that pool over tokens: packed batches are padded here; the padded serving
+        path (`bertcore.export`) brings its `attention_mask`."""
+        x = output.last_hidden_state
+        if "attention_mask" in batch:                                          # (B·L, H) rows, L per sequence
+            mask = batch["attention_mask"].to(x.device).bool()                 # (B, L)
+            return x.reshape(*mask.shape, x.shape[-1]), mask
+        padded = self.padded(x, batch)                                         # (B, L, H)
+        cu_seqlens = batch["cu_seqlens"].to(x.device)
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()                   # (B,)
+        mask = torch.arange(padded.shape[1], device=x.device)[None] < lengths[:, None]  # (B, L)
+        return padded, mask
+
     # ---- results -------------------------------------------------------------------
 
     def split(self, logits, batch: dict) -> list:

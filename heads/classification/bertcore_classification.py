@@ -1,5 +1,9 @@
 """Sequence classification head for bertcore: pooled [CLS] → dropout → linear.
 
+`pooling="mean"` reads the mean of the sequence's token vectors instead of the pooled
+[CLS] (sentence-transformers' default pooling): for encoders whose [CLS] was not trained
+to summarise the text, such as the demo's, whose heads start out looking at neighbours.
+
 Single texts or pairs; three problem types, picked from the options:
 
     create_head("classification", cfg, labels=["neg", "pos"])        # single-label, cross-entropy
@@ -31,8 +35,11 @@ class ClassificationHead(Head):
     greater_is_better = True
     required_keys = ("text", "label")
 
-    def __init__(self, config, labels=None, num_labels=None, multi_label=False, dropout=None):
+    def __init__(self, config, labels=None, num_labels=None, multi_label=False, dropout=None, pooling="cls"):
         super().__init__(config)
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling={pooling!r}; expected 'cls' (BERT's pooled [CLS]) or 'mean' (token mean)")
+        self.pooling = pooling
         if labels is not None:
             labels = [str(x) for x in labels]
             if num_labels not in (None, len(labels)):
@@ -64,7 +71,7 @@ class ClassificationHead(Head):
 
     def get_config(self) -> dict:
         return {"labels": self.labels, "num_labels": self.num_labels, "multi_label": self.multi_label,
-                "dropout": self.dropout_prob}
+                "dropout": self.dropout_prob, "pooling": self.pooling}
 
     def prepare(self, tokenizer, train_examples=None):
         if train_examples is not None and self.problem == "single_label":
@@ -130,7 +137,12 @@ class ClassificationHead(Head):
     # ---- model ---------------------------------------------------------------------
 
     def forward(self, output, batch):
-        return self.classifier(self.dropout(output.pooler_output))             # (B, C)
+        if self.pooling == "cls":
+            return self.classifier(self.dropout(output.pooler_output))         # (B, C)
+        hidden, mask = self.token_vectors(output, batch)                       # (B, L, H), (B, L)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)                          # (B, L, 1)
+        mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)       # (B, H)
+        return self.classifier(self.dropout(mean))                             # (B, C)
 
     def loss(self, logits, batch):
         labels = batch["labels"].to(logits.device)
@@ -178,6 +190,10 @@ class ClassificationHead(Head):
 
     def transformers_export(self) -> dict:
         """This head as transformers' BertForSequenceClassification (`bertcore.export`)."""
+        if self.pooling != "cls":
+            raise ValueError(f"a classification head with pooling={self.pooling!r} has no transformers class "
+                             "(BertForSequenceClassification reads the pooled [CLS]); export it for serving "
+                             "instead (--to onnx, or bertcore.export.ServingModel)")
         names = self.labels or [f"LABEL_{i}" for i in range(self.num_labels)]
         problem = {"single_label": "single_label_classification", "multi_label": "multi_label_classification",
                    "regression": "regression"}[self.problem]

@@ -130,19 +130,6 @@ class EmbeddingHead(Head):
         embeddings = pool(hidden, mask, self.modes)                            # (N, D)
         return F.normalize(embeddings, p=2, dim=-1) if self.normalize else embeddings
 
-    def token_vectors(self, output, batch):
-        """Padded token vectors and their mask of real tokens. Packed batches are padded
-        here; the padded serving path (`bertcore.export`) brings its `attention_mask`."""
-        x = output.last_hidden_state
-        if "attention_mask" in batch:                                          # (B·L, H) rows, L per sequence
-            mask = batch["attention_mask"].to(x.device).bool()                 # (B, L)
-            return x.reshape(*mask.shape, x.shape[-1]), mask
-        padded = self.padded(x, batch)                                         # (N, L, H)
-        cu_seqlens = batch["cu_seqlens"].to(x.device)
-        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()                   # (N,)
-        mask = torch.arange(padded.shape[1], device=x.device)[None] < lengths[:, None]  # (N, L)
-        return padded, mask
-
     def loss(self, logits, batch):
         n = batch["num_pairs"]
         anchors = F.normalize(logits[:n].float(), p=2, dim=-1)                 # (B, D)

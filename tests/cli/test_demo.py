@@ -3,9 +3,11 @@ import json
 
 import pytest
 
-from bertcore import demo_data
+import dataclasses
+
+from bertcore import BertConfig, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import DemoSize, finetune_steps, summarize
+from bertcore.demo import DemoSize, FinetuneJob, finetune_steps, run_jobs, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -59,3 +61,27 @@ def test_demo_quick_learns(tmp_path, capsys):
     assert all(r["accuracy"] > majority + 0.03 for r in sentiment), (majority, sentiment)
     assert all(0.0 < r["f1"] <= 1.0 for r in ner), ner
     assert 0.0 < results["pretraining"]["mlm_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_worker_processes_repeat_the_serial_runs(tmp_path):
+    """The full demo fine-tunes in worker processes (`run_jobs`), the quick test in one:
+    each job seeds itself, so both give the same numbers, to the last bit."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"好坏电影书很不太"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = Tokenizer.from_pretrained(tmp_path / "vocab.txt")
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=16, initializer_range=0.08)
+    texts = [("很好", "pos"), ("太好", "pos"), ("好电影", "pos"), ("好书", "pos"),
+             ("不好", "neg"), ("很坏", "neg"), ("坏电影", "neg"), ("太坏", "neg")]
+    data = [{"text": t, "label": label} for t, label in texts]
+    jobs = [FinetuneJob(task="sentiment", title="sentiment", size=8, seed=seed, init="random", metric="loss",
+                        config=cfg, weights=None, local_attention=(-1, 1), init_seed=seed, tokenizer=tok,
+                        head_type="classification", options={"labels": ["neg", "pos"], "pooling": "mean"},
+                        train=data, test=data, learning_rate=3e-3, steps=12, batch_size=4, max_length=16,
+                        train_seed=seed, output_dir=str(tmp_path / f"serial-{seed}")) for seed in range(3)]
+    serial = [loss for loss, _ in run_jobs(jobs, 1)]
+    parallel = [loss for loss, _ in run_jobs([dataclasses.replace(j, output_dir=j.output_dir.replace("serial", "worker"))
+                                              for j in jobs], 2)]
+    assert serial == parallel
+    assert len(set(serial)) == 3                      # the seeds differ, so a mix-up would show

@@ -116,3 +116,48 @@ def test_read_corpus(tmp_path):
         read_corpus(str(g))                                   # never guessed
     assert read_corpus(str(g), encoding="gb18030") == [["中文句子。"], ["第二篇。"]]
     assert read_corpus([["a"], ["b"]]) == [["a"], ["b"]]
+
+
+def attention_weights(encoder, ids):
+    """Layer 0's attention probabilities (heads, T, T) in fp64, computed here from the
+    embedding output and the query/key weights (not through the model's attention kernel)."""
+    c = encoder.config
+    with torch.no_grad():
+        x = encoder.embeddings(ids, torch.zeros_like(ids), torch.arange(len(ids))).double()    # (T, H)
+        qkv = encoder.encoder.layer[0].attention.self
+        q = (x @ qkv.query.weight.double().t() + qkv.query.bias.double()).view(len(ids), c.num_attention_heads, -1)
+        k = (x @ qkv.key.weight.double().t() + qkv.key.bias.double()).view(len(ids), c.num_attention_heads, -1)
+        return (torch.einsum("ihd,jhd->hij", q, k) / c.head_dim ** 0.5).softmax(-1)         # (nh, T, T)
+
+
+def mass_at(weights, head, offset):
+    """Mean attention weight from position i to i + offset, over the positions that have one."""
+    n = weights.shape[-1]
+    rows = [i for i in range(n) if 0 <= i + offset < n]
+    return float(torch.stack([weights[head, i, i + offset] for i in rows]).mean())
+
+
+def test_local_attention_init_points_heads_at_their_offsets():
+    from bertcore.pretraining import local_attention_init
+    cfg = bertcore.BertConfig(vocab_size=500, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=256, max_position_embeddings=32, initializer_range=0.08)
+    torch.manual_seed(0)
+    encoder = bertcore.BertEncoder(cfg).eval()
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    ids = torch.randint(5, 500, (32,), generator=torch.Generator().manual_seed(1))
+    random_start = attention_weights(encoder, ids)
+    assert max(mass_at(random_start, h, o) for h in range(4) for o in (-1, 2)) < 0.2   # BERT's init is not local
+
+    assert local_attention_init(encoder, (-1, 2), seed=3) is encoder
+    local = attention_weights(encoder, ids)
+    assert mass_at(local, 0, -1) > 0.6 and mass_at(local, 1, 2) > 0.6        # 0.86 and 0.85 with these seeds
+    # Heads past the offsets, and everything but the query/key weights, keep their init.
+    after = encoder.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {f"encoder.layer.{i}.attention.self.{p}.weight" for i in (0, 1) for p in ("query", "key")}
+    for p in ("query", "key"):                  # rows of heads 2 and 3 (head_dim 32)
+        name = f"encoder.layer.0.attention.self.{p}.weight"
+        assert torch.equal(after[name][64:], before[name][64:])
+    assert torch.equal(local[2:], random_start[2:])
+    with pytest.raises(ValueError, match="5 offsets for 4 attention heads"):
+        local_attention_init(encoder, (1, 2, 3, 4, 5))

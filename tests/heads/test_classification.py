@@ -82,3 +82,35 @@ def test_learns(encoder, tok, cfg, kwargs, examples):
     assert last < 0.6 * first
     if "labels" in kwargs and not kwargs.get("multi_label"):
         assert model.evaluate(examples, head="cls")["accuracy"] == 1.0
+
+
+def test_mean_pooling_reads_the_token_mean(encoder, tok, cfg, tmp_path):
+    """pooling="mean": the classifier reads the mean of each text's token vectors, checked
+    against the padded encoder output (another path through the model), in packed
+    training batches and in the padded serving model alike; the option is saved."""
+    from bertcore.export import ServingModel
+    model = model_with(encoder, tok, cfg, labels=["neg", "pos"], pooling="mean").eval()
+    head = model.heads["cls"]
+    features = [head.encode({"text": t}, tok)[0] for t in ("good movie", "a bad boring film", "fun")]
+    lengths = [len(f["input_ids"]) for f in features]
+    ids = torch.tensor([f["input_ids"] + [0] * (max(lengths) - len(f["input_ids"])) for f in features])
+    mask = (torch.arange(ids.shape[1])[None] < torch.tensor(lengths)[:, None]).long()
+    with torch.no_grad():
+        packed = model(model.collate(features, "cls"), head="cls")                        # (3, 2)
+        out = encoder(ids, attention_mask=mask)
+        tokens = out.last_hidden_state.double()                                              # (3, L, H)
+        mean = (tokens * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)               # (3, H)
+        expected = mean @ head.classifier.weight.double().t() + head.classifier.bias.double()
+        served = ServingModel(model, "cls")(ids, mask, torch.zeros_like(ids))["logits"]
+        from_cls = head.classifier(out.pooler_output)
+    assert torch.allclose(packed.double(), expected, atol=1e-5)
+    assert torch.allclose(served.double(), expected, atol=1e-5)
+    assert not torch.allclose(from_cls, packed, atol=1e-3)      # the default reads the pooled [CLS]
+
+    from bertcore.export import export_transformers
+    with pytest.raises(ValueError, match="pooling='mean' has no transformers class"):
+        export_transformers(model, tmp_path / "hf", head="cls")   # HF's class would read [CLS]: refused
+    model.save_head(tmp_path / "cls")
+    assert bertcore.TaskModel(encoder, {}, tokenizer=tok).load_head(tmp_path / "cls").pooling == "mean"
+    with pytest.raises(ValueError, match="pooling='max'"):
+        bertcore.create_head("classification", cfg, labels=["neg", "pos"], pooling="max")
