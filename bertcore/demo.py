@@ -235,7 +235,6 @@ class Demo:
             head.mlm_probability = rate
 
 
-
 @dataclass
 class FinetuneJob:
     """One fine-tuning run of the demo: everything it needs, so that a worker process can run it."""

@@ -36,7 +36,8 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, eval_fraction: float = 0.
     - `corpus`: a file, files, lines or documents (see `read_corpus`).
     - `tok`: a Tokenizer, or None to train a WordPiece vocabulary of `vocab_size` on the corpus.
     - `cfg`: a BertConfig for a new encoder (its vocab_size is set to the tokenizer's), a
-      BertEncoder, or a checkpoint folder to continue pretraining from.
+      BertEncoder (e.g. `local_attention_init(BertEncoder(cfg))`, which skips the first
+      plateau of a small model), or a checkpoint folder to continue pretraining from.
     - `args`: TrainingArgs; `args.max_length` bounds the sentence pairs.
 
     `eval_fraction` of the documents (at least 2) are held out for MLM/NSP accuracy. The
