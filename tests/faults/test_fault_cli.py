@@ -109,8 +109,10 @@ def test_read_only_folder_is_one_line(small_disk, checkpoint, train_file):
 def test_ctrl_c_says_how_to_resume_and_resume_finishes(tmp_path, checkpoint, train_file):
     out = tmp_path / "run"
     argv = finetune(checkpoint, train_file, out, "--epochs", "6", "--eval-every", "2", "--lr", "1e-3")
+    # A shell's background job starts with SIGINT ignored, and so would the child: undo that.
     child = subprocess.Popen([sys.executable, "-m", "bertcore", *argv], stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "last" / "manifest.json").is_file() and time.time() < deadline:
         time.sleep(0.05)
