@@ -1,9 +1,8 @@
 """`bertcore demo`: its corpora (bertcore.demo_data) and a quick run that must learn."""
+import dataclasses
 import json
 
 import pytest
-
-import dataclasses
 
 from bertcore import BertConfig, Tokenizer, demo_data
 from bertcore.cli import main

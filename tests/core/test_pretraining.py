@@ -6,7 +6,7 @@ import torch
 
 import bertcore
 from bertcore.data import DataError
-from bertcore.pretraining import make_nsp_pairs, mask_tokens, read_corpus
+from bertcore.pretraining import local_attention_init, make_nsp_pairs, mask_tokens, read_corpus
 
 WORDS = "the quick brown fox jumps over lazy dog playing played player runs running ran".split()
 
@@ -138,7 +138,6 @@ def mass_at(weights, head, offset):
 
 
 def test_local_attention_init_points_heads_at_their_offsets():
-    from bertcore.pretraining import local_attention_init
     cfg = bertcore.BertConfig(vocab_size=500, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                               intermediate_size=256, max_position_embeddings=32, initializer_range=0.08)
     torch.manual_seed(0)

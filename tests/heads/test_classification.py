@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import bertcore
+from bertcore.export import ServingModel, export_transformers
 from bertcore_classification import macro_f1, mcc, pearson, rank, spearman
 from heads_testing import train
 
@@ -88,7 +89,6 @@ def test_mean_pooling_reads_the_token_mean(encoder, tok, cfg, tmp_path):
     """pooling="mean": the classifier reads the mean of each text's token vectors, checked
     against the padded encoder output (another path through the model), in packed
     training batches and in the padded serving model alike; the option is saved."""
-    from bertcore.export import ServingModel
     model = model_with(encoder, tok, cfg, labels=["neg", "pos"], pooling="mean").eval()
     head = model.heads["cls"]
     features = [head.encode({"text": t}, tok)[0] for t in ("good movie", "a bad boring film", "fun")]
@@ -107,7 +107,6 @@ def test_mean_pooling_reads_the_token_mean(encoder, tok, cfg, tmp_path):
     assert torch.allclose(served.double(), expected, atol=1e-5)
     assert not torch.allclose(from_cls, packed, atol=1e-3)      # the default reads the pooled [CLS]
 
-    from bertcore.export import export_transformers
     with pytest.raises(ValueError, match="pooling='mean' has no transformers class"):
         export_transformers(model, tmp_path / "hf", head="cls")   # HF's class would read [CLS]: refused
     model.save_head(tmp_path / "cls")
