@@ -64,7 +64,7 @@ class DemoSize:
     finetune_epochs: float = 3.0           # steps = epochs * size / batch, within [min, max]
     finetune_min_steps: int = 150          # NER needs ~150 steps to learn much, whatever the size
     finetune_max_steps: int = 150
-    sentiment_lr: float = 3e-3             # both encoders get the same rates; README shows 1e-3..6e-3
+    sentiment_lr: float = 3e-3             # both encoders get the same rates (README: the others tried)
     ner_lr: float = 4e-3
 
 
