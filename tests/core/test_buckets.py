@@ -149,6 +149,17 @@ def test_labels_that_cannot_be_ignored_leave_the_batch_unbucketed(tok):
     assert "num_sequences" not in batch and batch["input_ids"].shape[0] == sum(len(f["input_ids"]) for f in features)
 
 
+def eager_forward_of(sizes: list):
+    """Stands in for `cudagraphs.forward_of` on the CPU: the plain forward instead of a
+    graph replay, recording each bucketed batch's token count in `sizes`."""
+    def forward_of(m):
+        def forward(batch, heads):
+            sizes.append(batch["input_ids"].shape[0])
+            return m(batch, head=list(heads))
+        return forward
+    return forward_of
+
+
 def test_run_on_bucketed_batches_gives_the_unbucketed_results(tok, monkeypatch):
     """The GPU path of `TaskModel.run` (bucket, forward, cut back) on the CPU, with the
     plain forward standing in for the graph replay."""
@@ -156,15 +167,8 @@ def test_run_on_bucketed_batches_gives_the_unbucketed_results(tok, monkeypatch):
     data = model.encode(toy.examples(11), "toy", tok)
     expected = model.run(data, batch_size=4)["toy"]
     calls = []
-
-    def forward_of(m):
-        def forward(batch, heads):
-            calls.append(batch["input_ids"].shape[0])
-            return m(batch, head=list(heads))
-        return forward
-
     monkeypatch.setattr(cudagraphs, "usable", lambda device: True)
-    monkeypatch.setattr(cudagraphs, "forward_of", forward_of)
+    monkeypatch.setattr(cudagraphs, "forward_of", eager_forward_of(calls))
     got = model.run(data, batch_size=4)["toy"]
     assert len(calls) == 3 and all(n % 64 == 0 for n in calls)
     assert got.predictions == expected.predictions
@@ -204,14 +208,7 @@ def test_evaluate_on_bucketed_batches_matches_for_every_head(tok, monkeypatch, n
     expected = model.evaluate(examples, head=name, batch_size=4)
     monkeypatch.setattr(cudagraphs, "usable", lambda device: True)
     sizes = []
-
-    def forward_of(m):
-        def forward(batch, heads):
-            sizes.append(batch["input_ids"].shape[0])
-            return m(batch, head=list(heads))
-        return forward
-
-    monkeypatch.setattr(cudagraphs, "forward_of", forward_of)
+    monkeypatch.setattr(cudagraphs, "forward_of", eager_forward_of(sizes))
     got = model.evaluate(examples, head=name, batch_size=4)
     assert sizes and all(n % 64 == 0 for n in sizes)             # every batch went through a bucket
     assert got.keys() == expected.keys()
