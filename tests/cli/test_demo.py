@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from bertcore import BertConfig, Tokenizer, demo_data
+from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import DemoSize, FinetuneJob, finetune_steps, run_jobs, summarize
+from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, finetune_steps, run_jobs, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -43,6 +43,45 @@ def test_finetune_steps_and_summary():
     assert row["lift"]["values"] == pytest.approx([0.4, 0.5])
 
 
+def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
+    """The lift is pretraining's alone only if each pretrained run has a random twin with
+    the same data, budget, head seed and batch order, differing only in its weights."""
+    tok = Tokenizer.from_pretrained(_vocab(tmp_path))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=16)
+    size = DemoSize(sizes=(2, 4), seeds=2)
+    pool = [{"text": str(i), "label": "pos"} for i in range(10)]
+    jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
+        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:]), "ner": (pool, pool[-2:])}, local_attention=(-1, 1))
+    assert len(jobs) == 2 * 2 * 2 * 2
+    twins = {}
+    for job in jobs:
+        twins.setdefault((job.task, job.size, job.seed), {})[job.init] = job
+    for (task, n, seed), pair in twins.items():
+        pretrained, random = pair["pretrained"], pair["random"]
+        assert pretrained.weights is not None and random.weights is None
+        assert pretrained.train == random.train == pool[:n]
+        assert (pretrained.init_seed, pretrained.train_seed, pretrained.steps, pretrained.learning_rate) == \
+               (random.init_seed, random.train_seed, random.steps, random.learning_rate)
+        assert random.local_attention == (-1, 1)
+    assert len({j.train_seed for j in jobs}) == 2     # seeds differ between seeds, not between tasks
+
+
+@pytest.mark.slow
+def test_validation_examples_stay_out_of_training_and_test():
+    """demo_ablations.py chooses recipes on validation examples: the pools' last examples,
+    which no demo size reaches. Reviews are distinct texts, so none is also a training or
+    test review. (NER sentences repeat in the corpus, "。" for one: checked by position.)"""
+    data = Demo(QUICK, None, seed=42, progress=False).read()
+    largest = max(DemoSize.sizes)
+    for pool, validation in ((data["review_pool"], data["review_validation"]),
+                             (data["ner_pool"], data["ner_validation"])):
+        assert validation and validation == pool[len(pool) - len(validation):]
+        assert len(pool) - len(validation) >= largest
+    seen = {ex["text"] for ex in data["review_pool"][:largest] + data["review_test"]}
+    assert not {ex["text"] for ex in data["review_validation"]} & seen
+
+
 @pytest.mark.slow
 def test_demo_quick_learns(tmp_path, capsys):
     """The CI-sized run must learn, not just run: every sentiment run beats the majority
@@ -66,9 +105,7 @@ def test_demo_quick_learns(tmp_path, capsys):
 def test_worker_processes_repeat_the_serial_runs(tmp_path):
     """The full demo fine-tunes in worker processes (`run_jobs`), the quick test in one:
     each job seeds itself, so both give the same numbers, to the last bit."""
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"好坏电影书很不太"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = Tokenizer.from_pretrained(tmp_path / "vocab.txt")
+    tok = Tokenizer.from_pretrained(_vocab(tmp_path))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=16, initializer_range=0.08)
     texts = [("很好", "pos"), ("太好", "pos"), ("好电影", "pos"), ("好书", "pos"),
@@ -84,3 +121,9 @@ def test_worker_processes_repeat_the_serial_runs(tmp_path):
                                               for j in jobs], 2)]
     assert serial == parallel
     assert len(set(serial)) == 3                      # the seeds differ, so a mix-up would show
+
+
+def _vocab(folder):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"好坏电影书很不太"]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return folder / "vocab.txt"
