@@ -56,8 +56,8 @@ def main(argv=None) -> int:
             tok = demo.train_tokenizer(data["corpus"])
             encoder = demo.pretrain(data["corpus"], tok)
             result = demo.results["pretraining"]
-            rows.append({"recipe": name, "steps": steps, "seed": args.seed, "heldout_mlm": round(result["mlm_accuracy"], 4),
-                         "seconds": result["seconds"]})
+            rows.append({"recipe": name, "steps": steps, "seed": args.seed,
+                         "heldout_mlm": round(result["mlm_accuracy"], 4), "seconds": result["seconds"]})
             print(rows[-1], flush=True)
             if args.finetune:
                 splits = {"sentiment": (data["review_pool"], data["review_validation"]),
@@ -65,9 +65,10 @@ def main(argv=None) -> int:
                 jobs = demo.finetune_jobs(encoder, tok, splits, local_attention=size.local_attention or None)
                 values = list(run_jobs(jobs, args.threads))
                 for task in splits:
-                    runs = [{"size": j.size, "seed": j.seed, "init": j.init, "steps": j.steps, j.metric: v}
+                    metric = next(j.metric for j in jobs if j.task == task)
+                    runs = [{"size": j.size, "seed": j.seed, "init": j.init, "steps": j.steps, metric: v}
                             for j, (v, _) in zip(jobs, values) if j.task == task]
-                    for n, row in summarize(runs, jobs[[j.task for j in jobs].index(task)].metric).items():
+                    for n, row in summarize(runs, metric).items():
                         lifts.append({"recipe": name, "steps": steps, "seed": args.seed, "task": task, "size": n,
                                       "pretrained": round(row["pretrained"]["mean"], 4),
                                       "random": round(row["random"]["mean"], 4),

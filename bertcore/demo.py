@@ -143,8 +143,8 @@ class Demo:
         majority = max(sum(r["label"] == "pos" for r in review_test), sum(r["label"] == "neg" for r in review_test))
         self.results["sentiment"] = {"metric": "accuracy", "majority_class": majority / len(review_test), "runs": []}
         self.results["ner"] = {"metric": "f1", "runs": []}
-        jobs = self.finetune_jobs(pretrained, tok, {"sentiment": (review_pool, review_test), "ner": (ner_pool, ner_test)},
-                                  local_attention=None if encoder_dir else s.local_attention)
+        splits = {"sentiment": (review_pool, review_test), "ner": (ner_pool, ner_test)}
+        jobs = self.finetune_jobs(pretrained, tok, splits, local_attention=None if encoder_dir else s.local_attention)
         workers = torch.get_num_threads()
         self.say(f"fine-tuning: {len(jobs)} runs ({', '.join(map(str, s.sizes))} labelled examples x {s.seeds} "
                  f"seed(s) x (pretrained, random) x (sentiment, NER)), {workers} at a time")
@@ -160,7 +160,8 @@ class Demo:
             self.results[task]["summary"] = summarize(self.results[task]["runs"], self.results[task]["metric"])
         return self.results
 
-    def finetune_jobs(self, pretrained: BertEncoder, tok: Tokenizer, splits: dict, local_attention) -> list:
+    def finetune_jobs(self, pretrained: BertEncoder, tok: Tokenizer, splits: dict,
+                      local_attention) -> "list[FinetuneJob]":
         """The fine-tuning runs: for each task in `splits` ({task: (pool, evaluation)}), each
         size, each seed, one job from `pretrained` and one from a random encoder with the
         same budget. `local_attention`: where the random encoder starts (the offsets
