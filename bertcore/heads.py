@@ -55,6 +55,14 @@ def pack_features(features: list[dict]) -> dict:
             "cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
 
 
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of each sequence's real token vectors: (N, L, H) and an (N, L) bool mask
+    (`Head.token_vectors`) → (N, H); zeros for a sequence without tokens."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)                              # (N, L, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)           # (N, H)
+
+
 class Head(nn.Module):
     """Base class of every task head. Subclass it, set `name`, and override the
     methods marked "override"; the defaults fit a sequence-level task whose features

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
+from bertcore.heads import masked_mean
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
@@ -139,9 +140,7 @@ class ClassificationHead(Head):
     def forward(self, output, batch):
         if self.pooling == "cls":
             return self.classifier(self.dropout(output.pooler_output))         # (B, C)
-        hidden, mask = self.token_vectors(output, batch)                       # (B, L, H), (B, L)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)                          # (B, L, 1)
-        mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)       # (B, H)
+        mean = masked_mean(*self.token_vectors(output, batch))                 # (B, H)
         return self.classifier(self.dropout(mean))                             # (B, C)
 
     def loss(self, logits, batch):

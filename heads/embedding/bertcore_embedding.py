@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
-from bertcore.heads import pack_features
+from bertcore.heads import masked_mean, pack_features
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
@@ -170,8 +170,6 @@ class EmbeddingHead(Head):
 def pool(hidden: torch.Tensor, mask: torch.Tensor, modes) -> torch.Tensor:
     """sentence-transformers' Pooling: (N, L, H) token vectors and an (N, L) bool mask of
     real tokens → (N, H · len(modes)), the modes concatenated in POOLING_MODES order."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)                              # (N, L, 1)
-    count = weights.sum(1).clamp(min=1e-9)                                     # (N, 1)
     out = []
     for mode in modes:
         if mode == "cls":
@@ -179,9 +177,10 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, modes) -> torch.Tensor:
         elif mode == "max":
             out.append(hidden.masked_fill(~mask.unsqueeze(-1), torch.finfo(hidden.dtype).min).amax(1))
         elif mode == "mean":
-            out.append((hidden * weights).sum(1) / count)                      # (N, H)
+            out.append(masked_mean(hidden, mask))                              # (N, H)
         else:  # mean_sqrt_len_tokens
-            out.append((hidden * weights).sum(1) / count.sqrt())               # (N, H)
+            weights = mask.unsqueeze(-1).to(hidden.dtype)                      # (N, L, 1)
+            out.append((hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9).sqrt())  # (N, H)
     return torch.cat(out, dim=-1)                                              # (N, D)
 
 
