@@ -55,7 +55,6 @@ def pack_features(features: list[dict]) -> dict:
             "cu_seqlens": cu_seqlens, "max_seqlen": max_seqlen}
 
 
-
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean of each sequence's real token vectors: (N, L, H) and an (N, L) bool mask
     (`Head.token_vectors`) → (N, H); zeros for a sequence without tokens."""
