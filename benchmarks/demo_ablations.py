@@ -31,6 +31,7 @@ RECIPES = {  # name: DemoSize fields that differ from the demo's own
     "local-4-heads": {"heads": 4, "local_attention": (-2, -1, 1, 2)},
     "local-2-of-4-heads": {"heads": 4},
     "bert-init-vocab-6000": {"local_attention": (), "vocab": 6000},
+    "whole-word": {"whole_word": True},     # People's Daily's words masked whole (BERT-wwm)
 }
 
 

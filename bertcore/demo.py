@@ -53,6 +53,7 @@ class DemoSize:
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3              # held-out MLM 0.302; 1e-3: 0.278, 4e-3: 0.275 (README)
     mlm_probability: float = 0.3           # while pretraining: twice BERT's predictions per step; tested at 15%
+    whole_word: bool = False               # mask People's Daily's words whole (BERT-wwm); tested, no gain (README)
     pretrain_evals: int = 7
     corpus_reviews: int | None = None      # None: every review outside the test set
     corpus_paragraphs: int | None = None   # None: every People's Daily paragraph outside the NER test
@@ -118,7 +119,11 @@ class Demo:
         self.say(f"{len(reviews)} distinct reviews ({len(review_test)} test), {len(paragraphs)} People's Daily "
                  f"paragraphs ({len(ner_test)} test NER sentences from the last {cut})")
         corpus = [demo_data.split_sentences(r["text"]) for r in review_pool[: s.corpus_reviews]]
-        corpus += [demo_data.split_sentences("".join(w for w, _ in p)) for p in paragraphs[:-cut][: s.corpus_paragraphs]]
+        news = paragraphs[:-cut][: s.corpus_paragraphs]
+        if s.whole_word:  # the segmentation's words, masked whole; reviews have none (each character a word)
+            corpus += [demo_data.segmented_sentences(p) for p in news]
+        else:
+            corpus += [demo_data.split_sentences("".join(w for w, _ in p)) for p in news]
         # For choosing recipes without looking at the test sets (benchmarks/demo_ablations.py):
         # the pools' last examples, which no fine-tuning size reaches. Pretraining reads their
         # text, unlabelled, as it reads the training examples'.
@@ -199,7 +204,8 @@ class Demo:
         Counted, not trained: WordPiece training breaks ties differently in every process
         (tokenizers#1794), and one seed must repeat the demo."""
         t = time.perf_counter()
-        counts = collections.Counter(ch for doc in corpus for line in doc for ch in line.lower() if not ch.isspace())
+        counts = collections.Counter(ch for doc in corpus for line in doc for ch in text_of(line).lower()
+                                     if not ch.isspace())
         chars = [c for c, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: self.size.vocab]
         pieces = ["##" + c for c in chars if not "\u4e00" <= c <= "\u9fff"]
         folder = self.out / "tokenizer"
@@ -219,7 +225,7 @@ class Demo:
                          # No dropout in a pretraining run this short (it only slows learning, as in
                          # "Cramming"); fine-tuning turns hidden dropout back on (`finetune_config`).
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-        chars = sum(len(x) for d in corpus for x in d)
+        chars = sum(len(text_of(x)) for d in corpus for x in d)
         self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} documents "
                  f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs)")
         args = TrainingArgs(output_dir=str(self.out / "pretrain"), epochs=100, max_steps=s.pretrain_steps,
@@ -230,7 +236,7 @@ class Demo:
         torch.manual_seed(self.seed)
         encoder = local_attention_init(BertEncoder(cfg), s.local_attention, seed=self.seed)
         model = pretrain(corpus, tok, encoder, args, eval_fraction=0.02, max_eval_pairs=500,
-                         mlm_probability=s.mlm_probability)
+                         mlm_probability=s.mlm_probability, whole_word=s.whole_word)
         last = model.history[-1]
         heldout = self.heldout_mlm(model, tok)
         self.results["pretraining"] = {"mlm_accuracy": heldout, "mlm_accuracy_train_rate": last["mlm/accuracy"],
@@ -362,6 +368,11 @@ def free_cores() -> int:
     except OSError:
         busy = 0
     return max(1, min(cores, cores - busy))
+
+
+def text_of(sentence) -> str:
+    """A corpus sentence's text: itself, or its words joined (`DemoSize.whole_word`)."""
+    return sentence if isinstance(sentence, str) else "".join(sentence)
 
 
 def ner_sentences(paragraphs, max_chars: int) -> list[dict]:

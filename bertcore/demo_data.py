@@ -123,6 +123,18 @@ def paragraph_ner(words: list[tuple[str, str]], max_chars: int = 100) -> list[di
     return examples
 
 
+def segmented_sentences(words: list[tuple[str, str]]) -> list[list[str]]:
+    """A paragraph's sentences as lists of its words (cut after 。！？；), for pretraining
+    with whole-word masking over People's Daily's own segmentation."""
+    sentences, sentence = [], []
+    for word, _ in words:
+        sentence.append(word)
+        if word in ("。", "！", "？", "；"):
+            sentences.append(sentence)
+            sentence = []
+    return sentences + [sentence] if sentence else sentences
+
+
 def peoples_daily_ner(max_chars: int = 100, limit: int | None = None) -> list[dict]:
     """NER examples {"tokens": [char, ...], "tags": [BIO, ...]} with PER/LOC/ORG, one per
     sentence of at most `max_chars` characters, in corpus order."""

@@ -134,6 +134,11 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
     `short_seq_prob` of chunks aim at a shorter random length, as BERT does, so the
     model also sees short inputs.
 
+    A sentence may be given as its words (a list of strings, e.g. a Chinese word
+    segmenter's output) instead of a string: then every pair also gets `word_starts`
+    (True where a token begins a word), which the MLM head's whole-word masking reads,
+    as Chinese BERT-wwm masks whole words of characters.
+
     Returns dicts with `input_ids`, `token_type_ids`, `next_sentence_label`, and
     `document`/`partner_document` (where A and B came from).
     """
@@ -145,7 +150,8 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
                          f"{len(documents)}; separate documents by blank lines")
     rng = random.Random(seed)
     sentences = [s for d in documents for s in d]
-    encoded = iter(e.ids for e in tok.backend.encode_batch(sentences, add_special_tokens=False))
+    segmented = not all(isinstance(s, str) for s in sentences)
+    encoded = iter(_encode_sentences(sentences, tok, segmented))
     docs = [[ids for ids in (next(encoded) for _ in d) if ids] for d in documents]
     docs = [d for d in docs if d]
     if len(docs) < 2:
@@ -190,14 +196,39 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
             else:
                 b = b_true
             a, b = _truncate_pair(a, b, budget, rng)
+            word_starts = None
+            if segmented:  # back to ids; a side's first token starts a word, cut by truncation or not
+                word_starts = [True, *[k == 0 or x for k, (_, x) in enumerate(a)], True,
+                               *[k == 0 or x for k, (_, x) in enumerate(b)], True]
+                a, b = [i for i, _ in a], [i for i, _ in b]
             pairs.append({
                 "input_ids": [cls, *a, sep, *b, sep],
                 "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
                 "next_sentence_label": int(not_next),
                 "document": d,
                 "partner_document": partner,
+                **({} if word_starts is None else {"word_starts": word_starts}),
             })
     return pairs
+
+
+def _encode_sentences(sentences: list, tok, segmented: bool) -> list[list]:
+    """Each sentence's token ids; with `segmented`, (id, starts a word) pairs instead, which
+    the packing in make_nsp_pairs moves as it moves ids. A sentence given as words keeps
+    its words; one given as a string gets BERT's pre-tokenizer words (each Chinese
+    character one word)."""
+    if not segmented:
+        return [e.ids for e in tok.backend.encode_batch(sentences, add_special_tokens=False)]
+    strings = [i for i, s in enumerate(sentences) if isinstance(s, str)]
+    lists = [i for i, s in enumerate(sentences) if not isinstance(s, str)]
+    encodings = dict(zip(strings, tok.backend.encode_batch([sentences[i] for i in strings], add_special_tokens=False)))
+    encodings.update(zip(lists, tok.backend.encode_batch([[str(w) for w in sentences[i]] for i in lists],
+                                                         is_pretokenized=True, add_special_tokens=False)))
+    out = []
+    for n in range(len(sentences)):
+        e = encodings[n]
+        out.append([(i, k == 0 or w != e.word_ids[k - 1]) for k, (i, w) in enumerate(zip(e.ids, e.word_ids))])
+    return out
 
 
 def _truncate_pair(a: list, b: list, budget: int, rng: random.Random):

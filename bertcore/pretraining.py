@@ -39,6 +39,8 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, eval_fraction: float = 0.
       BertEncoder (e.g. `local_attention_init(BertEncoder(cfg))`, which skips the first
       plateau of a small model), or a checkpoint folder to continue pretraining from.
     - `args`: TrainingArgs; `args.max_length` bounds the sentence pairs.
+    - `whole_word`: mask whole words: a WordPiece word's `##` pieces with it, and the
+      words of sentences given as word lists (a segmenter's output, `make_nsp_pairs`).
 
     `eval_fraction` of the documents (at least 2) are held out for MLM/NSP accuracy. The
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained).

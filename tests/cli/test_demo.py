@@ -6,7 +6,7 @@ import pytest
 
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, finetune_steps, run_jobs, summarize
+from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, finetune_steps, run_jobs, summarize, text_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -23,6 +23,18 @@ def test_peoples_daily_bio():
 
 def test_split_sentences():
     assert demo_data.split_sentences("很好。不错！真的吗？ab", max_chars=3) == ["很好。", "不错！", "真的吗", "？", "ab"]
+
+
+def test_whole_word_corpus_is_the_same_text_in_words():
+    """DemoSize(whole_word=True) pretrains on People's Daily's words (masked whole); the
+    text, and so the vocabulary, stays the same."""
+    words = [("江", "nr"), ("泽民", "nr"), ("在", "p"), ("北京", "ns"), ("。", "w"), ("很", "d"), ("大", "a")]
+    assert demo_data.segmented_sentences(words) == [["江", "泽民", "在", "北京", "。"], ["很", "大"]]
+    size = dataclasses.replace(QUICK, corpus_reviews=50, corpus_paragraphs=300)
+    plain = Demo(size, None, seed=42, progress=False).read()["corpus"]
+    whole = Demo(dataclasses.replace(size, whole_word=True), None, seed=42, progress=False).read()["corpus"]
+    assert ["".join(map(text_of, d)) for d in whole] == ["".join(d) for d in plain]
+    assert sum(isinstance(s, list) for d in whole for s in d) > 300
 
 
 def test_reviews_are_distinct_and_labelled_once():

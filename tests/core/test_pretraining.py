@@ -101,6 +101,97 @@ def test_nsp_is_next_is_the_true_continuation(tok):
                 assert text in ("the quick brown fox jumps over", "lazy dog runs")
 
 
+CHINESE_WORDS = ["中国", "政府", "人民", "日报", "北京", "上海市", "发展", "经济", "的", "了", "新华社", "记者"]
+
+
+@pytest.fixture(scope="module")
+def char_tok(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chars")
+    chars = sorted({c for w in CHINESE_WORDS for c in w})
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n")
+    return bertcore.Tokenizer.from_pretrained(folder)
+
+
+def segmented_docs(n=400, seed=0):
+    rng = random.Random(seed)
+    return [[[rng.choice(CHINESE_WORDS) for _ in range(rng.randint(2, 8))] for _ in range(rng.randint(1, 5))]
+            for _ in range(n)]
+
+
+def word_groups(pair, tok):
+    """The characters of each segment (A, B), grouped into words by `word_starts`."""
+    tokens = tok.convert_ids_to_tokens(pair["input_ids"])
+    segments, groups = [], None
+    for t, start in zip(tokens, pair["word_starts"]):
+        if t in ("[CLS]", "[SEP]"):
+            if groups:
+                segments.append(groups)
+            groups = []
+        elif start or not groups:
+            groups.append(t)
+        else:
+            groups[-1] += t
+    return segments
+
+
+def test_nsp_pairs_of_segmented_sentences_carry_word_starts(char_tok):
+    """A sentence given as its words (a segmenter's output, as Chinese BERT-wwm uses) marks
+    where words start; only a word cut by truncation at a segment's edge may be partial."""
+    pairs = make_nsp_pairs(segmented_docs(), char_tok, max_length=24, seed=0)
+    assert len(pairs) > 300
+    for p in pairs:
+        assert len(p["word_starts"]) == len(p["input_ids"])
+        for groups in word_groups(p, char_tok):
+            assert all(g in CHINESE_WORDS for g in groups[1:-1]), groups
+            if len(groups) == 1:
+                assert any(groups[0] in w for w in CHINESE_WORDS), groups
+            else:
+                assert any(w.endswith(groups[0]) for w in CHINESE_WORDS), groups
+                assert any(w.startswith(groups[-1]) for w in CHINESE_WORDS), groups
+    strings = [["".join(s) for s in d] for d in segmented_docs()]
+    plain = make_nsp_pairs(strings, char_tok, max_length=24, seed=0)
+    assert [p["input_ids"] for p in plain] == [p["input_ids"] for p in pairs]  # same text, same pairs
+    assert "word_starts" not in plain[0]
+    # Unsegmented sentences beside segmented ones: each character is a word of its own.
+    mixed = make_nsp_pairs([d if k % 2 else strings[k] for k, d in enumerate(segmented_docs())], char_tok,
+                           max_length=24, seed=0)
+    assert [p["input_ids"] for p in mixed] == [p["input_ids"] for p in pairs]
+    for p, q in zip(mixed, pairs):
+        if p["document"] % 2 == 0 and p["partner_document"] % 2 == 0:
+            assert all(p["word_starts"]), p
+        elif p["document"] % 2 and p["partner_document"] % 2:
+            assert p["word_starts"] == q["word_starts"]
+
+
+def test_whole_word_masking_over_segmented_pairs(char_tok):
+    """The MLM head masks a segmented word's characters together; without the segmentation
+    every Chinese character is a word of its own and words get split."""
+    cfg = bertcore.BertConfig(vocab_size=char_tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+                              num_attention_heads=2, intermediate_size=64)
+    head = bertcore.create_head("mlm", cfg, mlm_probability=0.5, whole_word=True)
+    head.prepare(char_tok)
+    head.train()
+    pairs = make_nsp_pairs(segmented_docs(), char_tok, max_length=24, seed=0)
+
+    def split_words(with_starts):
+        feats = [head.encode(p if with_starts else {k: v for k, v in p.items() if k != "word_starts"}, char_tok)[0]
+                 for p in pairs]
+        torch.manual_seed(0)
+        labels = head.collate_labels(feats, {})["labels"].tolist()
+        starts = [s for p in pairs for s in p["word_starts"]]
+        split, owner = 0, None
+        for i, start in enumerate(starts):
+            if start:
+                owner = i
+            elif (labels[i] != -100) != (labels[owner] != -100):
+                split += 1
+        return split, sum(x != -100 for x in labels)
+
+    split, picked = split_words(with_starts=True)
+    assert split == 0 and picked > 0
+    assert split_words(with_starts=False)[0] > 50
+
+
 def test_nsp_needs_two_documents(tok):
     with pytest.raises(ValueError, match="2 documents"):
         make_nsp_pairs([["a b", "c d"]], tok)
