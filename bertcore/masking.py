@@ -196,20 +196,21 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
             else:
                 b = b_true
             a, b = _truncate_pair(a, b, budget, rng)
-            word_starts = None
-            if segmented:  # back to ids; a side's first token starts a word, cut by truncation or not
-                word_starts = [True, *[k == 0 or x for k, (_, x) in enumerate(a)], True,
-                               *[k == 0 or x for k, (_, x) in enumerate(b)], True]
-                a, b = [i for i, _ in a], [i for i, _ in b]
-            pairs.append({
-                "input_ids": [cls, *a, sep, *b, sep],
-                "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1),
-                "next_sentence_label": int(not_next),
-                "document": d,
-                "partner_document": partner,
-                **({} if word_starts is None else {"word_starts": word_starts}),
-            })
+            pairs.append({**_pair_tokens(a, b, cls, sep, segmented), "next_sentence_label": int(not_next),
+                          "document": d, "partner_document": partner})
     return pairs
+
+
+def _pair_tokens(a: list, b: list, cls: int, sep: int, segmented: bool) -> dict:
+    """`[CLS] a [SEP] b [SEP]` as input_ids and token_type_ids; for segmented text, whose
+    tokens are (id, starts a word) pairs, also word_starts (each side's first token starts
+    a word, whether or not truncation cut into it)."""
+    out = {}
+    if segmented:
+        out["word_starts"] = [True, *[k == 0 or x for k, (_, x) in enumerate(a)], True,
+                              *[k == 0 or x for k, (_, x) in enumerate(b)], True]
+        a, b = [i for i, _ in a], [i for i, _ in b]
+    return {"input_ids": [cls, *a, sep, *b, sep], "token_type_ids": [0] * (len(a) + 2) + [1] * (len(b) + 1), **out}
 
 
 def _encode_sentences(sentences: list, tok, segmented: bool) -> list[list]:

@@ -10,11 +10,12 @@ PACKAGE = Path(bertcore.__file__).parent
 PLUGIN_MODULES = ("bertcore_classification", "bertcore_qa", "bertcore_ner", "bertcore_nsp", "bertcore_embedding")
 
 
-def imports_of(file: Path) -> set[str]:
-    """bertcore modules a file imports anywhere (module level or inside functions)."""
+def imports_of(file: Path, level: int = 1) -> set[str]:
+    """bertcore modules a file imports anywhere (module level or inside functions);
+    `level`: the relative-import level that reaches bertcore (2 inside a subpackage)."""
     found = set()
     for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
+        if isinstance(node, ast.ImportFrom) and node.level == level:
             if node.module:
                 found.add(node.module.split(".")[0])
             else:
@@ -25,7 +26,11 @@ def imports_of(file: Path) -> set[str]:
 
 
 def graph() -> dict[str, set[str]]:
-    return {f.stem: imports_of(f) for f in PACKAGE.glob("*.py") if f.stem not in ("__init__", "__main__")}
+    """Module -> the bertcore modules it imports; a subpackage (cli, bench) is one node."""
+    edges = {f.stem: imports_of(f) for f in PACKAGE.glob("*.py") if f.stem not in ("__init__", "__main__")}
+    for package in (d for d in PACKAGE.iterdir() if (d / "__init__.py").is_file()):
+        edges[package.name] = set().union(*(imports_of(f, level=2) for f in package.glob("*.py"))) - {package.name}
+    return edges
 
 
 def test_no_import_circle():
@@ -75,7 +80,7 @@ def test_trainer_is_an_orchestrator():
     tree = ast.parse((PACKAGE / "training.py").read_text(encoding="utf-8"))
     trainer = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Trainer")
     assert trainer.end_lineno - trainer.lineno < 250
-    for file in PACKAGE.glob("*.py"):
+    for file in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 assert node.end_lineno - node.lineno <= 80, f"{file.name}:{node.lineno} {node.name} is too long"

@@ -67,7 +67,7 @@ def pip_calls(monkeypatch):
             Path(cmd[cmd.index("--report") + 1]).write_text(json.dumps(report))
         return subprocess.CompletedProcess(cmd, calls.code)
     calls = type("Calls", (list,), {"installed": [], "code": 0})()
-    monkeypatch.setattr(cli.subprocess, "run", run)
+    monkeypatch.setattr(cli.plugins.subprocess, "run", run)
     return calls
 
 
@@ -107,7 +107,7 @@ def fake_core_installed_from(monkeypatch, url):
         def read_text(self, name):
             return json.dumps({"url": url, "dir_info": {}}) if name == "direct_url.json" else None
     monkeypatch.setattr(metadata, "distribution", lambda name: Core() if name == "bertcore" else real(name))
-    monkeypatch.setattr(cli, "__file__", "/nonexistent/site-packages/bertcore/cli.py")
+    monkeypatch.setattr(cli.plugins, "__file__", "/nonexistent/site-packages/bertcore/cli/plugins.py")
 
 
 def test_install_official_head_from_the_tree_bertcore_was_installed_from(pip_calls, tmp_path, monkeypatch):

@@ -1,0 +1,81 @@
+"""The `bertcore` command: demo, finetune, pretrain, predict, heads, install, uninstall,
+bench, export, embed.
+
+One module per group of commands; in each, a command is a `cmd_<name>(args)` function
+below its `add_<name>(subparsers)` argument block, and the work itself lives in the
+library modules. This module gathers them and runs one (`main`), every error as one line.
+"""
+import argparse
+import logging
+import sys
+
+from .. import __version__
+from . import bench, demo, export, plugins, predict, train
+
+COMMANDS = {**demo.COMMANDS, **train.COMMANDS, "predict": predict.COMMANDS["predict"], **plugins.COMMANDS,
+            **bench.COMMANDS, **export.COMMANDS, "embed": predict.COMMANDS["embed"]}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertcore", description="BERT encoder core with pluggable task heads.")
+    parser.add_argument("--version", action="version", version=f"bertcore {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also BERTCORE_DEBUG=1)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add, _) in COMMANDS.items():
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run one command. Every error is one line on stderr and exit 2 (1 for one that is
+    not the user's, 130 for Ctrl-C); --debug or BERTCORE_DEBUG=1 shows the traceback."""
+    import os
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    debug = args.debug or os.environ.get("BERTCORE_DEBUG", "") not in ("", "0")
+    logger = logging.getLogger("bertcore")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("bertcore: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    try:
+        return COMMANDS[args.command][1](args) or 0
+    except KeyboardInterrupt:
+        where = getattr(args, "output", None)
+        hint = (f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"
+                if args.command in ("finetune", "pretrain") and where else "")
+        print(f"bertcore {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"bertcore {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        user = isinstance(err, (ValueError, OSError, KeyError, TypeError, FloatingPointError, ImportError,
+                                RuntimeError))
+        return 2 if user else 1
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Log records to whatever sys.stderr is when they are emitted (tests swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line: KeyError's message without quotes, the type where the
+    message alone would not say what happened, and a pointer to --debug for the rest."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(text.split()) or type(err).__name__
+    known = (ValueError, OSError, KeyError, FloatingPointError)
+    return text if isinstance(err, known) else f"{type(err).__name__}: {text} (--debug shows where)"

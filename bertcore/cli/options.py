@@ -1,0 +1,92 @@
+"""Argument types and the training options that finetune and pretrain share."""
+import argparse
+import sys
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
+    return value
+
+
+def non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
+    return value
+
+
+def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):
+    g = p.add_argument_group("training")
+    g.add_argument("--output", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")
+    g.add_argument("--epochs", type=positive_int, default=epochs)
+    g.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=positive_int, default=batch, help=f"per process (default {batch})")
+    g.add_argument("--eval-batch-size", type=positive_int, help="default: twice --batch-size")
+    g.add_argument("--lr", type=non_negative, default=lr, help=f"peak learning rate (default {lr})")
+    g.add_argument("--warmup-ratio", type=fraction, default=0.1)
+    g.add_argument("--weight-decay", type=non_negative, default=0.01)
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="gradient accumulation steps")
+    g.add_argument("--max-length", type=positive_int, help=f"tokens per sequence (default {max_length}, "
+                   "or the model's max_position_embeddings when smaller)")
+    g.set_defaults(default_max_length=max_length)
+    g.add_argument("--eval-every", type=positive_int, help="evaluate and checkpoint every N steps (default: each epoch)")
+    g.add_argument("--logging-steps", type=positive_int, default=10, help="log the training loss every N steps")
+    g.add_argument("--metric-for-best", help="eval metric that picks best/ (default: the head's main metric)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
+    g.add_argument("--encoding", help="encoding of the data files (default UTF-8)")
+    g.add_argument("--seed", type=int, default=42, help="one seed repeats a CPU run exactly (default 42)")
+    g.add_argument("--resume", action="store_true", help="continue from <output>/last")
+    g.add_argument("--no-progress", action="store_true")
+
+
+def training_args(args, **extra):
+    from ..training import TrainingArgs
+    if args.bf16 and (args.device or "cpu").startswith("cpu") and not _cpu_has_bf16():
+        print("bertcore: warning: this CPU has no native bfloat16 (AVX512-BF16/AMX); --bf16 will be slower "
+              "than float32 here", file=sys.stderr)
+    return TrainingArgs(output_dir=args.output, epochs=args.epochs, max_steps=args.max_steps,
+                        batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=args.warmup_ratio,
+                        weight_decay=args.weight_decay, grad_accum_steps=args.grad_accum,
+                        max_length=args.max_length, eval_every=args.eval_every, bf16=args.bf16, seed=args.seed,
+                        eval_batch_size=args.eval_batch_size, logging_steps=args.logging_steps,
+                        metric_for_best=args.metric_for_best, device=args.device,
+                        progress=not args.no_progress, **extra)
+
+
+def _cpu_has_bf16() -> bool:
+    import torch
+    if torch.cuda.is_available():
+        return True
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def check_max_length(args, config) -> None:
+    """--max-length within what a sequence needs and the model's positions (the default fits)."""
+    if args.max_length is None:
+        args.max_length = min(args.default_max_length, config.max_position_embeddings)
+    max_length = args.max_length
+    if max_length > config.max_position_embeddings:
+        raise ValueError(f"--max-length {max_length} exceeds the encoder's max_position_embeddings="
+                         f"{config.max_position_embeddings}; use at most that")
+    if max_length < 8:
+        raise ValueError(f"--max-length {max_length} leaves no room for text between [CLS] and [SEP]; use 8 or more")

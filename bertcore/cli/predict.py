@@ -1,0 +1,167 @@
+"""`bertcore predict` and `bertcore embed`: a model's outputs for texts, as JSON lines."""
+import argparse
+import sys
+from pathlib import Path
+
+from .options import positive_int
+
+
+def add_predict(sub):
+    p = sub.add_parser(
+        "predict", help="run a saved model's head on texts, a file or stdin; prints JSON lines",
+        description="Prints one JSON line per input: the input (or its id) and the head's prediction.",
+        epilog='examples: bertcore predict --model runs/sentiment/model "great phone" "broke in a day"; '
+               'cat texts.txt | bertcore predict --model m -; '
+               'bertcore predict --model runs/qa/model --question "who?" --context "..."')
+    p.add_argument("--model", required=True, help="folder written by TaskModel.save_pretrained (<output>/model)")
+    p.add_argument("--head", help="head name (needed when the model has several)")
+    p.add_argument("texts", nargs="*", help="texts to predict on; - reads stdin (one text or JSON object a line)")
+    p.add_argument("--input", help="data file (JSONL/CSV/TSV/CoNLL/SQuAD) or plain text, one input per line; - = stdin")
+    p.add_argument("--question", help="question answering: the question (with --context)")
+    p.add_argument("--context", help="question answering: the context")
+    p.add_argument("--output", help="write predictions as JSON lines here instead of stdout")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
+    return p
+
+
+def _read_inputs(args) -> list:
+    """Texts, (question, context), file examples and stdin lines, in that order."""
+    import json
+
+    from ..data import load_examples, read_text
+    inputs = [t for t in args.texts if t != "-"]
+    if args.question is not None or args.context is not None:
+        if args.question is None or args.context is None:
+            raise ValueError("--question and --context go together")
+        inputs.append({"question": args.question, "context": args.context})
+    lines = []
+    if args.input == "-" or "-" in args.texts:
+        lines = sys.stdin.read().splitlines()
+    elif args.input:
+        path = Path(args.input)
+        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".conll"):
+            inputs += list(load_examples(path, encoding=args.encoding))
+        else:
+            lines = read_text(path, args.encoding).splitlines()
+    for n, line in enumerate(lines, 1):
+        if line.strip().startswith("{"):
+            try:
+                inputs.append(json.loads(line))
+                continue
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{args.input or 'stdin'}:{n}: invalid JSON ({err.msg})") from None
+        if line.strip():
+            inputs.append(line)
+    if not inputs:
+        raise ValueError("nothing to predict on: give texts, --input FILE, - for stdin, or --question/--context")
+    return inputs
+
+
+def _json_safe(value):
+    """Predictions as strict JSON: NaN and infinities become null."""
+    import math
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def cmd_predict(args) -> int:
+    import json
+
+    from ..files import write_text
+    from ..taskmodel import TaskModel
+
+    inputs = _read_inputs(args)
+    model = TaskModel.from_pretrained(args.model, device=args.device)
+    predictions = model.predict(inputs, head=args.head, batch_size=args.batch_size)
+    lines = []
+    for item, prediction in zip(inputs, predictions):
+        shown = {"id": item["id"]} if isinstance(item, dict) and "id" in item else {"input": item}
+        body = prediction if isinstance(prediction, dict) else {"prediction": prediction}
+        lines.append(json.dumps(_json_safe({**shown, **body}), ensure_ascii=False, allow_nan=False, default=float))
+    if args.output:
+        write_text(args.output, "\n".join(lines) + "\n")
+        print(f"{len(lines)} predictions written to {args.output}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def add_embed(sub):
+    p = sub.add_parser(
+        "embed", help="sentence embeddings of texts with the embedding head; prints one JSON line per text",
+        description="Embeds texts with an encoder checkpoint and the embedding head (bertcore-embedding). A "
+                    "sentence-transformers folder (modules.json, 1_Pooling/config.json, sentence_bert_config.json) "
+                    "sets the pooling, the normalisation and the maximum length, so the vectors equal "
+                    "SentenceTransformer(folder).encode's; a plain BERT folder gets mean pooling, normalised. "
+                    "--model takes a saved TaskModel with an embedding head instead (e.g. from finetune).",
+        epilog='example: bertcore embed --encoder all-MiniLM-L6-v2 "a sentence" "another one"')
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--encoder", help="BERT or sentence-transformers checkpoint folder")
+    source.add_argument("--model", help="folder written by TaskModel.save_pretrained, with an embedding head")
+    p.add_argument("texts", nargs="*", help="texts to embed")
+    p.add_argument("--input", help="text file, one text per line (.jsonl: each line's \"text\"); - reads stdin")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--head", help="head name in --model (needed when it has several)")
+    p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="L2-normalise the vectors (default: as the checkpoint says; yes without ST files)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, help="tokens per text (default: the checkpoint's max_seq_length)")
+    return p
+
+
+def _embed_inputs(source: str) -> list[str]:
+    """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
+    import json
+
+    from ..data import read_text
+    text = sys.stdin.read() if source == "-" else read_text(source)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if source != "-" and Path(source).suffix.lower() == ".jsonl":
+        try:
+            return [str(json.loads(line)["text"]) for line in lines]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{source}: each line must be a JSON object with a \"text\" field") from None
+    return lines
+
+
+def cmd_embed(args) -> int:
+    import json
+
+    from ..taskmodel import TaskModel
+
+    texts = list(args.texts) + (_embed_inputs(args.input) if args.input else [])
+    if not texts:
+        raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
+    if args.model:
+        if args.pooling or args.normalize is not None:
+            raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")
+        model = TaskModel.from_pretrained(args.model)
+        name = model.head_names(args.head)[0]
+    else:
+        from ..model import BertEncoder
+        from ..plugins import get_head_type
+        from ..tokenizer import Tokenizer
+        head_type, name = get_head_type("embedding"), "embedding"
+        options = head_type.options_from_checkpoint(args.encoder)  # the sentence-transformers files
+        options.update({k: v for k, v in (("pooling", args.pooling), ("normalize", args.normalize)) if v is not None})
+        encoder = BertEncoder.from_pretrained(args.encoder)
+        model = TaskModel(encoder, {name: head_type(encoder.config, **options)},
+                          tokenizer=Tokenizer.from_pretrained(args.tokenizer or args.encoder))
+    predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)
+    if "embedding" not in predictions[0]:
+        raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "
+                         "embedding head")
+    for text, prediction in zip(texts, predictions):
+        print(json.dumps({"text": text, "embedding": prediction["embedding"]}, ensure_ascii=False))
+    return 0
+
+
+COMMANDS = {"predict": (add_predict, cmd_predict), "embed": (add_embed, cmd_embed)}

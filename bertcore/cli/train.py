@@ -1,0 +1,184 @@
+"""`bertcore finetune` and `bertcore pretrain`."""
+import sys
+from pathlib import Path
+
+from .options import add_training_options, check_max_length, fraction, positive_int, training_args
+
+
+def add_finetune(sub):
+    p = sub.add_parser(
+        "finetune", help="train a task head (and the encoder) on labelled data",
+        description="Fine-tune a head on a BERT checkpoint. Data: JSONL/CSV/TSV with the head's fields "
+                    "(classification: text[,text_pair],label; ner: tokens,tags or CoNLL token<TAB>tag; "
+                    "qa: SQuAD JSON; nsp: text,text_pair,label). Head options not given are read from the "
+                    "training data (and printed). The model is saved to <output>/model.",
+        epilog="example: bertcore finetune --head classification --encoder bert-dir --train train.jsonl "
+               "--eval dev.jsonl --output runs/sentiment")
+    p.add_argument("--head", required=True, help="head type: classification, ner, qa, nsp, ... (`bertcore heads`)")
+    p.add_argument("--encoder", required=True, help="HF BERT checkpoint folder (config.json + weights)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--train", required=True, help="training data file")
+    p.add_argument("--eval", help="evaluation data file")
+    p.add_argument("--labels", help="comma-separated labels (default: read from --train)")
+    p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a head option (VALUE read as JSON when it parses, else a string); repeatable")
+    p.add_argument("--head-options", metavar="FILE.json", help="head options as a JSON object")
+    p.add_argument("--multi-label", action="store_true", help="classification: several labels per text")
+    p.add_argument("--regression", action="store_true", help="classification: one number per text")
+    p.add_argument("--name", help="head name in the saved model (default: the head type)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the head only")
+    p.add_argument("--layerwise-lr-decay", type=float, default=1.0)
+    p.add_argument("--early-stopping", type=positive_int, help="stop after N evaluations without improvement")
+    add_training_options(p, lr=5e-5, epochs=3, batch=32, max_length=128)
+    return p
+
+
+def _head_type(name: str):
+    """The head type, or an error with the closest installed names (before anything loads)."""
+    import difflib
+
+    from ..plugins import HeadNotFoundError, get_head_type, list_heads
+    try:
+        return get_head_type(name)
+    except HeadNotFoundError as err:
+        close = difflib.get_close_matches(name, [h.name for h in list_heads() if h.error is None], n=3)
+        raise HeadNotFoundError(f"{err}{'; did you mean ' + ' or '.join(close) + '?' if close else ''}") from None
+
+
+def _head_options(args, train, head_type) -> dict:
+    """--head-options FILE, --head-option K=V, --labels, --multi-label/--regression; what
+    is still missing is read from the training data, and said."""
+    import json
+    options = {}
+    if args.head_options:
+        from ..data import read_text
+        try:
+            options = json.loads(read_text(args.head_options))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{args.head_options}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(options, dict):
+            raise ValueError(f"{args.head_options}: expected a JSON object of head options")
+    for item in args.head_option:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--head-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if args.labels:
+        options["labels"] = args.labels.split(",")
+    if args.multi_label:
+        options["multi_label"] = True
+    if args.regression:
+        options.pop("labels", None)
+        options["num_labels"] = 1
+    from_checkpoint = {k: v for k, v in head_type.options_from_checkpoint(args.encoder).items() if k not in options}
+    options.update(from_checkpoint)
+    if not {"labels", "num_labels"} & set(options):
+        read = head_type.options_from_examples(train)
+        read = {k: v for k, v in read.items() if k not in options}
+        if read:
+            shown = ", ".join(f"{k}={v if not isinstance(v, list) or len(v) <= 8 else v[:8] + ['...']}"
+                              for k, v in read.items())
+            print(f"bertcore: {args.head} head options read from {args.train}: {shown}", file=sys.stderr)
+        options.update(read)
+    return options
+
+
+def _build_head(head_type, config, options: dict):
+    """The head, or a one-line error naming an option it does not take and those it does."""
+    import inspect
+    accepted = [name for name, p in inspect.signature(head_type.__init__).parameters.items()
+                if name not in ("self", "config") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [k for k in options if k not in accepted]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(head_type.__init__).parameters.values()):
+        raise ValueError(f"the {head_type.name} head has no option {unknown[0]!r}; its options: "
+                         f"{', '.join(accepted) or 'none'}")
+    return head_type(config, **options)
+
+
+def cmd_finetune(args) -> int:
+    from .. import set_seed
+    from ..data import load_examples
+    from ..model import BertEncoder
+    from ..taskmodel import TaskModel
+    from ..tokenizer import Tokenizer
+    from ..training import Trainer
+
+    head_type = _head_type(args.head)
+    train = load_examples(args.train, encoding=args.encoding)
+    evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
+    options = _head_options(args, train, head_type)
+    encoder = BertEncoder.from_pretrained(args.encoder)
+    check_max_length(args, encoder.config)
+    tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
+    set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
+    head = _build_head(head_type, encoder.config, options)
+    name = args.name or args.head
+    model = TaskModel(encoder, {name: head}, tokenizer=tok)
+    targs = training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,
+                           early_stopping_patience=args.early_stopping, load_best_at_end=evaluation is not None)
+    trainer = Trainer(model, tokenizer=tok, train=train, eval=evaluation, args=targs, head=name)
+    trainer.fit(resume_from=True if args.resume else None)
+    if evaluation is not None:
+        state = trainer.state
+        which = f"best checkpoint, step {state.best_step}" if state.best_step is not None else \
+            f"last step, {state.step}"
+        print(f"final evaluation ({which}): " + ", ".join(f"{k}={v:.4f}" for k, v in trainer.evaluate().items()))
+    saved = model.save_pretrained(f"{args.output}/model")
+    print(f"model saved to {saved} (load it with bertcore.TaskModel.from_pretrained)")
+    return 0
+
+
+def add_pretrain(sub):
+    p = sub.add_parser(
+        "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction",
+        description="Corpus: text files in the original BERT format, one sentence per line and a blank "
+                    "line between documents (UTF-8, or --encoding). Without --tokenizer a WordPiece vocabulary "
+                    "is trained on the corpus; without --encoder a new encoder is built from the size options.",
+        epilog="example: bertcore pretrain --corpus wiki.txt --output runs/bert-small --layers 4 --max-steps 10000")
+    p.add_argument("--corpus", nargs="+", required=True, help="corpus text file(s)")
+    p.add_argument("--tokenizer", help="existing tokenizer folder (default: train one)")
+    p.add_argument("--vocab-size", type=positive_int, default=8000, help="size of a newly trained vocabulary")
+    p.add_argument("--cased", action="store_true", help="keep case when training a vocabulary")
+    p.add_argument("--encoder", help="checkpoint folder to continue pretraining from")
+    p.add_argument("--hidden-size", type=positive_int, default=256)
+    p.add_argument("--layers", type=positive_int, default=4)
+    p.add_argument("--heads", type=positive_int, default=4, help="attention heads")
+    p.add_argument("--intermediate-size", type=positive_int, help="feed-forward size (default 4 x hidden)")
+    p.add_argument("--mlm-probability", type=fraction, default=0.15)
+    p.add_argument("--whole-word-masking", action="store_true")
+    add_training_options(p, lr=1e-4, epochs=1, batch=32, max_length=128)
+    return p
+
+
+def cmd_pretrain(args) -> int:
+    from ..config import BertConfig
+    from ..masking import read_corpus
+    from ..pretraining import pretrain
+    from ..tokenizer import Tokenizer
+
+    for file in args.corpus:
+        if not Path(file).is_file():
+            raise FileNotFoundError(f"corpus file {file} does not exist")
+    args.max_length = args.max_length or args.default_max_length
+    if args.max_length < 8:
+        raise ValueError(f"--max-length {args.max_length} is too short for a sentence pair; use 8 or more")
+    tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                                     num_attention_heads=args.heads,
+                                     intermediate_size=args.intermediate_size or 4 * args.hidden_size,
+                                     max_position_embeddings=max(128, args.max_length))
+    corpus = read_corpus([Path(f) for f in args.corpus], encoding=args.encoding)
+    model = pretrain(corpus, tok, cfg, training_args(args), vocab_size=args.vocab_size, lowercase=not args.cased,
+                     mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
+    if model.history:
+        last = model.history[-1]
+        print(f"held-out MLM accuracy {last.get('mlm/accuracy', float('nan')):.4f}, "
+              f"NSP accuracy {last.get('nsp/accuracy', float('nan')):.4f}")
+    print(f"model saved to {args.output}/model (encoder/ loads with bertcore.BertEncoder.from_pretrained)")
+    return 0
+
+
+COMMANDS = {"finetune": (add_finetune, cmd_finetune), "pretrain": (add_pretrain, cmd_pretrain)}
