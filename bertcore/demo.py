@@ -67,6 +67,7 @@ class DemoSize:
     finetune_max_steps: int = 150
     sentiment_lr: float = 3e-3             # both encoders get the same rates (README: the others tried)
     ner_lr: float = 4e-3
+    freeze_encoder: bool = False           # train the heads only (BERT's feature-based setting); tested (README)
 
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -195,6 +196,7 @@ class Demo:
                             init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
                             train=pool[:n], test=evaluation, learning_rate=lr, steps=finetune_steps(s, n),
                             batch_size=s.finetune_batch, max_length=s.max_length, train_seed=self.seed + seed,
+                            freeze_encoder=s.freeze_encoder,
                             output_dir=str(self.out / "finetune" / f"{task}-{n}-{init}-{seed}")))
         return jobs
 
@@ -287,6 +289,7 @@ class FinetuneJob:
     max_length: int
     train_seed: int
     output_dir: str
+    freeze_encoder: bool = False
 
 
 def finetune(job: FinetuneJob) -> tuple[float, float]:
@@ -302,7 +305,8 @@ def finetune(job: FinetuneJob) -> tuple[float, float]:
     model = TaskModel(encoder, {job.task: head}, tokenizer=job.tokenizer)
     args = TrainingArgs(output_dir=job.output_dir, epochs=1000, max_steps=job.steps, batch_size=job.batch_size,
                         learning_rate=job.learning_rate, max_length=job.max_length, eval_every=job.steps,
-                        seed=job.train_seed, progress=False, save_checkpoints=False)
+                        seed=job.train_seed, progress=False, save_checkpoints=False,
+                        freeze_encoder=job.freeze_encoder)
     value = Trainer(model, tokenizer=job.tokenizer, train=job.train, eval=job.test, args=args).fit()[-1][job.metric]
     return value, round(time.perf_counter() - t, 1)
 
