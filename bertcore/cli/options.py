@@ -3,34 +3,27 @@ import argparse
 import sys
 
 
-def positive_int(text: str) -> int:
+def _checked(text: str, convert, noun: str, ok, requirement: str):
+    """`text` converted, or argparse's one-line error saying what it is not or must be."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} {requirement}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, "a whole number", lambda v: v >= 1, "must be 1 or more")
 
 
 def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
-    return value
+    return _checked(text, float, "a number", lambda v: 0 <= v < 1, "must be in [0, 1)")
 
 
 def non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{value} must be a finite number >= 0")
-    return value
+    return _checked(text, float, "a number", lambda v: 0 <= v < float("inf"), "must be a finite number >= 0")
 
 
 def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):
