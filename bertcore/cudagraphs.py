@@ -81,6 +81,7 @@ class GraphCache:
                 self._capture(entry, inputs, key)
             except Exception as err:  # any capture failure: fall back, say why once
                 torch.cuda.set_stream(stream)   # a failed capture_end leaves the capture stream current
+                _recover_from_failed_capture(self.pool)
                 self.failed = f"{type(err).__name__}: {err}".splitlines()[0]
                 self.entries.clear()
                 logger.warning("CUDA graph capture of the %s failed, running it eagerly from now on: %s",
@@ -99,8 +100,12 @@ class GraphCache:
         torch.cuda.empty_cache()                 # what capture does first: measure growth from there
         before = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool or _shared_pool()):
-            entry.outputs = self.fn(entry.static)
+        try:
+            with torch.cuda.graph(graph, pool=self.pool or _shared_pool()):
+                entry.outputs = self.fn(entry.static)
+        except BaseException:
+            graph.reset()     # torch >= 2.13: drops the generator's state for this capture
+            raise
         entry.graph = graph
         grown = torch.cuda.memory_reserved() - before
         self.memory_bytes += max(grown, 0)
@@ -121,6 +126,23 @@ def _shared_pool():
     if not _POOL:
         _POOL.append(torch.cuda.graph_pool_handle())
     return _POOL[0]
+
+
+def _recover_from_failed_capture(pool) -> None:
+    """Leave the process able to capture and draw random numbers again after a capture
+    failed. torch ends a capture's bookkeeping only when `capture_end` succeeds, so a
+    failed one leaves the caching allocator recording into its pool (every later
+    capture into that pool fails: "beginAllocateToPool: already recording") and, before
+    torch 2.13, the CUDA generator in capture mode (every later random op outside a
+    capture fails: "Offset increment outside graph capture"). The failed pool is retired
+    (a later capture gets a fresh one; the stale entry matches no stream again), and a
+    one-kernel capture that does end runs the generator's capture epilogue."""
+    if pool is None or (_POOL and pool == _POOL[0]):
+        _POOL.clear()
+    probe = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(probe, pool=torch.cuda.graph_pool_handle()):
+        torch.zeros(1, device="cuda")
+    torch.cuda.synchronize()
 
 
 def _on_side_stream(fn, inputs):

@@ -284,11 +284,13 @@ def _block_d(head_dim):
 
 
 # The last cu_seqlens (a weak reference, so a freed tensor never matches), its version
-# counter, whether a CUDA graph was being captured, and its order: every layer of an
-# encoder passes the same cu_seqlens, and the argsort's three launches are host time
-# on the launch-bound path. A capture never reuses an order from outside it (the graph
-# must compute its own, in memory it owns), nor the other way round.
-_last_order: tuple = (None, -1, False, None)
+# counter, the mode it was computed in and its order: every layer of an encoder passes
+# the same cu_seqlens, and the argsort's three launches are host time on the
+# launch-bound path. The mode is (capturing a CUDA graph, inference mode): a capture
+# never reuses an order from outside it (the graph must compute its own, in memory it
+# owns), nor the other way round; and an order made under `torch.inference_mode` is an
+# inference tensor, which a training step may not save for its backward.
+_last_order: tuple = (None, -1, None, None)
 
 
 def _sequence_order(cu_seqlens):
@@ -298,13 +300,13 @@ def _sequence_order(cu_seqlens):
     global _last_order
     if torch.compiler.is_compiling():  # traced: the graph computes it (and CSEs repeats)
         return torch.argsort(cu_seqlens[1:] - cu_seqlens[:-1], descending=True).to(torch.int32)
-    capturing = cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing()
-    ref, version, captured, order = _last_order
-    if ref is not None and ref() is cu_seqlens and cu_seqlens._version == version and captured == capturing:
+    mode = (cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing(), torch.is_inference_mode_enabled())
+    ref, version, last_mode, order = _last_order
+    if ref is not None and ref() is cu_seqlens and cu_seqlens._version == version and last_mode == mode:
         return order
     lens = cu_seqlens[1:] - cu_seqlens[:-1]                                    # (B,)
     order = torch.argsort(lens, descending=True).to(torch.int32)
-    _last_order = (weakref.ref(cu_seqlens), cu_seqlens._version, capturing, order)
+    _last_order = (weakref.ref(cu_seqlens), cu_seqlens._version, mode, order)
     return order
 
 

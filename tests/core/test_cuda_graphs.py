@@ -165,8 +165,8 @@ def test_trainer_graph_path_stops_on_nan_with_weights_unharmed(tok, tmp_path, gr
 
 
 def test_cuda_graphs_stay_off_on_the_cpu(tok, tmp_path, caplog):
-    trainer = Trainer(toy.model(tok), tok, train=toy.examples(16), args=args(tmp_path, epochs=1, cuda_graphs=True),
-                      head="toy")
+    trainer = Trainer(toy.model(tok), tok, train=toy.examples(16), head="toy",
+                      args=args(tmp_path, epochs=1, cuda_graphs=True, device="cpu"))   # CPU even on a GPU machine
     with caplog.at_level(logging.WARNING):
         trainer.fit()
     assert "training eagerly" in caplog.text
@@ -263,6 +263,14 @@ def test_failed_capture_falls_back_once_with_its_reason(caplog):
     assert cache.failed and cache.graphs == 0
     assert all(torch.equal(o, x * 2) for o in outs)
     assert caplog.text.count("running it eagerly") == 1
+    # The failure leaves the process usable: random ops run eagerly, and a new cache (in the
+    # shared pool) captures a step that draws dropout masks (seen on an H100: without the
+    # recovery every later capture failed and eager dropout raised "Offset increment").
+    torch.nn.functional.dropout(x, 0.5)
+    dropped = cudagraphs.GraphCache(lambda inp: torch.nn.functional.dropout(inp["x"], 0.5), name="dropout")
+    masks = [dropped({"x": torch.ones(4096, device="cuda")}, "k").clone() for _ in range(4)]
+    assert dropped.graphs == 1 and dropped.failed is None
+    assert not torch.equal(masks[2], masks[3])                 # replays draw fresh masks
 
 
 @needs_cuda

@@ -98,6 +98,16 @@ def test_programs_run_longest_sequence_first():
     assert attn_mod._sequence_order(cu.clone()) is not attn_mod._sequence_order(cu)
 
 
+def test_training_after_inference_on_the_same_offsets():
+    """The order cached under torch.inference_mode is an inference tensor; a training
+    step on the same cu_seqlens must not save it for backward (seen in the GPU benchmark)."""
+    qkv, grad, cu, max_seqlen = inputs([17, 3, 9], 32)
+    with torch.inference_mode():
+        triton_attention(qkv[:, 0].float(), qkv[:, 1].float(), qkv[:, 2].float(), cu, max_seqlen)
+    out, *grads = run(triton_attention, qkv, cu, max_seqlen, grad, torch.float32)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_odd_head_dim_and_custom_scale_on_contiguous_inputs():
     lengths, head_dim = [9, 20], 40  # head_dim padded to a 64-wide tile with masked lanes
     qkv, grad, cu, max_seqlen = inputs(lengths, head_dim)
