@@ -32,6 +32,21 @@ def test_attention_rows(tmp_path):
     assert (tmp_path / "attention-quick.csv").is_file() and (tmp_path / "attention-quick-fwd.png").is_file()
 
 
+def test_attention_with_dropout_reaches_every_provider_that_has_it(tmp_path, monkeypatch):
+    seen = []
+    real = bench_attention.provider_fn
+    monkeypatch.setattr(bench_attention, "provider_fn",
+                        lambda p, inp, lengths, dropout_p=0.0: seen.append((p, dropout_p)) or real(p, inp, lengths, dropout_p))
+    rows = bench_attention.run(quick=True, device="cpu", threads=1, kinds=["mixed-4-16"], head_dims=[32],
+                               modes=["full"], tokens=48, providers=["bertcore-runs", "sdpa-mask", "torch-varlen"],
+                               dropout_p=0.1, write=False, verbose=False, name="x")
+    assert {p for p, _ in seen} == {"bertcore-runs", "sdpa-mask"} and all(d == 0.1 for _, d in seen)
+    assert all(r["dropout_p"] == 0.1 and r["timing"] == "eager" for r in rows)
+    assert bench_attention.available("torch-varlen", "cuda", "bf16", dropout_p=0.1)   # it has no dropout
+    with pytest.raises(ValueError, match="CUDA"):
+        bench_attention.run(device="cpu", graphs=True)
+
+
 def test_layer_norm_rows(tmp_path):
     rows = bench_layer_norm.run(quick=True, device="cpu", threads=1, hiddens=[32], token_counts=[64],
                                 dropouts=[0.0, 0.1], modes=["fwd", "bwd"], out_dir=tmp_path, verbose=False)
@@ -43,7 +58,6 @@ def test_encoder_rows(tmp_path, monkeypatch):
     monkeypatch.setitem(bench_encoder.SHAPES, "tiny", dict(hidden_size=32, num_hidden_layers=2,
                                                            num_attention_heads=2, intermediate_size=64))
     monkeypatch.setitem(bench_encoder.BATCHES, "mixed-4-16", (4, 16))
-    monkeypatch.setitem(bench_encoder.SLACK, "tiny", 1.0)
     rows = bench_encoder.run(device="cpu", threads=1, shapes=["tiny"], batches=["mixed-4-16"],
                              providers=list(bench_encoder.PROVIDERS), rounds=2, batch_size=3,
                              vocab_size=200, out_dir=tmp_path, verbose=False)

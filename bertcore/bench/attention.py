@@ -18,6 +18,11 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
   sdpa-nomask      the same without a mask (attends to padding: a speed bound, not a result)
   eager            padded matmul, masked softmax, matmul (what BERT's eager attention does)
 
+`--dropout P` drops attention probabilities in every provider that can (torch-varlen
+cannot and is left out). `--graphs` times CUDA-graph replays of each call instead of
+eager calls (`lib.replayed`): the kernels without the host's launch cost, which at
+16k tokens is most of an eager call's time on a slow host.
+
 Each batch holds about `tokens` real tokens. TFLOP/s counts real tokens only
 (fwd 4·h·d·Σl², bwd 2.5× that, full 3.5×), so padding is wasted time, not credit.
 The fraction is of this machine's fp32 (or fp16) matmul peak measured in-process.
@@ -149,8 +154,9 @@ def _varlen_attn():
     return varlen_attn
 
 
-def available(provider: str, device: str, dtype: str | None = None) -> str | None:
-    """None if the provider runs here (for `dtype`, "fp16"/"bf16"/"fp32", if given), else why not."""
+def available(provider: str, device: str, dtype: str | None = None, dropout_p: float = 0.0) -> str | None:
+    """None if the provider runs here (for `dtype`, "fp16"/"bf16"/"fp32", if given, and
+    with `dropout_p`), else why not."""
     if provider in ("bertcore-triton", "bertcore-triton-det"):
         if device != "cuda":
             return "skipped: no CUDA device (Triton's CPU interpreter is not a performance path)"
@@ -165,13 +171,19 @@ def available(provider: str, device: str, dtype: str | None = None) -> str | Non
             return "skipped: varlen_attn runs FlashAttention on CUDA only"
         if dtype == "fp32":
             return "skipped for fp32: FlashAttention runs fp16/bf16 only"
+        if dropout_p:
+            return "skipped with dropout: varlen_attn has none"
     return None
 
 
 def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtypes=None, modes=None,
-        providers=None, tokens=None, out_dir=None, write=True, verbose=True) -> list[dict]:
+        providers=None, tokens=None, out_dir=None, write=True, verbose=True, dropout_p=0.0,
+        graphs=False, name=None) -> list[dict]:
     """Runs the sweep; returns one row per measurement. Writes CSV/PNG into `out_dir`
-    (default `lib.results_dir(device)`) unless `write` is False."""
+    (default `lib.results_dir(device)`) as `name` (default "attention") unless `write`
+    is False. `dropout_p` and `graphs`: see the module docstring."""
+    if graphs and B.pick_device(device) != "cuda":
+        raise ValueError("--graphs times CUDA-graph replays: it needs a CUDA device")
     device = B.pick_device(device)
     if device == "cpu":
         B.set_threads(threads)
@@ -188,8 +200,8 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
     env = B.env_row(device)
     notes, rows = [], []
     for p in providers:
-        why = available(p, device) or next((available(p, device, dt) for dt in dtypes
-                                            if available(p, device, dt)), None)
+        why = available(p, device, dropout_p=dropout_p) or next(
+            (available(p, device, dt) for dt in dtypes if available(p, device, dt)), None)
         if why:
             notes.append(f"{p}: {why}")
     for dt in dtypes:
@@ -201,49 +213,60 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                 flops_fwd = 4 * heads * hd * sum(n * n for n in lengths)
                 for mode in modes:
                     for p in providers:
-                        if available(p, device, dt):
+                        if available(p, device, dt, dropout_p):
                             continue
-                        fn, leaves = provider_fn(p, inp, lengths)
+                        fn, leaves = provider_fn(p, inp, lengths, dropout_p)
                         call = mode_fn(fn, leaves, mode)
-                        t = B.time_fn(call, device, warmup=2, rep=3 if quick else 5, min_time=0.1 if quick else 0.3)
                         peak = B.peak_memory(call, device)
+                        timed, failed = B.replayed(call, f"{p} {mode}") if graphs else (call, None)
+                        t = B.time_fn(timed, device, warmup=2, rep=3 if quick else 5, min_time=0.1 if quick else 0.3)
                         tflops = flops_fwd * FLOP_FACTOR[mode] / (t["ms"] * 1e-3) / 1e12
                         rows.append({**env, "dtype": dt, "head_dim": hd, "heads": heads, "lengths": kind,
                                      "batch": len(lengths), "real_tokens": sum(lengths),
                                      "padded_tokens": len(lengths) * max(lengths), "mode": mode,
-                                     "provider": p, **t, "tflops": tflops,
+                                     "provider": p, "dropout_p": dropout_p,
+                                     "timing": "eager" if not graphs else f"eager, capture failed: {failed}"
+                                     if failed else "graph replay", **t, "tflops": tflops,
                                      "frac_of_peak": tflops / B.peak_flops(device, dtype),
                                      "peak_mb": peak / 2 ** 20,
                                      "machine_matmul_tflops": B.peak_flops(device, dtype)})
                     if verbose:
                         these = [r for r in rows if r["lengths"] == kind and r["mode"] == mode
                                  and r["head_dim"] == hd and r["dtype"] == dt]
-                        B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}")
-                        ratio = speed_vs_varlen(these)
-                        if ratio is not None:
-                            print(f"bertcore-triton speed / torch-varlen speed: {ratio:.2f} (target >= 0.9)")
+                        B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}"
+                                      f" dropout={dropout_p:g}{' graphs' if graphs else ''}")
+                        for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", SDPA_TARGETS.get(kind))):
+                            ratio = speed_vs(these, peer)
+                            if ratio is not None:
+                                print(f"bertcore-triton speed / {peer} speed: {ratio:.2f}"
+                                      + (f" (target >= {target})" if target else ""))
     if verbose:
         print(f"\nmachine peaks ({env['device']}): " + ", ".join(f"{k}={v:.3g}" for k, v in peaks.items()))
         for n in notes:
             print("note:", n)
     if write and rows:
         out_dir = out_dir or B.results_dir(device)
-        name = "attention-quick" if quick else "attention"
+        name = name or ("attention-quick" if quick else "attention")
         B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} d={r['head_dim']}", verbose=verbose,
                       title="attention {mode}: TFLOP/s on real tokens", x="lengths", y="tflops", series="provider")
     return rows
 
 
-def speed_vs_varlen(rows) -> float | None:
-    """torch-varlen's time over bertcore-triton's among `rows` of one case (> 1: bertcore is
+# Issue 14's targets for fwd+bwd with dropout 0.1 against SDPA with a key mask (what
+# transformers runs), by batch kind; against torch-varlen (no dropout) 0.9 everywhere.
+SDPA_TARGETS = {"equal-128": 1.0, "mixed-16-128": 1.5, "equal-512": 1.2, "mixed-16-512": 2.5}
+
+
+def speed_vs(rows, peer: str) -> float | None:
+    """`peer`'s time over bertcore-triton's among `rows` of one case (> 1: bertcore is
     faster), or None without both."""
     ms = {r["provider"]: r["ms"] for r in rows}
-    if "bertcore-triton" in ms and "torch-varlen" in ms:
-        return ms["torch-varlen"] / ms["bertcore-triton"]
+    if "bertcore-triton" in ms and peer in ms:
+        return ms[peer] / ms["bertcore-triton"]
     return None
 
 
-TABLE_COLS = ["provider", "ms", "ms_p20", "ms_p80", "tflops", "frac_of_peak", "peak_mb"]
+TABLE_COLS = ["provider", "timing", "ms", "ms_p20", "ms_p80", "tflops", "frac_of_peak", "peak_mb"]
 
 
 def main(argv=None, default_output=None) -> int:
@@ -258,11 +281,19 @@ def main(argv=None, default_output=None) -> int:
     ap.add_argument("--modes", nargs="+", choices=list(MODES))
     ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS))
     ap.add_argument("--tokens", type=int, help="real tokens per batch")
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout on the attention probabilities")
+    ap.add_argument("--graphs", action="store_true", help="time CUDA-graph replays (GPU)")
+    ap.add_argument("--name", help="CSV/PNG name (default attention)")
     B.add_output_arguments(ap, default_output)
     a = ap.parse_args(argv)
     device = B.pick_device(a.device)
+    if not 0.0 <= a.dropout < 1.0:
+        ap.error(f"--dropout must be in [0, 1), got {a.dropout}")
+    if a.graphs and device != "cuda":
+        ap.error("--graphs times CUDA-graph replays: it needs a CUDA device")
     run(a.quick, device, a.threads, a.lengths, a.head_dims, a.dtypes, a.modes, a.providers, a.tokens,
-        out_dir=None if a.no_write else B.results_dir(device, a.output), write=not a.no_write)
+        out_dir=None if a.no_write else B.results_dir(device, a.output), write=not a.no_write,
+        dropout_p=a.dropout, graphs=a.graphs, name=a.name)
     return 0
 
 

@@ -24,7 +24,9 @@ The closing summary prints, per dtype, hidden and token count, the Triton LayerN
 forward's % of copy bandwidth (p = 0), its fwd+bwd speed-up over the torch path at
 each dropout, and the same for bias+GELU. `--tune` instead sweeps the kernels' launch
 configurations (layer_norm.LAUNCH_CONFIGS, bias_gelu.LAUNCH_CONFIGS) on the GPU and
-prints the fastest as table entries to paste.
+prints the fastest as table entries to paste. `--graphs` times CUDA-graph replays
+instead of eager calls (`lib.replayed`): the kernels without the host's launch cost,
+which bounds the 4k and 16k-token cases on a slow host; its files end in `-graphs`.
 
     bertcore bench kernels [--quick] [--threads N]          (LayerNorm only)
     python benchmarks/bench_layer_norm.py [--quick] [--threads N] [--hidden ...] [--ops ...] [--tune] [--help]
@@ -94,7 +96,8 @@ def _add_speedups(rows, keys, baseline):
 
 
 def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None, dropouts=None,
-        dtypes=None, modes=None, providers=None, out_dir=None, write=True, verbose=True) -> list[dict]:
+        dtypes=None, modes=None, providers=None, out_dir=None, write=True, verbose=True,
+        graphs=False) -> list[dict]:
     """Runs the LayerNorm sweep; returns one row per measurement. Writes CSV/PNG into
     `out_dir` (default `lib.results_dir(device)`) unless `write` is False."""
     device = B.pick_device(device)
@@ -129,7 +132,8 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
                             rows.append({**env, "dtype": dt, "hidden": hidden, "tokens": tokens, "dropout": p,
                                          "mode": mode, "provider": prov,
                                          **_measure(mode_fn(fn, leaves, mode), device, quick, peaks,
-                                                    BYTES_FACTOR[mode] * tokens * hidden * x0.element_size())})
+                                                    BYTES_FACTOR[mode] * tokens * hidden * x0.element_size(),
+                                                    graphs)})
                         _add_speedups(rows, ("dtype", "hidden", "tokens", "dropout", "mode"), "bertcore-torch")
                         if verbose:
                             B.print_table([r for r in rows if (r["dtype"], r["hidden"], r["tokens"], r["dropout"],
@@ -141,14 +145,15 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
             print("note:", n)
     if write and rows:
         out_dir = out_dir or B.results_dir(device)
-        name = "layer_norm-quick" if quick else "layer_norm"
+        name = ("layer_norm-quick" if quick else "layer_norm") + ("-graphs" if graphs else "")
         B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} H={r['hidden']} p={r['dropout']}",
                       verbose=verbose, title="layer_norm {mode}: GB/s", x="tokens", y="gbps", series="provider")
     return rows
 
 
 def run_bias_gelu(quick=False, device=None, threads=None, widths=None, token_counts=None, dtypes=None,
-                  modes=None, providers=None, out_dir=None, write=True, verbose=True) -> list[dict]:
+                  modes=None, providers=None, out_dir=None, write=True, verbose=True,
+                  graphs=False) -> list[dict]:
     """The bias+GELU sweep (widths: BERT's intermediate sizes, 4 x hidden); one row per
     measurement; writes bias_gelu[-quick].csv/PNG unless `write` is False."""
     device = B.pick_device(device)
@@ -178,7 +183,8 @@ def run_bias_gelu(quick=False, device=None, threads=None, widths=None, token_cou
                         rows.append({**env, "dtype": dt, "width": width, "tokens": tokens, "mode": mode,
                                      "provider": prov,
                                      **_measure(mode_fn(fn, leaves, mode), device, quick, peaks,
-                                                GELU_BYTES_FACTOR[mode] * tokens * width * x0.element_size())})
+                                                GELU_BYTES_FACTOR[mode] * tokens * width * x0.element_size(),
+                                                graphs)})
                     _add_speedups(rows, ("dtype", "width", "tokens", "mode"), "torch")
                     if verbose:
                         B.print_table([r for r in rows if (r["dtype"], r["width"], r["tokens"], r["mode"])
@@ -186,7 +192,7 @@ def run_bias_gelu(quick=False, device=None, threads=None, widths=None, token_cou
                                       TABLE_COLS, title=f"bias_gelu {dt} N={width} T={tokens} {mode}")
     if write and rows:
         out_dir = out_dir or B.results_dir(device)
-        name = "bias_gelu-quick" if quick else "bias_gelu"
+        name = ("bias_gelu-quick" if quick else "bias_gelu") + ("-graphs" if graphs else "")
         B.write_sweep(rows, out_dir, name, lambda r: f"{r['dtype']} N={r['width']}",
                       verbose=verbose, title="bias_gelu {mode}: GB/s", x="tokens", y="gbps", series="provider")
     return rows
@@ -196,14 +202,18 @@ def _default_tokens(quick, cuda):
     return ([4096] if quick else [4096, 16384, 65536]) if cuda else ([1024] if quick else [1024, 4096, 16384])
 
 
-def _measure(call, device, quick, peaks, nbytes):
-    t = B.time_fn(call, device, warmup=2, rep=5 if quick else 10, min_time=0.1 if quick else 0.3)
+def _measure(call, device, quick, peaks, nbytes, graphs=False):
+    peak_mb = B.peak_memory(call, device) / 2 ** 20
+    timed, failed = B.replayed(call, "kernel call") if graphs else (call, None)
+    t = B.time_fn(timed, device, warmup=2, rep=5 if quick else 10, min_time=0.1 if quick else 0.3)
     gbps = nbytes / (t["ms"] * 1e-3) / 1e9
-    return {**t, "gbps": gbps, "frac_of_peak": gbps / peaks["copy_gbps"],
-            "peak_mb": B.peak_memory(call, device) / 2 ** 20, "machine_copy_gbps": peaks["copy_gbps"]}
+    timing = "eager" if not graphs else f"eager, capture failed: {failed}" if failed else "graph replay"
+    return {"timing": timing, **t, "gbps": gbps, "frac_of_peak": gbps / peaks["copy_gbps"],
+            "peak_mb": peak_mb, "machine_copy_gbps": peaks["copy_gbps"]}
 
 
-TABLE_COLS = ["provider", "ms", "ms_p20", "ms_p80", "gbps", "frac_of_peak", "speedup_vs_torch", "peak_mb"]
+TABLE_COLS = ["provider", "timing", "ms", "ms_p20", "ms_p80", "gbps", "frac_of_peak", "speedup_vs_torch",
+              "peak_mb"]
 
 
 def summary(ln_rows, gelu_rows) -> list[str]:
@@ -330,9 +340,12 @@ def main(argv=None, default_output=None) -> int:
     ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS), help="LayerNorm providers")
     ap.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS))
     ap.add_argument("--tune", action="store_true", help="sweep the launch configs instead (GPU)")
+    ap.add_argument("--graphs", action="store_true", help="time CUDA-graph replays (GPU)")
     B.add_output_arguments(ap, default_output)
     a = ap.parse_args(argv)
     device = B.pick_device(a.device)
+    if a.graphs and device != "cuda":
+        ap.error("--graphs times CUDA-graph replays: it needs a CUDA device")
     out_dir = None if a.no_write else B.results_dir(device, a.output)
     if a.tune:
         tune(device, a.hidden, a.tokens, a.dtypes, a.dropout, a.ops, out_dir=out_dir, write=not a.no_write)
@@ -340,12 +353,13 @@ def main(argv=None, default_output=None) -> int:
     # each op's summary as soon as it is measured: a time limit on the whole run keeps the first
     if "layer_norm" in a.ops:
         ln_rows = run(a.quick, device, a.threads, a.hidden, a.tokens, a.dropout, a.dtypes, a.modes, a.providers,
-                      out_dir=out_dir, write=not a.no_write)
+                      out_dir=out_dir, write=not a.no_write, graphs=a.graphs)
         _print_summary(summary(ln_rows, []), "targets (issue 14): bf16 fwd p=0 >= 80% of copy bandwidth; "
                        "fwd+bwd p=0.1 >= 1.5x torch")
     if "bias_gelu" in a.ops:
         gelu_rows = run_bias_gelu(a.quick, device, a.threads, [4 * h for h in a.hidden] if a.hidden else None,
-                                  a.tokens, a.dtypes, a.modes, out_dir=out_dir, write=not a.no_write)
+                                  a.tokens, a.dtypes, a.modes, out_dir=out_dir, write=not a.no_write,
+                                  graphs=a.graphs)
         _print_summary(summary([], gelu_rows), "bias+GELU against torch's two passes")
     return 0
 

@@ -7,8 +7,13 @@ Timing
   `rep` calls and about `min_time` seconds, with `torch.set_num_threads` fixed and
   written into every row. Median and 20th/80th percentiles in milliseconds.
 
+CUDA graphs
+  `replayed(fn)` captures `fn` once; the benchmarks' `--graphs` times those replays:
+  the GPU's time without the host's launch cost (which bounds small cases).
+
 Peak memory
-  GPU: `torch.cuda.max_memory_allocated` above what was allocated before the call.
+  GPU: `torch.cuda.max_memory_allocated` above what was allocated before the call
+  (`cuda_memory` also gives the reserved growth, after emptying the cache).
   CPU: tracemalloc does not see torch's allocator and RSS never shrinks, so one
   extra, untimed call runs under `torch.profiler` with `profile_memory=True`; the
   allocation/free events of PyTorch's CPU allocator are summed in time order and the
@@ -132,15 +137,37 @@ def time_fn(fn, device: str = "cpu", warmup: int = 2, rep: int = 10, min_time: f
     return quantiles(samples)
 
 
+def replayed(fn, name: str):
+    """`fn` captured as a CUDA graph after two warm-up calls: (a callable that replays it,
+    None), or (fn, why the capture failed). Timing the replays leaves out the host's
+    launch cost, so on a launch-bound case it measures the kernels themselves (and what
+    a graphed step pays); `bertcore.cudagraphs.GraphCache` does the capture."""
+    from ..cudagraphs import GraphCache
+    cache = GraphCache(lambda _inputs: fn(), warmup=2, name=name, pool=torch.cuda.graph_pool_handle())
+    for _ in range(3):                       # two warm-ups, then the capture and its first replay
+        cache({}, "call")
+    if cache.failed:
+        return fn, cache.failed
+    return (lambda: cache({}, "call")), None
+
+
+def cuda_memory(fn) -> tuple[int, int]:
+    """(peak allocated, peak reserved) bytes of one call of `fn` above what was in use
+    before it. The allocator's cache is emptied first, so the reserved growth is what
+    the call takes from the device, segment rounding and fragmentation included."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    allocated, reserved = torch.cuda.memory_allocated(), torch.cuda.memory_reserved()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - allocated, torch.cuda.max_memory_reserved() - reserved
+
+
 def peak_memory(fn, device: str = "cpu") -> int:
     """Peak bytes allocated by one call of `fn` above what was live before it."""
     if device == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        return cuda_memory(fn)[0]
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
