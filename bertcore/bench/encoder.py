@@ -339,7 +339,7 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
     if device != "cuda" and set(providers) & set(CUDA_PROVIDERS):
         raise ValueError(f"providers {sorted(set(providers) & set(CUDA_PROVIDERS))} need a GPU")
     env = B.env_row(device)
-    peak = B.peak_flops(device, AUTOCAST[dtype] or torch.float32) if device == "cuda" else None
+    peak = B.peak_flops(device, AUTOCAST[dtype] or torch.float32) * 1e12 if device == "cuda" else None  # FLOP/s
     rows = []
     out_dir = (out_dir or B.results_dir(device)) if write else None
     name = name or ("encoder-quick" if quick else "encoder")

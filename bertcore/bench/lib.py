@@ -208,6 +208,7 @@ def machine_peaks(device: str = "cpu", quick: bool = False) -> dict[str, float]:
 
 
 def peak_flops(device: str, dtype: torch.dtype) -> float:
+    """The measured matmul peak for `dtype`, in TFLOP/s."""
     p = machine_peaks(device)
     if dtype in (torch.float16, torch.bfloat16) and "matmul_fp16_tflops" in p:
         return p["matmul_fp16_tflops"]
