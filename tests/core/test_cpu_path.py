@@ -119,3 +119,25 @@ def test_training_step_under_bf16_autocast():
     loss.backward()
     grads = [p.grad for p in enc.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_fused_qkv_saves_its_input_in_the_autocast_dtype():
+    """Under autocast the fp32 residual stream is saved as the bf16 the product reads
+    (half the bytes), with the same gradients as saving it whole and casting later."""
+    torch.manual_seed(0)
+    qkv = QKV(BertConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32))
+    x = torch.randn(7, 16, requires_grad=True)
+    saved = []
+    with torch.autocast("cpu", dtype=torch.bfloat16), \
+            torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = qkv(x)
+    assert out.dtype == torch.bfloat16
+    assert [t.dtype for t in saved if t.shape == x.shape] == [torch.bfloat16]
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, [x, *qkv.parameters()], g)
+    assert grads[0].dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):                      # autocast's own Linear
+        ref = torch.cat([qkv.query(x), qkv.key(x), qkv.value(x)], -1)
+    ref_grads = torch.autograd.grad(ref, [x, *qkv.parameters()], g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
