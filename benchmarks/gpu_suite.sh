@@ -40,7 +40,7 @@ step() {  # step NAME SECONDS COMMAND...
 # BERT's shapes (head_dim 64, hidden 768) in the 16-bit dtypes a GPU trains in; the
 # scripts themselves sweep wider when run alone. The tests run in 8 processes: their
 # time is mostly Triton compiling, which is CPU work (pytest-xdist is on the image).
-step tests          ${T_TESTS:-110}  $PY -m pytest -q -rs -p no:cacheprovider -n ${TEST_WORKERS:-8} \
+step tests          ${T_TESTS:-100}  $PY -m pytest -q -rs -p no:cacheprovider -n ${TEST_WORKERS:-8} \
                                      ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 # Kernels timed as CUDA-graph replays: at 16k tokens an eager call is bound by the host's
 # launches (on the H100 host, equal-512 attention took no longer than equal-128), so the
@@ -61,16 +61,19 @@ step attention      ${T_ATTN:-0}     $PY benchmarks/bench_attention.py --dtypes 
                                      --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --lengths equal-128 equal-512 mixed-16-128 mixed-16-512
 step layer_norm     ${T_LN:-0}       $PY benchmarks/bench_layer_norm.py --dtypes bf16 fp32 --hidden 768 --tokens 16384 65536
+# device time by kernel kind (matmul, attention, LayerNorm, casts, ...), bertcore against
+# transformers, eager calls of bert-base at equal-128 x128: what a graphed step is made of
+step profile        ${T_PROFILE:-25} $PY benchmarks/profile_encoder.py
 # bertcore's CUDA-graph steps against transformers SDPA, equal and mixed lengths, at batch
 # 16, 32 and 128 (bert-base at batch 128 gives the MFU)
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
-step encoder        ${T_ENC:-90}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
+step encoder        ${T_ENC:-85}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
                                      --budget 3 --providers bertcore-graphs hf-sdpa
 # the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
 # mode); compiling takes most of these steps, so inference and training run apart
 COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
-step compile_infer  ${T_COMPILE_INFER:-60}  $ENC $COMPILED --modes inference --name encoder-compile-inference
-step compile_train  ${T_COMPILE_TRAIN:-120} $ENC $COMPILED --modes train --name encoder-compile-train
+step compile_infer  ${T_COMPILE_INFER:-55}  $ENC $COMPILED --modes inference --name encoder-compile-inference
+step compile_train  ${T_COMPILE_TRAIN:-115} $ENC $COMPILED --modes train --name encoder-compile-train
 step tune           ${T_TUNE:-0}     $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
@@ -78,4 +81,5 @@ for log in encoder compile_infer compile_train; do
     grep -h -A26 "bertcore vs transformers" "$LOGDIR/$log.log" 2>/dev/null
 done
 tail -3 "$LOGDIR/tests.log"
+grep -h -A12 "^device ms per call" "$LOGDIR/profile.log" 2>/dev/null
 cat "$LOGDIR/summary.txt"

@@ -113,3 +113,19 @@ def test_thin_scripts_run_the_package(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / benchlib.device_slug("cpu") / "layer_norm-quick.csv").is_file()
+
+
+def test_profile_sorts_kernels_into_kinds():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("profile_encoder", Path(__file__).with_name("profile_encoder.py"))
+    profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile)
+    names = {"sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n": "matmul", "_attention_bwd_kernel": "attention",
+             "pytorch_flash::flash_bwd_dq_dk_dv_loop_kernel": "attention", "_layer_norm_fwd_kernel": "layer_norm",
+             "at::native::vectorized_layer_norm_kernel<float>": "layer_norm", "_bias_gelu_bwd_kernel": "bias_gelu",
+             "at::native::unrolled_elementwise_kernel<direct_copy_kernel_cuda>": "cast/copy",
+             "multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
+             "vectorized_elementwise_kernel<CUDAFunctor_add<float>>": "other elementwise"}
+    assert {n: profile.kind_of(n) for n in names} == names
+    with pytest.raises(SystemExit):
+        profile.main(["--shapes", "minilm"]) if not torch.cuda.is_available() else pytest.skip("has a GPU")
