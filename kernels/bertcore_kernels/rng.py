@@ -3,10 +3,11 @@
 A Triton dropout kernel needs a Philox seed. Drawing it on the host (`.item()` of a
 `torch.randint`) costs a device sync per op and, worse, is frozen into a CUDA graph:
 every replay would reuse the captured seed and drop the same units. Here each device
-holds a (2,) int64 state tensor [base, counter]; `next_seed(device)` returns a fresh
-(1,) int64 seed computed *on the device* from it and advances the counter with a
-device op. Both are kernels, so each replay of a captured graph advances the counter
-and draws new masks.
+holds a (1,) int64 state, base + k * STEP after k draws (wrapping in 64 bits);
+`next_seed(device)` returns a fresh (1,) int64 seed computed *on the device* from it
+(its low 63 bits) and advances it by STEP with a device op: two small kernels per
+draw, no views, on the launch-bound eager path. Both are kernels, so each replay of a
+captured graph advances the state and draws new masks.
 
 The base follows torch's generator for the device, so `torch.manual_seed(s)` repeats
 a run: on CUDA the state restarts when the generator's seed changes or its Philox
@@ -23,7 +24,7 @@ import torch
 _STEP = 0x1E3779B97F4A7C15
 _MASK_63 = (1 << 63) - 1
 
-# device -> (mark of torch's generator after our last call, (2,) int64 [base, counter])
+# device -> (mark of torch's generator after our last call, (1,) int64 base + k * _STEP)
 _STATE: dict[torch.device, tuple] = {}
 
 
@@ -43,7 +44,7 @@ def _restart(device: torch.device):
         gen.set_offset(offset + 4)
     else:
         base = int(torch.randint(0, 2**62, (1,)).item())     # a host draw: no device involved
-    return _mark(device), torch.tensor([base, 0], dtype=torch.int64, device=device)
+    return _mark(device), torch.tensor([base], dtype=torch.int64, device=device)
 
 
 def _mark(device: torch.device):
@@ -76,8 +77,8 @@ def next_seed(device) -> torch.Tensor:
         entry = (mark, entry[1])     # other CUDA random ops moved the offset on: follow it
     _STATE[device] = entry
     state = entry[1]
-    seed = (state[:1] + state[1:] * _STEP).bitwise_and_(_MASK_63)     # (1,) on the device
-    state[1:].add_(1)
+    seed = state.bitwise_and(_MASK_63)                                 # (1,) on the device, a new tensor
+    state.add_(_STEP)                                                  # wraps in 64 bits, as it should
     return seed
 
 
