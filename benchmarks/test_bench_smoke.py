@@ -1,5 +1,6 @@
 """Smoke test of the benchmark code, bertcore.bench (part of `make test`, well under a
 minute): tiny shapes, few repeats, nothing written under benchmarks/results/."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ def test_timer_and_peak_memory():
     assert t["ms_p20"] <= t["ms"] <= t["ms_p80"] and t["reps"] >= 3
     peak = benchlib.peak_memory(lambda: torch.empty(1 << 20).fill_(1.0))  # 4 MiB tensor
     assert 4 << 20 <= peak < 8 << 20
+
+
+def test_cpu_peak_memory_keeps_stderr_quiet(capfd, monkeypatch):
+    monkeypatch.delenv("KINETO_LOG_LEVEL", raising=False)
+    benchlib.peak_memory(lambda: torch.ones(256, 256) * 2)
+    assert "profiler_start" not in capfd.readouterr().err     # torch 2.13's kineto printed two lines a call
+    assert "KINETO_LOG_LEVEL" not in os.environ
 
 
 def test_attention_rows(tmp_path):

@@ -40,6 +40,7 @@ import re
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -164,12 +165,26 @@ def cuda_memory(fn) -> tuple[int, int]:
     return torch.cuda.max_memory_allocated() - allocated, torch.cuda.max_memory_reserved() - reserved
 
 
+@contextmanager
+def _quiet_kineto():
+    """Kineto's level 6 while profiling, unless KINETO_LOG_LEVEL is set: recent torch
+    prints "USDT: ... profiler_start/stop" on stderr for every profile (read per call)."""
+    if "KINETO_LOG_LEVEL" in os.environ:
+        yield
+        return
+    os.environ["KINETO_LOG_LEVEL"] = "6"
+    try:
+        yield
+    finally:
+        del os.environ["KINETO_LOG_LEVEL"]
+
+
 def peak_memory(fn, device: str = "cpu") -> int:
     """Peak bytes allocated by one call of `fn` above what was live before it."""
     if device == "cuda":
         return cuda_memory(fn)[0]
     from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_kineto(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
