@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from bertcore.bench import lib as B
-from bertcore.bench.encoder import BATCHES, SHAPES, build_models, make_batch, make_optimizer
+from bertcore.bench.encoder import BATCHES, SHAPES, build_models, make_batch, make_call, make_optimizer
 
 # Kernel name patterns, first match wins; the names are CUDA's / Triton's own.
 KINDS = [
@@ -63,30 +63,10 @@ def device_times(fn, reps: int = 3) -> dict[str, float]:
 
 
 def calls(models, provider, batch, mode):
+    """The benchmark's own eager call of `provider` (bench_encoder.make_call), bf16 autocast."""
     model = models[provider]
     model.train(mode == "train")
-    opt = make_optimizer(model, "cuda") if mode == "train" else None
-
-    def forward():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            if provider == "bertcore-packed":
-                out = model(batch["packed"], cu_seqlens=batch["cu"], max_seqlen=batch["max"])
-            else:
-                out = model(batch["ids"], attention_mask=batch["mask"])
-        return out.last_hidden_state, out.pooler_output
-
-    if mode == "inference":
-        def call():
-            with torch.no_grad():
-                forward()
-        return call
-
-    def call():
-        hidden, pooled = forward()
-        (hidden.float().square().mean() + pooled.float().square().mean()).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return call
+    return make_call(provider, model, batch, mode, make_optimizer(model, "cuda"), "bf16")
 
 
 def main(argv=None) -> int:
