@@ -36,6 +36,7 @@ RECIPES = {  # name: DemoSize fields that differ from the demo's own
     "finetune-lr-1e-3": {"sentiment_lr": 1e-3, "ner_lr": 1e-3},
     "finetune-lr-8e-3": {"sentiment_lr": 8e-3, "ner_lr": 8e-3},
     "frozen-encoder": {"freeze_encoder": True, "sentiment_lr": 1e-2, "ner_lr": 1e-2},
+    "finetune-300-steps": {"finetune_min_steps": 300, "finetune_max_steps": 300},
 }
 
 
