@@ -40,7 +40,8 @@ step() {  # step NAME SECONDS COMMAND...
 # BERT's shapes (head_dim 64, hidden 768) in the 16-bit dtypes a GPU trains in; the
 # scripts themselves sweep wider when run alone. The tests run in 8 processes: their
 # time is mostly Triton compiling, which is CPU work (pytest-xdist is on the image).
-step tests          ${T_TESTS:-100}  $PY -m pytest -q -rs -p no:cacheprovider -n ${TEST_WORKERS:-8} \
+WORKERS=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")   # one process without xdist
+step tests          ${T_TESTS:-100}  $PY -m pytest -q -rs -p no:cacheprovider $WORKERS \
                                      ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 # Kernels timed as CUDA-graph replays: at 16k tokens an eager call is bound by the host's
 # launches (on the H100 host, equal-512 attention took no longer than equal-128), so the
