@@ -137,3 +137,11 @@ def test_profile_sorts_kernels_into_kinds():
     assert {n: profile.kind_of(n) for n in names} == names
     with pytest.raises(SystemExit):
         profile.main(["--shapes", "minilm"]) if not torch.cuda.is_available() else pytest.skip("has a GPU")
+
+
+def test_host_cost_runs_with_the_launches_stubbed():
+    # a subprocess: the script replaces the kernels' launch objects in the modules it imports
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("host_cost.py")), "--layers", "1",
+                           "--calls", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "inference: bertcore" in done.stdout and "training step" in done.stdout
