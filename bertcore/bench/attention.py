@@ -235,7 +235,8 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                                  and r["head_dim"] == hd and r["dtype"] == dt]
                         B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}"
                                       f" dropout={dropout_p:g}{' graphs' if graphs else ''}")
-                        for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", SDPA_TARGETS.get(kind))):
+                        sdpa_target = SDPA_TARGETS.get(kind) if dropout_p else None   # stated with dropout
+                        for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", sdpa_target)):
                             ratio = speed_vs(these, peer)
                             if ratio is not None:
                                 print(f"bertcore-triton speed / {peer} speed: {ratio:.2f}"
