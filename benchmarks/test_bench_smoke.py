@@ -135,8 +135,9 @@ def test_profile_sorts_kernels_into_kinds():
              "multi_tensor_apply_kernel<FusedAdamMathFunctor>": "optimizer",
              "vectorized_elementwise_kernel<CUDAFunctor_add<float>>": "other elementwise"}
     assert {n: profile.kind_of(n) for n in names} == names
-    with pytest.raises(SystemExit):
-        profile.main(["--shapes", "minilm"]) if not torch.cuda.is_available() else pytest.skip("has a GPU")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):                        # one argparse line: it needs a GPU
+            profile.main(["--shapes", "minilm"])
 
 
 def test_host_cost_runs_with_the_launches_stubbed():

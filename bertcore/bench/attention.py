@@ -182,9 +182,9 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
     """Runs the sweep; returns one row per measurement. Writes CSV/PNG into `out_dir`
     (default `lib.results_dir(device)`) as `name` (default "attention") unless `write`
     is False. `dropout_p` and `graphs`: see the module docstring."""
-    if graphs and B.pick_device(device) != "cuda":
-        raise ValueError("--graphs times CUDA-graph replays: it needs a CUDA device")
     device = B.pick_device(device)
+    if graphs and device != "cuda":
+        raise ValueError("--graphs times CUDA-graph replays: it needs a CUDA device")
     if device == "cpu":
         B.set_threads(threads)
     cuda = device == "cuda"
