@@ -18,7 +18,6 @@ import collections
 import dataclasses
 import json
 import logging
-import math
 import os
 import random
 import statistics
@@ -62,9 +61,7 @@ class DemoSize:
     test_reviews: int = 400
     test_ner: int = 1000                   # 250 left the NER lift 0.1 noisier than on 500 validation sentences
     finetune_batch: int = 16
-    finetune_epochs: float = 3.0           # steps = epochs * size / batch, within [min, max]
-    finetune_min_steps: int = 150          # NER needs ~150 steps to learn much, whatever the size
-    finetune_max_steps: int = 150
+    finetune_steps: int = 150              # at every size: NER needs ~150 steps to learn much; 300 move no lift
     sentiment_lr: float = 3e-3             # both encoders get the same rates (README: the others tried)
     ner_lr: float = 4e-3
     freeze_encoder: bool = False           # train the heads only (BERT's feature-based setting); tested (README)
@@ -79,7 +76,7 @@ def run_demo(args) -> int:
     """The CLI entry point (`bertcore demo`); prints progress and the results table."""
     size = dataclasses.replace(QUICK if args.quick else DemoSize())
     if args.steps_scale != 1.0:
-        for name in ("pretrain_steps", "finetune_min_steps", "finetune_max_steps"):
+        for name in ("pretrain_steps", "finetune_steps"):
             setattr(size, name, max(2, int(getattr(size, name) * args.steps_scale)))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +191,7 @@ class Demo:
                             task=task, title=title, size=n, seed=seed, init=init, metric=metric, config=cfg,
                             weights=state if init == "pretrained" else None, local_attention=local_attention,
                             init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
-                            train=pool[:n], test=evaluation, learning_rate=lr, steps=finetune_steps(s, n),
+                            train=pool[:n], test=evaluation, learning_rate=lr, steps=s.finetune_steps,
                             batch_size=s.finetune_batch, max_length=s.max_length, train_seed=self.seed + seed,
                             freeze_encoder=s.freeze_encoder,
                             output_dir=str(self.out / "finetune" / f"{task}-{n}-{init}-{seed}")))
@@ -328,12 +325,6 @@ def run_jobs(jobs: list[FinetuneJob], workers: int):
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_finetune_one_thread, jobs)
-
-
-def finetune_steps(size: DemoSize, n: int) -> int:
-    """Optimizer steps for `n` labelled examples: `finetune_epochs` passes, within the bounds."""
-    steps = math.ceil(size.finetune_epochs * n / size.finetune_batch)
-    return max(size.finetune_min_steps, min(size.finetune_max_steps, steps))
 
 
 def summarize(runs: list[dict], metric: str) -> dict:

@@ -6,7 +6,7 @@ import pytest
 
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, finetune_steps, run_jobs, summarize, text_of
+from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, run_jobs, summarize, text_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -45,9 +45,7 @@ def test_reviews_are_distinct_and_labelled_once():
     assert reviews == demo_data.sentiment_reviews(seed=0)
 
 
-def test_finetune_steps_and_summary():
-    size = DemoSize(finetune_epochs=4, finetune_batch=32, finetune_min_steps=30, finetune_max_steps=120)
-    assert [finetune_steps(size, n) for n in (100, 300, 1000, 3000)] == [30, 38, 120, 120]
+def test_summary_pairs_each_seed_with_its_twin():
     runs = [{"size": 100, "seed": s, "init": i, "steps": 30, "f1": v}
             for s, (p, r) in enumerate([(0.5, 0.1), (0.7, 0.2)]) for i, v in (("pretrained", p), ("random", r))]
     row = summarize(runs, "f1")[100]
