@@ -36,7 +36,10 @@ RECIPES = {  # name: DemoSize fields that differ from the demo's own
     "finetune-lr-1e-3": {"sentiment_lr": 1e-3, "ner_lr": 1e-3},
     "finetune-lr-8e-3": {"sentiment_lr": 8e-3, "ner_lr": 8e-3},
     "frozen-encoder": {"freeze_encoder": True, "sentiment_lr": 1e-2, "ner_lr": 1e-2},
-    "finetune-300-steps": {"finetune_min_steps": 300, "finetune_max_steps": 300},
+    "finetune-300-steps": {"finetune_steps": 300},
+    # bigger encoders than the demo's budget allows: how much lift more pretraining compute buys
+    "two-layers": {"layers": 2, "pretrain_lr": 1e-3},
+    "wide-256": {"hidden": 256, "intermediate": 1024, "pretrain_lr": 1e-3},
 }
 
 
