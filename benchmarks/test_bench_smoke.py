@@ -123,11 +123,16 @@ def test_thin_scripts_run_the_package(tmp_path):
     assert (tmp_path / benchlib.device_slug("cpu") / "layer_norm-quick.csv").is_file()
 
 
-def test_profile_sorts_kernels_into_kinds():
+def _script(name: str):
     import importlib.util
-    spec = importlib.util.spec_from_file_location("profile_encoder", Path(__file__).with_name("profile_encoder.py"))
-    profile = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(profile)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_profile_sorts_kernels_into_kinds():
+    profile = _script("profile_encoder")
     names = {"sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n": "matmul", "_attention_bwd_kernel": "attention",
              "pytorch_flash::flash_bwd_dq_dk_dv_loop_kernel": "attention", "_layer_norm_fwd_kernel": "layer_norm",
              "at::native::vectorized_layer_norm_kernel<float>": "layer_norm", "_bias_gelu_bwd_kernel": "bias_gelu",
@@ -146,3 +151,21 @@ def test_host_cost_runs_with_the_launches_stubbed():
                            "--calls", "2"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "inference: bertcore" in done.stdout and "training step" in done.stdout
+
+
+def test_demo_ablations_give_each_encoder_its_own_best_rate(tmp_path):
+    """With --rates each (size, encoder) keeps its best rate, so a random encoder that
+    diverges at the pretrained one's rate is not what the lift is measured against."""
+    ablations = _script("demo_ablations")
+    f1 = {("pretrained", 1e-3): (0.30, 0.34), ("pretrained", 4e-3): (0.20, 0.22),
+          ("random", 1e-3): (0.10, 0.12), ("random", 4e-3): (0.25, 0.21)}
+    runs = {(100, init, rate): [{"seed": seed, "init": init, "size": 100, "steps": 5, "f1": v}
+                                for seed, v in enumerate(values)] for (init, rate), values in f1.items()}
+    chosen, best = ablations.best_rate_runs(runs, "f1")
+    assert best == {(100, "pretrained"): 1e-3, (100, "random"): 4e-3}
+    assert sorted((r["init"], r["f1"]) for r in chosen) == [("pretrained", 0.30), ("pretrained", 0.34),
+                                                            ("random", 0.21), ("random", 0.25)]
+    # a CSV that gains a column keeps its older rows
+    ablations.merge_csv(tmp_path / "lifts.csv", [{"recipe": "a", "lift": 1}], ("recipe",))
+    ablations.merge_csv(tmp_path / "lifts.csv", [{"recipe": "b", "lift": 2, "random_rate": 4e-3}], ("recipe",))
+    assert (tmp_path / "lifts.csv").read_text() == "recipe,lift,random_rate\na,1,\nb,2,0.004\n"
