@@ -7,7 +7,8 @@ on the demo's test sets.
 
 Writes benchmarks/results/amd-epyc-2-cores/demo-ablations.csv (recipe, steps, held-out MLM,
 seconds) and, with --finetune, demo-ablation-lifts.csv (recipe, steps, task, size,
-pretrained, random, lift, each encoder's rate): rows of earlier runs with another recipe, step count or seed stay.
+pretrained, random, lift, each encoder's rate): rows of earlier runs with another recipe,
+step count or seed stay.
 """
 import argparse
 import collections
