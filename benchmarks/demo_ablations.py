@@ -91,19 +91,16 @@ def finetune_lifts(demo: Demo, encoder, tok, data: dict, rates: list[float] | No
     examples; one row per (task, size). With `rates`, every run is repeated at each rate,
     and each (task, size, encoder) keeps the rate with the best mean over the seeds. Picking
     on the set it reports on flatters both encoders alike."""
-    size = demo.size
     splits = {"sentiment": (data["review_pool"], data["review_validation"]),
               "ner": (data["ner_pool"], data["ner_validation"])}
+    demo_jobs = demo.finetune_jobs(encoder, tok, splits, local_attention=demo.size.local_attention or None)
+    jobs = [dataclasses.replace(job, learning_rate=rate) for rate in rates for job in demo_jobs] if rates else demo_jobs
     runs = collections.defaultdict(list)  # (task, size, init, rate): a run per seed
     metrics = {}
-    for rate in rates or [None]:
-        demo.size = size if rate is None else dataclasses.replace(size, sentiment_lr=rate, ner_lr=rate)
-        jobs = demo.finetune_jobs(encoder, tok, splits, local_attention=size.local_attention or None)
-        for job, (value, _) in zip(jobs, run_jobs(jobs, threads)):
-            metrics[job.task] = job.metric
-            runs[job.task, job.size, job.init, job.learning_rate].append(
-                {"size": job.size, "seed": job.seed, "init": job.init, "steps": job.steps, job.metric: value})
-    demo.size = size
+    for job, (value, _) in zip(jobs, run_jobs(jobs, threads)):
+        metrics[job.task] = job.metric
+        runs[job.task, job.size, job.init, job.learning_rate].append(
+            {"size": job.size, "seed": job.seed, "init": job.init, "steps": job.steps, job.metric: value})
     rows = []
     for task, metric in metrics.items():
         chosen, best = best_rate_runs({k[1:]: v for k, v in runs.items() if k[0] == task}, metric)
