@@ -16,9 +16,13 @@ scheduler fills in place).
 stream, as capture wants: cuBLAS and Triton set themselves up there), captures it
 on the next call, then copies each call's inputs into the captured buffers and
 replays. Outputs of a replay are the graph's own buffers: read them before the next
-call. All graphs share one memory pool (what one graph's step frees, the next
-graph's capture reuses: graphs run one at a time, and the tensors that must outlive
-a replay, its inputs and outputs, stay referenced). A capture that fails logs its
+call. A cache's graphs share one memory pool of its own (what one bucket's step
+frees, the next bucket's capture reuses: they run one at a time, and the tensors
+that must outlive a replay, its inputs and outputs, stay referenced). The pool is
+never shared between caches: torch's allocator refuses to capture into a pool whose
+graphs were all freed while some of its memory is still held (an internal assert,
+"use_count > 0"), which a process-wide pool met as soon as one model's graphs were
+dropped and another model captured (seen on an H200). A capture that fails logs its
 reason once and the cache runs `fn` eagerly from then on.
 
 `TrainStep` is the training step in that form (zero grads, forward, loss,
@@ -58,12 +62,11 @@ class GraphCache:
 
     `fn` takes a dict of tensors and host values and returns tensors (or a dict,
     list or tuple of them). Host values in `inputs` must be part of `key`: a replay
-    reuses the ones seen at capture. `pool`: a memory pool of the cache's own
-    (`torch.cuda.graph_pool_handle()`), so that `memory_bytes` is what its graphs
-    alone hold; default the process's shared one."""
+    reuses the ones seen at capture."""
 
-    def __init__(self, fn, warmup: int = 1, name: str = "step", pool=None):
-        self.fn, self.warmup, self.name, self.pool = fn, warmup, name, pool
+    def __init__(self, fn, warmup: int = 1, name: str = "step"):
+        self.fn, self.warmup, self.name = fn, warmup, name
+        self.pool = None                 # this cache's memory pool, made at its first capture
         self.entries: dict = {}
         self.failed: str | None = None   # why capture failed; set once, then all calls run eagerly
         self.memory_bytes = 0            # device memory the captures took (growth of the reserved memory)
@@ -81,7 +84,8 @@ class GraphCache:
                 self._capture(entry, inputs, key)
             except Exception as err:  # any capture failure: fall back, say why once
                 torch.cuda.set_stream(stream)   # a failed capture_end leaves the capture stream current
-                _recover_from_failed_capture(self.pool)
+                _recover_from_failed_capture()
+                self.pool = None                # left recording by the failed capture: never reused
                 self.failed = f"{type(err).__name__}: {err}".splitlines()[0]
                 self.entries.clear()
                 logger.warning("CUDA graph capture of the %s failed, running it eagerly from now on: %s",
@@ -100,8 +104,10 @@ class GraphCache:
         torch.cuda.empty_cache()                 # what capture does first: measure growth from there
         before = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         try:
-            with torch.cuda.graph(graph, pool=self.pool or _shared_pool()):
+            with torch.cuda.graph(graph, pool=self.pool):
                 entry.outputs = self.fn(entry.static)
         except BaseException:
             graph.reset()     # torch >= 2.13: drops the generator's state for this capture
@@ -118,27 +124,14 @@ class GraphCache:
         return sum(e.graph is not None for e in self.entries.values())
 
 
-_POOL: list = []
-
-
-def _shared_pool():
-    """The memory pool every graph of this process is captured into."""
-    if not _POOL:
-        _POOL.append(torch.cuda.graph_pool_handle())
-    return _POOL[0]
-
-
-def _recover_from_failed_capture(pool) -> None:
+def _recover_from_failed_capture() -> None:
     """Leave the process able to capture and draw random numbers again after a capture
     failed. torch ends a capture's bookkeeping only when `capture_end` succeeds, so a
     failed one leaves the caching allocator recording into its pool (every later
-    capture into that pool fails: "beginAllocateToPool: already recording") and, before
-    torch 2.13, the CUDA generator in capture mode (every later random op outside a
-    capture fails: "Offset increment outside graph capture"). The failed pool is retired
-    (a later capture gets a fresh one; the stale entry matches no stream again), and a
-    one-kernel capture that does end runs the generator's capture epilogue."""
-    if pool is None or (_POOL and pool == _POOL[0]):
-        _POOL.clear()
+    capture into that pool fails: "beginAllocateToPool: already recording"; the caller
+    drops the pool) and, before torch 2.13, the CUDA generator in capture mode (every
+    later random op outside a capture fails: "Offset increment outside graph capture").
+    A one-kernel capture that does end runs the generator's capture epilogue."""
     probe = torch.cuda.CUDAGraph()
     with torch.cuda.graph(probe, pool=torch.cuda.graph_pool_handle()):
         torch.zeros(1, device="cuda")

@@ -144,7 +144,7 @@ def replayed(fn, name: str):
     launch cost, so on a launch-bound case it measures the kernels themselves (and what
     a graphed step pays); `bertcore.cudagraphs.GraphCache` does the capture."""
     from ..cudagraphs import GraphCache
-    cache = GraphCache(lambda _inputs: fn(), warmup=2, name=name, pool=torch.cuda.graph_pool_handle())
+    cache = GraphCache(lambda _inputs: fn(), warmup=2, name=name)
     for _ in range(3):                       # two warm-ups, then the capture and its first replay
         cache({}, "call")
     if cache.failed:

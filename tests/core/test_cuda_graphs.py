@@ -5,7 +5,9 @@ Trainer's eager step, only parameters that get gradients move, a non-finite step
 leaves the weights alone). On a GPU (skipped here, run by benchmarks/gpu_suite.sh):
 graphs against eager (same losses with dropout off, fresh masks with it on), no host
 sync in steady state (`set_sync_debug_mode("error")`), a failing capture falls back
-with one logged reason, the Trainer and `TaskModel.predict` on graphs."""
+with one logged reason, a cache captures after another's graphs were freed, the
+Trainer and `TaskModel.predict` on graphs."""
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -264,13 +266,31 @@ def test_failed_capture_falls_back_once_with_its_reason(caplog):
     assert all(torch.equal(o, x * 2) for o in outs)
     assert caplog.text.count("running it eagerly") == 1
     # The failure leaves the process usable: random ops run eagerly, and a new cache (in the
-    # shared pool) captures a step that draws dropout masks (seen on an H100: without the
+    # pool of its own) captures a step that draws dropout masks (seen on an H100: without the
     # recovery every later capture failed and eager dropout raised "Offset increment").
     torch.nn.functional.dropout(x, 0.5)
     dropped = cudagraphs.GraphCache(lambda inp: torch.nn.functional.dropout(inp["x"], 0.5), name="dropout")
     masks = [dropped({"x": torch.ones(4096, device="cuda")}, "k").clone() for _ in range(4)]
     assert dropped.graphs == 1 and dropped.failed is None
     assert not torch.equal(masks[2], masks[3])                 # replays draw fresh masks
+
+
+@needs_cuda
+def test_a_cache_captures_after_another_caches_graphs_were_freed():
+    """Each cache has a memory pool of its own. With one pool for the process, freeing a
+    cache's graphs while one of its outputs was still held left the pool with no users,
+    and the next capture into it failed an allocator assert ("use_count > 0"): on an
+    H200, the Trainer's graphs fell back to eager after an earlier test's graphs died."""
+    x = torch.ones(4096, device="cuda")
+    first = cudagraphs.GraphCache(lambda inp: inp["x"] * 2, name="first")
+    held = [first({"x": x}, "k") for _ in range(3)][-1]   # a replay's output, in first's pool
+    assert first.graphs == 1
+    del first
+    gc.collect()
+    second = cudagraphs.GraphCache(lambda inp: inp["x"] + 1, name="second")
+    outs = [second({"x": x}, "k") for _ in range(3)]
+    assert second.graphs == 1 and second.failed is None
+    assert torch.equal(outs[-1], x + 1) and torch.equal(held, x * 2)
 
 
 @needs_cuda
