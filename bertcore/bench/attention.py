@@ -21,7 +21,9 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
 `--dropout P` drops attention probabilities in every provider that can (torch-varlen
 cannot and is left out). `--graphs` times CUDA-graph replays of each call instead of
 eager calls (`lib.replayed`): the kernels without the host's launch cost, which at
-16k tokens is most of an eager call's time on a slow host.
+16k tokens is most of an eager call's time on a slow host. The bwd mode stays eager
+there: its backward belongs to a forward run before, on a stream outside the capture,
+so capturing it fails (`full` times a graphed backward).
 
 Each batch holds about `tokens` real tokens. TFLOP/s counts real tokens only
 (fwd 4·h·d·Σl², bwd 2.5× that, full 3.5×), so padding is wasted time, not credit.
@@ -218,14 +220,15 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                         fn, leaves = provider_fn(p, inp, lengths, dropout_p)
                         call = mode_fn(fn, leaves, mode)
                         peak = B.peak_memory(call, device)
-                        timed, failed = B.replayed(call, f"{p} {mode}") if graphs else (call, None)
+                        graphed = graphs and mode != "bwd"
+                        timed, failed = B.replayed(call, f"{p} {mode}") if graphed else (call, None)
                         t = B.time_fn(timed, device, warmup=2, rep=3 if quick else 5, min_time=0.1 if quick else 0.3)
                         tflops = flops_fwd * FLOP_FACTOR[mode] / (t["ms"] * 1e-3) / 1e12
                         rows.append({**env, "dtype": dt, "head_dim": hd, "heads": heads, "lengths": kind,
                                      "batch": len(lengths), "real_tokens": sum(lengths),
                                      "padded_tokens": len(lengths) * max(lengths), "mode": mode,
                                      "provider": p, "dropout_p": dropout_p,
-                                     "timing": "eager" if not graphs else f"eager, capture failed: {failed}"
+                                     "timing": "eager" if not graphed else f"eager, capture failed: {failed}"
                                      if failed else "graph replay", **t, "tflops": tflops,
                                      "frac_of_peak": tflops / B.peak_flops(device, dtype),
                                      "peak_mb": peak / 2 ** 20,

@@ -27,6 +27,8 @@ configurations (layer_norm.LAUNCH_CONFIGS, bias_gelu.LAUNCH_CONFIGS) on the GPU 
 prints the fastest as table entries to paste. `--graphs` times CUDA-graph replays
 instead of eager calls (`lib.replayed`): the kernels without the host's launch cost,
 which bounds the 4k and 16k-token cases on a slow host; its files end in `-graphs`.
+The bwd mode stays eager there: its backward belongs to a forward run before, on a
+stream outside the capture, so capturing it fails (`full` times a graphed backward).
 
     bertcore bench kernels [--quick] [--threads N]          (LayerNorm only)
     python benchmarks/bench_layer_norm.py [--quick] [--threads N] [--hidden ...] [--ops ...] [--tune] [--help]
@@ -133,7 +135,7 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
                                          "mode": mode, "provider": prov,
                                          **_measure(mode_fn(fn, leaves, mode), device, quick, peaks,
                                                     BYTES_FACTOR[mode] * tokens * hidden * x0.element_size(),
-                                                    graphs)})
+                                                    graphs and mode != "bwd")})
                         _add_speedups(rows, ("dtype", "hidden", "tokens", "dropout", "mode"), "bertcore-torch")
                         if verbose:
                             B.print_table([r for r in rows if (r["dtype"], r["hidden"], r["tokens"], r["dropout"],
@@ -184,7 +186,7 @@ def run_bias_gelu(quick=False, device=None, threads=None, widths=None, token_cou
                                      "provider": prov,
                                      **_measure(mode_fn(fn, leaves, mode), device, quick, peaks,
                                                 GELU_BYTES_FACTOR[mode] * tokens * width * x0.element_size(),
-                                                graphs)})
+                                                graphs and mode != "bwd")})
                     _add_speedups(rows, ("dtype", "width", "tokens", "mode"), "torch")
                     if verbose:
                         B.print_table([r for r in rows if (r["dtype"], r["width"], r["tokens"], r["mode"])

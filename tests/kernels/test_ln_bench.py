@@ -46,3 +46,15 @@ def test_tune_sweeps_and_prints_table_entries(triton_everywhere, monkeypatch, tm
     out = capsys.readouterr().out
     assert 'layer_norm fp32 H=32: (torch.float32, 1024, "fwd"): LaunchConfig(1, 1)' in out
     assert 'bias_gelu fp32 N=128: "bwd": LaunchConfig(4, 64, 2, 1)' in out
+
+
+def test_graphs_leave_the_lone_backward_eager(triton_everywhere, monkeypatch):
+    """A bwd-mode call replays the autograd graph of a forward run outside the capture: on
+    an H200 every such capture failed, so --graphs times it eagerly and says so."""
+    captured = []
+    monkeypatch.setattr(B, "replayed", lambda call, name: (captured.append(name), (call, None))[1])
+    rows = bench.run(device=DEVICE, dtypes=["fp32"], hiddens=[32], token_counts=[8], dropouts=[0.1],
+                     modes=["fwd", "bwd", "full"], providers=["bertcore-triton"], write=False, verbose=False,
+                     graphs=True)
+    assert len(captured) == 2
+    assert {r["mode"]: r["timing"] for r in rows} == {"fwd": "graph replay", "bwd": "eager", "full": "graph replay"}
