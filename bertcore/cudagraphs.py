@@ -195,51 +195,43 @@ class TrainStep:
     fused AdamW's `found_inf`).
 
     `step(batch, heads)` returns a (3,) device tensor [loss, 1.0 if not finite, gradient
-    norm before clipping]; it is the graph's buffer, so read it before the next step. The
-    gradients live in buffers of their own, shared by every bucket's graph (one copy
-    of the parameters' size); the parameters' `.grad` is None between steps. As in an
-    eager step, only parameters that get a gradient are clipped and stepped (another
-    task's head, or the pooler under a token head, are left alone): the warm-up step
-    of each bucket, run eagerly, finds out which those are.
-    Gradient accumulation and DDP are not captured: the Trainer runs those eagerly."""
+    norm before clipping]; it is the graph's buffer, so read it before the next step.
+    The gradients are the step's own temporaries: autograd makes them in the backward,
+    inside the graph's memory pool, and the step drops them after AdamW, so the
+    parameters' `.grad` is None between steps. Made inside the graph, they appear as the
+    backward frees activations, as in an eager step; buffers kept across steps would
+    all be live at the forward's peak (on an H200 that cost bert-base 100-300 MB more
+    than transformers' step). As in an eager step, only parameters that get a gradient
+    are clipped and stepped (another task's head, or the pooler under a token head, are
+    left alone), and the eager warm-up step of each bucket makes AdamW's state for them
+    before the capture. Gradient accumulation and DDP are not captured: the Trainer
+    runs those eagerly."""
 
     def __init__(self, model, optimizer, max_grad_norm: float | None, loss_weights: dict | None = None,
                  dtype: torch.dtype | None = None, warmup: int = 1):
         if warmup < 1:
-            raise ValueError("TrainStep needs warmup >= 1 (the eager step that finds the used parameters)")
+            raise ValueError("TrainStep needs warmup >= 1 (the eager step that makes AdamW's state)")
         make_capturable(optimizer)
         self.model, self.optimizer = model, optimizer
         self.max_grad_norm = max_grad_norm or float("inf")
         self.loss_weights, self.dtype = loss_weights or {}, dtype
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.grads: dict[int, torch.Tensor] = {}     # param index -> its gradient buffer, made on first use
-        self.used: dict = {}                         # graph key -> indices of the params that get gradients
-        self.key = None
         self.found_inf = torch.zeros((), dtype=torch.float32, device=self.params[0].device)
         self.cache = GraphCache(self._step, warmup=warmup, name="training step")
 
     def __call__(self, batch: dict, heads) -> torch.Tensor:
         inputs = {**batch, "_heads": tuple(heads), "_autocast": self.dtype}
-        self.key = graph_key(inputs, self.model)
-        for i in self.used.get(self.key, ()):   # outside any capture: buffers that outlive the graphs
-            if i not in self.grads:
-                self.grads[i] = torch.zeros_like(self.params[i])
-        return self.cache(inputs, self.key)
+        return self.cache(inputs, graph_key(inputs, self.model))
 
     def _step(self, inputs: dict) -> torch.Tensor:
         model, opt = self.model, self.optimizer
         batch = {k: v for k, v in inputs.items() if not k.startswith("_")}
-        used = self.used.get(self.key)
-        for i, p in enumerate(self.params):   # eager (used unknown): autograd makes the grads it needs
-            p.grad = self.grads[i] if used is not None and i in used else None
         try:
-            opt.zero_grad(set_to_none=False)
+            opt.zero_grad(set_to_none=True)
             with no_autocast_cache(inputs["_autocast"]):
                 logits = model(batch, head=list(inputs["_heads"]))
                 loss = model.compute_loss(logits, batch, self.loss_weights)
             loss.backward()
-            if used is None:
-                self.used[self.key] = frozenset(i for i, p in enumerate(self.params) if p.grad is not None)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
             loss, norm = loss.detach().float(), norm.float()
             self.found_inf.copy_((~torch.isfinite(loss) | ~torch.isfinite(norm)).float())
@@ -247,20 +239,19 @@ class TrainStep:
             opt.step()
         finally:
             opt.__dict__.pop("found_inf", None)
-            for p in self.params:
-                p.grad = None
+            opt.zero_grad(set_to_none=True)
         return torch.stack([loss, self.found_inf, norm])
 
     @property
     def memory_bytes(self) -> int:
-        """Device memory the captured graphs took, plus the gradient buffers."""
-        return self.cache.memory_bytes + sum(g.numel() * g.element_size() for g in self.grads.values())
+        """Device memory the captured graphs took (their pool: activations and gradients)."""
+        return self.cache.memory_bytes
 
     def report(self) -> dict:
         """{"graphs", "memory_mb", "failed"} of this step's graphs, also logged."""
         stats = {"graphs": self.cache.graphs, "memory_mb": self.memory_bytes / 2 ** 20, "failed": self.cache.failed}
-        logger.info("training ran on %(graphs)d CUDA graphs holding %(memory_mb).0f MiB (gradients "
-                    "included); failed capture: %(failed)s", stats)
+        logger.info("training ran on %(graphs)d CUDA graphs holding %(memory_mb).0f MiB; "
+                    "failed capture: %(failed)s", stats)
         return stats
 
 

@@ -21,10 +21,9 @@ and on a GPU also
 Reported: median/p20/p80 ms, real (non-padding) tokens/s, peak memory of the call
 (see `lib`): `peak_mb` allocated and, on a GPU, `reserved_mb` taken from the device;
 for bertcore-graphs, whose replays allocate nothing, the peak over its capture and
-first replay plus the gradient buffers it keeps (its eager warm-up step, which makes
-the optimizer state, is left out like every provider's warm-up), and `graph_mb` the
-memory its graphs hold (the reduce-overhead provider's graph pool is not counted),
-ratios against hf-sdpa, and
+first replay (its eager warm-up step, which makes the optimizer state, is left out
+like every provider's warm-up), and `graph_mb` the memory its graphs hold (the
+reduce-overhead provider's graph pool is not counted), ratios against hf-sdpa, and
 on a GPU the model FLOP utilisation (`mfu`: the real tokens' matmul and attention
 FLOPs, x3 for a training step, over the measured bf16/fp32 matmul peak). Models are
 in train() mode (their configured dropout) for the training step and eval() for
@@ -237,29 +236,22 @@ def graphed_call(model, batch: dict, mode: str, opt, amp):
         cache = GraphCache(torch.no_grad()(forward), warmup=1, name="encoder forward")
     else:
         make_capturable(opt)
-        params = [p for p in model.parameters() if p.requires_grad]
-        grads = [torch.zeros_like(p) for p in params]
 
-        def step(inp):
-            for p, g in zip(params, grads):
-                p.grad = g
+        def step(inp):   # as cudagraphs.TrainStep: the gradients are temporaries in the graph's pool
             try:
-                opt.zero_grad(set_to_none=False)
+                opt.zero_grad(set_to_none=True)
                 hidden, pooled = forward(inp)
                 loss = hidden[:tokens].float().square().mean() + pooled[:sequences].float().square().mean()
                 loss.backward()
                 opt.step()
             finally:
-                for p in params:
-                    p.grad = None
+                opt.zero_grad(set_to_none=True)
             return loss.detach()
         cache = GraphCache(step, warmup=1, name="encoder training step")
 
     def call():
         return cache(inputs, key)
     call.cache = cache
-    # the gradient buffers live outside the graph's pool, across replays: the step's memory too
-    call.static_bytes = sum(g.numel() * g.element_size() for g in grads) if mode == "train" else 0
     return call
 
 
@@ -311,8 +303,7 @@ def run_case(models, providers, batch, mode, device, rounds, budget_s, warmup, d
             continue
         peak, reserved = B.cuda_memory(calls[p])
         if p in first:   # a replay allocates nothing: the graph's memory is what capturing it took
-            held = calls[p].static_bytes
-            peak, reserved = max(peak, first[p][0]) + held, max(reserved, first[p][1]) + held
+            peak, reserved = max(peak, first[p][0]), max(reserved, first[p][1])
             stats[p]["graph_mb"] = calls[p].cache.memory_bytes / 2 ** 20
             stats[p]["graph_failed"] = calls[p].cache.failed or ""
         stats[p]["peak_mb"], stats[p]["reserved_mb"] = peak / 2 ** 20, reserved / 2 ** 20

@@ -83,6 +83,21 @@ def test_train_step_logic_equals_the_eager_step_on_cpu(tok, tmp_path, monkeypatc
         assert torch.equal(p, other[name]), name
 
 
+def test_no_gradient_memory_is_live_during_the_forward(tok, tmp_path, monkeypatch):
+    """The graphed step's gradients are temporaries made by the backward, as in an eager
+    step. Buffers kept across steps are all live at the forward's activation peak: on an
+    H200 that put bert-base's graphed step 100-300 MB above transformers'."""
+    monkeypatch.setattr(cudagraphs, "GraphCache", Eager)
+    model = toy.model(tok, dropout=0.0)
+    step = cudagraphs.TrainStep(model, make_optimizer(model, args(tmp_path)), 1.0)
+    live = []
+    model.register_forward_pre_hook(lambda module, inputs: live.append(
+        sum(p.grad is not None for p in module.parameters())))
+    for batch in batches(model, tok, 3):
+        step(batch, ("toy",))
+    assert live == [0, 0, 0]
+
+
 def test_non_finite_step_leaves_weights_and_optimizer_alone(tok, tmp_path, monkeypatch):
     monkeypatch.setattr(cudagraphs, "GraphCache", Eager)
     model = toy.model(tok, dropout=0.0)
