@@ -4,9 +4,12 @@
 # benchmarks, and the encoder against transformers (SDPA, and SDPA under
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
-# benchmarks/results/<gpu>/logs). Each step has its own time limit (the sum is 475 s;
-# T_<STEP>=0 skips a step), a failing step does not stop the next, and the encoder
-# CSVs are written after every case, so a step cut short keeps what it measured.
+# benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
+# brings back everything). Each step has its own time limit (the sum is 475 s, set
+# from the H200 run of 2026-11-27, where the tests took 65 s and the torch.compile
+# steps ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
+# and the encoder CSVs are written after every case, so a step cut short keeps what
+# it measured.
 #
 #     bash benchmarks/gpu_suite.sh [LOGDIR]
 set -u
@@ -21,7 +24,7 @@ $PY -c "import bertcore, bertcore_kernels, bertcore_classification" 2>/dev/null 
     tail -5 /tmp/gpu_suite_setup.log   # no install: the core from the checkout still runs (no head plugins)
     export PYTHONPATH=$PWD:$PWD/kernels${PYTHONPATH:+:$PYTHONPATH}; }
 slug=$($PY -c "from bertcore.bench.lib import device_slug; print(device_slug('cuda'))") || exit 1
-LOGDIR=${1:-benchmarks/results/$slug/logs}
+LOGDIR=${1:-benchmarks/results/$slug/logs-$(date -u +%Y-%m-%d-%H%M)}   # a new folder per run: no log overwritten
 mkdir -p "$LOGDIR"
 
 step() {  # step NAME SECONDS COMMAND...
@@ -41,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...
 # scripts themselves sweep wider when run alone. The tests run in 8 processes: their
 # time is mostly Triton compiling, which is CPU work (pytest-xdist is on the image).
 WORKERS=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")   # one process without xdist
-step tests          ${T_TESTS:-100}  $PY -m pytest -q -rs -p no:cacheprovider $WORKERS \
+step tests          ${T_TESTS:-80}  $PY -m pytest -q -rs -p no:cacheprovider $WORKERS \
                                      ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 # Kernels timed as CUDA-graph replays: at 16k tokens an eager call is bound by the host's
 # launches (on the H100 host, equal-512 attention took no longer than equal-128), so the
@@ -50,11 +53,11 @@ step tests          ${T_TESTS:-100}  $PY -m pytest -q -rs -p no:cacheprovider $W
 # against SDPA with a key mask (what transformers runs) with dropout 0.1.
 ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --modes full --graphs
      --lengths equal-128 equal-512 mixed-16-128 mixed-16-512"
-step attention_graphs  ${T_ATTN_GRAPHS:-30} $ATT --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
+step attention_graphs  ${T_ATTN_GRAPHS:-25} $ATT --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --name attention-graphs
-step attention_dropout ${T_ATTN_DROPOUT:-30} $ATT --providers bertcore-triton bertcore-triton-det sdpa-mask \
+step attention_dropout ${T_ATTN_DROPOUT:-25} $ATT --providers bertcore-triton bertcore-triton-det sdpa-mask \
                                      --dropout 0.1 --name attention-dropout-graphs
-step layer_norm_graphs ${T_LN_GRAPHS:-35} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
+step layer_norm_graphs ${T_LN_GRAPHS:-30} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
                                      --tokens 16384 65536
 # The same kernels timed eagerly (host launches included): off by default, the first H100
 # run has them (T_ATTN=25 T_LN=40 to rerun).
@@ -64,17 +67,17 @@ step attention      ${T_ATTN:-0}     $PY benchmarks/bench_attention.py --dtypes 
 step layer_norm     ${T_LN:-0}       $PY benchmarks/bench_layer_norm.py --dtypes bf16 fp32 --hidden 768 --tokens 16384 65536
 # device time by kernel kind (matmul, attention, LayerNorm, casts, ...), bertcore against
 # transformers, eager calls of bert-base at equal-128 x128: what a graphed step is made of
-step profile        ${T_PROFILE:-25} $PY benchmarks/profile_encoder.py
+step profile        ${T_PROFILE:-35} $PY benchmarks/profile_encoder.py
 # bertcore's CUDA-graph steps against transformers SDPA, equal and mixed lengths, at batch
 # 16, 32 and 128 (bert-base at batch 128 gives the MFU)
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
-step encoder        ${T_ENC:-85}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
+step encoder        ${T_ENC:-70}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
                                      --budget 3 --providers bertcore-graphs hf-sdpa
 # the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
 # mode); compiling takes most of these steps, so inference and training run apart
 COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
-step compile_infer  ${T_COMPILE_INFER:-55}  $ENC $COMPILED --modes inference --name encoder-compile-inference
-step compile_train  ${T_COMPILE_TRAIN:-115} $ENC $COMPILED --modes train --name encoder-compile-train
+step compile_infer  ${T_COMPILE_INFER:-75}  $ENC $COMPILED --modes inference --name encoder-compile-inference
+step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-train
 step tune           ${T_TUNE:-0}     $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
