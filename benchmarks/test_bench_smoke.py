@@ -169,3 +169,23 @@ def test_demo_ablations_give_each_encoder_its_own_best_rate(tmp_path):
     ablations.merge_csv(tmp_path / "lifts.csv", [{"recipe": "a", "lift": 1}], ("recipe",))
     ablations.merge_csv(tmp_path / "lifts.csv", [{"recipe": "b", "lift": 2, "random_rate": 4e-3}], ("recipe",))
     assert (tmp_path / "lifts.csv").read_text() == "recipe,lift,random_rate\na,1,\nb,2,0.004\n"
+
+
+def test_tune_attention_times_graph_replays_with_the_forward_for_backwards(monkeypatch):
+    """The sweep times replays (eager calls at 16k tokens are host-bound); a backward is
+    captured with its forward, since a lone backward cannot be (seen on an H200)."""
+    tune = _script("tune_attention")
+    inp = bench_attention.make_inputs([5, 3], 2, 16, torch.float32, "cpu")
+    replayed = []
+
+    def fake_replayed(call, name):
+        replayed.append(name)
+        return call, None
+    monkeypatch.setattr(benchlib, "replayed", fake_replayed)
+    monkeypatch.setattr(benchlib, "time_fn", lambda fn, device, **kw: (fn(), {"ms": 1.0})[1])
+    assert tune.time_direction("sdpa-mask", inp, "fwd", device="cpu") == 1.0
+    assert tune.time_direction("sdpa-mask", inp, "bwd", device="cpu") == 1.0
+    assert replayed == ["sdpa-mask fwd", "sdpa-mask full"]
+    monkeypatch.setattr(benchlib, "replayed", lambda call, name: (call, "AcceleratorError: x"))
+    with pytest.raises(RuntimeError, match="capture failed: AcceleratorError"):
+        tune.time_direction("sdpa-mask", inp, "fwd", device="cpu")

@@ -10,6 +10,12 @@ max_seqlen <= 128) and mixed lengths 16-512 ("long"). Directions:
            block rows = query rows per step, block cols = keys per program
   bwd_det  the deterministic two-pass backward, dropout 0.1; square tiles (block rows)
 
+Every call is timed as a CUDA-graph replay (`lib.replayed`): at 16k tokens an eager
+call is bound by the host's launches, so the first H200 sweep ranked SDPA by its launch
+cost (54 µs for a forward whose kernels take 29). A lone backward cannot be captured
+(its forward ran outside the graph), so the backward directions time forward +
+backward; the forward is the same for every backward candidate, so the ranking holds.
+
 The best config per length class is the fastest; it is printed next to today's
 default, SDPA on the padded, masked batch and PyTorch's varlen FlashAttention
 (`torch.nn.attention.varlen.varlen_attn`, no dropout: a bound, where torch has it),
@@ -48,14 +54,19 @@ HEADS, TOKENS = 12, 16384
 DTYPES = B.DTYPES
 
 
-def time_direction(provider, inp, direction: str) -> float:
-    """ms of the forward (no dropout) or a backward (dropout 0.1, none for torch-varlen)."""
+def time_direction(provider, inp, direction: str, device: str = "cuda") -> float:
+    """ms of a graph replay of the forward (no dropout), or of forward + a backward
+    (dropout 0.1, none for torch-varlen). Raises RuntimeError if the capture fails."""
     backward = direction != "fwd"
     if direction == "bwd_det":
         provider = "bertcore-triton-det" if provider == "bertcore-triton" else provider
     dropout_p = 0.1 if backward and provider != "torch-varlen" else 0.0
     fn, leaves = provider_fn(provider, inp, None, dropout_p=dropout_p)
-    return B.time_fn(mode_fn(fn, leaves, "bwd" if backward else "fwd"), "cuda")["ms"]
+    mode = "full" if backward else "fwd"
+    timed, failed = B.replayed(mode_fn(fn, leaves, mode), f"{provider} {mode}")
+    if failed:
+        raise RuntimeError(f"capture failed: {failed}")
+    return B.time_fn(timed, device)["ms"]
 
 
 def sweep(dtype, head_dim, direction, length, inp):
@@ -99,6 +110,7 @@ def main(argv=None) -> int:
                     for cfg, t in results.items():
                         rows.append({**env, "dtype": dt, "head_dim": hd, "direction": direction,
                                      "length_class": cls, "lengths": KINDS[cls],
+                                     "timed": "fwd" if direction == "fwd" else f"fwd + {direction}",
                                      "config": "x".join(map(str, cfg)), "default": cfg == default,
                                      "best": cfg == best,
                                      **({"ms": t} if not isinstance(t, str) else {"error": t}),
@@ -107,7 +119,7 @@ def main(argv=None) -> int:
                                    and r["direction"] == direction and r["length_class"] == cls],
                                   ["config", "default", "best", "ms", *(f"{p}_ms" for p in refs), "error"],
                                   title=f"attention {direction} {dt} d={hd} {cls} ({KINDS[cls]}, {HEADS} heads, "
-                                        f"~{TOKENS} tokens)")
+                                        f"~{TOKENS} tokens; graph replays{'' if direction == 'fwd' else ' with the forward'})")
     out = B.results_dir("cuda", a.output) / "tune_attention.csv"
     B.write_csv(rows, out)
     print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages), as _DEFAULTS rows:")
