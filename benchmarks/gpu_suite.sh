@@ -67,7 +67,8 @@ step attention      ${T_ATTN:-0}     $PY benchmarks/bench_attention.py --dtypes 
 step layer_norm     ${T_LN:-0}       $PY benchmarks/bench_layer_norm.py --dtypes bf16 fp32 --hidden 768 --tokens 16384 65536
 # device time by kernel kind (matmul, attention, LayerNorm, casts, ...), bertcore against
 # transformers, eager calls of bert-base at equal-128 x128: what a graphed step is made of
-step profile        ${T_PROFILE:-35} $PY benchmarks/profile_encoder.py
+# (off by default: the H200 run of 2026-11-27 has it; T_PROFILE=35 to rerun)
+step profile        ${T_PROFILE:-0} $PY benchmarks/profile_encoder.py
 # bertcore's CUDA-graph steps against transformers SDPA, equal and mixed lengths, at batch
 # 16, 32 and 128 (bert-base at batch 128 gives the MFU)
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
@@ -78,7 +79,9 @@ step encoder        ${T_ENC:-70}     $ENC --shapes minilm bert-base --batches mi
 COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
 step compile_infer  ${T_COMPILE_INFER:-75}  $ENC $COMPILED --modes inference --name encoder-compile-inference
 step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-train
-step tune           ${T_TUNE:-0}     $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64
+# the forward's launch configs from graph replays (the inference miss: bert-base equal-128
+# x128; the H200's eager sweep of 2026-11-26 was host-bound); --directions bwd for training
+step tune           ${T_TUNE:-35}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
 for log in encoder compile_infer compile_train; do

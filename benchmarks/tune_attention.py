@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dims", nargs="+", type=int, default=[64, 128, 32])
     ap.add_argument("--directions", nargs="+", choices=list(CANDIDATES), default=["fwd", "bwd"])
     ap.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results",
-                    help="the CSV goes to DIR/<device>/tune_attention.csv (default: benchmarks/results)")
+                    help="the CSV goes to DIR/<device>/tune_attention-graphs.csv (default: benchmarks/results)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("tune_attention.py needs a CUDA GPU", file=sys.stderr)
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                                   ["config", "default", "best", "ms", *(f"{p}_ms" for p in refs), "error"],
                                   title=f"attention {direction} {dt} d={hd} {cls} ({KINDS[cls]}, {HEADS} heads, "
                                         f"~{TOKENS} tokens; graph replays{'' if direction == 'fwd' else ' with the forward'})")
-    out = B.results_dir("cuda", a.output) / "tune_attention.csv"
+    out = B.results_dir("cuda", a.output) / "tune_attention-graphs.csv"   # older sweeps timed eager calls
     B.write_csv(rows, out)
     print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages), as _DEFAULTS rows:")
     for (dt, hd, direction, cls), cfg in picks.items():
