@@ -12,6 +12,13 @@ uint32 word >= round(p * 2**32). The forward, both backward kernels and
 multiple of 4 columns (every BLOCK_N is), so they agree bit for bit and the
 backward never needs a stored L x L mask.
 
+Philox runs `PHILOX_ROUNDS` = 7 rounds, as FlashAttention-2's dropout does
+(csrc/flash_attn/src/philox.cuh), not Triton's default 10: 7 is the fewest rounds of
+Philox-4x32 that pass TestU01's BigCrush (Salmon et al., SC'11, whose default adds
+three for margin), and the rounds are most of dropout's extra integer work (compiled
+for sm_90, the forward's dropout path: 578 more PTX instructions at 10 rounds, of
+which 330 are Philox's multiplies, xors and adds).
+
 The seed is a (1,) int64 device tensor (`rng.next_seed`, or `rng.seed_tensor` of a
 caller's int) that the kernels `tl.load`: no host sync, and a replayed CUDA graph
 reads the seed its captured `next_seed` kernels wrote.
@@ -20,6 +27,9 @@ import torch
 
 from .dispatch import tl, triton
 from .rng import seed_tensor
+
+
+PHILOX_ROUNDS = tl.constexpr(7)
 
 
 def _rng_threshold(dropout_p: float) -> int:
@@ -42,7 +52,7 @@ def _dropout_bits(seed, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.co
     # (BLOCK_M, BLOCK_N) uint32 random words for columns start_n .. start_n + BLOCK_N
     # of the rows whose counters `rng_rows` (M, 1) holds; start_n % 4 == 0.
     groups = start_n // 4 + tl.arange(0, BLOCK_N // 4)
-    r0, r1, r2, r3 = tl.randint4x(seed, rng_rows + groups[None, :])       # (M, N/4) each
+    r0, r1, r2, r3 = tl.randint4x(seed, rng_rows + groups[None, :], PHILOX_ROUNDS)   # (M, N/4) each
     # Interleave so that column 4 g + j reads lane j of counter g.
     return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
 

@@ -36,7 +36,7 @@ except ImportError as exc:  # the torch backend keeps working without it
 
     triton = types.SimpleNamespace(jit=_jit, cdiv=lambda a, b: -(-a // b),
                                    next_power_of_2=lambda n: 1 << max(n - 1, 0).bit_length())
-    tl = types.SimpleNamespace(constexpr=object)
+    tl = types.SimpleNamespace(constexpr=lambda value=None: value)   # annotations, and constants' plain values
 
 
 def triton_available() -> tuple[bool, str]:

@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from .attention_philox import PHILOX_ROUNDS
 from .dispatch import patched, resolve, tl, triton
 from .dropout import dropout
 from .ops import device_seed
@@ -45,13 +46,14 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
 # --------------------------------------------------------------------------- Triton
 @triton.jit
 def _layer_norm_keep(SEED, rows64, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
-    # (ROWS, BLOCK_N) keep-mask. One Philox call gives four 32-bit outputs: element
-    # (row, 4q + j) takes output j of the call at counter row * ceil(N / 4) + q (int64:
-    # rows * N can pass 2**31). The backward calls this with the same rows, so it
-    # regenerates the forward's mask instead of reading a stored one.
+    # (ROWS, BLOCK_N) keep-mask. One Philox call (7 rounds, see attention_philox) gives
+    # four 32-bit outputs: element (row, 4q + j) takes output j of the call at counter
+    # row * ceil(N / 4) + q (int64: rows * N can pass 2**31). The backward calls this
+    # with the same rows, so it regenerates the forward's mask instead of reading a
+    # stored one.
     seed = tl.load(SEED)
     q = tl.arange(0, BLOCK_N // 4)
-    r0, r1, r2, r3 = tl.randint4x(seed, rows64[:, None] * ((N + 3) // 4) + q[None, :])
+    r0, r1, r2, r3 = tl.randint4x(seed, rows64[:, None] * ((N + 3) // 4) + q[None, :], PHILOX_ROUNDS)
     r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (ROWS, BLOCK_N))  # [.., 4q + j] = r_j
     # keep when the top 31 bits are >= threshold = p * 2**31: an integer compare
     return (r >> 1).to(tl.int32, bitcast=True) >= threshold
