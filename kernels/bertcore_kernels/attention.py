@@ -133,7 +133,7 @@ def _attention_fwd_kernel(
     if DROPOUT:
         seed = tl.load(SEED)
         threshold = rng_threshold.to(tl.uint32, bitcast=True)
-        rng_rows = _rng_rows(bid, hid, nheads, max_seqlen, offs_m)
+        rng_rows = _rng_rows(max_seqlen, offs_m)
 
     for start_n in range(0, seqlen, BLOCK_N):
         cols = start_n + offs_n
@@ -153,7 +153,7 @@ def _attention_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            keep = _dropout_bits(seed, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+            keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
             p = tl.where(keep, p, 0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new

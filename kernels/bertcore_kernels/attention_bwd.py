@@ -85,7 +85,7 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, seq_start, seql
         p_t = tl.where(n_mask[:, None] & m_mask[None, :], p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if DROPOUT:
-            bits = _dropout_bits(seed, _rng_rows(bid, hid, nheads, max_seqlen, offs_m), start_n, BLOCK_M, BLOCK_N)
+            bits = _dropout_bits(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n, BLOCK_M, BLOCK_N)
             keep_t = tl.trans(bits) >= threshold
             pd_t = tl.where(keep_t, p_t * drop_scale, 0.0)
             dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
@@ -171,7 +171,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, h
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     if DROPOUT:
-        rng_rows = _rng_rows(bid, hid, nheads, max_seqlen, offs_m)
+        rng_rows = _rng_rows(max_seqlen, offs_m)
     drop_scale = 1.0 / (1.0 - dropout_p)
 
     for start_n in range(0, seqlen, BLOCK):
@@ -185,7 +185,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, h
         p = tl.where(n_mask[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
-            keep = _dropout_bits(seed, rng_rows, start_n, BLOCK, BLOCK) >= threshold
+            keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK, BLOCK) >= threshold
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)

@@ -1,23 +1,25 @@
 """Attention dropout's random numbers: four keep-decisions per Philox call.
 
 Philox-4x32 yields four 32-bit words per evaluation; `tl.rand` keeps one and throws
-three away. Here counter c of (batch b, head h) covers four consecutive keys of one
-score row:
+three away. Here the counter (c0, c1) of (batch b, head h) covers four consecutive
+keys of one score row:
 
-    c = (b * H + h) * L * G + row * G + col // 4,   G = ceil(L / 4),  L = max_seqlen
+    c0 = row * G + col // 4,   c1 = b * H + h,   G = ceil(L / 4),  L = max_seqlen
 
-and lane `col % 4` of `tl.randint4x(seed, c)` decides key `col`: kept iff the
-uint32 word >= round(p * 2**32). The forward, both backward kernels and
-`_dropout_mask_kernel` all go through `_dropout_bits`, with tiles that start on a
-multiple of 4 columns (every BLOCK_N is), so they agree bit for bit and the
-backward never needs a stored L x L mask.
+and lane `col % 4` of `tl.philox(seed, c0, c1, 0, 0)` decides key `col`: kept iff
+the uint32 word >= round(p * 2**32). Both words fit 32 bits (c0 < L**2 / 4 + L),
+so no per-element counter arithmetic runs in 64 bits. The forward, both backward
+kernels and `_dropout_mask_kernel` all go through `_dropout_bits`, with tiles that
+start on a multiple of 4 columns (every BLOCK_N is), so they agree bit for bit and
+the backward never needs a stored L x L mask.
 
 Philox runs `PHILOX_ROUNDS` = 7 rounds, as FlashAttention-2's dropout does
 (csrc/flash_attn/src/philox.cuh), not Triton's default 10: 7 is the fewest rounds of
 Philox-4x32 that pass TestU01's BigCrush (Salmon et al., SC'11, whose default adds
-three for margin), and the rounds are most of dropout's extra integer work (compiled
-for sm_90, the forward's dropout path: 578 more PTX instructions at 10 rounds, of
-which 330 are Philox's multiplies, xors and adds).
+three for margin), and the rounds are most of dropout's extra integer work. Compiled
+for sm_90, the forward's dropout path took 578 more PTX instructions per tile with
+10 rounds and 64-bit counters (330 of them Philox's multiplies, xors and adds), and
+takes 425 with 7 rounds and the 32-bit counter words above.
 
 The seed is a (1,) int64 device tensor (`rng.next_seed`, or `rng.seed_tensor` of a
 caller's int) that the kernels `tl.load`: no host sync, and a replayed CUDA graph
@@ -40,19 +42,20 @@ def _rng_threshold(dropout_p: float) -> int:
 
 
 @triton.jit
-def _rng_rows(bid, hid, nheads, max_seqlen, rows):
-    # (M, 1) int64 Philox counter of the first four keys of each score row; int64
-    # because B * H * L * L / 4 passes 2**31 for large batches.
+def _rng_rows(max_seqlen, rows):
+    # (M, 1) int32 counter word c0 of the first four keys of each score row
     groups = (max_seqlen + 3) // 4
-    return (bid * nheads + hid).to(tl.int64) * max_seqlen * groups + rows.to(tl.int64)[:, None] * groups
+    return rows[:, None] * groups
 
 
 @triton.jit
-def _dropout_bits(seed, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dropout_bits(seed, rng_head, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # (BLOCK_M, BLOCK_N) uint32 random words for columns start_n .. start_n + BLOCK_N
-    # of the rows whose counters `rng_rows` (M, 1) holds; start_n % 4 == 0.
-    groups = start_n // 4 + tl.arange(0, BLOCK_N // 4)
-    r0, r1, r2, r3 = tl.randint4x(seed, rng_rows + groups[None, :], PHILOX_ROUNDS)   # (M, N/4) each
+    # of the rows whose counter words `rng_rows` (M, 1) holds, in the score matrix of
+    # (batch, head) number `rng_head` = b * H + h; start_n % 4 == 0.
+    c0 = (rng_rows + start_n // 4 + tl.arange(0, BLOCK_N // 4)[None, :]).to(tl.uint32, bitcast=True)  # (M, N/4)
+    zero = c0 * 0
+    r0, r1, r2, r3 = tl.philox(seed, c0, zero + rng_head.to(tl.uint32, bitcast=True), zero, zero, PHILOX_ROUNDS)
     # Interleave so that column 4 g + j reads lane j of counter g.
     return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
 
@@ -72,11 +75,11 @@ def _dropout_mask_kernel(
     seed = tl.load(SEED)
     threshold = rng_threshold.to(tl.uint32, bitcast=True)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rng_rows = _rng_rows(bid, hid, nheads, max_seqlen, offs_m)
+    rng_rows = _rng_rows(max_seqlen, offs_m)
     row_base = ((bid * nheads + hid).to(tl.int64) * max_seqlen + offs_m.to(tl.int64)[:, None]) * max_seqlen
     for start_n in range(0, max_seqlen, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_bits(seed, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+        keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
         mask = (offs_m < max_seqlen)[:, None] & (cols < max_seqlen)[None, :]
         tl.store(MASK + row_base + cols[None, :], keep.to(tl.uint8), mask=mask)
 

@@ -233,6 +233,8 @@ def test_dropout_mask_depends_on_seed_only_through_philox():
     assert torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 1))
     assert not torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 2))
     assert not torch.equal(a[:, 0], a[:, 1])  # heads draw different masks
+    two = _dropout_mask(cu_seqlens_of([20, 20]), 20, HEADS, 0.5, 1)
+    assert not torch.equal(two[0], two[1])    # so do sequences (c1 = b * H + h)
     assert torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, seed_tensor(1, DEVICE)))  # int or device tensor
     assert not torch.equal(a, _dropout_mask(cu, 20, HEADS, 0.5, 2**40 + 1))  # all 63 seed bits count
 
