@@ -45,15 +45,17 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
 
 # --------------------------------------------------------------------------- Triton
 @triton.jit
-def _layer_norm_keep(SEED, rows64, N, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
+def _layer_norm_keep(SEED, rows64, threshold, ROWS: tl.constexpr, BLOCK_N: tl.constexpr):
     # (ROWS, BLOCK_N) keep-mask. One Philox call (7 rounds, see attention_philox) gives
     # four 32-bit outputs: element (row, 4q + j) takes output j of the call at counter
-    # row * ceil(N / 4) + q (int64: rows * N can pass 2**31). The backward calls this
-    # with the same rows, so it regenerates the forward's mask instead of reading a
-    # stored one.
+    # (c0, c1) = (q, row), two 32-bit words, so no per-element arithmetic runs in 64
+    # bits. The backward calls this with the same rows, so it regenerates the
+    # forward's mask instead of reading a stored one.
     seed = tl.load(SEED)
-    q = tl.arange(0, BLOCK_N // 4)
-    r0, r1, r2, r3 = tl.randint4x(seed, rows64[:, None] * ((N + 3) // 4) + q[None, :], PHILOX_ROUNDS)
+    q = tl.arange(0, BLOCK_N // 4).to(tl.uint32)
+    zero = tl.zeros((ROWS, BLOCK_N // 4), tl.uint32)
+    r0, r1, r2, r3 = tl.philox(seed, zero + q[None, :], zero + rows64.to(tl.uint32)[:, None], zero, zero,
+                               PHILOX_ROUNDS)
     r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (ROWS, BLOCK_N))  # [.., 4q + j] = r_j
     # keep when the top 31 bits are >= threshold = p * 2**31: an integer compare
     return (r >> 1).to(tl.int32, bitcast=True) >= threshold
@@ -82,7 +84,7 @@ def _layer_norm_fwd_kernel(
     rows64 = rows.to(tl.int64)
     x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
-        keep = _layer_norm_keep(SEED, rows64, N, threshold, ROWS, BLOCK_N)
+        keep = _layer_norm_keep(SEED, rows64, threshold, ROWS, BLOCK_N)
         x = tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
     if HAS_RESIDUAL:
         x += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
@@ -136,7 +138,7 @@ def _layer_norm_bwd_kernel(
         # same Philox draws) rather than saving it: no extra (M, N) tensor.
         x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if DROPOUT:
-            keep = _layer_norm_keep(SEED, rows64, N, threshold, ROWS, BLOCK_N)
+            keep = _layer_norm_keep(SEED, rows64, threshold, ROWS, BLOCK_N)
             x = tl.where(keep, x * (1.0 / (1.0 - dropout_p)), 0.0)
         if HAS_RESIDUAL:
             x += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
