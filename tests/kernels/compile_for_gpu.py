@@ -6,10 +6,13 @@ be (pointers and row strides carry the JIT's divisibility-by-16 hint), and the 1
 LayerNorm rows must load in 16-byte vectors.
 
 Run as a script in a process without TRITON_INTERPRET (the test does that):
-    python tests/kernels/compile_for_gpu.py [--all]
+    python tests/kernels/compile_for_gpu.py [--all | --ptx-counts]
 Default: the model's configuration (attention fp16, head_dim 64, dropout on; LayerNorm
 fp16 and bf16 at hidden 768; bias-GELU bf16 at 3072); --all sweeps dtypes, head dims
-and widths (minutes).
+and widths (minutes). --ptx-counts prints the PTX instruction count of the bf16
+attention (head_dim 64, each length class) and LayerNorm (hidden 768) kernels with and
+without dropout: a CPU-side measure of what a change adds to or takes from a kernel,
+for when no GPU is there to time it (the dropout Philox changes were judged by it).
 """
 import importlib
 import os
@@ -110,6 +113,37 @@ def bias_gelu_kernels(dtype, width):
     return out
 
 
+def ptx_instructions(kernel) -> int:
+    return sum(1 for line in kernel.asm["ptx"].splitlines() if line.strip() and line.strip()[0] not in "/.{}$")
+
+
+def ptx_counts():
+    """PTX instructions of the bf16 kernels BERT runs, without and with dropout."""
+    dtype, head_dim, t = torch.bfloat16, 64, "bf16"
+    scalars = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "CU_SEQLENS": "*i32", "ORDER": "*i32",
+               "SEED": "*i64", "sm_scale": "fp32", "dropout_p": "fp32"}
+    grads = {n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
+    for length in A.LENGTH_CLASSES:
+        counts = {}
+        for dropout in (False, True):
+            flags = dict(BLOCK_D=A._block_d(head_dim), DROPOUT=dropout, DOT_PRECISION=A._dot_precision(dtype))
+            bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd", length)
+            fwd = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
+                        dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+            bm, bn, warps, stages = A.launch_config(dtype, head_dim, "bwd", length)
+            bwd = build(A._attention_bwd_kernel, {**grads, **scalars}, dict(BLOCK_M=bm, BLOCK_N=bn, **flags),
+                        warps, stages)
+            counts[dropout] = ptx_instructions(fwd), ptx_instructions(bwd)
+        print(f"attention bf16 d=64 {length}: fwd {counts[False][0]} / {counts[True][0]} with dropout, "
+              f"bwd {counts[False][1]} / {counts[True][1]}", flush=True)
+    counts = {}
+    for dropout in (False, True):
+        fwd, bwd = layer_norm_kernels(dtype, 768, True, dropout)
+        counts[dropout] = ptx_instructions(fwd), ptx_instructions(bwd)
+    print(f"layer_norm bf16 N=768: fwd {counts[False][0]} / {counts[True][0]} with dropout, "
+          f"bwd {counts[False][1]} / {counts[True][1]}", flush=True)
+
+
 def main(sweep):
     if not sweep:
         attention_kernels(torch.float16, 64, True)
@@ -132,4 +166,7 @@ def main(sweep):
 
 
 if __name__ == "__main__":
-    main("--all" in sys.argv)
+    if "--ptx-counts" in sys.argv:
+        ptx_counts()
+    else:
+        main("--all" in sys.argv)

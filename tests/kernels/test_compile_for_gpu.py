@@ -1,6 +1,7 @@
 """The kernels (attention, LayerNorm, bias-GELU) compile for a real GPU target even where
 only the interpreter runs them (compile_for_gpu.py, in a process without TRITON_INTERPRET)."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,15 @@ def test_kernels_compile_for_sm90():
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "compiled" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels are timed instead")
+@pytest.mark.skipif(not _ptxas_available(), reason="needs triton with its bundled ptxas")
+def test_ptx_counts_show_what_dropout_adds():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--ptx-counts"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = re.findall(r"(fwd|bwd) (\d+) / (\d+)", done.stdout)
+    assert len(counts) == 6                  # attention short and long, LayerNorm; fwd and bwd each
+    assert all(int(without) < int(with_dropout) for _, without, with_dropout in counts)
