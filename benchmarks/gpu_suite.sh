@@ -44,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...
 # scripts themselves sweep wider when run alone. The tests run in 8 processes: their
 # time is mostly Triton compiling, which is CPU work (pytest-xdist is on the image).
 WORKERS=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")   # one process without xdist
-step tests          ${T_TESTS:-80}  $PY -m pytest -q -rs -p no:cacheprovider $WORKERS \
+step tests          ${T_TESTS:-80}  $PY -m pytest -p no:cacheprovider $WORKERS \
                                      ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 # Kernels timed as CUDA-graph replays: at 16k tokens an eager call is bound by the host's
 # launches (on the H100 host, equal-512 attention took no longer than equal-128), so the
@@ -87,6 +87,7 @@ grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
 for log in encoder compile_infer compile_train; do
     grep -h -A26 "bertcore vs transformers" "$LOGDIR/$log.log" 2>/dev/null
 done
-tail -3 "$LOGDIR/tests.log"
+grep -E "^(FAILED|ERROR)| passed| failed" "$LOGDIR/tests.log" | tail -15   # pyproject adds -q -ra
 grep -h -A12 "^device ms per call" "$LOGDIR/profile.log" 2>/dev/null
+grep -h -A4 "^best" "$LOGDIR/tune.log" 2>/dev/null
 cat "$LOGDIR/summary.txt"
