@@ -261,16 +261,21 @@ GELU_TUNE = {"fwd": [(m, n, w) for m, n in ((1, 1024), (2, 1024), (4, 512), (8, 
 
 
 def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=None, ops=OPS, out_dir=None,
-         write=True, verbose=True) -> list[dict]:
+         write=True, verbose=True, graphs=None) -> list[dict]:
     """Times every launch config in LN_TUNE / GELU_TUNE for each dtype and hidden size
     (bias+GELU: width 4 x hidden) and prints the fastest (geometric mean over token counts
-    and dropouts) as LAUNCH_CONFIGS entries. GPU only: the interpreter's times mean nothing."""
+    and dropouts) as LAUNCH_CONFIGS entries. GPU only: the interpreter's times mean nothing.
+    With `graphs` (default: on CUDA) each call is timed as a graph replay (`lib.replayed`:
+    eager calls of these sizes are bound by the host's launches), and a backward candidate
+    with its forward (a lone backward cannot be captured; the forward is the same for
+    every candidate)."""
     import importlib
     ln = importlib.import_module("bertcore_kernels.layer_norm")
     bg = importlib.import_module("bertcore_kernels.bias_gelu")
     device = B.pick_device(device)
     if available("bertcore-triton", device):
         raise SystemExit(f"--tune needs a GPU: {available('bertcore-triton', device)}")
+    graphs = device == "cuda" if graphs is None else graphs
     hiddens = hiddens or [768]
     token_counts = token_counts or [16384, 65536]
     dtypes = dtypes or ["bf16"]
@@ -289,23 +294,29 @@ def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=Non
 
                     def randn(*shape):
                         return torch.randn(*shape, generator=g, device=device, dtype=dtype).requires_grad_()
+                    timed = "full" if graphs and direction == "bwd" else direction
                     if op == "layer_norm":
                         x, res, w, b = randn(tokens, hidden), randn(tokens, hidden), randn(hidden), randn(hidden)
                         fn, leaves = provider_fn("bertcore-triton", x, res, w, b, p)
-                        width, nbytes = hidden, BYTES_FACTOR[direction] * tokens * hidden * dtype.itemsize
+                        width, nbytes = hidden, BYTES_FACTOR[timed] * tokens * hidden * dtype.itemsize
                     else:
                         width = 4 * hidden
                         x, b = randn(tokens, width), randn(width)
                         fn, leaves = gelu_provider_fn("bertcore-triton", x, b)
-                        nbytes = GELU_BYTES_FACTOR[direction] * tokens * width * dtype.itemsize
+                        nbytes = GELU_BYTES_FACTOR[timed] * tokens * width * dtype.itemsize
                     override = (ln.override_launch_configs({(dtype, hidden, direction): cfg}) if op == "layer_norm"
                                 else bg.override_launch_configs({direction: cfg}))
                     with override:
-                        t = B.time_fn(mode_fn(fn, leaves, direction), device)
+                        call = mode_fn(fn, leaves, timed)
+                        if graphs:
+                            call, failed = B.replayed(call, f"{op} {direction} {cfg}")
+                            if failed:
+                                raise RuntimeError(f"{op} {direction} {cfg}: capture failed: {failed}")
+                        t = B.time_fn(call, device)
                     gbps = nbytes / (t["ms"] * 1e-3) / 1e9
                     rows.append({**env, "op": op, "dtype": dt, "width": width, "tokens": tokens, "dropout": p,
-                                 "mode": direction, "config": "/".join(map(str, cfg)), **t, "gbps": gbps,
-                                 "frac_of_peak": gbps / peaks["copy_gbps"]})
+                                 "mode": direction, "timed": timed, "config": "/".join(map(str, cfg)), **t,
+                                 "gbps": gbps, "frac_of_peak": gbps / peaks["copy_gbps"]})
                     times.setdefault(cfg, []).append(t["ms"])
             score = {cfg: math.exp(sum(map(math.log, ts)) / len(ts)) for cfg, ts in times.items()}
             winner = min(score, key=score.get)

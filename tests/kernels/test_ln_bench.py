@@ -58,3 +58,16 @@ def test_graphs_leave_the_lone_backward_eager(triton_everywhere, monkeypatch):
                      graphs=True)
     assert len(captured) == 2
     assert {r["mode"]: r["timing"] for r in rows} == {"fwd": "graph replay", "bwd": "eager", "full": "graph replay"}
+
+
+def test_tune_times_replays_and_a_backward_with_its_forward(triton_everywhere, monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "LN_TUNE", {"fwd": [(1, 1)], "bwd": [(2, 2, 1)]})
+    monkeypatch.setattr(bench, "GELU_TUNE", {"fwd": [(2, 64, 1)], "bwd": [(4, 64, 2, 1)]})
+    captured = []
+    monkeypatch.setattr(B, "replayed", lambda call, name: (captured.append(name), (call, None))[1])
+    rows = bench.tune(DEVICE, hiddens=[32], token_counts=[8], dtypes=["fp32"], dropouts=[0.1], out_dir=tmp_path,
+                      verbose=False, graphs=True)
+    assert len(captured) == len(rows) == 4
+    assert {(r["op"], r["mode"]): r["timed"] for r in rows} == {
+        ("layer_norm", "fwd"): "fwd", ("layer_norm", "bwd"): "full",
+        ("bias_gelu", "fwd"): "fwd", ("bias_gelu", "bwd"): "full"}
