@@ -119,7 +119,8 @@ def main(argv=None) -> int:
                                    and r["direction"] == direction and r["length_class"] == cls],
                                   ["config", "default", "best", "ms", *(f"{p}_ms" for p in refs), "error"],
                                   title=f"attention {direction} {dt} d={hd} {cls} ({KINDS[cls]}, {HEADS} heads, "
-                                        f"~{TOKENS} tokens; graph replays{'' if direction == 'fwd' else ' with the forward'})")
+                                        f"~{TOKENS} tokens; graph replays"
+                                        f"{'' if direction == 'fwd' else ' with the forward'})")
     out = B.results_dir("cuda", a.output) / "tune_attention-graphs.csv"   # older sweeps timed eager calls
     B.write_csv(rows, out)
     print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages), as _DEFAULTS rows:")

@@ -32,8 +32,8 @@ def test_triton_rows_speedups_and_summary(triton_everywhere, capsys):
 
 
 def test_main_runs_both_ops_and_prints_the_summary(triton_everywhere, capsys):
-    assert bench.main(["--device", DEVICE, "--dtypes", "fp32", "--hidden", "32", "--tokens", "8",
-                       "--dropout", "0.1", "--modes", "full", "--providers", "bertcore-triton", "bertcore-torch", "--no-write"]) == 0
+    assert bench.main(["--device", DEVICE, "--dtypes", "fp32", "--hidden", "32", "--tokens", "8", "--dropout", "0.1",
+                       "--modes", "full", "--providers", "bertcore-triton", "bertcore-torch", "--no-write"]) == 0
     out = capsys.readouterr().out
     assert "bias_gelu fp32 N=128 T=8 full" in out and "summary" in out
 
