@@ -63,7 +63,11 @@ class Embeddings(nn.Module):
 
 
 class DenseLayerNorm(nn.Module):
-    """dense → dropout → + residual → LayerNorm: the tail of both post-LN sub-layers."""
+    """dense → dropout → + residual → LayerNorm: the tail of both post-LN sub-layers.
+
+    Returns (y, y_mm): the output, and the output as the next matrix product reads it.
+    Under autocast y is fp32 (the residual stream) and y_mm its bf16/fp16 cast, which the
+    LayerNorm writes in the same pass; otherwise y_mm is y."""
 
     def __init__(self, config: BertConfig, in_features: int):
         super().__init__()
@@ -74,8 +78,11 @@ class DenseLayerNorm(nn.Module):
     def forward(self, x, residual):
         x = self.dense(x)                                                      # (T, H)
         p = self.config.hidden_dropout_prob if self.training else 0.0
-        return K.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.config.layer_norm_eps,
-                            residual=residual, dropout_p=p)                    # (T, H)
+        device = x.device.type
+        mm_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        y = K.layer_norm(x, self.LayerNorm.weight, self.LayerNorm.bias, self.config.layer_norm_eps,
+                         residual=residual, dropout_p=p, copy_dtype=mm_dtype)  # (T, H) or ((T, H), (T, H))
+        return y if mm_dtype is not None else (y, y)
 
 
 class QKV(nn.Module):
@@ -142,13 +149,14 @@ class SelfAttention(nn.Module):
         self.self = QKV(config)
         self.output = DenseLayerNorm(config, config.hidden_size)
 
-    def forward(self, x, cu_seqlens, max_seqlen):
+    def forward(self, x, x_mm, cu_seqlens, max_seqlen):
+        """x: (T, H) the residual stream; x_mm: x as the projections read it (DenseLayerNorm)."""
         c = self.config
-        qkv = self.self(x).view(-1, 3, c.num_attention_heads, c.head_dim)     # (T, 3, nh, hd)
+        qkv = self.self(x_mm).view(-1, 3, c.num_attention_heads, c.head_dim)  # (T, 3, nh, hd)
         q, k, v = qkv.unbind(1)               # views; the backward stacks the three grads once
         p = c.attention_probs_dropout_prob if self.training else 0.0
         ctx = K.attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=p)        # (T, nh, hd)
-        return self.output(ctx.reshape(-1, c.hidden_size), residual=x)         # (T, H)
+        return self.output(ctx.reshape(-1, c.hidden_size), residual=x)         # 2 × (T, H)
 
 
 def activation(name: str):
@@ -189,9 +197,9 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(config)
         self.output = DenseLayerNorm(config, config.intermediate_size)
 
-    def forward(self, x, cu_seqlens, max_seqlen):
-        h = self.attention(x, cu_seqlens, max_seqlen)                          # (T, H)
-        return self.output(self.intermediate(h), residual=h)                   # (T, H)
+    def forward(self, x, x_mm, cu_seqlens, max_seqlen):
+        h, h_mm = self.attention(x, x_mm, cu_seqlens, max_seqlen)              # 2 × (T, H)
+        return self.output(self.intermediate(h_mm), residual=h)                # 2 × (T, H)
 
 
 class Pooler(nn.Module):
@@ -292,9 +300,9 @@ class BertEncoder(nn.Module):
         if self._host_check(input_ids):
             self._check_range("input_ids", input_ids, self.config.vocab_size, "vocab_size",
                               "tokenizer and model vocabularies differ")
-        x = self.embeddings(input_ids, token_type_ids, position_ids)          # (T, H)
+        x = x_mm = self.embeddings(input_ids, token_type_ids, position_ids)   # (T, H)
         for layer in self.encoder.layer:
-            x = layer(x, cu_seqlens, max_seqlen)                               # (T, H)
+            x, x_mm = layer(x, x_mm, cu_seqlens, max_seqlen)                   # 2 × (T, H)
         return BertOutput(x, self._pool(x, cu_seqlens), cu_seqlens, max_seqlen)
 
     def _pool(self, x, cu_seqlens):

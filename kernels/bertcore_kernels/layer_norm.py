@@ -68,11 +68,13 @@ def _layer_norm_fwd_kernel(
     W,     # (N,) LayerNorm weight
     B,     # (N,) LayerNorm bias
     Y,     # (M, N) out, contiguous; dtype of x + residual (promoted)
+    Y_COPY,  # (M, N) out, contiguous: Y cast to the copy dtype; written with STORE_COPY
     MEAN,  # (M,) fp32 out: row mean of dropout(x) + residual
     RSTD,  # (M,) fp32 out: 1 / sqrt(var + eps)
     SEED,  # (1,) int64 Philox seed (device memory: a CUDA graph replays a fresh one); read with DROPOUT
     stride_x, stride_r, stride_y, M, N, eps, dropout_p, threshold,
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
+    STORE_COPY: tl.constexpr,
 ):
     # ROWS rows per program: a BERT row (<= a few thousand features) fits in registers,
     # so the statistics need a single read of x and residual, and several rows per
@@ -95,7 +97,10 @@ def _layer_norm_fwd_kernel(
     w = tl.load(W + cols, mask=cols < N, other=0.0).to(tl.float32)
     b = tl.load(B + cols, mask=cols < N, other=0.0).to(tl.float32)
     y = xc * rstd[:, None] * w[None, :] + b[None, :]
-    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    y = y.to(Y.dtype.element_ty)
+    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y, mask=mask)
+    if STORE_COPY:  # the cast a following autocast matrix product would make, without re-reading Y
+        tl.store(Y_COPY + rows64[:, None] * N + cols[None, :], y.to(Y_COPY.dtype.element_ty), mask=mask)
     tl.store(MEAN + rows, mean, mask=row_ok)
     tl.store(RSTD + rows, rstd, mask=row_ok)
 
@@ -103,6 +108,7 @@ def _layer_norm_fwd_kernel(
 @triton.jit(do_not_specialize=["M", "rows_per_program", "threshold"])
 def _layer_norm_bwd_kernel(
     DY,          # (M, N) gradient of the output; row stride given
+    DY_COPY,     # (M, N) gradient of the forward's Y_COPY; row stride given; read with HAS_DY_COPY
     X,           # (M, N) forward input x; row stride given
     R,           # (M, N) forward residual; row stride given; unused without HAS_RESIDUAL
     W,           # (N,) LayerNorm weight
@@ -113,9 +119,9 @@ def _layer_norm_bwd_kernel(
     DW_PARTIAL,  # (programs, N) fp32 out: this program's share of dweight
     DB_PARTIAL,  # (programs, N) fp32 out: this program's share of dbias
     SEED,        # (1,) int64 the forward's Philox seed; read with DROPOUT
-    stride_dy, stride_x, stride_r, M, N, dropout_p, threshold, rows_per_program,
+    stride_dy, stride_dyc, stride_x, stride_r, M, N, dropout_p, threshold, rows_per_program,
     ROWS: tl.constexpr, BLOCK_N: tl.constexpr, HAS_RESIDUAL: tl.constexpr, DROPOUT: tl.constexpr,
-    STORE_DR: tl.constexpr,
+    STORE_DR: tl.constexpr, HAS_DY_COPY: tl.constexpr,
 ):
     # Each program walks a contiguous run of rows (a multiple of ROWS), ROWS at a time,
     # and keeps its dweight/dbias sums in fp32 registers; the host adds the
@@ -146,6 +152,8 @@ def _layer_norm_bwd_kernel(
         rstd = tl.load(RSTD + rows, mask=row_ok, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
         dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_DY_COPY:  # Y and its copy are the same values: their gradients add
+            dy += tl.load(DY_COPY + rows64[:, None] * stride_dyc + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         wdy = w[None, :] * dy
         c1 = tl.sum(xhat * wdy, axis=1) / N
         c2 = tl.sum(wdy, axis=1) / N
@@ -276,25 +284,26 @@ def _rows(t, n):
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed):
+def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed, copy_dtype=None):
     """Runs the forward kernel on (M, N) rows; `seed` a (1,) int64 tensor on x's device
-    (None without dropout). Returns (y, mean, rstd)."""
+    (None without dropout). Returns (y, mean, rstd, y cast to `copy_dtype` or None)."""
     M, N = x.shape
     out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
+    y_copy = torch.empty((M, N), dtype=copy_dtype, device=x.device) if copy_dtype is not None else None
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
     if M == 0:
-        return y, mean, rstd
+        return y, mean, rstd, y_copy
     cfg = launch_config(x.dtype, N, "fwd")
     r = residual if residual is not None else x  # any valid pointer; never read
     seed = seed if seed is not None else x       # the same: read only with dropout
     _layer_norm_fwd_kernel[(_cdiv(M, cfg.rows),)](
-        x, r, weight, bias, y, mean, rstd, seed,
+        x, r, weight, bias, y, y_copy if y_copy is not None else y, mean, rstd, seed,
         x.stride(0), r.stride(0), y.stride(0), M, N, eps, dropout_p, _threshold(dropout_p),
         ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
-        num_warps=cfg.num_warps)
-    return y, mean, rstd
+        STORE_COPY=y_copy is not None, num_warps=cfg.num_warps)
+    return y, mean, rstd, y_copy
 
 
 def _stores_dresidual(need_dresidual, dropout_p, x_dtype, residual_dtype):
@@ -302,9 +311,10 @@ def _stores_dresidual(need_dresidual, dropout_p, x_dtype, residual_dtype):
     return need_dresidual and (dropout_p > 0.0 or residual_dtype != x_dtype)
 
 
-def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual):
-    """Runs the backward kernel. Returns (dx, dweight, dbias, dresidual or None); the
-    dresidual is dx itself where `_stores_dresidual` says it equals dx."""
+def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual, dy_copy=None):
+    """Runs the backward kernel; `dy_copy`, the gradient of the forward's copy, adds to
+    dy. Returns (dx, dweight, dbias, dresidual or None); the dresidual is dx itself
+    where `_stores_dresidual` says it equals dx."""
     M, N = x.shape
     dx = torch.empty((M, N), dtype=x.dtype, device=x.device)
     store_dr = _stores_dresidual(need_dresidual, dropout_p, x.dtype,
@@ -314,6 +324,8 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
         zeros = torch.zeros_like(weight)
         return dx, zeros, zeros.clone(), (dr if need_dresidual else None)
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
+    if dy_copy is not None and dy_copy.stride(-1) != 1:
+        dy_copy = dy_copy.contiguous()
     cfg = launch_config(x.dtype, N, "bwd")
     if x.is_cuda:
         programs = _multi_processors(x.device.index if x.device.index is not None
@@ -332,11 +344,12 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
     partial = torch.empty((2, _cdiv(programs, 4) * 4, N), dtype=torch.float32, device=x.device)
     r = residual if residual is not None else x
     seed = seed if seed is not None else x
+    dyc = dy_copy if dy_copy is not None else dy
     _layer_norm_bwd_kernel[(programs,)](
-        dy, x, r, weight, mean, rstd, dx, dr, partial[0], partial[1], seed,
-        dy.stride(0), x.stride(0), r.stride(0), M, N, dropout_p, _threshold(dropout_p), rows_per_program,
-        ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None, DROPOUT=dropout_p > 0.0,
-        STORE_DR=store_dr, num_warps=cfg.num_warps)
+        dy, dyc, x, r, weight, mean, rstd, dx, dr, partial[0], partial[1], seed,
+        dy.stride(0), dyc.stride(0), x.stride(0), r.stride(0), M, N, dropout_p, _threshold(dropout_p),
+        rows_per_program, ROWS=cfg.rows, BLOCK_N=_block_n(N), HAS_RESIDUAL=residual is not None,
+        DROPOUT=dropout_p > 0.0, STORE_DR=store_dr, HAS_DY_COPY=dy_copy is not None, num_warps=cfg.num_warps)
     dw, db = partial[:, :programs].sum(1).to(weight.dtype).unbind(0)  # views of one (2, N) tensor
     return dx, dw, db, (dr if need_dresidual else None)
 
@@ -347,31 +360,36 @@ def _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_d
 @torch.library.custom_op("bertcore::layer_norm_fwd", mutates_args=())
 def _layer_norm_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        residual: Optional[torch.Tensor], eps: float, dropout_p: float,
-                       seed: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed)
+                       seed: Optional[torch.Tensor], copy_dtype: Optional[torch.dtype]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, mean, rstd, y_copy = _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed, copy_dtype)
+    return y, mean, rstd, (y_copy if y_copy is not None else x.new_empty((0,)))   # empty: no copy
 
 
 @_layer_norm_fwd_op.register_fake
-def _(x, weight, bias, residual, eps, dropout_p, seed):
+def _(x, weight, bias, residual, eps, dropout_p, seed, copy_dtype):
     M, N = x.shape
     out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
     return (x.new_empty((M, N), dtype=out_dtype), x.new_empty((M,), dtype=torch.float32),
-            x.new_empty((M,), dtype=torch.float32))
+            x.new_empty((M,), dtype=torch.float32),
+            x.new_empty((M, N), dtype=copy_dtype) if copy_dtype is not None else x.new_empty((0,)))
 
 
 @torch.library.custom_op("bertcore::layer_norm_bwd", mutates_args=())
 def _layer_norm_bwd_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                        residual: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
-                       dropout_p: float, seed: Optional[torch.Tensor], need_dresidual: bool
+                       dropout_p: float, seed: Optional[torch.Tensor], need_dresidual: bool,
+                       dy_copy: Optional[torch.Tensor]
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db, dr = _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual)
+    dx, dw, db, dr = _layer_norm_bwd(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual,
+                                     dy_copy)
     # a custom op's outputs may not alias each other: an empty dresidual means "equals dx",
     # and dbias gets its own storage (the launcher returns two views of one tensor)
     return dx, dw, db.clone(), (dr if dr is not None and dr is not dx else dx.new_empty((0,)))
 
 
 @_layer_norm_bwd_op.register_fake
-def _(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual):
+def _(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual, dy_copy):
     M, N = x.shape
     store_dr = _stores_dresidual(need_dresidual, dropout_p, x.dtype,
                                  residual.dtype if residual is not None else None)
@@ -381,39 +399,47 @@ def _(dy, x, weight, residual, mean, rstd, dropout_p, seed, need_dresidual):
 
 class _LayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps, dropout_p, seed):
+    def forward(ctx, x, weight, bias, residual, eps, dropout_p, seed, copy_dtype):
         shape, N = x.shape, x.shape[-1]
         x2 = _rows(x, N)
         r2 = _rows(residual, N) if residual is not None else None
         if torch.compiler.is_compiling():
-            y, mean, rstd = torch.ops.bertcore.layer_norm_fwd(x2, weight, bias, r2, eps, dropout_p, seed)
+            y, mean, rstd, y_copy = torch.ops.bertcore.layer_norm_fwd(x2, weight, bias, r2, eps, dropout_p, seed,
+                                                                      copy_dtype)
         else:
-            y, mean, rstd = _layer_norm_fwd(x2, weight, bias, eps, r2, dropout_p, seed)
+            y, mean, rstd, y_copy = _layer_norm_fwd(x2, weight, bias, eps, r2, dropout_p, seed, copy_dtype)
         ctx.save_for_backward(x2, weight, r2, mean, rstd, seed)
         ctx.args = (dropout_p, shape)
-        return y.view(shape)
+        ctx.set_materialize_grads(False)   # an unused output's gradient stays None, not zeros to add
+        if copy_dtype is None:
+            return y.view(shape)
+        return y.view(shape), y_copy.view(shape)
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dy_copy=None):
         x2, weight, r2, mean, rstd, seed = ctx.saved_tensors
         dropout_p, shape = ctx.args
         need_dr = ctx.needs_input_grad[3]
+        if dy is None:   # only the copy was used; the kernel reads either dtype
+            dy, dy_copy = dy_copy, None
         dy2 = _rows(dy, x2.shape[1])
+        dyc2 = _rows(dy_copy, x2.shape[1]) if dy_copy is not None else None
         if torch.compiler.is_compiling():
             dx, dw, db, dr = torch.ops.bertcore.layer_norm_bwd(dy2, x2, weight, r2, mean, rstd,
-                                                               dropout_p, seed, need_dr)
+                                                               dropout_p, seed, need_dr, dyc2)
             if need_dr and not _stores_dresidual(need_dr, dropout_p, x2.dtype, r2.dtype):
                 dr = dx
         else:
-            dx, dw, db, dr = _layer_norm_bwd(dy2, x2, weight, r2, mean, rstd, dropout_p, seed, need_dr)
+            dx, dw, db, dr = _layer_norm_bwd(dy2, x2, weight, r2, mean, rstd, dropout_p, seed, need_dr, dyc2)
         dr = dr.view(shape) if need_dr else None
-        return dx.view(shape), dw, db, dr, None, None, None
+        return dx.view(shape), dw, db, dr, None, None, None, None
 
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=None, backend="auto"):
+def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=None, backend="auto",
+               copy_dtype=None):
     """LayerNorm(dropout(x) + residual) over the last dimension, in one pass on a GPU.
 
     x, residual: (..., hidden); weight, bias: (hidden,). `dropout_p` applies to x
@@ -425,6 +451,10 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
     `backend`: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
     The Triton backend takes hidden sizes up to 16384 (fp32) / 32768 (fp16, bf16)
     and raises beyond; the torch backend has no limit.
+    `copy_dtype`: also return the output cast to this dtype, `(y, y.to(copy_dtype))`.
+    Under autocast the output is fp32 (the residual stream) and the next matrix
+    product reads it in bf16/fp16: the Triton kernel writes that copy in the same pass
+    instead of a separate cast re-reading y, and its backward adds both gradients.
     """
     if residual is not None and residual.shape != x.shape:
         raise ValueError(f"residual has shape {tuple(residual.shape)}, x has {tuple(x.shape)}: they must match")
@@ -449,8 +479,16 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
             seed_t = device_seed(x)
         else:
             seed_t = seed_tensor(seed, x.device)
-        return _LayerNormFunction.apply(x, weight, bias, residual, float(eps), float(dropout_p), seed_t)
+        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        if copy_dtype is not None and copy_dtype not in _TRITON_DTYPES:
+            raise TypeError(f"copy_dtype must be one of {_TRITON_DTYPES}, got {copy_dtype}")
+        copy = copy_dtype if copy_dtype != out_dtype else None   # the output is its own copy
+        y = _LayerNormFunction.apply(x, weight, bias, residual, float(eps), float(dropout_p), seed_t, copy)
+        if copy_dtype is None:
+            return y
+        return y if copy is not None else (y, y)
     generator = None
     if dropout_p > 0.0 and seed is not None:
         generator = torch.Generator(device=x.device).manual_seed(int(seed))
-    return layer_norm_ref(x, weight, bias, eps, residual, dropout_p, generator=generator)
+    y = layer_norm_ref(x, weight, bias, eps, residual, dropout_p, generator=generator)
+    return y if copy_dtype is None else (y, y.to(copy_dtype))

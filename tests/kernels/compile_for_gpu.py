@@ -75,23 +75,25 @@ def attention_kernels(dtype, head_dim, dropout):
           + ", ".join(f"{d} {cls} {n}" for (d, cls), n in shared.items()), flush=True)
 
 
-def layer_norm_kernels(dtype, width, residual, dropout):
+def layer_norm_kernels(dtype, width, residual, dropout, copy=False):
+    """`copy`: with the bf16 copy of the output (and its gradient), as autocast runs it."""
     t, block_n = TY[dtype], L._block_n(width)
     common = {"MEAN": "*fp32", "RSTD": "*fp32", "eps": "fp32", "dropout_p": "fp32", "SEED": "*i64",
-              "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32"}
+              "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "Y_COPY": "*bf16", "DY_COPY": "*bf16"}
     flags = dict(BLOCK_N=block_n, HAS_RESIDUAL=residual, DROPOUT=dropout)
     # the JIT's hints for aligned tensors of an aligned width (768, 1024, ...)
-    aligned = ("X", "R", "W", "B", "Y", "DY", "DX", "DR", "MEAN", "RSTD", "DW_PARTIAL", "DB_PARTIAL",
-               "stride_x", "stride_r", "stride_y", "stride_dy", "N") if width % 16 == 0 else ()
+    aligned = ("X", "R", "W", "B", "Y", "Y_COPY", "DY", "DY_COPY", "DX", "DR", "MEAN", "RSTD", "DW_PARTIAL",
+               "DB_PARTIAL", "stride_x", "stride_r", "stride_y", "stride_dy", "stride_dyc", "N") \
+        if width % 16 == 0 else ()
     fwd_cfg, bwd_cfg = L.launch_config(dtype, width, "fwd"), L.launch_config(dtype, width, "bwd")
     fn = L._layer_norm_fwd_kernel
     fwd = build(fn, {**{n: "*" + t for n in ("X", "R", "W", "B", "Y")}, **common},
-                {**flags, "ROWS": fwd_cfg.rows}, fwd_cfg.num_warps, aligned=aligned)
+                {**flags, "ROWS": fwd_cfg.rows, "STORE_COPY": copy}, fwd_cfg.num_warps, aligned=aligned)
     fn = L._layer_norm_bwd_kernel
     bwd = build(fn, {**{n: "*" + t for n in ("DY", "X", "R", "W", "DX", "DR")}, **common},
-                {**flags, "ROWS": bwd_cfg.rows, "STORE_DR": dropout and residual}, bwd_cfg.num_warps,
-                aligned=aligned)
-    print(f"layer_norm {t} N={width} residual={residual} dropout={dropout}: shared fwd "
+                {**flags, "ROWS": bwd_cfg.rows, "STORE_DR": dropout and residual, "HAS_DY_COPY": copy},
+                bwd_cfg.num_warps, aligned=aligned)
+    print(f"layer_norm {t} N={width} residual={residual} dropout={dropout} copy={copy}: shared fwd "
           f"{fwd.metadata.shared} B, bwd {bwd.metadata.shared} B; 16-byte loads fwd {_vector_loads(fwd)}, "
           f"bwd {_vector_loads(bwd)}", flush=True)
     return fwd, bwd
@@ -150,6 +152,7 @@ def main(sweep):
         layer_norm_kernels(torch.float16, 768, True, True)
         fwd, _ = layer_norm_kernels(torch.bfloat16, 768, True, True)
         assert _vector_loads(fwd) > 0, "the bf16 LayerNorm forward does not load 16-byte vectors"
+        layer_norm_kernels(torch.float32, 768, True, True, copy=True)   # the residual stream under autocast
         bias_gelu_kernels(torch.bfloat16, 3072)
     else:
         for dtype in TY:
@@ -159,6 +162,7 @@ def main(sweep):
             for width in (384, 768, 1023, 4096, 8192, L._max_hidden(dtype)):
                 layer_norm_kernels(dtype, width, True, True)
                 layer_norm_kernels(dtype, width, False, False)
+                layer_norm_kernels(dtype, width, True, True, copy=True)
             for width in (1536, 3072, 1000):
                 bias_gelu_kernels(dtype, width)
     build(P._dropout_mask_kernel, {"MASK": "*u8", "SEED": "*i64"}, dict(BLOCK_M=32, BLOCK_N=32), 4)

@@ -56,3 +56,39 @@ def test_encoder_triton_equals_torch(monkeypatch, lengths):
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+class CastCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the dtype casts of (T, H) activations that run under it."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.casts = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == self.shape:
+            self.casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_under_autocast_each_layer_norm_writes_the_next_projections_input():
+    # Under autocast a post-LN output is fp32 (the residual stream) and the next matrix
+    # product reads it in the autocast dtype. The LayerNorm writes that copy in its own
+    # pass and its backward takes the copy's gradient, so the only (T, H) casts left are
+    # the embeddings' output into the first layer and its gradient. Before, there were
+    # four more per layer; on an H200 the forward's ones were 0.48 ms of a 7.4 ms
+    # bert-base inference at 128 x 128 tokens.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        encoder = BertEncoder(BertConfig(**CONFIG)).to(DEVICE).train()
+        ids = torch.randint(5, 100, (40,)).to(DEVICE)
+    cu = torch.tensor([0, 15, 40], dtype=torch.int32, device=DEVICE)
+    outs = {}
+    for backend in ("triton", "torch"):
+        counter = CastCounter((40, CONFIG["hidden_size"]))
+        with K.use_backend(backend), counter, torch.autocast(DEVICE, dtype=torch.float16):
+            out = encoder(ids, cu_seqlens=cu, max_seqlen=25).last_hidden_state
+            out.float().square().mean().backward()
+        outs[backend] = out.detach(), counter.casts
+    assert outs["triton"][1] == 2
+    torch.testing.assert_close(outs["triton"][0], outs["torch"][0], rtol=2e-3, atol=2e-3)

@@ -145,7 +145,7 @@ def test_dropout_keep_fraction_and_scaling():
     # The saved row mean of dropout(1) is (kept fraction) / (1 - p): the kernel's scaling.
     ones = torch.ones(shape, device=DEVICE)
     w, b = torch.ones(1024, device=DEVICE), torch.zeros(1024, device=DEVICE)
-    _, mean, _ = ln_mod._layer_norm_fwd(ones, w, b, EPS, None, p, seed_tensor(21, DEVICE))
+    _, mean, _, _ = ln_mod._layer_norm_fwd(ones, w, b, EPS, None, p, seed_tensor(21, DEVICE))
     torch.testing.assert_close(mean, keep.float().mean(-1) / (1 - p))
     assert abs(mean.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
 
@@ -251,6 +251,31 @@ def test_half_x_with_fp32_residual_promotes_like_eager(dropout_p):
     torch.testing.assert_close(y.double(), y_ref, rtol=1e-5, atol=1e-5)
     for t, t_ref in zip(leaves, ref):
         torch.testing.assert_close(t.grad.double(), t_ref.grad, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("used", ["both", "copy only"])
+def test_copy_for_the_next_matrix_product_is_the_cast_and_its_gradient_adds(used):
+    # Under autocast the fp32 output feeds the residual and, cast to the autocast dtype,
+    # the next matrix product: the kernel writes that cast in the same pass, and the
+    # backward adds the copy's gradient to the output's (as autograd would across a cast).
+    x, w, b, r, grad = inputs((33, 96))
+    grad_copy = inputs((33, 96), seed=1)[4]
+    leaves = [t.detach().clone().requires_grad_() for t in (x.half(), w.float(), b.float(), r.float())]
+    y, y_copy = triton_layer_norm(*leaves[:3], EPS, residual=leaves[3], dropout_p=0.2, seed=5,
+                                  copy_dtype=torch.float16)
+    assert y.dtype == torch.float32 and torch.equal(y_copy, y.half())
+    outs, grads = ([y, y_copy], [grad.float(), grad_copy.half()]) if used == "both" else ([y_copy], [grad_copy.half()])
+    torch.autograd.backward(outs, grads)
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = layer_norm_ref(*ref[:3], EPS, residual=ref[3], dropout_p=0.2, dropout_mask=kept_elements((33, 96), 0.2, 5))
+    y_ref.backward((grad if used == "both" else 0) + grad_copy.half().double())
+    for t, t_ref in zip(leaves, ref):
+        torch.testing.assert_close(t.grad.double(), t_ref.grad, rtol=1e-3, atol=1e-3)
+    same = triton_layer_norm(*leaves[:3], EPS, residual=leaves[3], copy_dtype=torch.float32)
+    assert same[0] is same[1]                                       # the output is its own copy
+    y_torch, copy_torch = K.layer_norm(*leaves[:3], EPS, residual=leaves[3], backend="torch",
+                                       copy_dtype=torch.float16)
+    assert torch.equal(copy_torch, y_torch.half())
 
 
 def test_hidden_too_large_raises_and_torch_backend_takes_it():

@@ -60,6 +60,19 @@ def test_layer_norm_compiles_fullgraph_with_eager_values(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_layer_norm_with_its_copy_compiles_fullgraph(backend):
+    # the two-output form the encoder runs under autocast: both gradients reach the kernel
+    device = "cpu" if backend == "torch" else DEVICE
+    ts = leaves((2, 5, 96), (2, 5, 96), (96,), (96,), device=device)
+
+    def fn(x, r, w, b):
+        y, y_copy = K.layer_norm(x * 2, w, b, EPS, residual=r, backend=backend, copy_dtype=torch.float16)
+        return y.square() + y_copy.float()
+
+    assert_compiled_equals_eager(fn, ts, exact=backend == "triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_bias_gelu_compiles_fullgraph_with_eager_values(backend):
     device = "cpu" if backend == "torch" else DEVICE
     ts = leaves((3, 7, 128), (128,), device=device)
@@ -95,10 +108,13 @@ def test_custom_ops_pass_opcheck():
     w, b = torch.rand(64, device=DEVICE) + 0.5, torch.randn(64, device=DEVICE)
     seed = seed_tensor(3, DEVICE)
     tests = ("test_schema", "test_faketensor")
-    torch.library.opcheck(torch.ops.bertcore.layer_norm_fwd, (x, w, b, r, EPS, 0.2, seed), test_utils=tests)
-    y, mean, rstd = torch.ops.bertcore.layer_norm_fwd(x, w, b, r, EPS, 0.2, seed)
-    torch.library.opcheck(torch.ops.bertcore.layer_norm_bwd, (torch.randn_like(y), x, w, r, mean, rstd, 0.2,
-                                                              seed, True), test_utils=tests)
+    for copy_dtype in (None, torch.float16):
+        torch.library.opcheck(torch.ops.bertcore.layer_norm_fwd, (x, w, b, r, EPS, 0.2, seed, copy_dtype),
+                              test_utils=tests)
+    y, mean, rstd, y_copy = torch.ops.bertcore.layer_norm_fwd(x, w, b, r, EPS, 0.2, seed, torch.float16)
+    for dy_copy in (None, torch.randn_like(y_copy)):
+        torch.library.opcheck(torch.ops.bertcore.layer_norm_bwd, (torch.randn_like(y), x, w, r, mean, rstd, 0.2,
+                                                                  seed, True, dy_copy), test_utils=tests)
     torch.library.opcheck(torch.ops.bertcore.bias_gelu_fwd, (x, b), test_utils=tests)
     torch.library.opcheck(torch.ops.bertcore.bias_gelu_bwd, (torch.randn_like(x), x, b), test_utils=tests)
 
