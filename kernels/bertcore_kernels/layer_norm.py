@@ -19,6 +19,12 @@ from .ops import device_seed
 from .rng import seed_tensor
 
 
+def _out_dtype(x, residual):
+    """x + residual promotes, as in eager PyTorch: under autocast a bf16 sub-layer output
+    meets the fp32 residual stream and the block's output stays fp32 (HF too)."""
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
 def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dropout_mask=None,
                    generator=None, upcast=False):
     """LN(dropout(x) + residual) in plain PyTorch; differentiable.
@@ -27,9 +33,7 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
     scaled by 1/(1-p), to check a kernel's dropout; otherwise dropout draws from
     `generator` (or torch's global RNG). `upcast` computes in fp32 for half inputs.
     """
-    # x + residual promotes, as in eager PyTorch: under autocast a bf16 sub-layer
-    # output meets the fp32 residual stream and the block's output stays fp32 (HF too).
-    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    out_dtype = _out_dtype(x, residual)
     if upcast and x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
         residual = residual.float() if residual is not None else None
@@ -288,7 +292,7 @@ def _layer_norm_fwd(x, weight, bias, eps, residual, dropout_p, seed, copy_dtype=
     """Runs the forward kernel on (M, N) rows; `seed` a (1,) int64 tensor on x's device
     (None without dropout). Returns (y, mean, rstd, y cast to `copy_dtype` or None)."""
     M, N = x.shape
-    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    out_dtype = _out_dtype(x, residual)
     y = torch.empty((M, N), dtype=out_dtype, device=x.device)
     y_copy = torch.empty((M, N), dtype=copy_dtype, device=x.device) if copy_dtype is not None else None
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
@@ -369,7 +373,7 @@ def _layer_norm_fwd_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 @_layer_norm_fwd_op.register_fake
 def _(x, weight, bias, residual, eps, dropout_p, seed, copy_dtype):
     M, N = x.shape
-    out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+    out_dtype = _out_dtype(x, residual)
     return (x.new_empty((M, N), dtype=out_dtype), x.new_empty((M,), dtype=torch.float32),
             x.new_empty((M,), dtype=torch.float32),
             x.new_empty((M, N), dtype=copy_dtype) if copy_dtype is not None else x.new_empty((0,)))
@@ -479,7 +483,7 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
             seed_t = device_seed(x)
         else:
             seed_t = seed_tensor(seed, x.device)
-        out_dtype = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+        out_dtype = _out_dtype(x, residual)
         if copy_dtype is not None and copy_dtype not in _TRITON_DTYPES:
             raise TypeError(f"copy_dtype must be one of {_TRITON_DTYPES}, got {copy_dtype}")
         copy = copy_dtype if copy_dtype != out_dtype else None   # the output is its own copy

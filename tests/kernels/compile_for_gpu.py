@@ -53,26 +53,29 @@ def _vector_loads(kernel):
 
 
 def attention_kernels(dtype, head_dim, dropout):
+    """Compiles the attention kernels of every length class; returns {(direction, length
+    class): kernel}."""
     t, block_d, prec = TY[dtype], A._block_d(head_dim), A._dot_precision(dtype)
     scalars = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "CU_SEQLENS": "*i32", "ORDER": "*i32",
                "SEED": "*i64", "sm_scale": "fp32", "dropout_p": "fp32"}
     flags = dict(BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec)
     grads = {n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
-    shared = {}
+    kernels = {}
     for length in A.LENGTH_CLASSES:  # each length class has its own tiles
         bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd", length)
-        shared["fwd", length] = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
-                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages).metadata.shared
+        kernels["fwd", length] = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
+                                       dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
         bm, bn, warps, stages = A.launch_config(dtype, head_dim, "bwd", length)
-        shared["bwd", length] = build(A._attention_bwd_kernel, {**grads, **scalars},
-                                      dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages).metadata.shared
+        kernels["bwd", length] = build(A._attention_bwd_kernel, {**grads, **scalars},
+                                       dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
         block, _, warps, stages = A.launch_config(dtype, head_dim, "bwd_det", length)
-        shared["bwd_det", length] = build(A._attention_bwd_det_kernel, {**grads, **scalars},
-                                          dict(BLOCK=block, **flags), warps, stages).metadata.shared
+        kernels["bwd_det", length] = build(A._attention_bwd_det_kernel, {**grads, **scalars},
+                                           dict(BLOCK=block, **flags), warps, stages)
     build(B._attention_bwd_preprocess_kernel, {"O": "*" + t, "DO": "*" + t, "DELTA": "*fp32", "DQ_ACC": "*fp32"},
           dict(BLOCK_R=64, BLOCK_D=block_d, ZERO_DQ=True), 4)
     print(f"attention {t} d={head_dim} dropout={dropout}: shared memory (B) "
-          + ", ".join(f"{d} {cls} {n}" for (d, cls), n in shared.items()), flush=True)
+          + ", ".join(f"{d} {cls} {k.metadata.shared}" for (d, cls), k in kernels.items()), flush=True)
+    return kernels
 
 
 def layer_norm_kernels(dtype, width, residual, dropout, copy=False):
@@ -121,26 +124,15 @@ def ptx_instructions(kernel) -> int:
 
 def ptx_counts():
     """PTX instructions of the bf16 kernels BERT runs, without and with dropout."""
-    dtype, head_dim, t = torch.bfloat16, 64, "bf16"
-    scalars = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "CU_SEQLENS": "*i32", "ORDER": "*i32",
-               "SEED": "*i64", "sm_scale": "fp32", "dropout_p": "fp32"}
-    grads = {n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
+    attention = {dropout: attention_kernels(torch.bfloat16, 64, dropout) for dropout in (False, True)}
     for length in A.LENGTH_CLASSES:
-        counts = {}
-        for dropout in (False, True):
-            flags = dict(BLOCK_D=A._block_d(head_dim), DROPOUT=dropout, DOT_PRECISION=A._dot_precision(dtype))
-            bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd", length)
-            fwd = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
-                        dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
-            bm, bn, warps, stages = A.launch_config(dtype, head_dim, "bwd", length)
-            bwd = build(A._attention_bwd_kernel, {**grads, **scalars}, dict(BLOCK_M=bm, BLOCK_N=bn, **flags),
-                        warps, stages)
-            counts[dropout] = ptx_instructions(fwd), ptx_instructions(bwd)
+        counts = {dropout: [ptx_instructions(kernels[d, length]) for d in ("fwd", "bwd")]
+                  for dropout, kernels in attention.items()}
         print(f"attention bf16 d=64 {length}: fwd {counts[False][0]} / {counts[True][0]} with dropout, "
               f"bwd {counts[False][1]} / {counts[True][1]}", flush=True)
     counts = {}
     for dropout in (False, True):
-        fwd, bwd = layer_norm_kernels(dtype, 768, True, dropout)
+        fwd, bwd = layer_norm_kernels(torch.bfloat16, 768, True, dropout)
         counts[dropout] = ptx_instructions(fwd), ptx_instructions(bwd)
     print(f"layer_norm bf16 N=768: fwd {counts[False][0]} / {counts[True][0]} with dropout, "
           f"bwd {counts[False][1]} / {counts[True][1]}", flush=True)
