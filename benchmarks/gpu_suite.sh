@@ -5,7 +5,7 @@
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
 # benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
-# brings back everything). Each step has its own time limit (the sum is 475 s, set
+# brings back everything). Each step has its own time limit (the sum is 480 s, set
 # from the H200 run of 2026-11-27, where the tests took 65 s and the torch.compile
 # steps ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
 # and the encoder CSVs are written after every case, so a step cut short keeps what
@@ -51,11 +51,16 @@ step tests          ${T_TESTS:-80}  $PY -m pytest -p no:cacheprovider $WORKERS \
 # replays are what compares the kernels (and what a graphed training step pays).
 # Issue 14's comparisons: against PyTorch's varlen FlashAttention without dropout, and
 # against SDPA with a key mask (what transformers runs) with dropout 0.1.
-ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --modes full --graphs
+# With dropout, the forward alone too (how much of dropout's cost is the forward's), and
+# the stored keep-mask (drawn once as bits, read by both directions) against the inline
+# draw: its rows decide `LaunchConfig.stored_mask`'s default.
+ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --graphs
      --lengths equal-128 equal-512 mixed-16-128 mixed-16-512"
-step attention_graphs  ${T_ATTN_GRAPHS:-25} $ATT --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
+step attention_graphs  ${T_ATTN_GRAPHS:-25} $ATT --modes full \
+                                     --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --name attention-graphs
-step attention_dropout ${T_ATTN_DROPOUT:-25} $ATT --providers bertcore-triton bertcore-triton-det sdpa-mask \
+step attention_dropout ${T_ATTN_DROPOUT:-45} $ATT --modes fwd full \
+                                     --providers bertcore-triton bertcore-triton-stored sdpa-mask \
                                      --dropout 0.1 --name attention-dropout-graphs
 step layer_norm_graphs ${T_LN_GRAPHS:-30} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
                                      --tokens 16384 65536
@@ -72,16 +77,16 @@ step profile        ${T_PROFILE:-0} $PY benchmarks/profile_encoder.py
 # bertcore's CUDA-graph steps against transformers SDPA, equal and mixed lengths, at batch
 # 16, 32 and 128 (bert-base at batch 128 gives the MFU)
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
-step encoder        ${T_ENC:-70}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
+step encoder        ${T_ENC:-65}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
                                      --budget 3 --providers bertcore-graphs hf-sdpa
 # the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
 # mode); compiling takes most of these steps, so inference and training run apart
 COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
-step compile_infer  ${T_COMPILE_INFER:-75}  $ENC $COMPILED --modes inference --name encoder-compile-inference
+step compile_infer  ${T_COMPILE_INFER:-70}  $ENC $COMPILED --modes inference --name encoder-compile-inference
 step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-train
 # the forward's launch configs from graph replays (the inference miss: bert-base equal-128
 # x128; the H200's eager sweep of 2026-11-26 was host-bound); --directions bwd for training
-step tune           ${T_TUNE:-35}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd
+step tune           ${T_TUNE:-30}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
 for log in encoder compile_infer compile_train; do

@@ -7,6 +7,9 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
   bertcore-triton  bertcore_kernels.attention(backend="triton"): the Triton kernels (GPU only;
                    on a CPU Triton only has its interpreter, which is no performance path)
   bertcore-triton-det  the same with deterministic=True: the two-pass backward without atomics
+  bertcore-triton-stored  bertcore-triton with the forward's launch config set to store
+                   dropout's keep-mask as bits (drawn once, read by forward and backward)
+                   instead of drawing it inline in both: the same results, timed to choose
   torch-varlen     torch.nn.attention.varlen.varlen_attn: PyTorch's packed FlashAttention (CUDA,
                    fp16/bf16, no dropout; where the installed torch has it)
   bertcore-repad   bertcore_kernels.attention_ref: repad + masked SDPA + unpad (what the torch
@@ -43,8 +46,8 @@ import torch.nn.functional as F
 
 from . import lib as B
 
-PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "torch-varlen", "bertcore-repad", "bertcore-runs",
-             "sdpa-mask", "sdpa-nomask", "eager")
+PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-stored", "torch-varlen", "bertcore-repad",
+             "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
 MODES = ("fwd", "bwd", "full")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "full": 3.5}
 
@@ -75,13 +78,19 @@ def provider_fn(provider, inp, lengths, dropout_p=0.0):
     """A function of (q, k, v) leaves → output, plus those leaves, for one provider;
     `dropout_p` on the attention probabilities (training), as each provider does it."""
     import bertcore_kernels as K
-    if provider in ("bertcore-triton", "bertcore-triton-det"):
+    if provider in ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-stored"):
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
         deterministic = provider == "bertcore-triton-det"
+        configs = {}
+        if provider == "bertcore-triton-stored":
+            dtype, head_dim = leaves[0].dtype, leaves[0].shape[-1]
+            configs = {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(stored_mask=True)}
 
         def fn(q, k, v):
-            return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend="triton",
-                               deterministic=deterministic)
+            # The backward reads the forward's choice from what the forward saved.
+            with K.override_launch_configs(configs):
+                return K.attention(q, k, v, inp["cu"], inp["max"], dropout_p=dropout_p, backend="triton",
+                                   deterministic=deterministic)
         return fn, leaves
     if provider == "torch-varlen":
         if dropout_p:
@@ -159,7 +168,7 @@ def _varlen_attn():
 def available(provider: str, device: str, dtype: str | None = None, dropout_p: float = 0.0) -> str | None:
     """None if the provider runs here (for `dtype`, "fp16"/"bf16"/"fp32", if given, and
     with `dropout_p`), else why not."""
-    if provider in ("bertcore-triton", "bertcore-triton-det"):
+    if provider.startswith("bertcore-triton"):
         if device != "cuda":
             return "skipped: no CUDA device (Triton's CPU interpreter is not a performance path)"
         try:
@@ -239,11 +248,12 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                         B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}"
                                       f" dropout={dropout_p:g}{' graphs' if graphs else ''}")
                         sdpa_target = SDPA_TARGETS.get(kind) if dropout_p else None   # stated with dropout
-                        for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", sdpa_target)):
-                            ratio = speed_vs(these, peer)
-                            if ratio is not None:
-                                print(f"bertcore-triton speed / {peer} speed: {ratio:.2f}"
-                                      + (f" (target >= {target})" if target else ""))
+                        for ours in ("bertcore-triton", "bertcore-triton-stored"):
+                            for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", sdpa_target)):
+                                ratio = speed_vs(these, peer, ours)
+                                if ratio is not None:
+                                    print(f"{ours} speed / {peer} speed: {ratio:.2f}"
+                                          + (f" (target >= {target})" if target else ""))
     if verbose:
         print(f"\nmachine peaks ({env['device']}): " + ", ".join(f"{k}={v:.3g}" for k, v in peaks.items()))
         for n in notes:
@@ -261,12 +271,12 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
 SDPA_TARGETS = {"equal-128": 1.0, "mixed-16-128": 1.5, "equal-512": 1.2, "mixed-16-512": 2.5}
 
 
-def speed_vs(rows, peer: str) -> float | None:
-    """`peer`'s time over bertcore-triton's among `rows` of one case (> 1: bertcore is
-    faster), or None without both."""
+def speed_vs(rows, peer: str, ours: str = "bertcore-triton") -> float | None:
+    """`peer`'s time over `ours`' among `rows` of one case (> 1: bertcore is faster), or
+    None without both."""
     ms = {r["provider"]: r["ms"] for r in rows}
-    if "bertcore-triton" in ms and peer in ms:
-        return ms[peer] / ms["bertcore-triton"]
+    if ours in ms and peer in ms:
+        return ms[peer] / ms[ours]
     return None
 
 

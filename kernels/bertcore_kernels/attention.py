@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
-from .attention_philox import _dropout_bits, _rng_rows, _rng_threshold
+from .attention_philox import _dropout_bits, _keep_bits, _rng_rows, _rng_threshold, _stored_keep
 from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, patched, resolve, tl, triton
 from .ops import device_seed
@@ -99,11 +99,12 @@ def _attention_fwd_kernel(
     LSE,         # (T, H) fp32 out: log2-sum-exp of each score row, for the backward
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
-    SEED,        # (1,) int64 Philox seed (read if DROPOUT; see attention_philox)
-    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim,
+    SEED,        # (1,) int64 Philox seed (read if DROPOUT and not STORED_MASK; see attention_philox)
+    KEEP_BITS,   # (T, H, mask_words) int32 keep-bits (read if DROPOUT and STORED_MASK)
+    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim, mask_words,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     hid = tl.program_id(1)
@@ -130,7 +131,7 @@ def _attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if DROPOUT:
+    if DROPOUT and not STORED_MASK:
         seed = tl.load(SEED)
         threshold = rng_threshold.to(tl.uint32, bitcast=True)
         rng_rows = _rng_rows(max_seqlen, offs_m)
@@ -153,7 +154,11 @@ def _attention_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+            if STORED_MASK:
+                keep = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
+                                    cols[None, :], start_n, mask_words, BLOCK_N)
+            else:
+                keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
             p = tl.where(keep, p, 0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -180,12 +185,16 @@ class LaunchConfig(NamedTuple):
     """Tile sizes and scheduling of one attention kernel launch. "fwd": `block_m` query
     rows per program, `block_n` keys per step. "bwd": `block_n` keys per program,
     `block_m` query rows per step. "bwd_det": square tiles of `block_m` (`block_n` is
-    not read)."""
+    not read). `stored_mask` (read from "fwd" only): with dropout, draw the keep-mask
+    once into a bit array (`attention_philox._keep_bits`) that the forward and the
+    backward read, instead of each running Philox on its tiles; the same masks, so the
+    same results, for 1/8 byte per score kept until the backward."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    stored_mask: bool = False
 
 
 HEAD_DIM_BUCKETS = (64, 128, 256)  # a head_dim uses the first bucket >= it
@@ -310,34 +319,47 @@ def _sequence_order(cu_seqlens):
     return order
 
 
+def _stores_mask(dtype, head_dim, max_seqlen, dropout_p, total) -> bool:
+    """Whether a forward stores its keep-bits: dropout on, a launch to make, and the
+    forward's launch config says so. One rule for the launcher and the fake kernel."""
+    return (dropout_p > 0.0 and total > 0 and max_seqlen > 0
+            and launch_config(dtype, head_dim, "fwd", max_seqlen).stored_mask)
+
+
 def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed):
     """Runs the forward kernel; `seed` a (1,) int64 device tensor (None without dropout).
-    Returns (out (T, H, D), lse (T, H) fp32, base 2)."""
+    Returns (out (T, H, D), lse (T, H) fp32, base 2, keep_bits): keep_bits the
+    (T, H, ceil(max_seqlen / 32)) int32 mask the backward reads when the forward's
+    launch config stores it, else an empty (0,) tensor (the backward redraws it)."""
     total, nheads, head_dim = q.shape
     batch = cu_seqlens.numel() - 1
     out = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
+    keep_bits = torch.empty((0,), dtype=torch.int32, device=q.device)
     if total == 0 or max_seqlen == 0:
-        return out, lse
+        return out, lse, keep_bits
     dropout = dropout_p > 0.0
-    block_m, block_n, num_warps, num_stages = launch_config(q.dtype, head_dim, "fwd", max_seqlen)
-    grid = (triton.cdiv(max_seqlen, block_m), nheads, batch)
+    stored = _stores_mask(q.dtype, head_dim, max_seqlen, dropout_p, total)
+    if stored:
+        keep_bits = _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed)
+    cfg = launch_config(q.dtype, head_dim, "fwd", max_seqlen)
+    grid = (triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)
     _attention_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, order, seed if dropout else None,
-        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim,
+        q, k, v, out, lse, cu_seqlens, order, seed if dropout else None, keep_bits if stored else None,
+        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, triton.cdiv(max_seqlen, 32),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block_d(head_dim),
-        DROPOUT=dropout, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages)
-    return out, lse
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
+        DROPOUT=dropout, STORED_MASK=stored, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse, keep_bits
 
 
 def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed,
-                   deterministic=False):
+                   keep_bits, deterministic=False):
     """Runs the backward kernels (attention_bwd.py): the one-pass kernel with atomic dQ,
-    or with `deterministic` the two-pass one. Returns (dq, dk, dv), each (T, H, D)
-    contiguous."""
+    or with `deterministic` the two-pass one. `keep_bits`: the forward's stored mask, or
+    empty (redraw it from `seed`). Returns (dq, dk, dv), each (T, H, D) contiguous."""
     total, nheads, head_dim = q.shape
     batch = cu_seqlens.numel() - 1
     dk = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
@@ -346,7 +368,9 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
         return torch.empty_like(dk), dk, dv
     do = _last_dim_contiguous(do)
     dropout = dropout_p > 0.0
-    seed = seed if dropout else None
+    stored = dropout and keep_bits.numel() > 0
+    seed = seed if dropout and not stored else None
+    keep_bits = keep_bits if stored else None
     block_d = _block_d(head_dim)
     delta = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
     # fp32 dQ sums for the atomics, zeroed by the preprocess kernel.
@@ -359,20 +383,21 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
         BLOCK_R=block_r, BLOCK_D=block_d, ZERO_DQ=not deterministic)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                do.stride(0), do.stride(1), dk.stride(0), dk.stride(1))
-    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=_dot_precision(q.dtype))
+    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, STORED_MASK=stored, DOT_PRECISION=_dot_precision(q.dtype))
+    mask_words = triton.cdiv(max_seqlen, 32)
     if deterministic:
         dq = torch.empty_like(dk)
-        block, _, num_warps, num_stages = launch_config(q.dtype, head_dim, "bwd_det", max_seqlen)
-        _attention_bwd_det_kernel[(triton.cdiv(max_seqlen, block), nheads, batch)](
-            q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, order, seed,
-            sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, *strides,
-            BLOCK=block, **flags, num_warps=num_warps, num_stages=num_stages)
+        cfg = launch_config(q.dtype, head_dim, "bwd_det", max_seqlen)
+        _attention_bwd_det_kernel[(triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)](
+            q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, order, seed, keep_bits,
+            sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, mask_words, *strides,
+            BLOCK=cfg.block_m, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dv
-    block_m, block_n, num_warps, num_stages = launch_config(q.dtype, head_dim, "bwd", max_seqlen)
-    _attention_bwd_kernel[(triton.cdiv(max_seqlen, block_n), nheads, batch)](
-        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_seqlens, order, seed,
-        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, *strides,
-        BLOCK_M=block_m, BLOCK_N=block_n, **flags, num_warps=num_warps, num_stages=num_stages)
+    cfg = launch_config(q.dtype, head_dim, "bwd", max_seqlen)
+    _attention_bwd_kernel[(triton.cdiv(max_seqlen, cfg.block_n), nheads, batch)](
+        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_seqlens, order, seed, keep_bits,
+        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, mask_words, *strides,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return (dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)), dk, dv
 
 
@@ -384,27 +409,30 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
 @torch.library.custom_op("bertcore::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                       order: torch.Tensor, seed: Optional[torch.Tensor], max_seqlen: int, dropout_p: float,
-                      sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                      sm_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed)
 
 
 @_attention_fwd_op.register_fake
 def _(q, k, v, cu_seqlens, order, seed, max_seqlen, dropout_p, sm_scale):
     total, nheads, head_dim = q.shape
-    return q.new_empty((total, nheads, head_dim)), q.new_empty((total, nheads), dtype=torch.float32)
+    stored = _stores_mask(q.dtype, head_dim, max_seqlen, dropout_p, total)
+    bits_shape = (total, nheads, triton.cdiv(max_seqlen, 32)) if stored else (0,)
+    return (q.new_empty((total, nheads, head_dim)), q.new_empty((total, nheads), dtype=torch.float32),
+            q.new_empty(bits_shape, dtype=torch.int32))
 
 
 @torch.library.custom_op("bertcore::attention_bwd", mutates_args=())
 def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                       out: torch.Tensor, lse: torch.Tensor, cu_seqlens: torch.Tensor, order: torch.Tensor,
-                      seed: Optional[torch.Tensor], max_seqlen: int, dropout_p: float, sm_scale: float,
-                      deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      seed: Optional[torch.Tensor], keep_bits: torch.Tensor, max_seqlen: int, dropout_p: float,
+                      sm_scale: float, deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p, sm_scale,
-                          seed, deterministic)
+                          seed, keep_bits, deterministic)
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, order, seed, max_seqlen, dropout_p, sm_scale, deterministic):
+def _(do, q, k, v, out, lse, cu_seqlens, order, seed, keep_bits, max_seqlen, dropout_p, sm_scale, deterministic):
     return tuple(q.new_empty(q.shape) for _ in range(3))
 
 
@@ -414,25 +442,27 @@ class _AttentionFunction(torch.autograd.Function):
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
         order = _sequence_order(cu_seqlens)
         if torch.compiler.is_compiling():
-            out, lse = torch.ops.bertcore.attention_fwd(q, k, v, cu_seqlens, order, seed, max_seqlen,
-                                                        dropout_p, sm_scale)
+            out, lse, keep_bits = torch.ops.bertcore.attention_fwd(q, k, v, cu_seqlens, order, seed, max_seqlen,
+                                                                   dropout_p, sm_scale)
         else:
-            out, lse = _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed)
-        # The seed tensor itself: the backward regenerates the forward's mask from it.
-        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, order, seed)
+            out, lse, keep_bits = _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed)
+        # The seed tensor itself, from which the backward redraws the forward's mask, or
+        # the mask itself as bits when the forward stored it.
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, order, seed, keep_bits)
         ctx.args = (max_seqlen, dropout_p, sm_scale, deterministic)
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, out, lse, cu_seqlens, order, seed = ctx.saved_tensors
+        q, k, v, out, lse, cu_seqlens, order, seed, keep_bits = ctx.saved_tensors
         max_seqlen, dropout_p, sm_scale, deterministic = ctx.args
         if torch.compiler.is_compiling():
             dq, dk, dv = torch.ops.bertcore.attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, seed,
-                                                          max_seqlen, dropout_p, sm_scale, deterministic)
+                                                          keep_bits, max_seqlen, dropout_p, sm_scale,
+                                                          deterministic)
         else:
             dq, dk, dv = _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p,
-                                        sm_scale, seed, deterministic)
+                                        sm_scale, seed, keep_bits, deterministic)
         return dq, dk, dv, None, None, None, None, None, None
 
 

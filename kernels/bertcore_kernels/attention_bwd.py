@@ -12,12 +12,15 @@ Two schedules, one result up to fp32 rounding:
   block i for dQ (`_attention_bwd_det_dq`); the dQ pass recomputes S and dP and
   regenerates the dropout mask (seven products), but needs no atomics.
 
+With dropout, both redraw the forward's keep-mask from its seed, or read it from the
+bits the forward stored (`LaunchConfig.stored_mask`, `attention_philox`).
+
 Scores are in base 2, as in the forward (`attention.py`). Programs pick their
 sequence through ORDER, the batch sorted longest first, so the long sequences'
 programs start first and the short ones fill in behind them instead of leaving
 SMs idle at the end of the grid.
 """
-from .attention_philox import _dropout_bits, _rng_rows
+from .attention_philox import _dropout_bits, _rng_rows, _stored_keep
 from .dispatch import tl, triton
 
 
@@ -47,12 +50,13 @@ def _attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, seq_start, seqlen, bid, hid, start_n,
-                        sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim,
+def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_start, seqlen, bid, hid, start_n,
+                        sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim, mask_words,
                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_gt, stride_gh,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                        DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+                        DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        ATOMIC_DQ: tl.constexpr):
     # Pointers and strides: see `_attention_bwd_kernel`, the caller (DQ_ACC is read only
     # with ATOMIC_DQ). The key/value block at start_n (BLOCK_N keys) stays in registers
     # while the query blocks (BLOCK_M rows) stream past: dK and dV accumulate here
@@ -85,8 +89,13 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, seq_start, seql
         p_t = tl.where(n_mask[:, None] & m_mask[None, :], p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if DROPOUT:
-            bits = _dropout_bits(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n, BLOCK_M, BLOCK_N)
-            keep_t = tl.trans(bits) >= threshold
+            if STORED_MASK:  # read straight into the transposed tile
+                keep_t = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[None, :] * mask_words, m_mask[None, :],
+                                      offs_n[:, None], start_n, mask_words, BLOCK_N)
+            else:
+                bits = _dropout_bits(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n,
+                                     BLOCK_M, BLOCK_N)
+                keep_t = tl.trans(bits) >= threshold
             pd_t = tl.where(keep_t, p_t * drop_scale, 0.0)
             dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
         else:
@@ -121,12 +130,13 @@ def _attention_bwd_kernel(
     DV,          # (T, H, D) out, contiguous
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
-    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT)
-    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim,
+    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT and not STORED_MASK)
+    KEEP_BITS,   # (T, H, mask_words) int32 the forward's keep-bits (read if DROPOUT and STORED_MASK)
+    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim, mask_words,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_gt, stride_gh,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (i, h, b) owns key block i of head h of sequence ORDER[b]: one pass.
     hid = tl.program_id(1)
@@ -138,22 +148,22 @@ def _attention_bwd_kernel(
         return
     seed = 0
     threshold = rng_threshold.to(tl.uint32, bitcast=True)
-    if DROPOUT:
+    if DROPOUT and not STORED_MASK:
         seed = tl.load(SEED)
-    _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, seq_start, seqlen, bid, hid, start_n,
-                        sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim,
+    _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_start, seqlen, bid, hid, start_n,
+                        sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim, mask_words,
                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_gt, stride_gh,
-                        BLOCK_M, BLOCK_N, BLOCK_D, DROPOUT, DOT_PRECISION, True)
+                        BLOCK_M, BLOCK_N, BLOCK_D, DROPOUT, STORED_MASK, DOT_PRECISION, True)
 
 
 @triton.jit
-def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, hid,
-                          sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim,
+def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seqlen, bid, hid,
+                          sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim, mask_words,
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_dot, stride_doh, stride_gt, stride_gh,
                           BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                          DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                          DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # Pointers and strides: see `_attention_bwd_det_kernel`, the caller.
     # One query block stays in registers while the key blocks stream past; a
     # separate pass from dK/dV, so dQ needs no atomics and is deterministic.
@@ -170,7 +180,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, h
     delta = tl.load(DELTA + tok_m * nheads + hid, mask=m_mask, other=0.0)
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    if DROPOUT:
+    if DROPOUT and not STORED_MASK:
         rng_rows = _rng_rows(max_seqlen, offs_m)
     drop_scale = 1.0 / (1.0 - dropout_p)
 
@@ -185,7 +195,11 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, h
         p = tl.where(n_mask[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
-            keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK, BLOCK) >= threshold
+            if STORED_MASK:
+                keep = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
+                                    offs_n[None, :], start_n, mask_words, BLOCK)
+            else:
+                keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK, BLOCK) >= threshold
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
@@ -207,12 +221,13 @@ def _attention_bwd_det_kernel(
     DV,          # (T, H, D) out, contiguous
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
-    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT)
-    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim,
+    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT and not STORED_MASK)
+    KEEP_BITS,   # (T, H, mask_words) int32 the forward's keep-bits (read if DROPOUT and STORED_MASK)
+    sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim, mask_words,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_gt, stride_gh,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (i, h, b) owns key block i for dK/dV and query block i for dQ, as in
     # the Triton fused-attention tutorial: one launch, no atomics.
@@ -224,16 +239,17 @@ def _attention_bwd_det_kernel(
         return
     seed = 0
     threshold = rng_threshold.to(tl.uint32, bitcast=True)
-    if DROPOUT:
+    if DROPOUT and not STORED_MASK:
         seed = tl.load(SEED)
     # dK/dV as the one-pass kernel computes them, without its dQ atomics (DQ is not read)
-    _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, seq_start, seqlen, bid, hid,
+    _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, KEEP_BITS, seq_start, seqlen, bid, hid,
                         tl.program_id(0) * BLOCK, sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim,
+                        mask_words,
                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_gt, stride_gh,
-                        BLOCK, BLOCK, BLOCK_D, DROPOUT, DOT_PRECISION, False)
-    _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, seq_start, seqlen, bid, hid,
-                          sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim,
+                        BLOCK, BLOCK, BLOCK_D, DROPOUT, STORED_MASK, DOT_PRECISION, False)
+    _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seqlen, bid, hid,
+                          sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim, mask_words,
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_dot, stride_doh, stride_gt, stride_gh,
-                          BLOCK, BLOCK_D, DROPOUT, DOT_PRECISION)
+                          BLOCK, BLOCK_D, DROPOUT, STORED_MASK, DOT_PRECISION)

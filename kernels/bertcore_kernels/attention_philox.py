@@ -21,6 +21,12 @@ for sm_90, the forward's dropout path took 578 more PTX instructions per tile wi
 10 rounds and 64-bit counters (330 of them Philox's multiplies, xors and adds), and
 takes 425 with 7 rounds and the 32-bit counter words above.
 
+With a stored mask (`LaunchConfig.stored_mask` of the forward), `_keep_bits_kernel`
+draws the same decisions once, before the forward, into a (T, H, ceil(L / 32)) int32
+bit array (bit j of word w of token t, head h: key 32 w + j of t's score row), and the
+forward and backward read bits (`_stored_keep`) instead of running Philox each. Same
+masks, bit for bit; 1/8 byte per score saved for the backward.
+
 The seed is a (1,) int64 device tensor (`rng.next_seed`, or `rng.seed_tensor` of a
 caller's int) that the kernels `tl.load`: no host sync, and a replayed CUDA graph
 reads the seed its captured `next_seed` kernels wrote.
@@ -58,6 +64,75 @@ def _dropout_bits(seed, rng_head, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOC
     r0, r1, r2, r3 = tl.philox(seed, c0, zero + rng_head.to(tl.uint32, bitcast=True), zero, zero, PHILOX_ROUNDS)
     # Interleave so that column 4 g + j reads lane j of counter g.
     return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
+
+
+@triton.jit
+def _stored_keep(KEEP_BITS, row_words, row_mask, keys, start_n, words, BLOCK_N: tl.constexpr):
+    # Keep-decisions of one tile read from stored bits. `row_words`: the int64 offset of
+    # each score row's words, (token * H + head) * words; `row_mask`: the rows that
+    # exist; both shaped along the tile's row axis, `keys` = start_n + arange(BLOCK_N)
+    # along the other. A row's BLOCK_N keys span BLOCK_N / 32 words (one, when BLOCK_N
+    # <= 32): one small load per word, broadcast over its 32 keys, rather than a
+    # gather per score.
+    first = start_n // 32
+    word = tl.load(KEEP_BITS + row_words + first, mask=row_mask, other=0) + keys * 0  # (tile)
+    for i in tl.static_range(1, (BLOCK_N + 31) // 32):
+        in_row = (row_words * 0 + first + i) < words  # a sequence's last tile can pass its last word
+        more = tl.load(KEEP_BITS + row_words + first + i, mask=row_mask & in_row, other=0)
+        word = tl.where(keys // 32 == first + i, more, word)
+    return ((word >> (keys % 32)) & 1) != 0
+
+
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
+def _keep_bits_kernel(
+    KEEP_BITS,   # (T, H, W) int32 out: bit j of word w = keep key 32 w + j (W = ceil(L / 32))
+    CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
+    SEED,        # (1,) int64 Philox seed
+    rng_threshold, max_seqlen, nheads, words,
+    BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    # Program (i, h, b): rows i * BLOCK_R .. of head h of sequence b, every word of
+    # them. A word is 8 Philox calls of 4 lanes: counters c0 = row * G + 8 w + g (g < 8),
+    # lane j deciding key 32 w + 4 g + j, exactly as `_dropout_bits` tiles them.
+    bid = tl.program_id(2)
+    hid = tl.program_id(1)
+    seq_start = tl.load(CU_SEQLENS + bid)
+    seqlen = tl.load(CU_SEQLENS + bid + 1) - seq_start
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    if tl.program_id(0) * BLOCK_R >= seqlen:
+        return
+    seed = tl.load(SEED)
+    threshold = rng_threshold.to(tl.uint32, bitcast=True)
+    groups = (max_seqlen + 3) // 4
+    g = tl.arange(0, 8)[None, None, :]                                        # (1, 1, 8)
+    head = (bid * nheads + hid).to(tl.uint32, bitcast=True)
+    out_rows = ((seq_start + rows).to(tl.int64) * nheads + hid) * words       # (R,)
+    for w0 in range(0, words, BLOCK_W):
+        w = w0 + tl.arange(0, BLOCK_W)[None, :, None]                          # (1, BW, 1)
+        c0 = (rows[:, None, None] * groups + w * 8 + g).to(tl.uint32, bitcast=True)  # (R, BW, 8)
+        zero = c0 * 0
+        r0, r1, r2, r3 = tl.philox(seed, c0, zero + head, zero, zero, PHILOX_ROUNDS)
+        shift = 4 * g
+        bits = (((r0 >= threshold).to(tl.int32) << shift) | ((r1 >= threshold).to(tl.int32) << (shift + 1))
+                | ((r2 >= threshold).to(tl.int32) << (shift + 2)) | ((r3 >= threshold).to(tl.int32) << (shift + 3)))
+        word = tl.sum(bits, 2)  # distinct bits: the sum is their OR                 (R, BW)
+        ws = w0 + tl.arange(0, BLOCK_W)
+        tl.store(KEEP_BITS + out_rows[:, None] + ws[None, :], word,
+                 mask=(rows < seqlen)[:, None] & (ws < words)[None, :])
+
+
+def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
+    """The (T, H, ceil(max_seqlen / 32)) int32 keep-bits of (seed, dropout_p): the
+    decisions `_dropout_bits` makes, drawn once for a stored-mask forward and backward.
+    Bits of keys past a sequence's end are drawn too and never read."""
+    words = triton.cdiv(max_seqlen, 32)
+    bits = torch.empty((total, nheads, words), dtype=torch.int32, device=cu_seqlens.device)
+    if bits.numel():
+        block_r, block_w = 32, min(4, triton.next_power_of_2(words))
+        grid = (triton.cdiv(max_seqlen, block_r), nheads, cu_seqlens.numel() - 1)
+        _keep_bits_kernel[grid](bits, cu_seqlens, seed, _rng_threshold(dropout_p), max_seqlen, nheads, words,
+                                BLOCK_R=block_r, BLOCK_W=block_w)
+    return bits
 
 
 @triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])

@@ -52,29 +52,32 @@ def _vector_loads(kernel):
     return sum(".v4.b32" in line for line in kernel.asm["ptx"].splitlines() if "ld.global" in line)
 
 
-def attention_kernels(dtype, head_dim, dropout):
+def attention_kernels(dtype, head_dim, dropout, stored_mask=False):
     """Compiles the attention kernels of every length class; returns {(direction, length
-    class): kernel}."""
+    class): kernel}. `stored_mask`: dropout read from stored keep-bits, not drawn inline."""
     t, block_d, prec = TY[dtype], A._block_d(head_dim), A._dot_precision(dtype)
     scalars = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "CU_SEQLENS": "*i32", "ORDER": "*i32",
-               "SEED": "*i64", "sm_scale": "fp32", "dropout_p": "fp32"}
-    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec)
+               "SEED": "*i64", "KEEP_BITS": "*i32", "sm_scale": "fp32", "dropout_p": "fp32"}
+    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, STORED_MASK=stored_mask, DOT_PRECISION=prec)
     grads = {n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
     kernels = {}
     for length in A.LENGTH_CLASSES:  # each length class has its own tiles
-        bm, bn, warps, stages = A.launch_config(dtype, head_dim, "fwd", length)
+        bm, bn, warps, stages, _ = A.launch_config(dtype, head_dim, "fwd", length)
         kernels["fwd", length] = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
                                        dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
-        bm, bn, warps, stages = A.launch_config(dtype, head_dim, "bwd", length)
+        bm, bn, warps, stages, _ = A.launch_config(dtype, head_dim, "bwd", length)
         kernels["bwd", length] = build(A._attention_bwd_kernel, {**grads, **scalars},
                                        dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
-        block, _, warps, stages = A.launch_config(dtype, head_dim, "bwd_det", length)
+        block, _, warps, stages, _ = A.launch_config(dtype, head_dim, "bwd_det", length)
         kernels["bwd_det", length] = build(A._attention_bwd_det_kernel, {**grads, **scalars},
                                            dict(BLOCK=block, **flags), warps, stages)
     build(B._attention_bwd_preprocess_kernel, {"O": "*" + t, "DO": "*" + t, "DELTA": "*fp32", "DQ_ACC": "*fp32"},
           dict(BLOCK_R=64, BLOCK_D=block_d, ZERO_DQ=True), 4)
-    print(f"attention {t} d={head_dim} dropout={dropout}: shared memory (B) "
-          + ", ".join(f"{d} {cls} {k.metadata.shared}" for (d, cls), k in kernels.items()), flush=True)
+    if stored_mask:
+        kernels["keep_bits"] = build(P._keep_bits_kernel, {"KEEP_BITS": "*i32", "CU_SEQLENS": "*i32", "SEED": "*i64"},
+                                     dict(BLOCK_R=32, BLOCK_W=4), 4)
+    print(f"attention {t} d={head_dim} dropout={dropout} stored_mask={stored_mask}: shared memory (B) "
+          + ", ".join(f"{' '.join(key)} {k.metadata.shared}" for key, k in kernels.items()), flush=True)
     return kernels
 
 
@@ -123,13 +126,18 @@ def ptx_instructions(kernel) -> int:
 
 
 def ptx_counts():
-    """PTX instructions of the bf16 kernels BERT runs, without and with dropout."""
-    attention = {dropout: attention_kernels(torch.bfloat16, 64, dropout) for dropout in (False, True)}
+    """PTX instructions of the bf16 kernels BERT runs, without and with dropout (the
+    attention's drawn inline, and read from stored keep-bits)."""
+    variants = {"none": (False, False), "inline": (True, False), "stored": (True, True)}
+    attention = {name: attention_kernels(torch.bfloat16, 64, *flags) for name, flags in variants.items()}
     for length in A.LENGTH_CLASSES:
-        counts = {dropout: [ptx_instructions(kernels[d, length]) for d in ("fwd", "bwd")]
-                  for dropout, kernels in attention.items()}
-        print(f"attention bf16 d=64 {length}: fwd {counts[False][0]} / {counts[True][0]} with dropout, "
-              f"bwd {counts[False][1]} / {counts[True][1]}", flush=True)
+        counts = {name: [ptx_instructions(kernels[d, length]) for d in ("fwd", "bwd")]
+                  for name, kernels in attention.items()}
+        print(f"attention bf16 d=64 {length}: fwd {counts['none'][0]} / {counts['inline'][0]} with dropout "
+              f"/ {counts['stored'][0]} with a stored mask, bwd {counts['none'][1]} / {counts['inline'][1]} "
+              f"/ {counts['stored'][1]}", flush=True)
+    print(f"attention keep-bits kernel (stored mask): {ptx_instructions(attention['stored']['keep_bits'])}",
+          flush=True)
     counts = {}
     for dropout in (False, True):
         fwd, bwd = layer_norm_kernels(torch.bfloat16, 768, True, dropout)
@@ -141,6 +149,7 @@ def ptx_counts():
 def main(sweep):
     if not sweep:
         attention_kernels(torch.float16, 64, True)
+        attention_kernels(torch.float16, 64, True, stored_mask=True)
         layer_norm_kernels(torch.float16, 768, True, True)
         fwd, _ = layer_norm_kernels(torch.bfloat16, 768, True, True)
         assert _vector_loads(fwd) > 0, "the bf16 LayerNorm forward does not load 16-byte vectors"
@@ -151,6 +160,7 @@ def main(sweep):
             for head_dim in (32, 64, 128):
                 for dropout in (False, True):
                     attention_kernels(dtype, head_dim, dropout)
+                attention_kernels(dtype, head_dim, True, stored_mask=True)
             for width in (384, 768, 1023, 4096, 8192, L._max_hidden(dtype)):
                 layer_norm_kernels(dtype, width, True, True)
                 layer_norm_kernels(dtype, width, False, False)

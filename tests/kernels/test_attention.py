@@ -8,7 +8,7 @@ import torch
 
 import bertcore_kernels as K
 from bertcore_kernels.attention import attention_ref
-from bertcore_kernels.attention_philox import _dropout_mask
+from bertcore_kernels.attention_philox import _dropout_mask, _keep_bits
 from bertcore_kernels.dispatch import interpret_mode
 from bertcore_kernels.rng import seed_tensor
 
@@ -166,6 +166,60 @@ def test_backward_uses_the_seed_saved_by_its_forward():
     assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
+def stored_mask_configs(dtype, head_dim):
+    """override_launch_configs' argument that makes the forward store its keep-bits."""
+    return {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(stored_mask=True)}
+
+
+def test_stored_keep_bits_are_the_inline_mask():
+    # `_keep_bits` packs exactly the decisions the kernels draw inline (`_dropout_mask`),
+    # across word blocks (130 keys: 5 words, blocks of 4) and ragged sequence ends.
+    lengths, p = [0, 1, 17, 130, 40], 0.3
+    cu, L = cu_seqlens_of(lengths), max(lengths)
+    bits = _keep_bits(cu, sum(lengths), L, HEADS, p, seed_tensor(77, DEVICE)).cpu()  # (T, H, W)
+    assert bits.shape == (sum(lengths), HEADS, 5)
+    mask = _dropout_mask(cu, L, HEADS, p, 77).cpu()                                  # (B, H, L, L)
+    unpacked = (bits[..., :, None] >> torch.arange(32)) & 1                           # (T, H, W, 32)
+    unpacked = unpacked.flatten(2)[..., :L].bool()                                    # (T, H, L)
+    offsets = cu.tolist()
+    for b, n in enumerate(lengths):
+        rows = unpacked[offsets[b]:offsets[b] + n]                                    # (n, H, L)
+        assert torch.equal(rows[..., :n].permute(1, 0, 2), mask[b, :, :n, :n])
+
+
+# Tiles of 16 keys (inside one word), 32 (one word), 64 and 128 (two and four words a row).
+STORED_CASES = [
+    (torch.float32, False, (16, 16, 2, 1), (16, 16, 2, 1)),
+    (torch.float32, True, None, None),
+    (torch.float16, False, (32, 64, 4, 1), (32, 128, 4, 1)),
+    (torch.float16, True, (16, 128, 4, 1), (64, 64, 4, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype,deterministic,fwd,bwd", STORED_CASES,
+                         ids=lambda c: str(c).removeprefix("torch.").replace(", ", "-"))
+def test_stored_mask_gives_the_inline_masks_results_bitwise(dtype, deterministic, fwd, bwd):
+    # The stored mask only changes where the decisions come from: same outputs and
+    # gradients to the bit (dQ's atomics add in a fixed order only in the interpreter),
+    # and fp64 agreement as the inline path has.
+    lengths, d = [0, 1, 17, 130, 70], 32
+    qkv, grad, cu, max_seqlen = inputs(lengths, d)
+    kw = dict(dropout_p=0.2, seed=31, deterministic=deterministic)
+    tiles = {}
+    if fwd:
+        tiles = {(dtype, d, "fwd"): fwd, (dtype, d, "bwd_det" if deterministic else "bwd"): bwd}
+    with K.override_launch_configs(tiles):
+        inline = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+        with K.override_launch_configs(stored_mask_configs(dtype, d)):
+            stored = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+            check_against_fp64(lengths, d, dtype, dropout_p=0.2, seed=31, deterministic=deterministic)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), inline, stored):
+        if name == "dq" and not deterministic and a.is_cuda:
+            torch.testing.assert_close(a, b)
+        else:
+            assert torch.equal(a, b), name
+
+
 def test_dropout_is_repeatable_by_seed():
     qkv, _, cu, max_seqlen = inputs([17, 30], 32)
     q, k, v = qkv.float().unbind(1)
@@ -270,7 +324,7 @@ def test_backend_choice(monkeypatch):
 
 
 def test_launch_configs_are_a_table_with_a_scoped_override():
-    table = attn_mod.LAUNCH_CONFIGS
+    table, LC = attn_mod.LAUNCH_CONFIGS, attn_mod.LaunchConfig
     default = K.launch_config(torch.float16, 64, "bwd")                       # length class "long"
     assert default == table[(torch.float16, 64, "bwd", "long")] == K.launch_config(torch.float16, 64, "bwd", 512)
     assert K.launch_config(torch.float16, 64, "bwd", 128) == table[(torch.float16, 64, "bwd", "short")]
@@ -282,13 +336,14 @@ def test_launch_configs_are_a_table_with_a_scoped_override():
                for cls in attn_mod.LENGTH_CLASSES)
     with K.override_launch_configs({(torch.float16, 32, "bwd"): (64, 64, 8, 1),
                                     (torch.float16, 64, "fwd", "short"): (16, 16, 2, 1)}):
-        assert K.launch_config(torch.float16, 64, "bwd") == (64, 64, 8, 1)    # no class: both classes
+        assert K.launch_config(torch.float16, 64, "bwd") == LC(64, 64, 8, 1)  # no class: both classes
         assert K.launch_config(torch.float16, 64, "bwd", "short").block_m == 64
-        assert K.launch_config(torch.float16, 64, "fwd", 17) == (16, 16, 2, 1)
+        assert K.launch_config(torch.float16, 64, "fwd", 17) == LC(16, 16, 2, 1)
         assert K.launch_config(torch.float16, 64, "fwd", 200) == table[(torch.float16, 64, "fwd", "long")]
         assert K.launch_config(torch.float16, 64, "bwd_det") == default_det
     assert K.launch_config(torch.float16, 64, "bwd") == default
-    assert K.launch_config(torch.float16, 64, "fwd", 17) != (16, 16, 2, 1)
+    assert K.launch_config(torch.float16, 64, "fwd", 17) != LC(16, 16, 2, 1)
+    assert not any(cfg.stored_mask for cfg in table.values())                 # the default: Philox inline
     with pytest.raises(ValueError, match="head_dim <= 256"):
         K.launch_config(torch.float16, 512, "fwd")
     with pytest.raises(ValueError, match="direction"):

@@ -39,11 +39,17 @@ def compiled(backend="aot_eager", **options):
     return torch.compile(attend, fullgraph=True, backend=backend, **options)
 
 
-@pytest.mark.parametrize("kw", [{}, {"dropout_p": 0.2, "seed": 5}, {"deterministic": True}],
-                         ids=["plain", "dropout-seed", "deterministic"])
+@pytest.mark.parametrize("kw", [{}, {"dropout_p": 0.2, "seed": 5}, {"deterministic": True},
+                                {"dropout_p": 0.2, "seed": 5, "stored_mask": True}],
+                         ids=["plain", "dropout-seed", "deterministic", "dropout-stored-mask"])
 def test_triton_attention_compiles_without_graph_breaks_and_matches_eager(kw):
     qkv, cu, max_seqlen = make()
-    out, grad = fwd_bwd(compiled(), qkv, cu, max_seqlen, "triton", **kw)
+    configs = {}
+    if kw.pop("stored_mask", False):
+        configs = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
+            stored_mask=True)}
+    with K.override_launch_configs(configs):
+        out, grad = fwd_bwd(compiled(), qkv, cu, max_seqlen, "triton", **kw)
     ref, ref_grad = fwd_bwd(attend, qkv, cu, max_seqlen, "triton", **kw)
     torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad, rtol=1e-6, atol=1e-6)
@@ -84,10 +90,16 @@ def test_custom_ops_pass_opcheck():
     order = cu.new_tensor([2, 0, 1])
     seed = torch.tensor([7], dtype=torch.int64, device=DEVICE)
     fwd_args = (q, k, v, cu, order, seed, max_seqlen, 0.1, 0.25)
-    torch.library.opcheck(torch.ops.bertcore.attention_fwd, fwd_args)
-    out, lse = torch.ops.bertcore.attention_fwd(*fwd_args)
-    torch.library.opcheck(torch.ops.bertcore.attention_bwd,
-                          (torch.randn_like(out), q, k, v, out, lse, cu, order, seed, max_seqlen, 0.1, 0.25, True))
+    stored = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
+        stored_mask=True)}
+    for configs in ({}, stored):  # the mask redrawn from the seed, or stored as bits (fake shapes differ)
+        with K.override_launch_configs(configs):
+            torch.library.opcheck(torch.ops.bertcore.attention_fwd, fwd_args)
+            out, lse, keep_bits = torch.ops.bertcore.attention_fwd(*fwd_args)
+            assert keep_bits.shape == ((14, HEADS, 1) if configs else (0,))
+            torch.library.opcheck(torch.ops.bertcore.attention_bwd,
+                                  (torch.randn_like(out), q, k, v, out, lse, cu, order, seed, keep_bits, max_seqlen,
+                                   0.1, 0.25, True))
 
 
 # --------------------------------------------------------------------------- GPU only
