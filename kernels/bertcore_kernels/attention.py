@@ -188,7 +188,8 @@ class LaunchConfig(NamedTuple):
     not read). `stored_mask` (read from "fwd" only): with dropout, draw the keep-mask
     once into a bit array (`attention_philox._keep_bits`) that the forward and the
     backward read, instead of each running Philox on its tiles; the same masks, so the
-    same results, for 1/8 byte per score kept until the backward."""
+    same results, for 1/8 byte per score kept until the backward. A torch.compile trace
+    fixes it (the saved bits' shape), like the tiles: reset Dynamo after changing it."""
 
     block_m: int
     block_n: int
