@@ -5,7 +5,7 @@
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
 # benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
-# brings back everything). Each step has its own time limit (the sum is 480 s, set
+# brings back everything). Each step has its own time limit (the sum is 490 s, set
 # from the H200 run of 2026-11-27, where the tests took 65 s and the torch.compile
 # steps ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
 # and the encoder CSVs are written after every case, so a step cut short keeps what
@@ -62,6 +62,10 @@ step attention_graphs  ${T_ATTN_GRAPHS:-25} $ATT --modes full \
 step attention_dropout ${T_ATTN_DROPOUT:-45} $ATT --modes fwd full \
                                      --providers bertcore-triton bertcore-triton-stored sdpa-mask \
                                      --dropout 0.1 --name attention-dropout-graphs
+# FlashAttention-2's own dropout cost: SDPA without a mask runs it (equal lengths have no
+# padding, so no mask is needed), against torch-varlen (the same kernel, no dropout) above
+step attention_fa2_dropout ${T_ATTN_FA2:-10} $ATT --modes full --providers sdpa-nomask --dropout 0.1 \
+                                     --lengths equal-128 equal-512 --name attention-dropout-fa2
 step layer_norm_graphs ${T_LN_GRAPHS:-30} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
                                      --tokens 16384 65536
 # The same kernels timed eagerly (host launches included): off by default, the first H100
