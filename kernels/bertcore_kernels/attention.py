@@ -156,7 +156,7 @@ def _attention_fwd_kernel(
         if DROPOUT:
             if STORED_MASK:
                 keep = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
-                                    cols[None, :], start_n, mask_words, BLOCK_N)
+                                    cols[None, :], start_n, seqlen, BLOCK_N)
             else:
                 keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
             p = tl.where(keep, p, 0.0)

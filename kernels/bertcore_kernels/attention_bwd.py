@@ -91,7 +91,7 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_
         if DROPOUT:
             if STORED_MASK:  # read straight into the transposed tile
                 keep_t = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[None, :] * mask_words, m_mask[None, :],
-                                      offs_n[:, None], start_n, mask_words, BLOCK_N)
+                                      offs_n[:, None], start_n, seqlen, BLOCK_N)
             else:
                 bits = _dropout_bits(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n,
                                      BLOCK_M, BLOCK_N)
@@ -197,7 +197,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seq
         if DROPOUT:
             if STORED_MASK:
                 keep = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
-                                    offs_n[None, :], start_n, mask_words, BLOCK)
+                                    offs_n[None, :], start_n, seqlen, BLOCK)
             else:
                 keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK, BLOCK) >= threshold
             dp = tl.where(keep, dp * drop_scale, 0.0)

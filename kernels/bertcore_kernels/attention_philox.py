@@ -67,17 +67,18 @@ def _dropout_bits(seed, rng_head, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
-def _stored_keep(KEEP_BITS, row_words, row_mask, keys, start_n, words, BLOCK_N: tl.constexpr):
+def _stored_keep(KEEP_BITS, row_words, row_mask, keys, start_n, seqlen, BLOCK_N: tl.constexpr):
     # Keep-decisions of one tile read from stored bits. `row_words`: the int64 offset of
     # each score row's words, (token * H + head) * words; `row_mask`: the rows that
     # exist; both shaped along the tile's row axis, `keys` = start_n + arange(BLOCK_N)
     # along the other. A row's BLOCK_N keys span BLOCK_N / 32 words (one, when BLOCK_N
     # <= 32): one small load per word, broadcast over its 32 keys, rather than a
-    # gather per score.
+    # gather per score. Words past the sequence's last (never written) read as 0: their
+    # keys are masked out of the scores anyway.
     first = start_n // 32
     word = tl.load(KEEP_BITS + row_words + first, mask=row_mask, other=0) + keys * 0  # (tile)
     for i in tl.static_range(1, (BLOCK_N + 31) // 32):
-        in_row = (row_words * 0 + first + i) < words  # a sequence's last tile can pass its last word
+        in_row = (row_words * 0 + first + i) * 32 < seqlen
         more = tl.load(KEEP_BITS + row_words + first + i, mask=row_mask & in_row, other=0)
         word = tl.where(keys // 32 == first + i, more, word)
     return ((word >> (keys % 32)) & 1) != 0
@@ -91,9 +92,11 @@ def _keep_bits_kernel(
     rng_threshold, max_seqlen, nheads, words,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    # Program (i, h, b): rows i * BLOCK_R .. of head h of sequence b, every word of
-    # them. A word is 8 Philox calls of 4 lanes: counters c0 = row * G + 8 w + g (g < 8),
-    # lane j deciding key 32 w + 4 g + j, exactly as `_dropout_bits` tiles them.
+    # Program (i, h, b): rows i * BLOCK_R .. of head h of sequence b, the words of
+    # their keys < seqlen (the rest of the row stays unwritten: a short sequence in a
+    # long batch draws only its own scores). A word is 8 Philox calls of 4 lanes:
+    # counters c0 = row * G + 8 w + g (g < 8), lane j deciding key 32 w + 4 g + j,
+    # exactly as `_dropout_bits` tiles them.
     bid = tl.program_id(2)
     hid = tl.program_id(1)
     seq_start = tl.load(CU_SEQLENS + bid)
@@ -107,7 +110,8 @@ def _keep_bits_kernel(
     g = tl.arange(0, 8)[None, None, :]                                        # (1, 1, 8)
     head = (bid * nheads + hid).to(tl.uint32, bitcast=True)
     out_rows = ((seq_start + rows).to(tl.int64) * nheads + hid) * words       # (R,)
-    for w0 in range(0, words, BLOCK_W):
+    seq_words = (seqlen + 31) // 32
+    for w0 in range(0, seq_words, BLOCK_W):
         w = w0 + tl.arange(0, BLOCK_W)[None, :, None]                          # (1, BW, 1)
         c0 = (rows[:, None, None] * groups + w * 8 + g).to(tl.uint32, bitcast=True)  # (R, BW, 8)
         zero = c0 * 0
@@ -118,13 +122,14 @@ def _keep_bits_kernel(
         word = tl.sum(bits, 2)  # distinct bits: the sum is their OR                 (R, BW)
         ws = w0 + tl.arange(0, BLOCK_W)
         tl.store(KEEP_BITS + out_rows[:, None] + ws[None, :], word,
-                 mask=(rows < seqlen)[:, None] & (ws < words)[None, :])
+                 mask=(rows < seqlen)[:, None] & (ws < seq_words)[None, :])
 
 
 def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
     """The (T, H, ceil(max_seqlen / 32)) int32 keep-bits of (seed, dropout_p): the
     decisions `_dropout_bits` makes, drawn once for a stored-mask forward and backward.
-    Bits of keys past a sequence's end are drawn too and never read."""
+    Only the words holding a sequence's own keys are written (bits past its end in its
+    last word are drawn and never read)."""
     words = triton.cdiv(max_seqlen, 32)
     bits = torch.empty((total, nheads, words), dtype=torch.int32, device=cu_seqlens.device)
     if bits.numel():
