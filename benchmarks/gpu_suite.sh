@@ -5,9 +5,9 @@
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
 # benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
-# brings back everything). Each step has its own time limit (the sum is 490 s, set
-# from the H200 run of 2026-11-27, where the tests took 65 s and the torch.compile
-# steps ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
+# brings back everything). Each step has its own time limit (the sum is 510 s; the H200
+# run of 2026-11-27 used 400 s of its 475, its tests 65 s, and its torch.compile steps
+# ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
 # and the encoder CSVs are written after every case, so a step cut short keeps what
 # it measured.
 #
@@ -88,9 +88,10 @@ step encoder        ${T_ENC:-65}     $ENC --shapes minilm bert-base --batches mi
 COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
 step compile_infer  ${T_COMPILE_INFER:-70}  $ENC $COMPILED --modes inference --name encoder-compile-inference
 step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-train
-# the forward's launch configs from graph replays (the inference miss: bert-base equal-128
-# x128; the H200's eager sweep of 2026-11-26 was host-bound); --directions bwd for training
-step tune           ${T_TUNE:-30}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd
+# the launch configs from graph replays: the forward first (the inference miss: bert-base
+# equal-128 x128; the H200's eager sweep of 2026-11-26 was host-bound), then the one-pass
+# backward (never tuned) as far as the limit allows (the CSV is written after each sweep)
+step tune           ${T_TUNE:-50}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd bwd
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
 for log in encoder compile_infer compile_train; do
@@ -98,5 +99,5 @@ for log in encoder compile_infer compile_train; do
 done
 grep -E "^(FAILED|ERROR)| passed| failed" "$LOGDIR/tests.log" | tail -15   # pyproject adds -q -ra
 grep -h -A12 "^device ms per call" "$LOGDIR/profile.log" 2>/dev/null
-grep -h -A4 "^best" "$LOGDIR/tune.log" 2>/dev/null
+grep -h -A1 "^best" "$LOGDIR/tune.log" 2>/dev/null
 cat "$LOGDIR/summary.txt"

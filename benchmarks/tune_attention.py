@@ -95,6 +95,7 @@ def main(argv=None) -> int:
         return 2
     rows, picks = [], {}
     env = B.env_row("cuda")
+    out = B.results_dir("cuda", a.output) / "tune_attention-graphs.csv"   # older sweeps timed eager calls
     for dt in a.dtypes:
         refs = [p for p in ("sdpa-mask", "torch-varlen") if available(p, "cuda", dt) is None]
         for hd in a.head_dims:
@@ -121,11 +122,11 @@ def main(argv=None) -> int:
                                   title=f"attention {direction} {dt} d={hd} {cls} ({KINDS[cls]}, {HEADS} heads, "
                                         f"~{TOKENS} tokens; graph replays"
                                         f"{'' if direction == 'fwd' else ' with the forward'})")
-    out = B.results_dir("cuda", a.output) / "tune_attention-graphs.csv"   # older sweeps timed eager calls
-    B.write_csv(rows, out)
-    print(f"\nwrote {out}\nbest (block rows, block cols, warps, stages), as _DEFAULTS rows:")
-    for (dt, hd, direction, cls), cfg in picks.items():
-        print(f"    (({DTYPES[dt]},), ({hd},), {direction!r}, ({cls!r},), {cfg}),")  # hd stands for its bucket
+                    # after every sweep: a run cut short by a time limit keeps what it timed
+                    B.write_csv(rows, out)
+                    print(f"best (block rows, block cols, warps, stages), as a _DEFAULTS row:\n"
+                          f"    (({DTYPES[dt]},), ({hd},), {direction!r}, ({cls!r},), {best}),", flush=True)
+    print(f"\nwrote {out}")
     return 0
 
 
