@@ -5,7 +5,7 @@
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
 # benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
-# brings back everything). Each step has its own time limit (the sum is 510 s; the H200
+# brings back everything). Each step has its own time limit (the sum is 500 s; the H200
 # run of 2026-11-27 used 400 s of its 475, its tests 65 s, and its torch.compile steps
 # ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
 # and the encoder CSVs are written after every case, so a step cut short keeps what
@@ -44,7 +44,7 @@ step() {  # step NAME SECONDS COMMAND...
 # scripts themselves sweep wider when run alone. The tests run in 8 processes: their
 # time is mostly Triton compiling, which is CPU work (pytest-xdist is on the image).
 WORKERS=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")   # one process without xdist
-step tests          ${T_TESTS:-80}  $PY -m pytest -p no:cacheprovider $WORKERS \
+step tests          ${T_TESTS:-75}  $PY -m pytest -p no:cacheprovider $WORKERS \
                                      ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 # Kernels timed as CUDA-graph replays: at 16k tokens an eager call is bound by the host's
 # launches (on the H100 host, equal-512 attention took no longer than equal-128), so the
@@ -52,21 +52,21 @@ step tests          ${T_TESTS:-80}  $PY -m pytest -p no:cacheprovider $WORKERS \
 # Issue 14's comparisons: against PyTorch's varlen FlashAttention without dropout, and
 # against SDPA with a key mask (what transformers runs) with dropout 0.1.
 # With dropout, the forward alone too (how much of dropout's cost is the forward's), and
-# the stored keep-mask (drawn once as bits, read by both directions) against the inline
-# draw: its rows decide `LaunchConfig.stored_mask`'s default.
+# the keep-mask as bits, saved by the forward or prebuilt by a kernel of its own, against
+# drawing it again in the backward: these rows decide `LaunchConfig.dropout_mask`.
 ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --graphs
      --lengths equal-128 equal-512 mixed-16-128 mixed-16-512"
 step attention_graphs  ${T_ATTN_GRAPHS:-25} $ATT --modes full \
                                      --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --name attention-graphs
-step attention_dropout ${T_ATTN_DROPOUT:-45} $ATT --modes fwd full \
-                                     --providers bertcore-triton bertcore-triton-stored sdpa-mask \
+step attention_dropout ${T_ATTN_DROPOUT:-55} $ATT --modes fwd full \
+                                     --providers bertcore-triton bertcore-triton-saved bertcore-triton-prebuilt sdpa-mask \
                                      --dropout 0.1 --name attention-dropout-graphs
 # FlashAttention-2's own dropout cost: SDPA without a mask runs it (equal lengths have no
 # padding, so no mask is needed), against torch-varlen (the same kernel, no dropout) above
 step attention_fa2_dropout ${T_ATTN_FA2:-10} $ATT --modes full --providers sdpa-nomask --dropout 0.1 \
                                      --lengths equal-128 equal-512 --name attention-dropout-fa2
-step layer_norm_graphs ${T_LN_GRAPHS:-30} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
+step layer_norm_graphs ${T_LN_GRAPHS:-25} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
                                      --tokens 16384 65536
 # The same kernels timed eagerly (host launches included): off by default, the first H100
 # run has them (T_ATTN=25 T_LN=40 to rerun).
@@ -81,7 +81,7 @@ step profile        ${T_PROFILE:-0} $PY benchmarks/profile_encoder.py
 # bertcore's CUDA-graph steps against transformers SDPA, equal and mixed lengths, at batch
 # 16, 32 and 128 (bert-base at batch 128 gives the MFU)
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
-step encoder        ${T_ENC:-65}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
+step encoder        ${T_ENC:-60}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
                                      --budget 3 --providers bertcore-graphs hf-sdpa
 # the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
 # mode); compiling takes most of these steps, so inference and training run apart
@@ -91,7 +91,7 @@ step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name 
 # the launch configs from graph replays: the forward first (the inference miss: bert-base
 # equal-128 x128; the H200's eager sweep of 2026-11-26 was host-bound), then the one-pass
 # backward (never tuned) as far as the limit allows (the CSV is written after each sweep)
-step tune           ${T_TUNE:-50}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd bwd
+step tune           ${T_TUNE:-45}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd bwd
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
 for log in encoder compile_infer compile_train; do

@@ -71,7 +71,7 @@ def time_direction(provider, inp, direction: str, device: str = "cuda") -> float
 
 def sweep(dtype, head_dim, direction, length, inp):
     """{config: ms or 'failed: ...'} for one length class, and today's default."""
-    default = tuple(K.launch_config(dtype, head_dim, direction, length))[:4]  # the tiles (no stored_mask)
+    default = tuple(K.launch_config(dtype, head_dim, direction, length))[:4]  # the tiles, not dropout_mask
     results = {}
     for cfg in CANDIDATES[direction]:
         try:

@@ -7,9 +7,11 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
   bertcore-triton  bertcore_kernels.attention(backend="triton"): the Triton kernels (GPU only;
                    on a CPU Triton only has its interpreter, which is no performance path)
   bertcore-triton-det  the same with deterministic=True: the two-pass backward without atomics
-  bertcore-triton-stored  bertcore-triton with the forward's launch config set to store
-                   dropout's keep-mask as bits (drawn once, read by forward and backward)
-                   instead of drawing it inline in both: the same results, timed to choose
+  bertcore-triton-saved  bertcore-triton with the forward's `dropout_mask` "saved": the
+                   forward draws dropout's keep-mask and saves it as bits, the backward reads
+                   them instead of drawing it again (the same results, timed to choose)
+  bertcore-triton-prebuilt  the same with "prebuilt": a kernel of its own draws the bits
+                   before the forward, and both directions read them
   torch-varlen     torch.nn.attention.varlen.varlen_attn: PyTorch's packed FlashAttention (CUDA,
                    fp16/bf16, no dropout; where the installed torch has it)
   bertcore-repad   bertcore_kernels.attention_ref: repad + masked SDPA + unpad (what the torch
@@ -46,8 +48,8 @@ import torch.nn.functional as F
 
 from . import lib as B
 
-PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-stored", "torch-varlen", "bertcore-repad",
-             "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
+PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-saved", "bertcore-triton-prebuilt",
+             "torch-varlen", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
 MODES = ("fwd", "bwd", "full")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "full": 3.5}
 
@@ -78,13 +80,13 @@ def provider_fn(provider, inp, lengths, dropout_p=0.0):
     """A function of (q, k, v) leaves → output, plus those leaves, for one provider;
     `dropout_p` on the attention probabilities (training), as each provider does it."""
     import bertcore_kernels as K
-    if provider in ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-stored"):
+    if provider.startswith("bertcore-triton"):
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
         deterministic = provider == "bertcore-triton-det"
         configs = {}
-        if provider == "bertcore-triton-stored":
-            dtype, head_dim = leaves[0].dtype, leaves[0].shape[-1]
-            configs = {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(stored_mask=True)}
+        if provider in ("bertcore-triton-saved", "bertcore-triton-prebuilt"):
+            dtype, head_dim, mask = leaves[0].dtype, leaves[0].shape[-1], provider.rsplit("-", 1)[1]
+            configs = {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(dropout_mask=mask)}
 
         def fn(q, k, v):
             # The backward reads the forward's choice from what the forward saved.
@@ -248,7 +250,7 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                         B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}"
                                       f" dropout={dropout_p:g}{' graphs' if graphs else ''}")
                         sdpa_target = SDPA_TARGETS.get(kind) if dropout_p else None   # stated with dropout
-                        for ours in ("bertcore-triton", "bertcore-triton-stored"):
+                        for ours in ("bertcore-triton", "bertcore-triton-saved", "bertcore-triton-prebuilt"):
                             for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", sdpa_target)):
                                 ratio = speed_vs(these, peer, ours)
                                 if ratio is not None:

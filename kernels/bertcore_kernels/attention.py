@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
-from .attention_philox import _dropout_bits, _keep_bits, _rng_rows, _rng_threshold, _stored_keep
+from .attention_philox import _dropout_bits, _keep_bits, _read_keep, _rng_rows, _rng_threshold, _save_keep
 from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, patched, resolve, tl, triton
 from .ops import device_seed
@@ -99,12 +99,12 @@ def _attention_fwd_kernel(
     LSE,         # (T, H) fp32 out: log2-sum-exp of each score row, for the backward
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
-    SEED,        # (1,) int64 Philox seed (read if DROPOUT and not STORED_MASK; see attention_philox)
-    KEEP_BITS,   # (T, H, mask_words) int32 keep-bits (read if DROPOUT and STORED_MASK)
+    SEED,        # (1,) int64 Philox seed (read if DROPOUT, unless MASK is "prebuilt"; see attention_philox)
+    KEEP_BITS,   # (T, H, mask_words) int32 keep-bits: written if MASK is "saved", read if "prebuilt"
     sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim, mask_words,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     start_m = tl.program_id(0)
     hid = tl.program_id(1)
@@ -131,10 +131,12 @@ def _attention_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if DROPOUT and not STORED_MASK:
-        seed = tl.load(SEED)
-        threshold = rng_threshold.to(tl.uint32, bitcast=True)
-        rng_rows = _rng_rows(max_seqlen, offs_m)
+    if DROPOUT:
+        row_words = (tok_m * nheads + hid) * mask_words  # (M,) where each row's keep-bits start
+        if MASK != "prebuilt":
+            seed = tl.load(SEED)
+            threshold = rng_threshold.to(tl.uint32, bitcast=True)
+            rng_rows = _rng_rows(max_seqlen, offs_m)
 
     for start_n in range(0, seqlen, BLOCK_N):
         cols = start_n + offs_n
@@ -154,11 +156,13 @@ def _attention_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            if STORED_MASK:
-                keep = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
-                                    cols[None, :], start_n, seqlen, BLOCK_N)
+            if MASK == "prebuilt":
+                keep = _read_keep(KEEP_BITS, row_words[:, None], m_mask[:, None], cols[None, :], start_n, seqlen,
+                                    BLOCK_N)
             else:
                 keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+                if MASK == "saved":
+                    _save_keep(KEEP_BITS, row_words, m_mask, keep, p, cols, start_n, seqlen, BLOCK_N)
             p = tl.where(keep, p, 0.0)
         acc += tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
@@ -185,17 +189,23 @@ class LaunchConfig(NamedTuple):
     """Tile sizes and scheduling of one attention kernel launch. "fwd": `block_m` query
     rows per program, `block_n` keys per step. "bwd": `block_n` keys per program,
     `block_m` query rows per step. "bwd_det": square tiles of `block_m` (`block_n` is
-    not read). `stored_mask` (read from "fwd" only): with dropout, draw the keep-mask
-    once into a bit array (`attention_philox._keep_bits`) that the forward and the
-    backward read, instead of each running Philox on its tiles; the same masks, so the
-    same results, for 1/8 byte per score kept until the backward. A torch.compile trace
-    fixes it (the saved bits' shape), like the tiles: reset Dynamo after changing it."""
+    not read). `dropout_mask` (read from "fwd" only) says where dropout's keep-mask
+    comes from: "redraw", the forward draws it with Philox on its tiles and the
+    backward draws it again; "saved", the forward draws it and saves it as bits
+    (1/8 byte per score, kept until the backward), which the backward reads;
+    "prebuilt", a kernel of its own (`attention_philox._keep_bits`) draws the bits
+    before the forward, and both directions read them. The same masks every way, so
+    the same results. A torch.compile trace fixes it (the saved bits' shape), like the
+    tiles: reset Dynamo after changing it."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    stored_mask: bool = False
+    dropout_mask: str = "redraw"
+
+
+DROPOUT_MASKS = ("redraw", "saved", "prebuilt")  # the values of LaunchConfig.dropout_mask
 
 
 HEAD_DIM_BUCKETS = (64, 128, 256)  # a head_dim uses the first bucket >= it
@@ -280,6 +290,9 @@ def override_launch_configs(configs: dict):
     ...     attention(q, k, v, cu_seqlens, max_seqlen).sum().backward()
     """
     new = {key: LaunchConfig(*cfg) for spec, cfg in configs.items() for key in _launch_keys(*spec)}
+    for cfg in new.values():
+        if cfg.dropout_mask not in DROPOUT_MASKS:
+            raise ValueError(f"dropout_mask={cfg.dropout_mask!r}: expected one of {DROPOUT_MASKS}")
     with patched(LAUNCH_CONFIGS, new):
         yield
 
@@ -320,18 +333,20 @@ def _sequence_order(cu_seqlens):
     return order
 
 
-def _stores_mask(dtype, head_dim, max_seqlen, dropout_p, total) -> bool:
-    """Whether a forward stores its keep-bits: dropout on, a launch to make, and the
-    forward's launch config says so. One rule for the launcher and the fake kernel."""
-    return (dropout_p > 0.0 and total > 0 and max_seqlen > 0
-            and launch_config(dtype, head_dim, "fwd", max_seqlen).stored_mask)
+def _mask_source(dtype, head_dim, max_seqlen, dropout_p, total) -> str | None:
+    """Where a forward's keep-mask comes from (`LaunchConfig.dropout_mask`), or None
+    without dropout or without a launch. One rule for the launcher and the fake kernel."""
+    if dropout_p == 0.0 or total == 0 or max_seqlen == 0:
+        return None
+    return launch_config(dtype, head_dim, "fwd", max_seqlen).dropout_mask
 
 
 def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed):
     """Runs the forward kernel; `seed` a (1,) int64 device tensor (None without dropout).
     Returns (out (T, H, D), lse (T, H) fp32, base 2, keep_bits): keep_bits the
     (T, H, ceil(max_seqlen / 32)) int32 mask the backward reads when the forward's
-    launch config stores it, else an empty (0,) tensor (the backward redraws it)."""
+    launch config saves or prebuilds it, else an empty (0,) tensor (the backward
+    redraws it)."""
     total, nheads, head_dim = q.shape
     batch = cu_seqlens.numel() - 1
     out = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
@@ -340,18 +355,23 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
     if total == 0 or max_seqlen == 0:
         return out, lse, keep_bits
     dropout = dropout_p > 0.0
-    stored = _stores_mask(q.dtype, head_dim, max_seqlen, dropout_p, total)
-    if stored:
-        keep_bits = _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed)
     cfg = launch_config(q.dtype, head_dim, "fwd", max_seqlen)
+    mask = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) or "redraw"
+    if mask == "saved" and cfg.block_n % 32:
+        raise ValueError(f"dropout_mask='saved' writes whole 32-key words: the forward's block_n must be a "
+                         f"multiple of 32, got {cfg.block_n}")
+    if mask == "prebuilt":
+        keep_bits = _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed)
+    elif mask == "saved":
+        keep_bits = torch.empty((total, nheads, triton.cdiv(max_seqlen, 32)), dtype=torch.int32, device=q.device)
     grid = (triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)
     _attention_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, order, seed if dropout else None, keep_bits if stored else None,
+        q, k, v, out, lse, cu_seqlens, order, seed if dropout else None, keep_bits if keep_bits.numel() else None,
         sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, triton.cdiv(max_seqlen, 32),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
-        DROPOUT=dropout, STORED_MASK=stored, DOT_PRECISION=_dot_precision(q.dtype),
+        DROPOUT=dropout, MASK=mask, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse, keep_bits
 
@@ -359,8 +379,9 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
 def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed,
                    keep_bits, deterministic=False):
     """Runs the backward kernels (attention_bwd.py): the one-pass kernel with atomic dQ,
-    or with `deterministic` the two-pass one. `keep_bits`: the forward's stored mask, or
-    empty (redraw it from `seed`). Returns (dq, dk, dv), each (T, H, D) contiguous."""
+    or with `deterministic` the two-pass one. `keep_bits`: the forward's saved or
+    prebuilt mask, or empty (redraw it from `seed`). Returns (dq, dk, dv), each
+    (T, H, D) contiguous."""
     total, nheads, head_dim = q.shape
     batch = cu_seqlens.numel() - 1
     dk = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
@@ -369,9 +390,9 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
         return torch.empty_like(dk), dk, dv
     do = _last_dim_contiguous(do)
     dropout = dropout_p > 0.0
-    stored = dropout and keep_bits.numel() > 0
-    seed = seed if dropout and not stored else None
-    keep_bits = keep_bits if stored else None
+    from_bits = dropout and keep_bits.numel() > 0
+    seed = seed if dropout and not from_bits else None
+    keep_bits = keep_bits if from_bits else None
     block_d = _block_d(head_dim)
     delta = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
     # fp32 dQ sums for the atomics, zeroed by the preprocess kernel.
@@ -384,7 +405,8 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
         BLOCK_R=block_r, BLOCK_D=block_d, ZERO_DQ=not deterministic)
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                do.stride(0), do.stride(1), dk.stride(0), dk.stride(1))
-    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, STORED_MASK=stored, DOT_PRECISION=_dot_precision(q.dtype))
+    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, KEEP_FROM_BITS=from_bits,
+                 DOT_PRECISION=_dot_precision(q.dtype))
     mask_words = triton.cdiv(max_seqlen, 32)
     if deterministic:
         dq = torch.empty_like(dk)
@@ -417,8 +439,8 @@ def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
 @_attention_fwd_op.register_fake
 def _(q, k, v, cu_seqlens, order, seed, max_seqlen, dropout_p, sm_scale):
     total, nheads, head_dim = q.shape
-    stored = _stores_mask(q.dtype, head_dim, max_seqlen, dropout_p, total)
-    bits_shape = (total, nheads, triton.cdiv(max_seqlen, 32)) if stored else (0,)
+    saved = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) in ("saved", "prebuilt")
+    bits_shape = (total, nheads, triton.cdiv(max_seqlen, 32)) if saved else (0,)
     return (q.new_empty((total, nheads, head_dim)), q.new_empty((total, nheads), dtype=torch.float32),
             q.new_empty(bits_shape, dtype=torch.int32))
 
@@ -448,7 +470,7 @@ class _AttentionFunction(torch.autograd.Function):
         else:
             out, lse, keep_bits = _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed)
         # The seed tensor itself, from which the backward redraws the forward's mask, or
-        # the mask itself as bits when the forward stored it.
+        # the mask itself as bits when the forward saved them or had them prebuilt.
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, order, seed, keep_bits)
         ctx.args = (max_seqlen, dropout_p, sm_scale, deterministic)
         return out

@@ -13,14 +13,14 @@ Two schedules, one result up to fp32 rounding:
   regenerates the dropout mask (seven products), but needs no atomics.
 
 With dropout, both redraw the forward's keep-mask from its seed, or read it from the
-bits the forward stored (`LaunchConfig.stored_mask`, `attention_philox`).
+bits the forward saved or had prebuilt (`LaunchConfig.dropout_mask`, `attention_philox`).
 
 Scores are in base 2, as in the forward (`attention.py`). Programs pick their
 sequence through ORDER, the batch sorted longest first, so the long sequences'
 programs start first and the short ones fill in behind them instead of leaving
 SMs idle at the end of the grid.
 """
-from .attention_philox import _dropout_bits, _rng_rows, _stored_keep
+from .attention_philox import _dropout_bits, _read_keep, _rng_rows
 from .dispatch import tl, triton
 
 
@@ -55,7 +55,7 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_
                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_gt, stride_gh,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                        DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                        DROPOUT: tl.constexpr, KEEP_FROM_BITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
                         ATOMIC_DQ: tl.constexpr):
     # Pointers and strides: see `_attention_bwd_kernel`, the caller (DQ_ACC is read only
     # with ATOMIC_DQ). The key/value block at start_n (BLOCK_N keys) stays in registers
@@ -89,8 +89,8 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_
         p_t = tl.where(n_mask[:, None] & m_mask[None, :], p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
         if DROPOUT:
-            if STORED_MASK:  # read straight into the transposed tile
-                keep_t = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[None, :] * mask_words, m_mask[None, :],
+            if KEEP_FROM_BITS:  # read straight into the transposed tile
+                keep_t = _read_keep(KEEP_BITS, (tok_m * nheads + hid)[None, :] * mask_words, m_mask[None, :],
                                       offs_n[:, None], start_n, seqlen, BLOCK_N)
             else:
                 bits = _dropout_bits(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n,
@@ -130,13 +130,13 @@ def _attention_bwd_kernel(
     DV,          # (T, H, D) out, contiguous
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
-    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT and not STORED_MASK)
-    KEEP_BITS,   # (T, H, mask_words) int32 the forward's keep-bits (read if DROPOUT and STORED_MASK)
+    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT and not KEEP_FROM_BITS)
+    KEEP_BITS,   # (T, H, mask_words) int32 the forward's keep-bits (read if DROPOUT and KEEP_FROM_BITS)
     sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim, mask_words,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_gt, stride_gh,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, KEEP_FROM_BITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (i, h, b) owns key block i of head h of sequence ORDER[b]: one pass.
     hid = tl.program_id(1)
@@ -148,13 +148,13 @@ def _attention_bwd_kernel(
         return
     seed = 0
     threshold = rng_threshold.to(tl.uint32, bitcast=True)
-    if DROPOUT and not STORED_MASK:
+    if DROPOUT and not KEEP_FROM_BITS:
         seed = tl.load(SEED)
     _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_start, seqlen, bid, hid, start_n,
                         sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim, mask_words,
                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_gt, stride_gh,
-                        BLOCK_M, BLOCK_N, BLOCK_D, DROPOUT, STORED_MASK, DOT_PRECISION, True)
+                        BLOCK_M, BLOCK_N, BLOCK_D, DROPOUT, KEEP_FROM_BITS, DOT_PRECISION, True)
 
 
 @triton.jit
@@ -163,7 +163,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seq
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_dot, stride_doh, stride_gt, stride_gh,
                           BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-                          DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                          DROPOUT: tl.constexpr, KEEP_FROM_BITS: tl.constexpr, DOT_PRECISION: tl.constexpr):
     # Pointers and strides: see `_attention_bwd_det_kernel`, the caller.
     # One query block stays in registers while the key blocks stream past; a
     # separate pass from dK/dV, so dQ needs no atomics and is deterministic.
@@ -180,7 +180,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seq
     delta = tl.load(DELTA + tok_m * nheads + hid, mask=m_mask, other=0.0)
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    if DROPOUT and not STORED_MASK:
+    if DROPOUT and not KEEP_FROM_BITS:
         rng_rows = _rng_rows(max_seqlen, offs_m)
     drop_scale = 1.0 / (1.0 - dropout_p)
 
@@ -195,8 +195,8 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seq
         p = tl.where(n_mask[None, :], p, 0.0)
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         if DROPOUT:
-            if STORED_MASK:
-                keep = _stored_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
+            if KEEP_FROM_BITS:
+                keep = _read_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
                                     offs_n[None, :], start_n, seqlen, BLOCK)
             else:
                 keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK, BLOCK) >= threshold
@@ -221,13 +221,13 @@ def _attention_bwd_det_kernel(
     DV,          # (T, H, D) out, contiguous
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     ORDER,       # (B,) int32 sequence indices, longest first: program z runs sequence ORDER[z]
-    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT and not STORED_MASK)
-    KEEP_BITS,   # (T, H, mask_words) int32 the forward's keep-bits (read if DROPOUT and STORED_MASK)
+    SEED,        # (1,) int64 Philox seed of the forward's dropout (read if DROPOUT and not KEEP_FROM_BITS)
+    KEEP_BITS,   # (T, H, mask_words) int32 the forward's keep-bits (read if DROPOUT and KEEP_FROM_BITS)
     sm_scale, dropout_p, rng_threshold, max_seqlen, nheads, head_dim, mask_words,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_gt, stride_gh,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-    DROPOUT: tl.constexpr, STORED_MASK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr, KEEP_FROM_BITS: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Program (i, h, b) owns key block i for dK/dV and query block i for dQ, as in
     # the Triton fused-attention tutorial: one launch, no atomics.
@@ -239,7 +239,7 @@ def _attention_bwd_det_kernel(
         return
     seed = 0
     threshold = rng_threshold.to(tl.uint32, bitcast=True)
-    if DROPOUT and not STORED_MASK:
+    if DROPOUT and not KEEP_FROM_BITS:
         seed = tl.load(SEED)
     # dK/dV as the one-pass kernel computes them, without its dQ atomics (DQ is not read)
     _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, KEEP_BITS, seq_start, seqlen, bid, hid,
@@ -247,9 +247,9 @@ def _attention_bwd_det_kernel(
                         mask_words,
                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                         stride_dot, stride_doh, stride_gt, stride_gh,
-                        BLOCK, BLOCK, BLOCK_D, DROPOUT, STORED_MASK, DOT_PRECISION, False)
+                        BLOCK, BLOCK, BLOCK_D, DROPOUT, KEEP_FROM_BITS, DOT_PRECISION, False)
     _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seqlen, bid, hid,
                           sm_scale, dropout_p, seed, threshold, max_seqlen, nheads, head_dim, mask_words,
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                           stride_dot, stride_doh, stride_gt, stride_gh,
-                          BLOCK, BLOCK_D, DROPOUT, STORED_MASK, DOT_PRECISION)
+                          BLOCK, BLOCK_D, DROPOUT, KEEP_FROM_BITS, DOT_PRECISION)

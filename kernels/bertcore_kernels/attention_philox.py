@@ -21,11 +21,13 @@ for sm_90, the forward's dropout path took 578 more PTX instructions per tile wi
 10 rounds and 64-bit counters (330 of them Philox's multiplies, xors and adds), and
 takes 425 with 7 rounds and the 32-bit counter words above.
 
-With a stored mask (`LaunchConfig.stored_mask` of the forward), `_keep_bits_kernel`
-draws the same decisions once, before the forward, into a (T, H, ceil(L / 32)) int32
-bit array (bit j of word w of token t, head h: key 32 w + j of t's score row), and the
-forward and backward read bits (`_stored_keep`) instead of running Philox each. Same
-masks, bit for bit; 1/8 byte per score saved for the backward.
+The mask can also travel as bits (`LaunchConfig.dropout_mask` of the forward): a
+(T, H, ceil(L / 32)) int32 array, bit j of word w of token t, head h deciding key
+32 w + j of t's score row. "saved": the forward draws as above and writes the bits
+(`_save_keep`); "prebuilt": `_keep_bits_kernel` draws the same decisions before the
+forward. The backward (and a prebuilt forward) then reads bits (`_read_keep`)
+instead of running Philox. Same masks, bit for bit; 1/8 byte per score kept for the
+backward.
 
 The seed is a (1,) int64 device tensor (`rng.next_seed`, or `rng.seed_tensor` of a
 caller's int) that the kernels `tl.load`: no host sync, and a replayed CUDA graph
@@ -67,7 +69,7 @@ def _dropout_bits(seed, rng_head, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
-def _stored_keep(KEEP_BITS, row_words, row_mask, keys, start_n, seqlen, BLOCK_N: tl.constexpr):
+def _read_keep(KEEP_BITS, row_words, row_mask, keys, start_n, seqlen, BLOCK_N: tl.constexpr):
     # Keep-decisions of one tile read from stored bits. `row_words`: the int64 offset of
     # each score row's words, (token * H + head) * words; `row_mask`: the rows that
     # exist; both shaped along the tile's row axis, `keys` = start_n + arange(BLOCK_N)
@@ -82,6 +84,26 @@ def _stored_keep(KEEP_BITS, row_words, row_mask, keys, start_n, seqlen, BLOCK_N:
         more = tl.load(KEEP_BITS + row_words + first + i, mask=row_mask & in_row, other=0)
         word = tl.where(keys // 32 == first + i, more, word)
     return ((word >> (keys % 32)) & 1) != 0
+
+
+@triton.jit
+def _save_keep(KEEP_BITS, row_words, row_mask, keep, p, cols, start_n, seqlen, BLOCK_N: tl.constexpr):
+    # Writes a (rows, BLOCK_N) tile of keep-decisions as bits: `row_words` (rows,) the
+    # int64 offset of each row's words, `row_mask` (rows,) the rows that exist, `cols`
+    # (BLOCK_N,) = start_n + arange(BLOCK_N), BLOCK_N a multiple of 32 (each tile then
+    # writes whole words). Each word is a row reduction, like softmax's sums. `p` is the
+    # probability tile that `keep` masks, a finite tensor: the bit values are built on
+    # it (+ 0 * p) so the reduction runs in p's layout, the one `keep` is already in.
+    # Built from `cols` alone, they would take another layout, and the compiler would
+    # then compute the Philox numbers a second time rather than move them (+97
+    # multiplies and +96 xors per tile in sm_90 PTX).
+    first = start_n // 32
+    bit = (1 << (cols % 32))[None, :] + (p * 0.0).to(tl.int32)                # (rows, N)
+    for i in tl.static_range(BLOCK_N // 32):
+        in_word = (cols // 32 == first + i)[None, :] & keep
+        word = tl.sum(tl.where(in_word, bit, 0), 1)  # distinct bits: the sum is their OR
+        in_row = (row_words * 0 + first + i) * 32 < seqlen  # a sequence's last tile can pass its last word
+        tl.store(KEEP_BITS + row_words + first + i, word, mask=row_mask & in_row)
 
 
 @triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
@@ -127,7 +149,7 @@ def _keep_bits_kernel(
 
 def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
     """The (T, H, ceil(max_seqlen / 32)) int32 keep-bits of (seed, dropout_p): the
-    decisions `_dropout_bits` makes, drawn once for a stored-mask forward and backward.
+    decisions `_dropout_bits` makes, drawn once for a prebuilt-mask forward and backward.
     Only the words holding a sequence's own keys are written (bits past its end in its
     last word are drawn and never read)."""
     words = triton.cdiv(max_seqlen, 32)

@@ -52,31 +52,32 @@ def _vector_loads(kernel):
     return sum(".v4.b32" in line for line in kernel.asm["ptx"].splitlines() if "ld.global" in line)
 
 
-def attention_kernels(dtype, head_dim, dropout, stored_mask=False):
+def attention_kernels(dtype, head_dim, dropout, mask="redraw"):
     """Compiles the attention kernels of every length class; returns {(direction, length
-    class): kernel}. `stored_mask`: dropout read from stored keep-bits, not drawn inline."""
+    class): kernel}. `mask`: where dropout's keep-mask comes from (`LaunchConfig.dropout_mask`)."""
     t, block_d, prec = TY[dtype], A._block_d(head_dim), A._dot_precision(dtype)
     scalars = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "CU_SEQLENS": "*i32", "ORDER": "*i32",
                "SEED": "*i64", "KEEP_BITS": "*i32", "sm_scale": "fp32", "dropout_p": "fp32"}
-    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, STORED_MASK=stored_mask, DOT_PRECISION=prec)
+    flags = dict(BLOCK_D=block_d, DROPOUT=dropout, DOT_PRECISION=prec)
+    bwd_flags = dict(flags, KEEP_FROM_BITS=mask != "redraw")  # the backward reads bits whenever they exist
     grads = {n: "*" + t for n in ("Q", "K", "V", "DO", "DQ", "DK", "DV")}
     kernels = {}
     for length in A.LENGTH_CLASSES:  # each length class has its own tiles
         bm, bn, warps, stages, _ = A.launch_config(dtype, head_dim, "fwd", length)
         kernels["fwd", length] = build(A._attention_fwd_kernel, {**{n: "*" + t for n in "QKVO"}, **scalars},
-                                       dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+                                       dict(BLOCK_M=bm, BLOCK_N=bn, MASK=mask, **flags), warps, stages)
         bm, bn, warps, stages, _ = A.launch_config(dtype, head_dim, "bwd", length)
         kernels["bwd", length] = build(A._attention_bwd_kernel, {**grads, **scalars},
-                                       dict(BLOCK_M=bm, BLOCK_N=bn, **flags), warps, stages)
+                                       dict(BLOCK_M=bm, BLOCK_N=bn, **bwd_flags), warps, stages)
         block, _, warps, stages, _ = A.launch_config(dtype, head_dim, "bwd_det", length)
         kernels["bwd_det", length] = build(A._attention_bwd_det_kernel, {**grads, **scalars},
-                                           dict(BLOCK=block, **flags), warps, stages)
+                                           dict(BLOCK=block, **bwd_flags), warps, stages)
     build(B._attention_bwd_preprocess_kernel, {"O": "*" + t, "DO": "*" + t, "DELTA": "*fp32", "DQ_ACC": "*fp32"},
           dict(BLOCK_R=64, BLOCK_D=block_d, ZERO_DQ=True), 4)
-    if stored_mask:
+    if mask == "prebuilt":
         kernels["keep_bits"] = build(P._keep_bits_kernel, {"KEEP_BITS": "*i32", "CU_SEQLENS": "*i32", "SEED": "*i64"},
                                      dict(BLOCK_R=32, BLOCK_W=4), 4)
-    print(f"attention {t} d={head_dim} dropout={dropout} stored_mask={stored_mask}: shared memory (B) "
+    print(f"attention {t} d={head_dim} dropout={dropout} mask={mask}: shared memory (B) "
           + ", ".join(f"{' '.join(key)} {k.metadata.shared}" for key, k in kernels.items()), flush=True)
     return kernels
 
@@ -126,17 +127,17 @@ def ptx_instructions(kernel) -> int:
 
 
 def ptx_counts():
-    """PTX instructions of the bf16 kernels BERT runs, without and with dropout (the
-    attention's drawn inline, and read from stored keep-bits)."""
-    variants = {"none": (False, False), "inline": (True, False), "stored": (True, True)}
+    """PTX instructions of the bf16 kernels BERT runs, without and with dropout (for the
+    attention, with each source of the keep-mask: `LaunchConfig.dropout_mask`)."""
+    variants = {"none": (False, "redraw"), **{mask: (True, mask) for mask in A.DROPOUT_MASKS}}
     attention = {name: attention_kernels(torch.bfloat16, 64, *flags) for name, flags in variants.items()}
     for length in A.LENGTH_CLASSES:
         counts = {name: [ptx_instructions(kernels[d, length]) for d in ("fwd", "bwd")]
                   for name, kernels in attention.items()}
-        print(f"attention bf16 d=64 {length}: fwd {counts['none'][0]} / {counts['inline'][0]} with dropout "
-              f"/ {counts['stored'][0]} with a stored mask, bwd {counts['none'][1]} / {counts['inline'][1]} "
-              f"/ {counts['stored'][1]}", flush=True)
-    print(f"attention keep-bits kernel (stored mask): {ptx_instructions(attention['stored']['keep_bits'])}",
+        print(f"attention bf16 d=64 {length}: fwd {counts['none'][0]} / {counts['redraw'][0]} with dropout, "
+              f"mask saved {counts['saved'][0]}, prebuilt {counts['prebuilt'][0]}; "
+              f"bwd {counts['none'][1]} / {counts['redraw'][1]}, from bits {counts['saved'][1]}", flush=True)
+    print(f"attention keep-bits kernel (prebuilt mask): {ptx_instructions(attention['prebuilt']['keep_bits'])}",
           flush=True)
     counts = {}
     for dropout in (False, True):
@@ -149,7 +150,8 @@ def ptx_counts():
 def main(sweep):
     if not sweep:
         attention_kernels(torch.float16, 64, True)
-        attention_kernels(torch.float16, 64, True, stored_mask=True)
+        attention_kernels(torch.float16, 64, True, mask="saved")
+        attention_kernels(torch.float16, 64, True, mask="prebuilt")
         layer_norm_kernels(torch.float16, 768, True, True)
         fwd, _ = layer_norm_kernels(torch.bfloat16, 768, True, True)
         assert _vector_loads(fwd) > 0, "the bf16 LayerNorm forward does not load 16-byte vectors"
@@ -160,7 +162,8 @@ def main(sweep):
             for head_dim in (32, 64, 128):
                 for dropout in (False, True):
                     attention_kernels(dtype, head_dim, dropout)
-                attention_kernels(dtype, head_dim, True, stored_mask=True)
+                for mask in ("saved", "prebuilt"):
+                    attention_kernels(dtype, head_dim, True, mask=mask)
             for width in (384, 768, 1023, 4096, 8192, L._max_hidden(dtype)):
                 layer_norm_kernels(dtype, width, True, True)
                 layer_norm_kernels(dtype, width, False, False)

@@ -166,25 +166,44 @@ def test_backward_uses_the_seed_saved_by_its_forward():
     assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
-def stored_mask_configs(dtype, head_dim):
-    """override_launch_configs' argument that makes the forward store its keep-bits."""
-    return {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(stored_mask=True)}
+def dropout_mask_configs(dtype, head_dim, mask):
+    """override_launch_configs' argument that sets the forward's `dropout_mask`."""
+    return {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(dropout_mask=mask)}
 
 
-def test_stored_keep_bits_are_the_inline_mask():
-    # `_keep_bits` packs exactly the decisions the kernels draw inline (`_dropout_mask`),
-    # across word blocks (130 keys: 5 words, blocks of 4) and ragged sequence ends.
+def unpack(bits, cu, lengths):
+    """(T, H, W) keep-bits -> {b: (H, n, n) bool} per sequence of length n."""
+    unpacked = ((bits.cpu()[..., :, None] >> torch.arange(32)) & 1).flatten(2).bool()  # (T, H, 32 W)
+    offsets = cu.tolist()
+    return {b: unpacked[offsets[b]:offsets[b] + n, :, :n].permute(1, 0, 2) for b, n in enumerate(lengths)}
+
+
+def test_prebuilt_keep_bits_are_the_redrawn_mask():
+    # `_keep_bits` packs exactly the decisions the kernels draw on their tiles
+    # (`_dropout_mask`), across word blocks (130 keys: 5 words, blocks of 4) and
+    # ragged sequence ends.
     lengths, p = [0, 1, 17, 130, 40], 0.3
     cu, L = cu_seqlens_of(lengths), max(lengths)
-    bits = _keep_bits(cu, sum(lengths), L, HEADS, p, seed_tensor(77, DEVICE)).cpu()  # (T, H, W)
+    bits = _keep_bits(cu, sum(lengths), L, HEADS, p, seed_tensor(77, DEVICE))        # (T, H, W)
     assert bits.shape == (sum(lengths), HEADS, 5)
     mask = _dropout_mask(cu, L, HEADS, p, 77).cpu()                                  # (B, H, L, L)
-    unpacked = (bits[..., :, None] >> torch.arange(32)) & 1                           # (T, H, W, 32)
-    unpacked = unpacked.flatten(2)[..., :L].bool()                                    # (T, H, L)
-    offsets = cu.tolist()
-    for b, n in enumerate(lengths):
-        rows = unpacked[offsets[b]:offsets[b] + n]                                    # (n, H, L)
-        assert torch.equal(rows[..., :n].permute(1, 0, 2), mask[b, :, :n, :n])
+    for b, keep in unpack(bits, cu, lengths).items():
+        n = lengths[b]
+        assert torch.equal(keep, mask[b, :, :n, :n])
+
+
+def test_saved_keep_bits_are_the_redrawn_mask():
+    # The forward's own bits ("saved"), tiles of 32, 64 and 128 keys.
+    lengths, p = [0, 1, 17, 130, 40], 0.3
+    qkv, _, cu, L = inputs(lengths, 32)
+    q, k, v = (t.contiguous().float() for t in qkv.unbind(1))
+    mask = _dropout_mask(cu, L, HEADS, p, 77).cpu()
+    order = attn_mod._sequence_order(cu)
+    for block_n in (32, 64, 128):
+        with K.override_launch_configs({(torch.float32, 32, "fwd"): (32, block_n, 4, 1, "saved")}):
+            _, _, bits = attn_mod._attention_fwd(q, k, v, cu, order, L, p, 0.25, seed_tensor(77, DEVICE))
+        for b, keep in unpack(bits, cu, lengths).items():
+            assert torch.equal(keep, mask[b, :, :lengths[b], :lengths[b]]), (block_n, b)
 
 
 # Tiles of 16 keys (inside one word), 32 (one word), 64 and 128 (two and four words a row).
@@ -196,12 +215,13 @@ STORED_CASES = [
 ]
 
 
+@pytest.mark.parametrize("mask", ["saved", "prebuilt"])
 @pytest.mark.parametrize("dtype,deterministic,fwd,bwd", STORED_CASES,
                          ids=lambda c: str(c).removeprefix("torch.").replace(", ", "-"))
-def test_stored_mask_gives_the_inline_masks_results_bitwise(dtype, deterministic, fwd, bwd):
-    # The stored mask only changes where the decisions come from: same outputs and
-    # gradients to the bit (dQ's atomics add in a fixed order only in the interpreter),
-    # and fp64 agreement as the inline path has.
+def test_mask_as_bits_gives_the_redrawn_masks_results_bitwise(dtype, deterministic, fwd, bwd, mask):
+    # Bits only change where the decisions come from: same outputs and gradients to the
+    # bit (dQ's atomics add in a fixed order only in the interpreter), and fp64
+    # agreement as the redrawing path has.
     lengths, d = [0, 1, 17, 130, 70], 32
     qkv, grad, cu, max_seqlen = inputs(lengths, d)
     kw = dict(dropout_p=0.2, seed=31, deterministic=deterministic)
@@ -209,11 +229,15 @@ def test_stored_mask_gives_the_inline_masks_results_bitwise(dtype, deterministic
     if fwd:
         tiles = {(dtype, d, "fwd"): fwd, (dtype, d, "bwd_det" if deterministic else "bwd"): bwd}
     with K.override_launch_configs(tiles):
-        inline = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
-        with K.override_launch_configs(stored_mask_configs(dtype, d)):
-            stored = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+        redrawn = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+        with K.override_launch_configs(dropout_mask_configs(dtype, d, mask)):
+            if mask == "saved" and K.launch_config(dtype, d, "fwd").block_n % 32:
+                with pytest.raises(ValueError, match="block_n must be a multiple of 32"):
+                    run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+                return
+            from_bits = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
             check_against_fp64(lengths, d, dtype, dropout_p=0.2, seed=31, deterministic=deterministic)
-    for name, a, b in zip(("out", "dq", "dk", "dv"), inline, stored):
+    for name, a, b in zip(("out", "dq", "dk", "dv"), redrawn, from_bits):
         if name == "dq" and not deterministic and a.is_cuda:
             torch.testing.assert_close(a, b)
         else:
@@ -343,7 +367,10 @@ def test_launch_configs_are_a_table_with_a_scoped_override():
         assert K.launch_config(torch.float16, 64, "bwd_det") == default_det
     assert K.launch_config(torch.float16, 64, "bwd") == default
     assert K.launch_config(torch.float16, 64, "fwd", 17) != LC(16, 16, 2, 1)
-    assert not any(cfg.stored_mask for cfg in table.values())                 # the default: Philox inline
+    assert all(cfg.dropout_mask == "redraw" for cfg in table.values())         # the default: Philox inline
+    with pytest.raises(ValueError, match="dropout_mask"):
+        with K.override_launch_configs({(torch.float16, 64, "fwd"): (64, 32, 4, 1, "stored")}):
+            pass
     with pytest.raises(ValueError, match="head_dim <= 256"):
         K.launch_config(torch.float16, 512, "fwd")
     with pytest.raises(ValueError, match="direction"):

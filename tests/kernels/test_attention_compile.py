@@ -40,14 +40,15 @@ def compiled(backend="aot_eager", **options):
 
 
 @pytest.mark.parametrize("kw", [{}, {"dropout_p": 0.2, "seed": 5}, {"deterministic": True},
-                                {"dropout_p": 0.2, "seed": 5, "stored_mask": True}],
-                         ids=["plain", "dropout-seed", "deterministic", "dropout-stored-mask"])
+                                {"dropout_p": 0.2, "seed": 5, "dropout_mask": "saved"},
+                                {"dropout_p": 0.2, "seed": 5, "dropout_mask": "prebuilt"}],
+                         ids=["plain", "dropout-seed", "deterministic", "dropout-saved", "dropout-prebuilt"])
 def test_triton_attention_compiles_without_graph_breaks_and_matches_eager(kw):
     qkv, cu, max_seqlen = make()
-    configs = {}
-    if kw.pop("stored_mask", False):
-        configs = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
-            stored_mask=True)}
+    kw = dict(kw)
+    mask = kw.pop("dropout_mask", "redraw")
+    configs = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
+        dropout_mask=mask)}
     with K.override_launch_configs(configs):
         out, grad = fwd_bwd(compiled(), qkv, cu, max_seqlen, "triton", **kw)
     ref, ref_grad = fwd_bwd(attend, qkv, cu, max_seqlen, "triton", **kw)
@@ -90,13 +91,13 @@ def test_custom_ops_pass_opcheck():
     order = cu.new_tensor([2, 0, 1])
     seed = torch.tensor([7], dtype=torch.int64, device=DEVICE)
     fwd_args = (q, k, v, cu, order, seed, max_seqlen, 0.1, 0.25)
-    stored = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
-        stored_mask=True)}
-    for configs in ({}, stored):  # the mask redrawn from the seed, or stored as bits (fake shapes differ)
+    for mask in ("redraw", "saved", "prebuilt"):  # the mask redrawn from the seed, or as bits (fake shapes differ)
+        configs = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
+            dropout_mask=mask)}
         with K.override_launch_configs(configs):
             torch.library.opcheck(torch.ops.bertcore.attention_fwd, fwd_args)
             out, lse, keep_bits = torch.ops.bertcore.attention_fwd(*fwd_args)
-            assert keep_bits.shape == ((14, HEADS, 1) if configs else (0,))
+            assert keep_bits.shape == ((0,) if mask == "redraw" else (14, HEADS, 1))
             torch.library.opcheck(torch.ops.bertcore.attention_bwd,
                                   (torch.randn_like(out), q, k, v, out, lse, cu, order, seed, keep_bits, max_seqlen,
                                    0.1, 0.25, True))

@@ -41,8 +41,8 @@ def test_ptx_counts_show_what_dropout_adds():
     counts = re.findall(r"(fwd|bwd) (\d+) / (\d+)", done.stdout)
     assert len(counts) == 6                  # attention short and long, LayerNorm; fwd and bwd each
     assert all(int(without) < int(with_dropout) for _, without, with_dropout in counts)
-    # reading stored keep-bits is lighter than drawing them inline, in either direction
-    stored = re.findall(r"(\d+) / (\d+) with dropout / (\d+) with a stored mask, bwd (\d+) / (\d+) / (\d+)",
-                        done.stdout)
-    assert len(stored) == 2
-    assert all(int(inline) > int(read) for row in stored for inline, read in (row[1:3], row[4:6]))
+    # reading keep-bits is lighter than drawing them: a prebuilt forward, a backward
+    bits = re.findall(r"/ (\d+) with dropout, mask saved \d+, prebuilt (\d+); bwd \d+ / (\d+), from bits (\d+)",
+                      done.stdout)
+    assert len(bits) == 2
+    assert all(int(redraw) > int(read) for row in bits for redraw, read in (row[:2], row[2:]))
