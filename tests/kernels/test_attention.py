@@ -450,6 +450,17 @@ def test_cuda_attention_matches_fp64(dtype, head_dim):
 
 
 @requires_cuda
+@pytest.mark.parametrize("mask", ["saved", "prebuilt"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_cuda_mask_as_bits_matches_fp64_in_bf16(head_dim, mask):
+    # The default tiles of each length class, BERT's dtype, the longest BERT sequence.
+    with K.override_launch_configs(dropout_mask_configs(torch.bfloat16, head_dim, mask)):
+        check_against_fp64([33, 512, 1, 200], head_dim, torch.bfloat16, device="cuda", dropout_p=0.1, seed=3)
+        check_against_fp64([17, 100, 128], head_dim, torch.bfloat16, device="cuda", dropout_p=0.2, seed=4,
+                           deterministic=True)
+
+
+@requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_cuda_deterministic_backward_matches_fp64(dtype):
     # The model's head_dim only: each variant costs a compile on a fresh GPU machine.
