@@ -167,8 +167,10 @@ def test_backward_uses_the_seed_saved_by_its_forward():
 
 
 def dropout_mask_configs(dtype, head_dim, mask):
-    """override_launch_configs' argument that sets the forward's `dropout_mask`."""
-    return {(dtype, head_dim, "fwd"): K.launch_config(dtype, head_dim, "fwd")._replace(dropout_mask=mask)}
+    """override_launch_configs' argument that sets the forward's `dropout_mask`, each
+    length class keeping its tiles."""
+    return {(dtype, head_dim, "fwd", cls): K.launch_config(dtype, head_dim, "fwd", cls)._replace(dropout_mask=mask)
+            for cls in attn_mod.LENGTH_CLASSES}
 
 
 def unpack(bits, cu, lengths):
