@@ -356,13 +356,13 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
         return out, lse, keep_bits
     dropout = dropout_p > 0.0
     cfg = launch_config(q.dtype, head_dim, "fwd", max_seqlen)
-    mask = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) or "redraw"
-    if mask == "saved" and cfg.block_n % 32:
+    source = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) or "redraw"
+    if source == "saved" and cfg.block_n % 32:
         raise ValueError(f"dropout_mask='saved' writes whole 32-key words: the forward's block_n must be a "
                          f"multiple of 32, got {cfg.block_n}")
-    if mask == "prebuilt":
+    if source == "prebuilt":
         keep_bits = _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed)
-    elif mask == "saved":
+    elif source == "saved":
         keep_bits = torch.empty((total, nheads, triton.cdiv(max_seqlen, 32)), dtype=torch.int32, device=q.device)
     grid = (triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)
     _attention_fwd_kernel[grid](
@@ -371,7 +371,7 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
-        DROPOUT=dropout, MASK=mask, DOT_PRECISION=_dot_precision(q.dtype),
+        DROPOUT=dropout, MASK=source, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse, keep_bits
 

@@ -11,7 +11,7 @@ the uint32 word >= round(p * 2**32). Both words fit 32 bits (c0 < L**2 / 4 + L),
 so no per-element counter arithmetic runs in 64 bits. The forward, both backward
 kernels and `_dropout_mask_kernel` all go through `_dropout_bits`, with tiles that
 start on a multiple of 4 columns (every BLOCK_N is), so they agree bit for bit and
-the backward never needs a stored L x L mask.
+the backward can redraw the forward's mask rather than keep it.
 
 Philox runs `PHILOX_ROUNDS` = 7 rounds, as FlashAttention-2's dropout does
 (csrc/flash_attn/src/philox.cuh), not Triton's default 10: 7 is the fewest rounds of
