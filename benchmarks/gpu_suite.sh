@@ -5,7 +5,7 @@
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
 # benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
-# brings back everything). Each step has its own time limit (the sum is 500 s; the H200
+# brings back everything). Each step has its own time limit (the sum is 515 s; the H200
 # run of 2026-11-27 used 400 s of its 475, its tests 65 s, and its torch.compile steps
 # ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
 # and the encoder CSVs are written after every case, so a step cut short keeps what
@@ -56,7 +56,7 @@ step tests          ${T_TESTS:-75}  $PY -m pytest -p no:cacheprovider $WORKERS \
 # drawing it again in the backward: these rows decide `LaunchConfig.dropout_mask`.
 ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --graphs
      --lengths equal-128 equal-512 mixed-16-128 mixed-16-512"
-step attention_graphs  ${T_ATTN_GRAPHS:-25} $ATT --modes full \
+step attention_graphs  ${T_ATTN_GRAPHS:-20} $ATT --modes full \
                                      --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --name attention-graphs
 step attention_dropout ${T_ATTN_DROPOUT:-55} $ATT --modes fwd full \
@@ -83,10 +83,29 @@ step profile        ${T_PROFILE:-0} $PY benchmarks/profile_encoder.py
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
 step encoder        ${T_ENC:-60}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
                                      --budget 3 --providers bertcore-graphs hf-sdpa
+# The attention keep-mask source that was fastest in the dropout step (geometric mean of
+# its fwd+bwd rows), if not the default: bert-base training steps with it, to read beside
+# encoder.csv's (speed, and the memory its bits take); the default skips the step.
+BEST=$($PY - "benchmarks/results/$slug/attention-dropout-graphs.csv" 2>/dev/null <<'EOF' || echo redraw
+import csv, math, sys
+source = {"bertcore-triton": "redraw", "bertcore-triton-saved": "saved", "bertcore-triton-prebuilt": "prebuilt"}
+ms = {}
+for r in csv.DictReader(open(sys.argv[1])):
+    if r["mode"] == "full" and r["timing"] == "graph replay" and r["provider"] in source:
+        ms.setdefault(source[r["provider"]], {})[r["lengths"]] = float(r["ms"])
+common = set.intersection(*(set(v) for v in ms.values())) if ms else set()
+print(min(ms, key=lambda s: sum(math.log(ms[s][k]) for k in common)) if common else "redraw")
+EOF
+)
+echo "fastest attention keep-mask source: $BEST" | tee -a "$LOGDIR/summary.txt"
+[ "$BEST" = redraw ] || step encoder_mask ${T_ENC_MASK:-25} $ENC --shapes bert-base --batches equal-128 mixed-16-128 \
+                                     --batch-sizes 32 128 --modes train --rounds 10 --budget 3 \
+                                     --providers bertcore-graphs hf-sdpa --attention-dropout-mask "$BEST" \
+                                     --name "encoder-dropout-$BEST"
 # the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
 # mode); compiling takes most of these steps, so inference and training run apart
 COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
-step compile_infer  ${T_COMPILE_INFER:-70}  $ENC $COMPILED --modes inference --name encoder-compile-inference
+step compile_infer  ${T_COMPILE_INFER:-65}  $ENC $COMPILED --modes inference --name encoder-compile-inference
 step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-train
 # the launch configs from graph replays: the forward first (the inference miss: bert-base
 # equal-128 x128; the H200's eager sweep of 2026-11-26 was host-bound), then the one-pass
@@ -94,7 +113,7 @@ step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name 
 step tune           ${T_TUNE:-45}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd bwd
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
-for log in encoder compile_infer compile_train; do
+for log in encoder encoder_mask compile_infer compile_train; do
     grep -h -A26 "bertcore vs transformers" "$LOGDIR/$log.log" 2>/dev/null
 done
 grep -E "^(FAILED|ERROR)| passed| failed" "$LOGDIR/tests.log" | tail -15   # pyproject adds -q -ra

@@ -85,9 +85,7 @@ def provider_fn(provider, inp, lengths, dropout_p=0.0):
         deterministic = provider == "bertcore-triton-det"
         configs = {}
         if provider in ("bertcore-triton-saved", "bertcore-triton-prebuilt"):
-            dtype, head_dim, mask = leaves[0].dtype, leaves[0].shape[-1], provider.rsplit("-", 1)[1]
-            configs = {(dtype, head_dim, "fwd", cls): K.launch_config(dtype, head_dim, "fwd", cls)._replace(
-                dropout_mask=mask) for cls in ("short", "long")}  # each length class keeps its tiles
+            configs = K.dropout_mask_configs(provider.rsplit("-", 1)[1])
 
         def fn(q, k, v):
             # The backward reads the forward's choice from what the forward saved.

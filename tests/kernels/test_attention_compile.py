@@ -47,8 +47,7 @@ def test_triton_attention_compiles_without_graph_breaks_and_matches_eager(kw):
     qkv, cu, max_seqlen = make()
     kw = dict(kw)
     mask = kw.pop("dropout_mask", "redraw")
-    configs = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
-        dropout_mask=mask)}
+    configs = K.dropout_mask_configs(mask, torch.float32, HEAD_DIM)
     with K.override_launch_configs(configs):
         out, grad = fwd_bwd(compiled(), qkv, cu, max_seqlen, "triton", **kw)
     ref, ref_grad = fwd_bwd(attend, qkv, cu, max_seqlen, "triton", **kw)
@@ -92,9 +91,7 @@ def test_custom_ops_pass_opcheck():
     seed = torch.tensor([7], dtype=torch.int64, device=DEVICE)
     fwd_args = (q, k, v, cu, order, seed, max_seqlen, 0.1, 0.25)
     for mask in ("redraw", "saved", "prebuilt"):  # the mask redrawn from the seed, or as bits (fake shapes differ)
-        configs = {(torch.float32, HEAD_DIM, "fwd"): K.launch_config(torch.float32, HEAD_DIM, "fwd")._replace(
-            dropout_mask=mask)}
-        with K.override_launch_configs(configs):
+        with K.override_launch_configs(K.dropout_mask_configs(mask, torch.float32, HEAD_DIM)):
             torch.library.opcheck(torch.ops.bertcore.attention_fwd, fwd_args)
             out, lse, keep_bits = torch.ops.bertcore.attention_fwd(*fwd_args)
             assert keep_bits.shape == ((0,) if mask == "redraw" else (14, HEADS, 1))
