@@ -5,7 +5,8 @@ Each op runs on Triton for CUDA tensors and on PyTorch for CPU tensors; the choi
 is made in `dispatch` (`backends()` says what this machine can run, `use_backend`
 overrides "auto" for a block). The attention kernels' launch configurations are a
 table, `attention.LAUNCH_CONFIGS`, read through `launch_config` and changed for a
-block through `override_launch_configs`; `layer_norm.LAUNCH_CONFIGS` and
+block through `override_launch_configs` (`dropout_mask_configs` builds the override
+that picks where attention dropout's keep-mask comes from); `layer_norm.LAUNCH_CONFIGS` and
 `bias_gelu.LAUNCH_CONFIGS` work the same way. The Triton launchers are also torch
 custom ops (`torch.ops.bertcore.*`), so `torch.compile(fullgraph=True)` traces them.
 """
