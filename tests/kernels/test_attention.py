@@ -202,7 +202,7 @@ def test_saved_keep_bits_are_the_redrawn_mask():
 
 
 # Tiles of 16 keys (inside one word), 32 (one word), 64 and 128 (two and four words a row).
-STORED_CASES = [
+BITS_CASES = [
     (torch.float32, False, (16, 16, 2, 1), (16, 16, 2, 1)),
     (torch.float32, True, None, None),
     (torch.float16, False, (32, 64, 4, 1), (32, 128, 4, 1)),
@@ -211,7 +211,7 @@ STORED_CASES = [
 
 
 @pytest.mark.parametrize("mask", ["saved", "prebuilt"])
-@pytest.mark.parametrize("dtype,deterministic,fwd,bwd", STORED_CASES,
+@pytest.mark.parametrize("dtype,deterministic,fwd,bwd", BITS_CASES,
                          ids=lambda c: str(c).removeprefix("torch.").replace(", ", "-"))
 def test_mask_as_bits_gives_the_redrawn_masks_results_bitwise(dtype, deterministic, fwd, bwd, mask):
     # Bits only change where the decisions come from: same outputs and gradients to the
