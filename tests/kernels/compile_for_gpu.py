@@ -78,7 +78,8 @@ def attention_kernels(dtype, head_dim, dropout, mask="redraw"):
         kernels["keep_bits"] = build(P._keep_bits_kernel, {"KEEP_BITS": "*i32", "CU_SEQLENS": "*i32", "SEED": "*i64"},
                                      dict(BLOCK_R=32, BLOCK_W=4), 4)
     print(f"attention {t} d={head_dim} dropout={dropout} mask={mask}: shared memory (B) "
-          + ", ".join(f"{' '.join(key)} {k.metadata.shared}" for key, k in kernels.items()), flush=True)
+          + ", ".join(f"{' '.join(key) if isinstance(key, tuple) else key} {k.metadata.shared}"
+                      for key, k in kernels.items()), flush=True)
     return kernels
 
 
