@@ -35,6 +35,10 @@ RECIPES = {  # name: DemoSize fields that differ from the demo's own
     "local-2-of-4-heads": {"heads": 4},
     "bert-init-vocab-6000": {"local_attention": (), "vocab": 6000},
     "whole-word": {"whole_word": True},     # People's Daily's words masked whole (BERT-wwm)
+    # where the lift comes from: the reviews alone (no news text), and a control with
+    # every document's characters shuffled (the same characters, no order)
+    "reviews-only": {"corpus_paragraphs": 0},
+    "shuffled-chars": {"shuffle_corpus": True},
     # the demo's pretraining, fine-tuned differently (both encoders alike)
     "finetune-lr-1e-3": {"sentiment_lr": 1e-3, "ner_lr": 1e-3},
     "finetune-lr-8e-3": {"sentiment_lr": 8e-3, "ner_lr": 8e-3},

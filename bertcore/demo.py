@@ -56,6 +56,7 @@ class DemoSize:
     pretrain_evals: int = 7
     corpus_reviews: int | None = None      # None: every review outside the test set
     corpus_paragraphs: int | None = None   # None: every People's Daily paragraph outside the NER test
+    shuffle_corpus: bool = False           # a control: each document's characters in random order (README)
     sizes: tuple = (100, 300, 1000, 3000)  # labelled examples per fine-tuning run
     seeds: int = 3
     test_reviews: int = 400
@@ -122,6 +123,8 @@ class Demo:
             corpus += [demo_data.segmented_sentences(p) for p in news]
         else:
             corpus += [demo_data.split_sentences("".join(w for w, _ in p)) for p in news]
+        if s.shuffle_corpus:
+            corpus = [shuffled_characters(doc, random.Random(self.seed + i)) for i, doc in enumerate(corpus)]
         # For choosing recipes without looking at the test sets (benchmarks/demo_ablations.py):
         # the pools' last examples, which no fine-tuning size reaches. Pretraining reads their
         # text, unlabelled, as it reads the training examples'.
@@ -368,6 +371,19 @@ def free_cores() -> int:
 def text_of(sentence) -> str:
     """A corpus sentence's text: itself, or its words joined (`DemoSize.whole_word`)."""
     return sentence if isinstance(sentence, str) else "".join(sentence)
+
+
+def shuffled_characters(document: list, rng: random.Random) -> list[str]:
+    """The document's characters in random order, cut into sentences of the same lengths:
+    the same characters and counts, none of the order that language gives them."""
+    sentences = [text_of(s) for s in document]
+    chars = [c for s in sentences for c in s]
+    rng.shuffle(chars)
+    out, start = [], 0
+    for s in sentences:
+        out.append("".join(chars[start:start + len(s)]))
+        start += len(s)
+    return out
 
 
 def ner_sentences(paragraphs, max_chars: int) -> list[dict]:

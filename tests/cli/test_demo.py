@@ -37,6 +37,18 @@ def test_whole_word_corpus_is_the_same_text_in_words():
     assert sum(isinstance(s, list) for d in whole for s in d) > 300
 
 
+def test_shuffled_corpus_keeps_each_documents_characters_not_their_order():
+    """DemoSize(shuffle_corpus=True), the control that pretrains on no language order:
+    each document keeps its characters and sentence lengths; their order is gone."""
+    size = dataclasses.replace(QUICK, corpus_reviews=50, corpus_paragraphs=300)
+    plain = Demo(size, None, seed=42, progress=False).read()["corpus"]
+    shuffled = Demo(dataclasses.replace(size, shuffle_corpus=True), None, seed=42, progress=False).read()["corpus"]
+    assert [[len(s) for s in d] for d in shuffled] == [[len(s) for s in d] for d in plain]
+    assert all(sorted("".join(a)) == sorted("".join(b)) for a, b in zip(shuffled, plain))
+    moved = sum(x != y for a, b in zip(shuffled, plain) for x, y in zip("".join(a), "".join(b)))
+    assert moved > 0.5 * sum(len("".join(d)) for d in plain)
+
+
 def test_reviews_are_distinct_and_labelled_once():
     reviews = demo_data.sentiment_reviews(seed=0)
     texts = [r["text"] for r in reviews]
