@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
-from .attention_philox import _dropout_bits, _keep_bits, _read_keep, _rng_rows, _rng_threshold, _save_keep
+from .attention_philox import (_dropout_bits, _keep_bits, _mask_words, _read_keep, _rng_rows, _rng_threshold,
+                               _save_keep)
 from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, patched, resolve, tl, triton
 from .ops import device_seed
@@ -348,11 +349,12 @@ def _sequence_order(cu_seqlens):
     return order
 
 
-def _mask_source(dtype, head_dim, max_seqlen, dropout_p, total) -> str | None:
-    """Where a forward's keep-mask comes from (`LaunchConfig.dropout_mask`), or None
-    without dropout or without a launch. One rule for the launcher and the fake kernel."""
+def _mask_source(dtype, head_dim, max_seqlen, dropout_p, total) -> str:
+    """Where a forward's keep-mask comes from (`LaunchConfig.dropout_mask`); "redraw"
+    (no bits) without dropout or without a launch. One rule for the launcher and the
+    fake kernel."""
     if dropout_p == 0.0 or total == 0 or max_seqlen == 0:
-        return None
+        return "redraw"
     return launch_config(dtype, head_dim, "fwd", max_seqlen).dropout_mask
 
 
@@ -371,18 +373,19 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
         return out, lse, keep_bits
     dropout = dropout_p > 0.0
     cfg = launch_config(q.dtype, head_dim, "fwd", max_seqlen)
-    source = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) or "redraw"
+    source = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total)
+    words = _mask_words(max_seqlen)
     if source == "saved" and cfg.block_n % 32:
         raise ValueError(f"dropout_mask='saved' writes whole 32-key words: the forward's block_n must be a "
                          f"multiple of 32, got {cfg.block_n}")
     if source == "prebuilt":
         keep_bits = _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed)
     elif source == "saved":
-        keep_bits = torch.empty((total, nheads, triton.cdiv(max_seqlen, 32)), dtype=torch.int32, device=q.device)
+        keep_bits = torch.empty((total, nheads, words), dtype=torch.int32, device=q.device)
     grid = (triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens, order, seed if dropout else None, keep_bits if keep_bits.numel() else None,
-        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, triton.cdiv(max_seqlen, 32),
+        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, words,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
@@ -422,7 +425,7 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
                do.stride(0), do.stride(1), dk.stride(0), dk.stride(1))
     flags = dict(BLOCK_D=block_d, DROPOUT=dropout, KEEP_FROM_BITS=from_bits,
                  DOT_PRECISION=_dot_precision(q.dtype))
-    mask_words = triton.cdiv(max_seqlen, 32)
+    mask_words = _mask_words(max_seqlen)
     if deterministic:
         dq = torch.empty_like(dk)
         cfg = launch_config(q.dtype, head_dim, "bwd_det", max_seqlen)
@@ -454,8 +457,8 @@ def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seql
 @_attention_fwd_op.register_fake
 def _(q, k, v, cu_seqlens, order, seed, max_seqlen, dropout_p, sm_scale):
     total, nheads, head_dim = q.shape
-    saved = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) in ("saved", "prebuilt")
-    bits_shape = (total, nheads, triton.cdiv(max_seqlen, 32)) if saved else (0,)
+    bits = _mask_source(q.dtype, head_dim, max_seqlen, dropout_p, total) != "redraw"
+    bits_shape = (total, nheads, _mask_words(max_seqlen)) if bits else (0,)
     return (q.new_empty((total, nheads, head_dim)), q.new_empty((total, nheads), dtype=torch.float32),
             q.new_empty(bits_shape, dtype=torch.int32))
 

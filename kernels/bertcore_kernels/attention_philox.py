@@ -147,12 +147,17 @@ def _keep_bits_kernel(
                  mask=(rows < seqlen)[:, None] & (ws < seq_words)[None, :])
 
 
+def _mask_words(max_seqlen: int) -> int:
+    """32-bit words per score row of a keep-bits array: (T, H, _mask_words(max_seqlen))."""
+    return triton.cdiv(max_seqlen, 32)
+
+
 def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
     """The (T, H, ceil(max_seqlen / 32)) int32 keep-bits of (seed, dropout_p): the
     decisions `_dropout_bits` makes, drawn once for a prebuilt-mask forward and backward.
     Only the words holding a sequence's own keys are written (bits past its end in its
     last word are drawn and never read)."""
-    words = triton.cdiv(max_seqlen, 32)
+    words = _mask_words(max_seqlen)
     bits = torch.empty((total, nheads, words), dtype=torch.int32, device=cu_seqlens.device)
     if bits.numel():
         block_r, block_w = 32, min(4, triton.next_power_of_2(words))
