@@ -171,6 +171,23 @@ def test_demo_ablations_give_each_encoder_its_own_best_rate(tmp_path):
     assert (tmp_path / "lifts.csv").read_text() == "recipe,lift,random_rate\na,1,\nb,2,0.004\n"
 
 
+def test_every_recorded_demo_recipe_reruns():
+    """Each recipe in the committed CSVs is still in RECIPES and builds a DemoSize; the
+    ones measured on the two-head demo keep two heads now that the demo has four."""
+    import csv
+    import dataclasses
+    from bertcore.demo import DemoSize
+    ablations = _script("demo_ablations")
+    folder = Path(__file__).with_name("results") / "amd-epyc-2-cores"
+    recorded = {row["recipe"].split(",")[0] for name in ("demo-ablations.csv", "demo-ablation-lifts.csv")
+                for row in csv.DictReader((folder / name).open())}
+    assert recorded - set(ablations.RECIPES) == set()
+    sizes = {name: dataclasses.replace(DemoSize(), **{k: v for k, v in fields.items() if k != "step_scale"})
+             for name, fields in ablations.RECIPES.items()}
+    assert sizes["local"] == DemoSize()
+    assert all(sizes[name].heads == 2 for name in ("two-heads", "two-heads-reviews-only", "whole-word", "two-layers"))
+
+
 def test_tune_attention_times_graph_replays_with_the_forward_for_backwards(monkeypatch):
     """The sweep times replays (eager calls at 16k tokens are host-bound); a backward is
     captured with its forward, since a lone backward cannot be (seen on an H200)."""

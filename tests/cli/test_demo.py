@@ -89,6 +89,17 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
     assert len({j.train_seed for j in jobs}) == 2     # seeds differ between seeds, not between tasks
 
 
+def test_sentiment_pooling_reaches_the_sentiment_head(tmp_path):
+    tok = Tokenizer.from_pretrained(_vocab(tmp_path))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=16)
+    pool = [{"text": str(i), "label": "pos"} for i in range(10)]
+    for pooling in ("mean", "cls"):
+        jobs = Demo(DemoSize(sizes=(2,), seeds=1, sentiment_pooling=pooling), tmp_path, seed=7, progress=False) \
+            .finetune_jobs(BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:])}, local_attention=(-1, 1))
+        assert {job.options["pooling"] for job in jobs} == {pooling}
+
+
 @pytest.mark.slow
 def test_validation_examples_stay_out_of_training_and_test():
     """demo_ablations.py chooses recipes on validation examples: the pools' last examples,
