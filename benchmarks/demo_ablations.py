@@ -15,45 +15,47 @@ import collections
 import csv
 import dataclasses
 import io
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from bertcore.demo import Demo, DemoSize, run_jobs, summarize
+from bertcore.demo import Demo, DemoSize, best_rate_runs, run_jobs, summarize
 from bertcore.files import write_text
 
-# The demo had two heads, both starting local, and 2500 pretraining steps until the
-# four-head recipe: the recipes measured on it keep its two heads (`TWO_HEADS`), so each
-# name still reruns the row it has in the CSVs.
-TWO_HEADS = {"heads": 2}
+# Recipes keep the demo they were measured on, so that each name reruns its rows in the
+# CSVs: the demo fine-tuned NER at one rate until it chose each encoder's rate on
+# validation (`ONE_NER_RATE`), and had two heads, both starting local, until it had four
+# (`TWO_HEADS`).
+ONE_NER_RATE = {"ner_rates": (4e-3,)}
+TWO_HEADS = {**ONE_NER_RATE, "heads": 2}
 RECIPES = {  # name: DemoSize fields that differ from the demo's own
     "local": {},
-    "two-heads": TWO_HEADS,                 # the previous demo
+    "one-ner-rate": ONE_NER_RATE,
+    "two-heads": TWO_HEADS,                 # the demo before four heads
     "bert-init": {**TWO_HEADS, "local_attention": ()},
     "local-lr-1e-3": {**TWO_HEADS, "pretrain_lr": 1e-3},
     # twice the pairs per step, 1700 steps (~35% more time than the demo's 2500)
     "local-batch-64": {**TWO_HEADS, "pretrain_batch": 64, "pretrain_lr": 2.8e-3, "step_scale": 0.68},
-    "local-4-heads": {"local_attention": (-2, -1, 1, 2)},
-    "local-2-of-8-heads": {"heads": 8},
-    "local-4-of-8-heads": {"heads": 8, "local_attention": (-2, -1, 1, 2)},
-    "length-64": {"max_length": 64, "pretrain_batch": 16},   # the same characters per step
-    "cls-sentiment": {"sentiment_pooling": "cls"},
-    "finetune-no-dropout": {"finetune_dropout": 0.0},
+    "local-4-heads": {**ONE_NER_RATE, "local_attention": (-2, -1, 1, 2)},
+    "local-2-of-8-heads": {**ONE_NER_RATE, "heads": 8},
+    "local-4-of-8-heads": {**ONE_NER_RATE, "heads": 8, "local_attention": (-2, -1, 1, 2)},
+    "length-64": {**ONE_NER_RATE, "max_length": 64, "pretrain_batch": 16},   # the same characters per step
+    "cls-sentiment": {**ONE_NER_RATE, "sentiment_pooling": "cls"},
+    "finetune-no-dropout": {**ONE_NER_RATE, "finetune_dropout": 0.0},
     "bert-init-vocab-6000": {**TWO_HEADS, "local_attention": (), "vocab": 6000},
     "whole-word": {**TWO_HEADS, "whole_word": True},     # People's Daily's words masked whole (BERT-wwm)
     # where the lift comes from: the reviews alone (no news text), and a control with
     # every document's characters shuffled (the same characters, no order)
-    "reviews-only": {"corpus_paragraphs": 0},
-    "shuffled-chars": {"shuffle_corpus": True},
+    "reviews-only": {**ONE_NER_RATE, "corpus_paragraphs": 0},
+    "shuffled-chars": {**ONE_NER_RATE, "shuffle_corpus": True},
     "two-heads-reviews-only": {**TWO_HEADS, "corpus_paragraphs": 0},
     "two-heads-shuffled-chars": {**TWO_HEADS, "shuffle_corpus": True},
     # the demo's pretraining, fine-tuned differently (both encoders alike)
-    "finetune-lr-1e-3": {**TWO_HEADS, "sentiment_lr": 1e-3, "ner_lr": 1e-3},
-    "finetune-lr-8e-3": {**TWO_HEADS, "sentiment_lr": 8e-3, "ner_lr": 8e-3},
-    "frozen-encoder": {**TWO_HEADS, "freeze_encoder": True, "sentiment_lr": 1e-2, "ner_lr": 1e-2},
+    "finetune-lr-1e-3": {**TWO_HEADS, "sentiment_rates": (1e-3,), "ner_rates": (1e-3,)},
+    "finetune-lr-8e-3": {**TWO_HEADS, "sentiment_rates": (8e-3,), "ner_rates": (8e-3,)},
+    "frozen-encoder": {**TWO_HEADS, "freeze_encoder": True, "sentiment_rates": (1e-2,), "ner_rates": (1e-2,)},
     "finetune-300-steps": {**TWO_HEADS, "finetune_steps": 300},
     # bigger encoders than the demo's budget allows: how much lift more pretraining compute buys
     "two-layers": {**TWO_HEADS, "layers": 2, "pretrain_lr": 1e-3},
@@ -103,40 +105,27 @@ def main(argv=None) -> int:
 
 def finetune_lifts(demo: Demo, encoder, tok, data: dict, rates: list[float] | None, threads: int) -> list[dict]:
     """Fine-tune both tasks from `encoder` and from its random twin on the validation
-    examples; one row per (task, size). With `rates`, every run is repeated at each rate,
-    and each (task, size, encoder) keeps the rate with the best mean over the seeds. Picking
-    on the set it reports on flatters both encoders alike."""
-    splits = {"sentiment": (data["review_pool"], data["review_validation"]),
-              "ner": (data["ner_pool"], data["ner_validation"])}
-    demo_jobs = demo.finetune_jobs(encoder, tok, splits, local_attention=demo.size.local_attention or None)
-    jobs = [dataclasses.replace(job, learning_rate=rate) for rate in rates for job in demo_jobs] if rates else demo_jobs
-    runs = collections.defaultdict(list)  # (task, size, init, rate): a run per seed
-    metrics = {}
-    for job, (value, _) in zip(jobs, run_jobs(jobs, threads)):
+    examples; one row per (task, size). Each (task, size, encoder) keeps its best rate out
+    of the demo's rates, or out of `rates` for both tasks. Picking on the set it reports
+    on flatters both encoders alike."""
+    size = dataclasses.replace(demo.size, sentiment_rates=tuple(rates), ner_rates=tuple(rates)) if rates else demo.size
+    splits = {"sentiment": (data["review_pool"], data["review_validation"], None),
+              "ner": (data["ner_pool"], data["ner_validation"], None)}
+    jobs = Demo(size, demo.out, demo.seed, progress=False).finetune_jobs(
+        encoder, tok, splits, local_attention=size.local_attention or None)
+    runs, metrics = collections.defaultdict(list), {}
+    for job, (value, validation, _) in zip(jobs, run_jobs(jobs, threads)):
         metrics[job.task] = job.metric
-        runs[job.task, job.size, job.init, job.learning_rate].append(
-            {"size": job.size, "seed": job.seed, "init": job.init, "steps": job.steps, job.metric: value})
+        runs[job.task].append({"size": job.size, "seed": job.seed, "init": job.init, "rate": job.learning_rate,
+                               "steps": job.steps, job.metric: value, "validation": validation})
     rows = []
     for task, metric in metrics.items():
-        chosen, best = best_rate_runs({k[1:]: v for k, v in runs.items() if k[0] == task}, metric)
-        for n, row in summarize(chosen, metric).items():
+        for n, row in summarize(best_rate_runs(runs[task]), metric).items():
             rows.append({"task": task, "size": n, "pretrained": round(row["pretrained"]["mean"], 4),
                          "random": round(row["random"]["mean"], 4), "lift": round(row["lift"]["mean"], 4),
                          "lift_sd": round(row["lift"]["std"], 4),
-                         "pretrained_rate": best[n, "pretrained"], "random_rate": best[n, "random"]})
+                         "pretrained_rate": row["pretrained"]["rate"], "random_rate": row["random"]["rate"]})
     return rows
-
-
-def best_rate_runs(runs: dict, metric: str) -> tuple[list[dict], dict]:
-    """From {(size, init, rate): runs over the seeds}, the runs of each (size, init) at the rate
-    with the best mean, and {(size, init): that rate}."""
-    best = {}
-    for n, init, rate in runs:
-        mean = statistics.fmean(r[metric] for r in runs[n, init, rate])
-        if (n, init) not in best or mean > best[n, init][1]:
-            best[n, init] = (rate, mean)
-    chosen = [r for (n, init), (rate, _) in best.items() for r in runs[n, init, rate]]
-    return chosen, {key: rate for key, (rate, _) in best.items()}
 
 
 def merge_csv(file: Path, rows: list[dict], key: tuple) -> None:

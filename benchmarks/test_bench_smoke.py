@@ -153,19 +153,9 @@ def test_host_cost_runs_with_the_launches_stubbed():
     assert "inference: bertcore" in done.stdout and "training step" in done.stdout
 
 
-def test_demo_ablations_give_each_encoder_its_own_best_rate(tmp_path):
-    """With --rates each (size, encoder) keeps its best rate, so a random encoder that
-    diverges at the pretrained one's rate is not what the lift is measured against."""
+def test_demo_ablation_csvs_keep_older_rows(tmp_path):
+    """A CSV that gains a column (each encoder's rate) keeps its older rows."""
     ablations = _script("demo_ablations")
-    f1 = {("pretrained", 1e-3): (0.30, 0.34), ("pretrained", 4e-3): (0.20, 0.22),
-          ("random", 1e-3): (0.10, 0.12), ("random", 4e-3): (0.25, 0.21)}
-    runs = {(100, init, rate): [{"seed": seed, "init": init, "size": 100, "steps": 5, "f1": v}
-                                for seed, v in enumerate(values)] for (init, rate), values in f1.items()}
-    chosen, best = ablations.best_rate_runs(runs, "f1")
-    assert best == {(100, "pretrained"): 1e-3, (100, "random"): 4e-3}
-    assert sorted((r["init"], r["f1"]) for r in chosen) == [("pretrained", 0.30), ("pretrained", 0.34),
-                                                            ("random", 0.21), ("random", 0.25)]
-    # a CSV that gains a column keeps its older rows
     ablations.merge_csv(tmp_path / "lifts.csv", [{"recipe": "a", "lift": 1}], ("recipe",))
     ablations.merge_csv(tmp_path / "lifts.csv", [{"recipe": "b", "lift": 2, "random_rate": 4e-3}], ("recipe",))
     assert (tmp_path / "lifts.csv").read_text() == "recipe,lift,random_rate\na,1,\nb,2,0.004\n"
@@ -173,7 +163,7 @@ def test_demo_ablations_give_each_encoder_its_own_best_rate(tmp_path):
 
 def test_every_recorded_demo_recipe_reruns():
     """Each recipe in the committed CSVs is still in RECIPES and builds a DemoSize; the
-    ones measured on the two-head demo keep two heads now that the demo has four."""
+    ones measured on an earlier demo keep its heads and its one NER rate."""
     import csv
     import dataclasses
     from bertcore.demo import DemoSize
@@ -186,6 +176,7 @@ def test_every_recorded_demo_recipe_reruns():
              for name, fields in ablations.RECIPES.items()}
     assert sizes["local"] == DemoSize()
     assert all(sizes[name].heads == 2 for name in ("two-heads", "two-heads-reviews-only", "whole-word", "two-layers"))
+    assert all(sizes[name].ner_rates == (4e-3,) for name in ("one-ner-rate", "two-heads", "reviews-only"))
 
 
 def test_tune_attention_times_graph_replays_with_the_forward_for_backwards(monkeypatch):

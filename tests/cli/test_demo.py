@@ -6,7 +6,7 @@ import pytest
 
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, run_jobs, summarize, text_of
+from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, best_rate_runs, run_jobs, summarize, text_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -57,6 +57,21 @@ def test_reviews_are_distinct_and_labelled_once():
     assert reviews == demo_data.sentiment_reviews(seed=0)
 
 
+def test_each_encoder_keeps_the_rate_that_scores_best_on_validation():
+    """BERT's dev-set choice: per (size, encoder), the rate with the best validation mean
+    over the seeds, whatever the test sets say; the random encoder may pick another rate
+    than the pretrained one, so it is never measured at a rate where it fails."""
+    scores = {  # (init, rate): [(test f1, validation f1) per seed]
+        ("pretrained", 2e-3): [(0.30, 0.35), (0.34, 0.33)], ("pretrained", 4e-3): [(0.40, 0.20), (0.42, 0.22)],
+        ("random", 2e-3): [(0.10, 0.05), (0.12, 0.07)], ("random", 4e-3): [(0.25, 0.21), (0.21, 0.19)]}
+    runs = [{"size": 100, "seed": seed, "init": init, "rate": rate, "steps": 5, "f1": test, "validation": validation}
+            for (init, rate), values in scores.items() for seed, (test, validation) in enumerate(values)]
+    row = summarize(best_rate_runs(runs), "f1")[100]
+    assert (row["pretrained"]["rate"], row["random"]["rate"]) == (2e-3, 4e-3)
+    assert row["pretrained"]["values"] == [0.30, 0.34] and row["random"]["values"] == [0.25, 0.21]
+    assert row["lift"]["values"] == pytest.approx([0.05, 0.13])
+
+
 def test_summary_pairs_each_seed_with_its_twin():
     runs = [{"size": 100, "seed": s, "init": i, "steps": 30, "f1": v}
             for s, (p, r) in enumerate([(0.5, 0.1), (0.7, 0.2)]) for i, v in (("pretrained", p), ("random", r))]
@@ -71,33 +86,40 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=16)
-    size = DemoSize(sizes=(2, 4), seeds=2)
+    size = DemoSize(sizes=(2, 4), seeds=2, sentiment_rates=(3e-3,), ner_rates=(2e-3, 4e-3))
     pool = [{"text": str(i), "label": "pos"} for i in range(10)]
     jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
-        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:]), "ner": (pool, pool[-2:])}, local_attention=(-1, 1))
-    assert len(jobs) == 2 * 2 * 2 * 2
+        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], pool[-5:-3]), "ner": (pool, pool[-2:], None)},
+        local_attention=(-1, 1))
+    assert len(jobs) == 2 * 2 * 2 * (1 + 2)              # sizes x seeds x encoders x rates
+    assert len({job.output_dir for job in jobs}) == len(jobs)
     twins = {}
     for job in jobs:
-        twins.setdefault((job.task, job.size, job.seed), {})[job.init] = job
-    for (task, n, seed), pair in twins.items():
+        twins.setdefault((job.task, job.size, job.seed, job.learning_rate), {})[job.init] = job
+    assert {k[3] for k in twins if k[0] == "ner"} == {2e-3, 4e-3}
+    for (task, n, seed, rate), pair in twins.items():
         pretrained, random = pair["pretrained"], pair["random"]
         assert pretrained.weights is not None and random.weights is None
         assert pretrained.train == random.train == pool[:n]
         assert (pretrained.init_seed, pretrained.train_seed, pretrained.steps, pretrained.learning_rate) == \
                (random.init_seed, random.train_seed, random.steps, random.learning_rate)
         assert random.local_attention == (-1, 1)
+        assert pretrained.validation == random.validation == (pool[-5:-3] if task == "sentiment" else None)
     assert len({j.train_seed for j in jobs}) == 2     # seeds differ between seeds, not between tasks
 
 
-def test_sentiment_pooling_reaches_the_sentiment_head(tmp_path):
+def test_fine_tuning_knobs_reach_every_job(tmp_path):
+    """The ablations' fine-tuning fields (README's rows) change what each job runs."""
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=16)
+                     intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0)
     pool = [{"text": str(i), "label": "pos"} for i in range(10)]
-    for pooling in ("mean", "cls"):
-        jobs = Demo(DemoSize(sizes=(2,), seeds=1, sentiment_pooling=pooling), tmp_path, seed=7, progress=False) \
-            .finetune_jobs(BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:])}, local_attention=(-1, 1))
+    for pooling, dropout in (("mean", 0.1), ("cls", 0.0)):
+        size = DemoSize(sizes=(2,), seeds=1, sentiment_pooling=pooling, finetune_dropout=dropout)
+        jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
+            BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], None)}, local_attention=(-1, 1))
         assert {job.options["pooling"] for job in jobs} == {pooling}
+        assert {job.config.hidden_dropout_prob for job in jobs} == {dropout}
 
 
 @pytest.mark.slow
@@ -149,9 +171,10 @@ def test_worker_processes_repeat_the_serial_runs(tmp_path):
                         head_type="classification", options={"labels": ["neg", "pos"], "pooling": "mean"},
                         train=data, test=data, learning_rate=3e-3, steps=12, batch_size=4, max_length=16,
                         train_seed=seed, output_dir=str(tmp_path / f"serial-{seed}")) for seed in range(3)]
-    serial = [loss for loss, _ in run_jobs(jobs, 1)]
-    parallel = [loss for loss, _ in run_jobs([dataclasses.replace(j, output_dir=j.output_dir.replace("serial", "worker"))
-                                              for j in jobs], 2)]
+    serial = [loss for loss, _, _ in run_jobs(jobs, 1)]
+    parallel = [loss for loss, _, _ in run_jobs([dataclasses.replace(j, output_dir=j.output_dir.replace("serial",
+                                                                                                        "worker"))
+                                                 for j in jobs], 2)]
     assert serial == parallel
     assert len(set(serial)) == 3                      # the seeds differ, so a mix-up would show
 
