@@ -114,10 +114,10 @@ def finetune_lifts(demo: Demo, encoder, tok, data: dict, rates: list[float] | No
     jobs = Demo(size, demo.out, demo.seed, progress=False).finetune_jobs(
         encoder, tok, splits, local_attention=size.local_attention or None)
     runs, metrics = collections.defaultdict(list), {}
-    for job, (value, validation, _) in zip(jobs, run_jobs(jobs, threads)):
+    for job, (value, _, _) in zip(jobs, run_jobs(jobs, threads)):  # scored on validation already
         metrics[job.task] = job.metric
         runs[job.task].append({"size": job.size, "seed": job.seed, "init": job.init, "rate": job.learning_rate,
-                               "steps": job.steps, job.metric: value, "validation": validation})
+                               "steps": job.steps, job.metric: value, "validation": value})
     rows = []
     for task, metric in metrics.items():
         for n, row in summarize(best_rate_runs(runs[task]), metric).items():

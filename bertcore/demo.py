@@ -181,8 +181,8 @@ class Demo:
                       local_attention) -> "list[FinetuneJob]":
         """The fine-tuning runs: for each task in `splits` ({task: (pool, evaluation,
         validation)}), each size, seed and rate, one job from `pretrained` and one from a
-        random encoder with the same budget. A job scores `evaluation`, and `validation` to
-        choose its rate by (None: the rate is chosen on `evaluation` itself).
+        random encoder with the same budget. A job scores `evaluation`, and `validation`
+        too where the task has several rates, to choose one by (`best_rate_runs`).
         `local_attention`: where the random encoder starts (the offsets pretraining started
         from; None = BERT's init)."""
         s = self.size
@@ -190,8 +190,8 @@ class Demo:
         tasks = {  # name: (head type, head options, rates, metric, what the log says)
             # Sentiment reads the token mean: a one-layer encoder's [CLS] learns too little
             # from NSP in minutes to carry a review (README, "The demo").
-            "sentiment": ("classification", {"labels": ["neg", "pos"], "pooling": s.sentiment_pooling}, s.sentiment_rates,
-                          "accuracy", "sentiment"),
+            "sentiment": ("classification", {"labels": ["neg", "pos"], "pooling": s.sentiment_pooling},
+                          s.sentiment_rates, "accuracy", "sentiment"),
             "ner": ("ner", {"labels": demo_data.NER_LABELS}, s.ner_rates, "f1", "NER (PER/LOC/ORG)"),
         }
         state = {k: v.cpu() for k, v in pretrained.state_dict().items()}
@@ -205,7 +205,8 @@ class Demo:
                     task=task, title=title, size=n, seed=seed, init=init, metric=metric, config=cfg,
                     weights=state if init == "pretrained" else None, local_attention=local_attention,
                     init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
-                    train=pool[:n], test=evaluation, validation=validation, learning_rate=rate,
+                    train=pool[:n], test=evaluation, validation=validation if len(rates) > 1 else None,
+                    learning_rate=rate,
                     steps=s.finetune_steps, batch_size=s.finetune_batch, max_length=s.max_length,
                     train_seed=self.seed + seed, freeze_encoder=s.freeze_encoder,
                     output_dir=str(self.out / "finetune" / f"{task}-{n}-{init}-{seed}-{rate:g}")))
@@ -301,12 +302,11 @@ class FinetuneJob:
     train_seed: int
     output_dir: str
     freeze_encoder: bool = False
-    validation: list | None = None  # also scored, to choose the rate by (`best_rate_runs`)
+    validation: list | None = None  # also scored where there are rates to choose from (`best_rate_runs`)
 
 
 def finetune(job: FinetuneJob) -> tuple[float, float, float]:
-    """Run one job; returns (its test metric, its validation metric, seconds). Without
-    validation examples the second is the test metric."""
+    """Run one job; returns (its test metric, its validation metric or None, seconds)."""
     t = time.perf_counter()
     torch.manual_seed(job.init_seed)
     encoder = BertEncoder(job.config)
@@ -322,7 +322,7 @@ def finetune(job: FinetuneJob) -> tuple[float, float, float]:
                         freeze_encoder=job.freeze_encoder)
     trainer = Trainer(model, tokenizer=job.tokenizer, train=job.train, eval=job.test, args=args)
     value = trainer.fit()[-1][job.metric]
-    validation = trainer.evaluate(job.validation)[job.metric] if job.validation else value
+    validation = trainer.evaluate(job.validation)[job.metric] if job.validation else None
     return value, validation, round(time.perf_counter() - t, 1)
 
 
@@ -350,15 +350,15 @@ def best_rate_runs(runs: list[dict]) -> list[dict]:
     mean `validation` score over the seeds, as BERT's paper chose on its dev sets. Each
     encoder gets its own rate, so a random encoder that fails at the pretrained one's rate
     is never the baseline."""
-    groups = collections.defaultdict(list)
+    by_rate = collections.defaultdict(lambda: collections.defaultdict(list))  # (size, init): {rate: runs}
     for r in runs:
-        groups[r["size"], r["init"], r["rate"]].append(r)
-    best = {}
-    for (n, init, rate), group in groups.items():
-        mean = statistics.fmean(r["validation"] for r in group)
-        if (n, init) not in best or mean > best[n, init][1]:
-            best[n, init] = (rate, mean)
-    return [r for (n, init), (rate, _) in best.items() for r in groups[n, init, rate]]
+        by_rate[r["size"], r["init"]][r["rate"]].append(r)
+    chosen = []
+    for groups in by_rate.values():
+        rate = max(groups, key=lambda rate: statistics.fmean(r["validation"] for r in groups[rate])) \
+            if len(groups) > 1 else next(iter(groups))
+        chosen += groups[rate]
+    return chosen
 
 
 def summarize(runs: list[dict], metric: str) -> dict:

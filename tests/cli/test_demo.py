@@ -89,7 +89,7 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
     size = DemoSize(sizes=(2, 4), seeds=2, sentiment_rates=(3e-3,), ner_rates=(2e-3, 4e-3))
     pool = [{"text": str(i), "label": "pos"} for i in range(10)]
     jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
-        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], pool[-5:-3]), "ner": (pool, pool[-2:], None)},
+        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], pool[-5:-3]), "ner": (pool, pool[-2:], pool[-4:-2])},
         local_attention=(-1, 1))
     assert len(jobs) == 2 * 2 * 2 * (1 + 2)              # sizes x seeds x encoders x rates
     assert len({job.output_dir for job in jobs}) == len(jobs)
@@ -104,7 +104,8 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
         assert (pretrained.init_seed, pretrained.train_seed, pretrained.steps, pretrained.learning_rate) == \
                (random.init_seed, random.train_seed, random.steps, random.learning_rate)
         assert random.local_attention == (-1, 1)
-        assert pretrained.validation == random.validation == (pool[-5:-3] if task == "sentiment" else None)
+        # validation examples are scored only where there are rates to choose from
+        assert pretrained.validation == random.validation == (None if task == "sentiment" else pool[-4:-2])
     assert len({j.train_seed for j in jobs}) == 2     # seeds differ between seeds, not between tasks
 
 
