@@ -1,6 +1,6 @@
 """The demo's pretraining recipes side by side (README, "The demo"): held-out MLM accuracy
 (15% masked, test text) after pretraining, and with --finetune the lift each gives
-sentiment and NER, measured on validation examples (the pools' tails, `Demo.read`), never
+sentiment and NER, measured on validation examples (set aside from the pools, `Demo.read`), never
 on the demo's test sets.
 
     python benchmarks/demo_ablations.py [--steps N] [--threads 1] [--seed 42] [--finetune [--rates LR ...]] [RECIPE ...]

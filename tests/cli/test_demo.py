@@ -100,13 +100,32 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
     for (task, n, seed, rate), pair in twins.items():
         pretrained, random = pair["pretrained"], pair["random"]
         assert pretrained.weights is not None and random.weights is None
-        assert pretrained.train == random.train == pool[:n]
+        assert pretrained.train == random.train and len(random.train) == n
+        assert set(map(id, random.train)) <= set(map(id, pool))
         assert (pretrained.init_seed, pretrained.train_seed, pretrained.steps, pretrained.learning_rate) == \
                (random.init_seed, random.train_seed, random.steps, random.learning_rate)
         assert random.local_attention == (-1, 1)
         # validation examples are scored only where there are rates to choose from
         assert pretrained.validation == random.validation == (None if task == "sentiment" else pool[-4:-2])
     assert len({j.train_seed for j in jobs}) == 2     # seeds differ between seeds, not between tasks
+    # each seed labels its own examples, nested across sizes, the same for every rate
+    draws = {(j.task, j.seed, j.size, j.learning_rate): [ex["text"] for ex in j.train] for j in jobs}
+    for task, seed, n, rate in draws:
+        assert draws[task, seed, n, rate] == draws[task, seed, 4, rate][:n]
+    assert draws["sentiment", 0, 4, 3e-3] != draws["sentiment", 1, 4, 3e-3]
+    again = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
+        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], pool[-5:-3])}, local_attention=(-1, 1))
+    assert [j.train for j in again] == [j.train for j in jobs if j.task == "sentiment"]
+
+
+def test_a_pool_smaller_than_the_largest_size_is_refused(tmp_path):
+    tok = Tokenizer.from_pretrained(_vocab(tmp_path))
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=16)
+    pool = [{"text": str(i), "label": "pos"} for i in range(3)]
+    with pytest.raises(ValueError, match="sentiment: 3 labelled examples to draw from, fewer than the largest size 4"):
+        Demo(DemoSize(sizes=(2, 4), seeds=1), tmp_path, seed=7, progress=False).finetune_jobs(
+            BertEncoder(cfg), tok, {"sentiment": (pool, pool, None)}, local_attention=None)
 
 
 def test_fine_tuning_knobs_reach_every_job(tmp_path):
@@ -125,16 +144,15 @@ def test_fine_tuning_knobs_reach_every_job(tmp_path):
 
 @pytest.mark.slow
 def test_validation_examples_stay_out_of_training_and_test():
-    """demo_ablations.py chooses recipes on validation examples: the pools' last examples,
-    which no demo size reaches. Reviews are distinct texts, so none is also a training or
-    test review. (NER sentences repeat in the corpus, "。" for one: checked by position.)"""
+    """demo_ablations.py chooses recipes on validation examples, which fine-tuning never
+    draws: they are not in the pools. Reviews are distinct texts, so none is also a training
+    or test review. (NER sentences repeat in the corpus, "。" for one: checked by object.)"""
     data = Demo(QUICK, None, seed=42, progress=False).read()
-    largest = max(DemoSize.sizes)
     for pool, validation in ((data["review_pool"], data["review_validation"]),
                              (data["ner_pool"], data["ner_validation"])):
-        assert validation and validation == pool[len(pool) - len(validation):]
-        assert len(pool) - len(validation) >= largest
-    seen = {ex["text"] for ex in data["review_pool"][:largest] + data["review_test"]}
+        assert validation and len(pool) >= max(DemoSize.sizes)
+        assert not set(map(id, validation)) & set(map(id, pool))
+    seen = {ex["text"] for ex in data["review_pool"] + data["review_test"]}
     assert not {ex["text"] for ex in data["review_validation"]} & seen
 
 
