@@ -12,9 +12,14 @@ def add_demo(sub):
     p.add_argument("--quick", action="store_true", help="CI-sized run (under a minute)")
     p.add_argument("--encoder", help="fine-tune this HF BERT checkpoint folder instead of pretraining one")
     p.add_argument("--tokenizer", help="its tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--rates", type=float, nargs="+", metavar="LR",
+                   help="fine-tuning rates for both tasks; each encoder keeps, per task and size, the one that "
+                        "scores best on validation examples (default: the demo's own, tuned for its small "
+                        "encoder; with --encoder, 3e-5 1e-4 3e-4)")
     p.add_argument("--output", default="demo-output", help="output folder (default: demo-output)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every step budget (e.g. 3 for a longer run)")
+    p.add_argument("--steps-scale", type=float, default=1.0,
+                   help="multiply every step budget (e.g. 3 for a longer run)")
     p.add_argument("--threads", type=int, help="torch CPU threads while pretraining, and worker processes of one "
                    "thread while fine-tuning (default: the cores not busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -25,6 +30,9 @@ def cmd_demo(args) -> int:
     from ..demo import run_demo
     if args.tokenizer and not args.encoder:
         raise ValueError("--tokenizer goes with --encoder (the demo trains its own tokenizer otherwise)")
+    if args.rates and not all(0 < rate < 1 for rate in args.rates):
+        raise ValueError(f"--rates {' '.join(map(str, args.rates))}: learning rates are between 0 and 1, "
+                         "e.g. --rates 2e-5 5e-5")
     return run_demo(args)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import QUICK, Demo, DemoSize, FinetuneJob, best_rate_runs, run_jobs, summarize, text_of
+from bertcore.demo import ENCODER_RATES, QUICK, Demo, DemoSize, FinetuneJob, best_rate_runs, run_jobs, summarize, text_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -196,6 +196,28 @@ def test_worker_processes_repeat_the_serial_runs(tmp_path):
                                                  for j in jobs], 2)]
     assert serial == parallel
     assert len(set(serial)) == 3                      # the seeds differ, so a mix-up would show
+
+
+@pytest.mark.slow
+def test_demo_fine_tunes_a_checkpoint_at_rates_for_it(tmp_path, capsys):
+    """--encoder skips pretraining and fine-tunes at ENCODER_RATES, not at the rates tuned
+    for the demo's small encoder (~100x BERT's for bert-base); --rates chooses."""
+    checkpoint = tmp_path / "encoder"
+    checkpoint.mkdir()
+    tok = Tokenizer.from_pretrained(_vocab(checkpoint))
+    BertEncoder(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=64)).save_pretrained(checkpoint)
+    for extra, rates in (([], ENCODER_RATES), (["--rates", "0.01"], (0.01,))):
+        out = tmp_path / f"out-{len(extra)}"
+        assert main(["demo", "--quick", "--encoder", str(checkpoint), "--steps-scale", "0.1", "--output", str(out),
+                     "--no-progress", "--threads", "1", *extra]) == 0
+        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        assert results["encoder"] == str(checkpoint) and "pretraining" not in results
+        for task in ("sentiment", "ner"):
+            assert sorted({r["rate"] for r in results[task]["runs"]}) == sorted(rates)
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--rates", "3", "--output", str(tmp_path / "bad")]) == 2
+    assert "--rates 3.0: learning rates are between 0 and 1" in capsys.readouterr().err
 
 
 def _vocab(folder):
