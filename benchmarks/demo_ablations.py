@@ -1,4 +1,4 @@
-"""The demo's pretraining recipes side by side (README, "The demo"): held-out MLM accuracy
+"""The demo's pretraining recipes side by side (docs/demo/README.md): held-out MLM accuracy
 (15% masked, test text) after pretraining, and with --finetune the lift each gives
 sentiment and NER, measured on validation examples (set aside from the pools, `Demo.read`), never
 on the demo's test sets.

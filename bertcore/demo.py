@@ -39,25 +39,25 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DemoSize:
     """How big each stage is: the full run takes about 5 minutes on 2 CPU cores, `quick`
-    under a minute. Why these numbers: README, "The demo"."""
+    under a minute. Why these numbers: docs/demo/README.md."""
 
     hidden: int = 128
     layers: int = 1
-    heads: int = 4                         # 2 start local (below), 2 free: more pretraining lifts NER more (README)
+    heads: int = 4                         # 2 start local (below), 2 free: more pretraining lifts NER more
     intermediate: int = 512
     initializer_range: float = 0.08   # BERT's 0.02 suits width 768; a 128-wide model learns sooner from wider
     local_attention: tuple = (-1, 1)       # heads 0, 1 start on the previous and next character (local_attention_init)
     vocab: int = 3000                      # characters; the rarer 2,400 (0.4% of the text) are [UNK]
     max_length: int = 32                   # pretraining pairs and fine-tuning inputs (characters + 2-3 specials)
-    pretrain_steps: int = 5000             # ~110 s; the free heads keep learning where 2 local heads stop (README)
+    pretrain_steps: int = 5000             # ~110 s; the free heads keep learning where 2 local heads stop
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3              # 2 heads, 2500 steps: held-out MLM 0.302; 1e-3: 0.278, 4e-3: 0.275
     mlm_probability: float = 0.3           # while pretraining: twice BERT's predictions per step; tested at 15%
-    whole_word: bool = False               # mask People's Daily's words whole (BERT-wwm); tested, no gain (README)
+    whole_word: bool = False               # mask People's Daily's words whole (BERT-wwm); tested, no gain
     pretrain_evals: int = 7
     corpus_reviews: int | None = None      # None: every review outside the test set
     corpus_paragraphs: int | None = None   # None: every People's Daily paragraph outside the NER test
-    shuffle_corpus: bool = False           # a control: each document's characters in random order (README)
+    shuffle_corpus: bool = False           # a control: each document's characters in random order
     sizes: tuple = (100, 300, 1000, 3000)  # labelled examples per fine-tuning run
     seeds: int = 3
     test_reviews: int = 400
@@ -65,13 +65,13 @@ class DemoSize:
     finetune_batch: int = 16
     finetune_steps: int = 150              # at every size: NER needs ~150 steps to learn much; 300 move no lift
     finetune_dropout: float = 0.1          # BERT's hidden dropout while fine-tuning
-    sentiment_pooling: str = "mean"        # "cls" (BERT's pooled [CLS]) tested: both encoders lower (README)
+    sentiment_pooling: str = "mean"        # "cls" (BERT's pooled [CLS]) tested: both encoders lower
     # Fine-tuning rates. With several, each encoder keeps, per size, the rate whose runs
     # score best on the validation examples (BERT's dev-set choice); the table reports the
     # test sets. NER: the pretrained encoder prefers 2e-3 at small sizes, the random one 4e-3 from 300 up.
-    sentiment_rates: tuple = (3e-3,)       # one: choosing among 2e-3..6e-3 moved its lift by <= 0.01 (README)
+    sentiment_rates: tuple = (3e-3,)       # one: choosing among 2e-3..6e-3 moved its lift by <= 0.01
     ner_rates: tuple = (2e-3, 4e-3)
-    freeze_encoder: bool = False           # train the heads only (BERT's feature-based setting); tested (README)
+    freeze_encoder: bool = False           # train the heads only (BERT's feature-based setting); tested
 
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -204,7 +204,7 @@ class Demo:
         cfg = finetune_config(pretrained.config, s.finetune_dropout)
         tasks = {  # name: (head type, head options, rates, metric, what the log says)
             # Sentiment reads the token mean: a one-layer encoder's [CLS] learns too little
-            # from NSP in minutes to carry a review (README, "The demo").
+            # from NSP in minutes to carry a review (docs/demo/README.md).
             "sentiment": ("classification", {"labels": ["neg", "pos"], "pooling": s.sentiment_pooling},
                           s.sentiment_rates, "accuracy", "sentiment"),
             "ner": ("ner", {"labels": demo_data.NER_LABELS}, s.ner_rates, "f1", "NER (PER/LOC/ORG)"),

@@ -102,7 +102,7 @@ def local_attention_init(encoder: BertEncoder, offsets=(-1, 1), score: float = 1
 
     Why: a small BERT pretrained from a random init spends its first thousands of steps on a
     plateau where attention is spread evenly and MLM predicts from a bag of characters; it
-    leaves the plateau only once heads find the neighbours (README, "The demo"). Starting the
+    leaves the plateau only once heads find the neighbours (docs/demo/README.md). Starting the
     heads on the neighbours skips that: the demo's 1-layer model reaches the old recipe's
     MLM accuracy in 1500 steps instead of 3500. The weights stay trainable and the
     architecture is BERT's; only the starting point differs, in the spirit of mimetic

@@ -6,7 +6,8 @@ import pytest
 
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
-from bertcore.demo import ENCODER_RATES, QUICK, Demo, DemoSize, FinetuneJob, best_rate_runs, run_jobs, summarize, text_of
+from bertcore.demo import (ENCODER_RATES, QUICK, Demo, DemoSize, FinetuneJob, best_rate_runs, run_jobs,
+                           summarize, text_of)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -129,7 +130,7 @@ def test_a_pool_smaller_than_the_largest_size_is_refused(tmp_path):
 
 
 def test_fine_tuning_knobs_reach_every_job(tmp_path):
-    """The ablations' fine-tuning fields (README's rows) change what each job runs."""
+    """The ablations' fine-tuning fields (docs/demo/README.md's rows) change what each job runs."""
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0)
@@ -160,7 +161,7 @@ def test_validation_examples_stay_out_of_training_and_test():
 def test_demo_quick_learns(tmp_path, capsys):
     """The CI-sized run must learn, not just run: every sentiment run beats the majority
     class by 0.03 and every NER run finds entities. Its 30 pretraining steps do not make
-    the pretrained encoder better than the random one (README, "The demo")."""
+    the pretrained encoder better than the random one (docs/demo/README.md)."""
     assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "| sentiment (accuracy) |" in out and "held-out MLM accuracy" in out
