@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoSize:
-    """How big each stage is: the full run takes about 5 minutes on 2 CPU cores, `quick`
+    """How big each stage is: the full run takes about 4 minutes on 2 CPU cores, `quick`
     under a minute. Why these numbers: docs/demo/README.md."""
 
     hidden: int = 128
@@ -197,9 +197,9 @@ class Demo:
         from; None = BERT's init).
 
         Each seed labels its own examples, drawn from the pool (nested: a seed's 100 are
-        the first of its 300), as few-shot benchmarks draw several
-        training sets: with 100 examples, which 100 moves a score as much as the head's
-        seed does, so one draw for every seed would leave that out of the mean and spread."""
+        the first of its 300), as few-shot benchmarks draw several training sets: with 100
+        examples, which 100 moves a score as much as the head's seed does, so one draw for
+        every seed would leave that out of the mean and spread."""
         s = self.size
         cfg = finetune_config(pretrained.config, s.finetune_dropout)
         tasks = {  # name: (head type, head options, rates, metric, what the log says)

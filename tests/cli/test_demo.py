@@ -161,7 +161,7 @@ def test_validation_examples_stay_out_of_training_and_test():
 def test_demo_quick_learns(tmp_path, capsys):
     """The CI-sized run must learn, not just run: every sentiment run beats the majority
     class by 0.03 and every NER run finds entities. Its 30 pretraining steps do not make
-    the pretrained encoder better than the random one (docs/demo/README.md)."""
+    the pretrained encoder better than the random one (README, "The demo")."""
     assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "| sentiment (accuracy) |" in out and "held-out MLM accuracy" in out
