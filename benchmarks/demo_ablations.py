@@ -108,16 +108,15 @@ def finetune_lifts(demo: Demo, encoder, tok, data: dict, rates: list[float] | No
     examples; one row per (task, size). Each (task, size, encoder) keeps its best rate out
     of the demo's rates, or out of `rates` for both tasks. Picking on the set it reports
     on flatters both encoders alike."""
-    size = dataclasses.replace(demo.size, sentiment_rates=tuple(rates), ner_rates=tuple(rates)) if rates else demo.size
+    size = demo.size.with_rates(rates) if rates else demo.size
     splits = {"sentiment": (data["review_pool"], data["review_validation"], None),
               "ner": (data["ner_pool"], data["ner_validation"], None)}
     jobs = Demo(size, demo.out, demo.seed, progress=False).finetune_jobs(
         encoder, tok, splits, local_attention=size.local_attention or None)
     runs, metrics = collections.defaultdict(list), {}
-    for job, (value, _, _) in zip(jobs, run_jobs(jobs, threads)):  # scored on validation already
+    for job, (value, _, seconds) in zip(jobs, run_jobs(jobs, threads)):
         metrics[job.task] = job.metric
-        runs[job.task].append({"size": job.size, "seed": job.seed, "init": job.init, "rate": job.learning_rate,
-                               "steps": job.steps, job.metric: value, "validation": value})
+        runs[job.task].append(job.record(value, value, seconds))  # its test set is the validation examples
     rows = []
     for task, metric in metrics.items():
         for n, row in summarize(best_rate_runs(runs[task]), metric).items():

@@ -73,6 +73,10 @@ class DemoSize:
     ner_rates: tuple = (2e-3, 4e-3)
     freeze_encoder: bool = False           # train the heads only (BERT's feature-based setting); tested
 
+    def with_rates(self, rates) -> "DemoSize":
+        """The same sizes, both tasks fine-tuned at `rates` (each encoder keeps its best)."""
+        return dataclasses.replace(self, sentiment_rates=tuple(rates), ner_rates=tuple(rates))
+
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # Fine-tuning rates for an --encoder checkpoint, both tasks, each encoder keeping its best
@@ -88,7 +92,7 @@ def run_demo(args) -> int:
     size = dataclasses.replace(QUICK if args.quick else DemoSize())
     rates = args.rates or (ENCODER_RATES if args.encoder else None)
     if rates:
-        size.sentiment_rates = size.ner_rates = tuple(rates)
+        size = size.with_rates(rates)
     if args.steps_scale != 1.0:
         for name in ("pretrain_steps", "finetune_steps"):
             setattr(size, name, max(2, int(getattr(size, name) * args.steps_scale)))
@@ -168,15 +172,12 @@ class Demo:
         jobs = self.finetune_jobs(pretrained, tok, splits, local_attention=None if encoder_dir else s.local_attention)
         per_size = collections.Counter((job.task, job.size) for job in jobs)
         workers = torch.get_num_threads()
-        rates = {task: " ".join(f"{r:g}" for r in task_rates)
-                 for task, task_rates in (("sentiment", s.sentiment_rates), ("ner", s.ner_rates))}
         self.say(f"fine-tuning: {len(jobs)} runs ({', '.join(map(str, s.sizes))} labelled examples x {s.seeds} "
-                 f"seed(s) x (pretrained, random) x (sentiment at rate(s) {rates['sentiment']}, NER at "
-                 f"{rates['ner']})), {workers} at a time")
-        for job, (value, validation, seconds) in zip(jobs, run_jobs(jobs, workers)):
+                 f"seed(s) x (pretrained, random) x (sentiment at rate(s) {' '.join(map(str, s.sentiment_rates))}, "
+                 f"NER at {' '.join(map(str, s.ner_rates))})), {workers} at a time")
+        for job, result in zip(jobs, run_jobs(jobs, workers)):
             runs = self.results[job.task]["runs"]
-            runs.append({"size": job.size, "seed": job.seed, "init": job.init, "rate": job.learning_rate,
-                         "steps": job.steps, job.metric: value, "validation": validation, "seconds": seconds})
+            runs.append(job.record(*result))
             if sum(r["size"] == job.size for r in runs) == per_size[job.task, job.size]:
                 row = summarize(best_rate_runs(runs), job.metric)[job.size]
                 self.say(f"  {job.title}, {job.size} labelled examples ({job.steps} steps): {job.metric} pretrained "
@@ -322,6 +323,11 @@ class FinetuneJob:
     output_dir: str
     freeze_encoder: bool = False
     validation: list | None = None  # also scored where there are rates to choose from (`best_rate_runs`)
+
+    def record(self, value: float, validation: float | None, seconds: float) -> dict:
+        """This job's entry in results.json's runs, from what `finetune` returned."""
+        return {"size": self.size, "seed": self.seed, "init": self.init, "rate": self.learning_rate,
+                "steps": self.steps, self.metric: value, "validation": validation, "seconds": seconds}
 
 
 def finetune(job: FinetuneJob) -> tuple[float, float, float]:

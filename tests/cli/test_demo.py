@@ -85,8 +85,7 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
     """The lift is pretraining's alone only if each pretrained run has a random twin with
     the same data, budget, head seed and batch order, differing only in its weights."""
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=16)
+    cfg = _tiny_config(tok)
     size = DemoSize(sizes=(2, 4), seeds=2, sentiment_rates=(3e-3,), ner_rates=(2e-3, 4e-3))
     pool = [{"text": str(i), "label": "pos"} for i in range(10)]
     jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
@@ -121,8 +120,7 @@ def test_finetune_jobs_give_both_encoders_the_same_run(tmp_path):
 
 def test_a_pool_smaller_than_the_largest_size_is_refused(tmp_path):
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=16)
+    cfg = _tiny_config(tok)
     pool = [{"text": str(i), "label": "pos"} for i in range(3)]
     with pytest.raises(ValueError, match="sentiment: 3 labelled examples to draw from, fewer than the largest size 4"):
         Demo(DemoSize(sizes=(2, 4), seeds=1), tmp_path, seed=7, progress=False).finetune_jobs(
@@ -132,8 +130,7 @@ def test_a_pool_smaller_than_the_largest_size_is_refused(tmp_path):
 def test_fine_tuning_knobs_reach_every_job(tmp_path):
     """The ablations' fine-tuning fields (docs/demo/README.md's rows) change what each job runs."""
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0)
+    cfg = _tiny_config(tok, hidden_dropout_prob=0.0)
     pool = [{"text": str(i), "label": "pos"} for i in range(10)]
     for pooling, dropout in (("mean", 0.1), ("cls", 0.0)):
         size = DemoSize(sizes=(2,), seeds=1, sentiment_pooling=pooling, finetune_dropout=dropout)
@@ -181,8 +178,7 @@ def test_worker_processes_repeat_the_serial_runs(tmp_path):
     """The full demo fine-tunes in worker processes (`run_jobs`), the quick test in one:
     each job seeds itself, so both give the same numbers, to the last bit."""
     tok = Tokenizer.from_pretrained(_vocab(tmp_path))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=16, initializer_range=0.08)
+    cfg = _tiny_config(tok, initializer_range=0.08)
     texts = [("很好", "pos"), ("太好", "pos"), ("好电影", "pos"), ("好书", "pos"),
              ("不好", "neg"), ("很坏", "neg"), ("坏电影", "neg"), ("太坏", "neg")]
     data = [{"text": t, "label": label} for t, label in texts]
@@ -206,8 +202,7 @@ def test_demo_fine_tunes_a_checkpoint_at_rates_for_it(tmp_path, capsys):
     checkpoint = tmp_path / "encoder"
     checkpoint.mkdir()
     tok = Tokenizer.from_pretrained(_vocab(checkpoint))
-    BertEncoder(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=64)).save_pretrained(checkpoint)
+    BertEncoder(_tiny_config(tok, max_position_embeddings=64)).save_pretrained(checkpoint)
     for extra, rates in (([], ENCODER_RATES), (["--rates", "0.01"], (0.01,))):
         out = tmp_path / f"out-{len(extra)}"
         assert main(["demo", "--quick", "--encoder", str(checkpoint), "--steps-scale", "0.1", "--output", str(out),
@@ -219,6 +214,12 @@ def test_demo_fine_tunes_a_checkpoint_at_rates_for_it(tmp_path, capsys):
     capsys.readouterr()
     assert main(["demo", "--quick", "--rates", "3", "--output", str(tmp_path / "bad")]) == 2
     assert "--rates 3.0: learning rates are between 0 and 1" in capsys.readouterr().err
+
+
+def _tiny_config(tok, **overrides) -> BertConfig:
+    return BertConfig(**{"vocab_size": tok.vocab_size, "hidden_size": 32, "num_hidden_layers": 1,
+                         "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 16,
+                         **overrides})
 
 
 def _vocab(folder):
