@@ -16,6 +16,7 @@ attention through `F.scaled_dot_product_attention` with an additive mask, LayerN
 through `F.layer_norm`. It is for inference (eval mode); training stays on the packed
 path, which is faster.
 """
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -216,11 +217,20 @@ def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     args = example_inputs or serving.example_inputs()
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
     with torch.no_grad(), warnings.catch_warnings():
-        # torch names each input's axes separately, then warns that it merged the equal ones
+        # torch names each input's axes separately, then warns that it merged the equal ones;
+        # it also logs a line per torchvision op it cannot register (none is used here) and
+        # warns about its own use of a deprecated pytree class: noise in a user's terminal
         warnings.filterwarnings("ignore", message="# The axis name")
-        program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(names=True),
-                                    input_names=["input_ids", "attention_mask", "token_type_ids"],
-                                    output_names=list(serving.per_token), opset_version=opset_version,
-                                    external_data=False, verbose=False)
+        warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+        registration.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(names=True),
+                                        input_names=["input_ids", "attention_mask", "token_type_ids"],
+                                        output_names=list(serving.per_token), opset_version=opset_version,
+                                        external_data=False, verbose=False)
+        finally:
+            registration.setLevel(level)
     return atomic_write(path, lambda tmp: program.save(tmp))

@@ -55,6 +55,9 @@ class RunLock:
         self.fd = None
 
     def acquire(self) -> "RunLock":
+        if self.file.parent.exists() and not self.file.parent.is_dir():
+            raise NotADirectoryError(f"output folder {self.file.parent} is a file; name a folder (it is created "
+                                     "if missing)")
         self.file.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
         try:

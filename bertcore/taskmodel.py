@@ -344,6 +344,9 @@ class TaskModel(nn.Module):
         """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed."""
         directory = Path(directory)
         recover_folder(directory)  # a save killed between its two renames
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model folder {directory} does not exist; pass a folder written by "
+                                    "TaskModel.save_pretrained (a training run's <output>/model)")
         info = _read_json(directory / MODEL_FILE, {"heads": list}) if (directory / MODEL_FILE).is_file() else {}
         if (directory / "encoder").is_dir():
             encoder = BertEncoder.from_pretrained(directory / "encoder")

@@ -1,7 +1,9 @@
 """Leaving bertcore: a TaskModel exported to transformers loads in `transformers.pipeline`
 offline with the same logits (1e-4) and predictions; the padded serving module equals the
 packed encoder + head (1e-5), and `torch.export` / ONNX runtime run it at new shapes."""
+import logging.handlers
 import string
+import warnings
 
 import pytest
 import torch
@@ -256,7 +258,19 @@ def test_onnx_runtime_matches(tmp_path, tok, kind):
     pytest.importorskip("onnxscript", reason="ONNX export needs onnxscript")
     ort = pytest.importorskip("onnxruntime", reason="the comparison needs onnxruntime")
     model = make_model(tok, kind)
-    path = export_onnx(ServingModel(model), tmp_path / "model.onnx")
+    logged = logging.handlers.BufferingHandler(capacity=1000)
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    registration.addHandler(logged)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            path = export_onnx(ServingModel(model), tmp_path / "model.onnx")
+    finally:
+        registration.removeHandler(logged)
+    # torch's own noise stays out of the user's terminal: its deprecation warnings and a
+    # line per torchvision op it skips
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))], caught
+    assert not logged.buffer, [r.getMessage() for r in logged.buffer]
     inputs = QUESTIONS + QUESTIONS[:1] if kind == "qa" else TEXTS[:3]
     ids, mask, types = padded_inputs(tok, inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

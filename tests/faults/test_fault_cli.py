@@ -156,6 +156,11 @@ def test_damaged_head_json_and_bad_options_are_one_line(tmp_path, checkpoint, tr
     assert main(["finetune", "--head", "clasification", "--encoder", str(checkpoint), "--train", str(train_file),
                  "--output", str(tmp_path / "r4")]) == 2
     assert "did you mean classification?" in one_line_error(capsys.readouterr().err, "finetune")
+    assert main(finetune(checkpoint, train_file, train_file, "--max-steps", "1")) == 2     # --output names a file
+    assert f"output folder {train_file} is a file; name a folder" in one_line_error(capsys.readouterr().err,
+                                                                                   "finetune")
+    assert main(["predict", "--model", str(tmp_path / "no-such-run"), "good film"]) == 2
+    assert "no-such-run does not exist" in one_line_error(capsys.readouterr().err, "predict")
     for option, value in (("--max-steps", "0"), ("--eval-every", "-1"), ("--batch-size", "x")):
         with pytest.raises(SystemExit) as exit_:
             main(finetune(checkpoint, train_file, tmp_path / "r5", option, value))
