@@ -131,10 +131,18 @@ class TaskModel(nn.Module):
         NSP) each encode the example and their features are merged, so every head finds
         its label keys."""
         names, tok = self.head_names(head), self._tokenizer(tokenizer)
-        max_length = max_length or min(512, self.encoder.config.max_position_embeddings)
+        # past the encoder's positions a sequence cannot run: cut it there, as the default does
+        max_length = min(max_length or 512, self.encoder.config.max_position_embeddings)
         features, owner = [], []
         for i in range(len(examples)):
-            per_head = [self.heads[n].encode(examples[i], tok, max_length) for n in names]
+            try:
+                per_head = [self.heads[n].encode(examples[i], tok, max_length) for n in names]
+            except KeyError as err:  # an input without a key the head reads (predict skips check_example)
+                if not isinstance(examples[i], dict) or err.args[0] in examples[i]:
+                    raise
+                raise ValueError(f"example {i + 1} has no {err.args[0]!r} (it has "
+                                 f"{', '.join(map(str, examples[i])) or 'nothing'}); the {' and '.join(names)} "
+                                 "head reads it") from None
             merged = per_head[0]
             for other in per_head[1:]:
                 if len(other) != len(merged):
@@ -280,7 +288,8 @@ class TaskModel(nn.Module):
                 tokenizer=None):
         """Decoded predictions: one for a single input (str, (text, pair) tuple, or example
         dict), a list for a list (so one NER word list goes in as a tuple). What one
-        prediction looks like is up to the head's `decode`."""
+        prediction looks like is up to the head's `decode`. Texts are cut at `max_length`
+        tokens, and never past the encoder's `max_position_embeddings`."""
         name = self.head_names(head)[0]
         single = not isinstance(inputs, list)
         examples = [self.heads[name].example_from_input(x) for x in ([inputs] if single else inputs)]

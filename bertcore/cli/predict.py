@@ -112,8 +112,8 @@ def add_embed(sub):
     p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise the vectors (default: as the checkpoint says; yes without ST files)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, help="tokens per text (default: the checkpoint's max_seq_length)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=positive_int, help="tokens per text (default: the checkpoint's max_seq_length)")
     return p
 
 
@@ -155,6 +155,10 @@ def cmd_embed(args) -> int:
         encoder = BertEncoder.from_pretrained(args.encoder)
         model = TaskModel(encoder, {name: head_type(encoder.config, **options)},
                           tokenizer=Tokenizer.from_pretrained(args.tokenizer or args.encoder))
+    positions = model.encoder.config.max_position_embeddings
+    if args.max_length and args.max_length > positions:
+        raise ValueError(f"--max-length {args.max_length} exceeds the encoder's max_position_embeddings={positions}; "
+                         "use at most that")
     predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)
     if "embedding" not in predictions[0]:
         raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "

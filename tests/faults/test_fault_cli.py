@@ -202,3 +202,25 @@ def test_predict_reads_stdin_and_qa_from_the_command_line(tmp_path, checkpoint):
     answer = json.loads(done.stdout)
     assert done.returncode == 0, done.stderr
     assert answer["input"] == {"question": "what film ?", "context": "a good film"} and "text" in answer
+
+
+def test_predict_and_embed_inputs_that_do_not_fit_are_one_line(tmp_path, checkpoint, capsys):
+    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    tok = bertcore.Tokenizer.from_pretrained(checkpoint)
+    model = bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                               {"s": bertcore.create_head("classification", cfg, labels=["neg", "pos"])}, tokenizer=tok)
+    model.save_pretrained(tmp_path / "m")
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text('{"text": "good film"}\n{"question": "what film ?"}\n', encoding="utf-8")
+    assert main(["predict", "--model", str(tmp_path / "m"), "--input", str(questions)]) == 2
+    assert "example 2 has no 'text' (it has question); the s head reads it" in one_line_error(
+        capsys.readouterr().err, "predict")                                        # was: "error: text"
+    assert main(["embed", "--encoder", str(checkpoint), "--max-length", "65", "good film"]) == 2
+    assert "--max-length 65 exceeds the encoder's max_position_embeddings=64" in one_line_error(
+        capsys.readouterr().err, "embed")
+    with pytest.raises(SystemExit) as exit_:                                   # was: range() arg 3 must not be zero
+        main(["embed", "--encoder", str(checkpoint), "--batch-size", "0", "good film"])
+    assert exit_.value.code == 2 and "--batch-size" in capsys.readouterr().err
+    # the Python API cuts a sequence at the encoder's positions instead of failing inside it
+    long_text = " ".join(["good film"] * 60)                                   # > 64 tokens
+    assert model.predict([long_text], max_length=512) == model.predict([long_text], max_length=64)
