@@ -107,6 +107,11 @@ class TrainingArgs:
             raise ValueError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if not 0 <= self.learning_rate < math.inf:
             raise ValueError(f"learning_rate={self.learning_rate} must be a finite number >= 0")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0")
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length} leaves no room for text between [CLS] and [SEP]; "
+                             "use 8 or more")
 
 
 def init_distributed() -> bool:
@@ -114,6 +119,13 @@ def init_distributed() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _check_trainer_inputs(model, tokenizer) -> None:
+    if not isinstance(model, TaskModel):
+        raise TypeError(f"the Trainer trains a bertcore.TaskModel, got a {type(model).__name__}")
+    if isinstance(tokenizer, TrainingArgs):   # Trainer(model, args): transformers' order
+        raise TypeError("the Trainer's second argument is the tokenizer; pass the TrainingArgs as args=")
 
 
 class Trainer:
@@ -132,8 +144,7 @@ class Trainer:
 
     def __init__(self, model: TaskModel, tokenizer=None, train=None, eval=None,
                  args: TrainingArgs | None = None, head=None):
-        if not isinstance(model, TaskModel):
-            raise TypeError(f"the Trainer trains a bertcore.TaskModel, got a {type(model).__name__}")
+        _check_trainer_inputs(model, tokenizer)
         self.model, self.head = model, head
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.args = args or TrainingArgs(output_dir="runs/bertcore")

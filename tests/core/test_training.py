@@ -29,6 +29,22 @@ def tok():
 args, weights = toy.args, toy.weights
 
 
+@pytest.mark.parametrize("option, message", [
+    ({"batch_size": 0}, "batch_size=0 must be >= 1"),
+    ({"warmup_ratio": 1.0}, r"warmup_ratio=1.0 must be in \[0, 1\)"),
+    ({"weight_decay": -0.01}, "weight_decay=-0.01 must be a finite number >= 0"),
+    ({"max_length": 0}, r"max_length=0 leaves no room for text between \[CLS\] and \[SEP\]; use 8 or more"),
+])
+def test_bad_training_args_name_the_field(option, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainingArgs(output_dir="unused", **option)
+
+
+def test_trainer_args_in_transformers_order_are_refused_by_name(tmp_path, tok):
+    with pytest.raises(TypeError, match="second argument is the tokenizer; pass the TrainingArgs as args="):
+        Trainer(toy.model(tok), args(tmp_path))   # was: 'TrainingArgs' object is not callable, later
+
+
 def test_fit_learns_and_writes_outputs(tmp_path, tok):
     model = toy.model(tok)
     trainer = Trainer(model, tokenizer=tok, train=toy.examples(96), eval=toy.examples(32, seed=1),
