@@ -101,6 +101,22 @@ def test_nsp_is_next_is_the_true_continuation(tok):
                 assert text in ("the quick brown fox jumps over", "lazy dog runs")
 
 
+def test_nsp_pairs_use_a_paragraph_per_line_whole(tok):
+    """A line longer than a pair is cut into pieces, not truncated to its first pair: of
+    each document's own tokens (A, and B where it is the true continuation), the pairs
+    hold most; truncation kept about a third of these paragraphs."""
+    rng = random.Random(2)
+    docs = [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(60, 200))) for _ in range(3)] for _ in range(40)]
+    pairs = make_nsp_pairs(docs, tok, max_length=64, seed=0)
+    own = 0
+    for p in pairs:
+        sep = p["input_ids"].index(tok.sep_token_id)
+        own += sep - 1 + (len(p["input_ids"]) - sep - 2 if p["next_sentence_label"] == 0 else 0)
+    available = sum(len(tok(line)["input_ids"][0]) - 2 for doc in docs for line in doc)
+    assert own / available > 0.85, own / available
+    assert all(len(p["input_ids"]) <= 64 for p in pairs)
+
+
 CHINESE_WORDS = ["中国", "政府", "人民", "日报", "北京", "上海市", "发展", "经济", "的", "了", "新华社", "记者"]
 
 
