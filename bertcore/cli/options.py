@@ -74,8 +74,11 @@ def _cpu_has_bf16() -> bool:
 
 
 def check_max_length(args, config) -> None:
-    """--max-length within what a sequence needs and the model's positions (the default fits)."""
+    """--max-length within what a sequence needs and the model's positions (the default fits;
+    a command without one of its own leaves None, the checkpoint's choice)."""
     if args.max_length is None:
+        if getattr(args, "default_max_length", None) is None:
+            return
         args.max_length = min(args.default_max_length, config.max_position_embeddings)
     max_length = args.max_length
     if max_length > config.max_position_embeddings:

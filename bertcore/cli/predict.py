@@ -3,7 +3,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import positive_int
+from .options import check_max_length, positive_int
 
 
 def add_predict(sub):
@@ -155,10 +155,7 @@ def cmd_embed(args) -> int:
         encoder = BertEncoder.from_pretrained(args.encoder)
         model = TaskModel(encoder, {name: head_type(encoder.config, **options)},
                           tokenizer=Tokenizer.from_pretrained(args.tokenizer or args.encoder))
-    positions = model.encoder.config.max_position_embeddings
-    if args.max_length and args.max_length > positions:
-        raise ValueError(f"--max-length {args.max_length} exceeds the encoder's max_position_embeddings={positions}; "
-                         "use at most that")
+    check_max_length(args, model.encoder.config)
     predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)
     if "embedding" not in predictions[0]:
         raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "
