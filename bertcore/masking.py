@@ -131,9 +131,8 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
     into A and B. With probability `nsp_probability` B is replaced by text from a
     random *other* document (NotNext, label 1), else it is the true continuation
     (IsNext, label 0). A chunk of a single sentence is cut inside the sentence. A
-    sentence longer than a pair's room (`max_length` - 3) is first cut into pieces of
-    half of it: truncated whole, as BERT's script does, it would give one pair and lose
-    the rest (two thirds of a paragraph per line at 128, half of the demo's text at 32).
+    sentence longer than a pair's room is first cut into pieces of half of it: truncated,
+    as BERT's script does, it lost the rest (half of the demo's text).
     `short_seq_prob` of chunks aim at a shorter random length, as BERT does, so the
     model also sees short inputs.
 
@@ -160,7 +159,6 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
     if len(docs) < 2:
         raise ValueError("NSP needs at least 2 documents with some text in them")
     budget = max_length - 3
-    # over-long sentences in pieces, not truncated to their first pair (docstring)
     docs = [[piece for ids in doc for piece in _pieces(ids, budget)] for doc in docs]
     cls, sep = tok.cls_token_id, tok.sep_token_id
 
