@@ -91,7 +91,7 @@ def attention_ref(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=
 # log2(e) = 1.4426950408889634 and the saved logsumexp is in log2 units too.
 
 
-@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "mask_words"])
 def _attention_fwd_kernel(
     Q,           # (T, H, D) queries; token and head strides given, unit dim stride
     K,           # (T, H, D) keys, same layout rules as Q

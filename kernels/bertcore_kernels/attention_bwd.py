@@ -117,7 +117,7 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_
              dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "mask_words"])
 def _attention_bwd_kernel(
     Q,           # (T, H, D) forward queries; token and head strides given, unit dim stride
     K,           # (T, H, D) forward keys, same layout rules as Q
@@ -208,7 +208,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seq
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_mask)
 
 
-@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "mask_words"])
 def _attention_bwd_det_kernel(
     Q,           # (T, H, D) forward queries; token and head strides given
     K,           # (T, H, D) forward keys

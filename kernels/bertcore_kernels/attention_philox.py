@@ -106,7 +106,7 @@ def _save_keep(KEEP_BITS, row_words, row_mask, keep, p, cols, start_n, seqlen, B
         tl.store(KEEP_BITS + row_words + first + i, word, mask=row_mask & in_row)
 
 
-@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen"])
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "words"])
 def _keep_bits_kernel(
     KEEP_BITS,   # (T, H, W) int32 out: bit j of word w = keep key 32 w + j (W = ceil(L / 32))
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
@@ -149,6 +149,9 @@ def _keep_bits_kernel(
 
 def _mask_words(max_seqlen: int) -> int:
     """32-bit words per score row of a keep-bits array: (T, H, _mask_words(max_seqlen))."""
+    # It follows the batch, as max_seqlen does, so the kernels that take it list it in
+    # do_not_specialize: Triton would otherwise compile again when it becomes 1 or a
+    # multiple of 16 (on the H200, mask_words compiled the forward four times in six batches).
     return triton.cdiv(max_seqlen, 32)
 
 
@@ -160,7 +163,7 @@ def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
     words = _mask_words(max_seqlen)
     bits = torch.empty((total, nheads, words), dtype=torch.int32, device=cu_seqlens.device)
     if bits.numel():
-        block_r, block_w = 32, min(4, triton.next_power_of_2(words))
+        block_r, block_w = 32, 4  # one BLOCK_W for every batch: one compiled kernel
         grid = (triton.cdiv(max_seqlen, block_r), nheads, cu_seqlens.numel() - 1)
         _keep_bits_kernel[grid](bits, cu_seqlens, seed, _rng_threshold(dropout_p), max_seqlen, nheads, words,
                                 BLOCK_R=block_r, BLOCK_W=block_w)
