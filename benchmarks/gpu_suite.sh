@@ -5,9 +5,10 @@
 # torch.compile) at batch 16, 32 and 128 with bertcore's CUDA-graph steps. Results
 # land in benchmarks/results/<gpu>/ (CSVs, PNGs); logs in LOGDIR (default:
 # benchmarks/results/<gpu>/logs-<UTC date-time>, so one tar of benchmarks/results/
-# brings back everything). Each step has its own time limit (the sum is 515 s; the H200
-# run of 2026-11-27 used 400 s of its 475, its tests 65 s, and its torch.compile steps
-# ran out; T_<STEP>=0 skips a step), a failing step does not stop the next,
+# brings back everything). Each step has its own time limit (the sum is 525 s; the H200
+# run of 2026-11-27 16:40 used 479 s of its 540, its tests 74 s, and its cold
+# torch.compile training step ran out at 135 s, where a warm one took under 60 s;
+# T_<STEP>=0 skips a step), a failing step does not stop the next,
 # and the encoder CSVs are written after every case, so a step cut short keeps what
 # it measured.
 #
@@ -44,7 +45,7 @@ step() {  # step NAME SECONDS COMMAND...
 # scripts themselves sweep wider when run alone. The tests run in 8 processes: their
 # time is mostly Triton compiling, which is CPU work (pytest-xdist is on the image).
 WORKERS=$($PY -c "import xdist" 2>/dev/null && echo "-n ${TEST_WORKERS:-8}")   # one process without xdist
-step tests          ${T_TESTS:-75}  $PY -m pytest -p no:cacheprovider $WORKERS \
+step tests          ${T_TESTS:-95}  $PY -m pytest -p no:cacheprovider $WORKERS \
                                      ${TESTS:-tests/kernels tests/core/test_cuda_graphs.py tests/heads/test_heads_cuda.py}
 # Kernels timed as CUDA-graph replays: at 16k tokens an eager call is bound by the host's
 # launches (on the H100 host, equal-512 attention took no longer than equal-128), so the
@@ -59,12 +60,12 @@ ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --graphs
 step attention_graphs  ${T_ATTN_GRAPHS:-20} $ATT --modes full \
                                      --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --name attention-graphs
-step attention_dropout ${T_ATTN_DROPOUT:-55} $ATT --modes fwd full \
+step attention_dropout ${T_ATTN_DROPOUT:-35} $ATT --modes fwd full \
                                      --providers bertcore-triton bertcore-triton-saved bertcore-triton-prebuilt sdpa-mask \
                                      --dropout 0.1 --name attention-dropout-graphs
 # FlashAttention-2's own dropout cost: SDPA without a mask runs it (equal lengths have no
 # padding, so no mask is needed), against torch-varlen (the same kernel, no dropout) above
-step attention_fa2_dropout ${T_ATTN_FA2:-10} $ATT --modes full --providers sdpa-nomask --dropout 0.1 \
+step attention_fa2_dropout ${T_ATTN_FA2:-20} $ATT --modes full --providers sdpa-nomask --dropout 0.1 \
                                      --lengths equal-128 equal-512 --name attention-dropout-fa2
 step layer_norm_graphs ${T_LN_GRAPHS:-25} $PY benchmarks/bench_layer_norm.py --graphs --dtypes bf16 --hidden 768 \
                                      --tokens 16384 65536
@@ -81,39 +82,28 @@ step profile        ${T_PROFILE:-0} $PY benchmarks/profile_encoder.py
 # bertcore's CUDA-graph steps against transformers SDPA, equal and mixed lengths, at batch
 # 16, 32 and 128 (bert-base at batch 128 gives the MFU)
 ENC="$PY benchmarks/bench_encoder.py --dtype bf16 --batch-sizes 16 32 128"
-step encoder        ${T_ENC:-60}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
+step encoder        ${T_ENC:-50}     $ENC --shapes minilm bert-base --batches mixed-16-128 equal-128 --rounds 10 \
                                      --budget 3 --providers bertcore-graphs hf-sdpa
-# The attention keep-mask source that was fastest in the dropout step (geometric mean of
-# its fwd+bwd rows), if not the default: bert-base training steps with it, to read beside
-# encoder.csv's (speed, and the memory its bits take); the default skips the step.
-BEST=$($PY - "benchmarks/results/$slug/attention-dropout-graphs.csv" 2>/dev/null <<'EOF' || echo redraw
-import csv, math, sys
-source = {"bertcore-triton": "redraw", "bertcore-triton-saved": "saved", "bertcore-triton-prebuilt": "prebuilt"}
-ms = {}
-for r in csv.DictReader(open(sys.argv[1])):
-    if r["mode"] == "full" and r["timing"] == "graph replay" and r["provider"] in source:
-        ms.setdefault(source[r["provider"]], {})[r["lengths"]] = float(r["ms"])
-common = set.intersection(*(set(v) for v in ms.values())) if ms else set()
-print(min(ms, key=lambda s: sum(math.log(ms[s][k]) for k in common)) if common else "redraw")
-EOF
-)
-echo "fastest attention keep-mask source: $BEST" | tee -a "$LOGDIR/summary.txt"
-[ "$BEST" = redraw ] || step encoder_mask ${T_ENC_MASK:-25} $ENC --shapes bert-base --batches equal-128 mixed-16-128 \
-                                     --batch-sizes 32 128 --modes train --rounds 10 --budget 3 \
-                                     --providers bertcore-graphs hf-sdpa --attention-dropout-mask "$BEST" \
-                                     --name "encoder-dropout-$BEST"
+# The long length class takes dropout's keep-mask as bits from a kernel of its own
+# ("prebuilt", picked from the kernel rows of 2026-11-27): bert-base training steps on
+# mixed 16-512 batches with that default and with the mask redrawn, speed and memory.
+LONG="$ENC --shapes bert-base --batches mixed-16-512 --batch-sizes 32 --modes train --rounds 10 --budget 3
+      --providers bertcore-graphs hf-sdpa"
+step encoder_long   ${T_ENC_LONG:-40}   $LONG --name encoder-long
+step encoder_long_redraw ${T_ENC_LONG:-40} $LONG --attention-dropout-mask redraw --name encoder-long-redraw
 # the same against torch.compile (default and reduce-overhead, dynamic shapes: one compile per
-# mode); compiling takes most of these steps, so inference and training run apart
-COMPILED="--batches mixed-16-128 --shapes minilm --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
-step compile_infer  ${T_COMPILE_INFER:-65}  $ENC $COMPILED --modes inference --name encoder-compile-inference
-step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-train
-# the launch configs from graph replays: the forward first (the inference miss: bert-base
-# equal-128 x128; the H200's eager sweep of 2026-11-26 was host-bound), then the one-pass
-# backward (never tuned) as far as the limit allows (the CSV is written after each sweep)
-step tune           ${T_TUNE:-45}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd bwd
+# mode); compiling takes most of these steps, so inference and training run apart. MiniLM
+# on mixed batches has its rows from two runs (1.7x to 2.5x ahead); bert-base at equal
+# length, where bertcore's lead over eager SDPA is thinnest (1.5x at batch 128), has none.
+COMPILED="--batches equal-128 --shapes bert-base --rounds 10 --budget 3 --providers bertcore-graphs hf-sdpa hf-sdpa-compile hf-sdpa-compile-ro"
+step compile_infer  ${T_COMPILE_INFER:-65}  $ENC $COMPILED --modes inference --name encoder-compile-bert-base-inference
+step compile_train  ${T_COMPILE_TRAIN:-135} $ENC $COMPILED --modes train --name encoder-compile-bert-base-train
+# the launch configs from graph replays, forward then one-pass backward (the CSV is written
+# after each sweep); off by default: the H200 run of 2026-11-27 16:40 tuned both (T_TUNE=45)
+step tune           ${T_TUNE:-0}    $PY benchmarks/tune_attention.py --dtypes bf16 --head-dims 64 --directions fwd bwd
 grep -h "attention bf16\|speed /" "$LOGDIR"/attention*.log 2>/dev/null
 grep -h -A6 "^summary" "$LOGDIR"/layer_norm*.log 2>/dev/null
-for log in encoder encoder_mask compile_infer compile_train; do
+for log in encoder encoder_long encoder_long_redraw compile_infer compile_train; do
     grep -h -A26 "bertcore vs transformers" "$LOGDIR/$log.log" 2>/dev/null
 done
 grep -E "^(FAILED|ERROR)| passed| failed" "$LOGDIR/tests.log" | tail -15   # pyproject adds -q -ra
