@@ -23,8 +23,9 @@ writes dx (3·T·I).
 The closing summary prints, per dtype, hidden and token count, the Triton LayerNorm
 forward's % of copy bandwidth (p = 0), its fwd+bwd speed-up over the torch path at
 each dropout, and the same for bias+GELU. `--tune` instead sweeps the kernels' launch
-configurations (layer_norm.LAUNCH_CONFIGS, bias_gelu.LAUNCH_CONFIGS) on the GPU and
-prints the fastest as table entries to paste. `--graphs` times CUDA-graph replays
+configurations (layer_norm.LAUNCH_CONFIGS, bias_gelu.LAUNCH_CONFIGS) on the GPU, of
+the directions `--modes` names (fwd, bwd; default both), and prints the fastest as
+table entries to paste. `--graphs` times CUDA-graph replays
 instead of eager calls (`lib.replayed`): the kernels without the host's launch cost,
 which bounds the 4k and 16k-token cases on a slow host; its files end in `-graphs`.
 The bwd mode stays eager there: its backward belongs to a forward run before, on a
@@ -261,10 +262,10 @@ GELU_TUNE = {"fwd": [(m, n, w) for m, n in ((1, 1024), (2, 1024), (4, 512), (8, 
 
 
 def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=None, ops=OPS, out_dir=None,
-         write=True, verbose=True, graphs=None) -> list[dict]:
-    """Times every launch config in LN_TUNE / GELU_TUNE for each dtype and hidden size
-    (bias+GELU: width 4 x hidden) and prints the fastest (geometric mean over token counts
-    and dropouts) as LAUNCH_CONFIGS entries. GPU only: the interpreter's times mean nothing.
+         write=True, verbose=True, graphs=None, directions=("fwd", "bwd")) -> list[dict]:
+    """Times every launch config in LN_TUNE / GELU_TUNE for each dtype, hidden size
+    (bias+GELU: width 4 x hidden) and direction, and prints the fastest (geometric mean
+    over token counts and dropouts) as LAUNCH_CONFIGS entries. GPU only: the interpreter's times mean nothing.
     With `graphs` (default: on CUDA) each call is timed as a graph replay (`lib.replayed`:
     eager calls of these sizes are bound by the host's launches), and a backward candidate
     with its forward (a lone backward cannot be captured; the forward is the same for
@@ -285,7 +286,7 @@ def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=Non
     rows, best = [], []
     for dt, hidden in itertools.product(dtypes, hiddens):
         dtype = B.DTYPES[dt]
-        for op, direction in itertools.product(ops, ("fwd", "bwd")):
+        for op, direction in itertools.product(ops, directions):
             table = LN_TUNE if op == "layer_norm" else GELU_TUNE
             times = {}
             for cfg in table[direction]:
@@ -361,7 +362,11 @@ def main(argv=None, default_output=None) -> int:
         ap.error("--graphs times CUDA-graph replays: it needs a CUDA device")
     out_dir = None if a.no_write else B.results_dir(device, a.output)
     if a.tune:
-        tune(device, a.hidden, a.tokens, a.dtypes, a.dropout, a.ops, out_dir=out_dir, write=not a.no_write)
+        directions = [m for m in a.modes or ("fwd", "bwd") if m in ("fwd", "bwd")]
+        if not directions:
+            ap.error("--tune sweeps the fwd and bwd launch configs: --modes fwd, bwd or both")
+        tune(device, a.hidden, a.tokens, a.dtypes, a.dropout, a.ops, out_dir=out_dir, write=not a.no_write,
+             directions=directions)
         return 0
     # each op's summary as soon as it is measured: a time limit on the whole run keeps the first
     if "layer_norm" in a.ops:

@@ -71,3 +71,15 @@ def test_tune_times_replays_and_a_backward_with_its_forward(triton_everywhere, m
     assert {(r["op"], r["mode"]): r["timed"] for r in rows} == {
         ("layer_norm", "fwd"): "fwd", ("layer_norm", "bwd"): "full",
         ("bias_gelu", "fwd"): "fwd", ("bias_gelu", "bwd"): "full"}
+
+
+def test_tune_modes_pick_the_directions(triton_everywhere, monkeypatch, tmp_path, capsys):
+    # The GPU suite tunes the LayerNorm forward alone (its backward sweep is 36 compiles).
+    monkeypatch.setattr(bench, "LN_TUNE", {"fwd": [(1, 1), (4, 2)], "bwd": [(2, 2, 1)]})
+    assert bench.main(["--tune", "--device", DEVICE, "--ops", "layer_norm", "--modes", "fwd", "--hidden", "32",
+                       "--tokens", "8", "--dropout", "0", "--dtypes", "fp32", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert '"fwd"): LaunchConfig' in out and '"bwd")' not in out
+    with pytest.raises(SystemExit):
+        bench.main(["--tune", "--device", DEVICE, "--modes", "full", "--no-write"])
+    assert "--modes fwd, bwd or both" in capsys.readouterr().err
