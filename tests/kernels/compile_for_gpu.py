@@ -6,13 +6,16 @@ be (pointers and row strides carry the JIT's divisibility-by-16 hint), and the 1
 LayerNorm rows must load in 16-byte vectors.
 
 Run as a script in a process without TRITON_INTERPRET (the test does that):
-    python tests/kernels/compile_for_gpu.py [--all | --ptx-counts]
+    python tests/kernels/compile_for_gpu.py [--all | --ptx-counts | --registers]
 Default: the model's configuration (attention fp16, head_dim 64, dropout on; LayerNorm
 fp16 and bf16 at hidden 768; bias-GELU bf16 at 3072); --all sweeps dtypes, head dims
 and widths (minutes). --ptx-counts prints the PTX instruction count of the bf16
 attention (head_dim 64, each length class) and LayerNorm (hidden 768) kernels with and
 without dropout: a CPU-side measure of what a change adds to or takes from a kernel,
 for when no GPU is there to time it (the dropout Philox changes were judged by it).
+--registers prints the registers a thread and the bytes it spills (Triton's own ptxas,
+`-v`) for the bf16 attention kernels at head_dim 64 with each keep-mask source, and the
+LayerNorm kernels at hidden 768: a spilling tile is slow whatever its sweep says.
 """
 import importlib
 import os
@@ -148,6 +151,38 @@ def ptx_counts():
           f"bwd {counts[False][1]} / {counts[True][1]}", flush=True)
 
 
+def registers(kernel) -> tuple[int, int]:
+    """(registers a thread, bytes it spills) of a compiled kernel, from ptxas -v."""
+    import re
+    import subprocess
+    import tempfile
+    from triton.backends.nvidia.compiler import get_ptxas
+    try:
+        ptxas = get_ptxas(TARGET.arch).path
+    except TypeError:  # Triton before 3.7 takes no arch
+        ptxas = get_ptxas().path
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(kernel.asm["ptx"])
+        log = subprocess.run([ptxas, f"-arch=sm_{TARGET.arch}a", "-v", src, "-o", os.path.join(tmp, "k.cubin")],
+                             capture_output=True, text=True, check=True).stderr
+    return (int(re.search(r"Used (\d+) registers", log).group(1)),
+            int(re.search(r"(\d+) bytes spill stores", log).group(1)))
+
+
+def register_counts():
+    """Registers and spills of the bf16 kernels BERT runs (see --registers)."""
+    for mask in A.DROPOUT_MASKS:
+        kernels = attention_kernels(torch.bfloat16, 64, True, mask=mask)
+        print(f"attention bf16 d=64 mask={mask}: " + "; ".join(
+            f"{' '.join(key) if isinstance(key, tuple) else key} %d registers, %d B spilled" % registers(k)
+            for key, k in kernels.items()), flush=True)
+    fwd, bwd = layer_norm_kernels(torch.bfloat16, 768, True, True, copy=True)
+    print("layer_norm bf16 N=768 dropout: fwd %d registers, %d B spilled; " % registers(fwd)
+          + "bwd %d registers, %d B spilled" % registers(bwd), flush=True)
+
+
 def main(sweep):
     if not sweep:
         attention_kernels(torch.float16, 64, True)
@@ -178,5 +213,7 @@ def main(sweep):
 if __name__ == "__main__":
     if "--ptx-counts" in sys.argv:
         ptx_counts()
+    elif "--registers" in sys.argv:
+        register_counts()
     else:
         main("--all" in sys.argv)

@@ -46,3 +46,18 @@ def test_ptx_counts_show_what_dropout_adds():
                       done.stdout)
     assert len(bits) == 2
     assert all(int(redraw) > int(read) for row in bits for redraw, read in (row[:2], row[2:]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels are timed instead")
+@pytest.mark.skipif(not _ptxas_available(), reason="needs triton with its bundled ptxas")
+def test_register_counts_and_no_spill_in_the_forward_kernels():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, str(SCRIPT), "--registers"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kernels = re.findall(r"(\w+(?: short| long)?) (\d+) registers, (\d+) B spilled", done.stdout)
+    assert len(kernels) == 3 * 6 + 1 + 2     # attention per mask source, the keep-bits kernel, LayerNorm
+    assert all(0 < int(regs) <= 255 for _, regs, _ in kernels)
+    # a forward that spills pays local-memory traffic on every tile (the one-pass backward
+    # does spill at its H200-tuned tiles: the next GPU run times tiles that do not)
+    assert all(spilled == "0" for name, _, spilled in kernels if not name.startswith("bwd ")), done.stdout
