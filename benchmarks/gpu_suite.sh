@@ -53,15 +53,16 @@ step tests          ${T_TESTS:-95}  $PY -m pytest -p no:cacheprovider $WORKERS \
 # Issue 14's comparisons: against PyTorch's varlen FlashAttention without dropout, and
 # against SDPA with a key mask (what transformers runs) with dropout 0.1.
 # With dropout, the forward alone too (how much of dropout's cost is the forward's), and
-# the keep-mask as bits, saved by the forward or prebuilt by a kernel of its own, against
-# drawing it again in the backward: these rows decide `LaunchConfig.dropout_mask`.
+# each class's default keep-mask source (redraw up to 128 keys, prebuilt bits past them)
+# against the other: these rows check `LaunchConfig.dropout_mask`. The mask saved by the
+# forward was never the fastest on 2026-11-27 (bertcore-triton-saved to time it again).
 ATT="$PY benchmarks/bench_attention.py --dtypes bf16 --head-dims 64 --graphs
      --lengths equal-128 equal-512 mixed-16-128 mixed-16-512"
 step attention_graphs  ${T_ATTN_GRAPHS:-20} $ATT --modes full \
                                      --providers bertcore-triton bertcore-triton-det torch-varlen sdpa-mask \
                                      --name attention-graphs
 step attention_dropout ${T_ATTN_DROPOUT:-35} $ATT --modes fwd full \
-                                     --providers bertcore-triton bertcore-triton-saved bertcore-triton-prebuilt sdpa-mask \
+                                     --providers bertcore-triton bertcore-triton-redraw bertcore-triton-prebuilt sdpa-mask \
                                      --dropout 0.1 --name attention-dropout-graphs
 # FlashAttention-2's own dropout cost: SDPA without a mask runs it (equal lengths have no
 # padding, so no mask is needed), against torch-varlen (the same kernel, no dropout) above.

@@ -12,6 +12,8 @@ Sweeps sequence lengths (equal batches 64..512 and mixed-length batches), head d
                    them instead of drawing it again (the same results, timed to choose)
   bertcore-triton-prebuilt  the same with "prebuilt": a kernel of its own draws the bits
                    before the forward, and both directions read them
+  bertcore-triton-redraw  the same with "redraw": the forward draws the mask, the backward
+                   draws it again (the default up to 128 keys; "prebuilt" past them)
   torch-varlen     torch.nn.attention.varlen.varlen_attn: PyTorch's packed FlashAttention (CUDA,
                    fp16/bf16, no dropout; where the installed torch has it)
   bertcore-repad   bertcore_kernels.attention_ref: repad + masked SDPA + unpad (what the torch
@@ -49,7 +51,7 @@ import torch.nn.functional as F
 from . import lib as B
 
 PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-saved", "bertcore-triton-prebuilt",
-             "torch-varlen", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
+             "bertcore-triton-redraw", "torch-varlen", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
 MODES = ("fwd", "bwd", "full")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "full": 3.5}
 
@@ -84,7 +86,7 @@ def provider_fn(provider, inp, lengths, dropout_p=0.0):
         leaves = [t.clone().requires_grad_() for t in inp["qkv"].unbind(1)]          # (T, h, d) each
         deterministic = provider == "bertcore-triton-det"
         configs = {}
-        if provider in ("bertcore-triton-saved", "bertcore-triton-prebuilt"):
+        if provider in ("bertcore-triton-saved", "bertcore-triton-prebuilt", "bertcore-triton-redraw"):
             configs = K.dropout_mask_configs(provider.rsplit("-", 1)[1])
 
         def fn(q, k, v):
@@ -249,7 +251,8 @@ def run(quick=False, device=None, threads=None, kinds=None, head_dims=None, dtyp
                         B.print_table(these, TABLE_COLS, title=f"attention {dt} d={hd} {kind} {mode}"
                                       f" dropout={dropout_p:g}{' graphs' if graphs else ''}")
                         sdpa_target = SDPA_TARGETS.get(kind) if dropout_p else None   # stated with dropout
-                        for ours in ("bertcore-triton", "bertcore-triton-saved", "bertcore-triton-prebuilt"):
+                        for ours in ("bertcore-triton", "bertcore-triton-redraw", "bertcore-triton-saved",
+                                     "bertcore-triton-prebuilt"):
                             for peer, target in (("torch-varlen", 0.9), ("sdpa-mask", sdpa_target)):
                                 ratio = speed_vs(these, peer, ours)
                                 if ratio is not None:
