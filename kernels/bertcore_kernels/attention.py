@@ -289,15 +289,18 @@ def launch_config(dtype, head_dim: int, direction: str, length="long") -> Launch
 def override_launch_configs(configs: dict):
     """Run the block with some launch configs replaced; the table is restored on exit.
 
-    `configs`: {(dtype, head_dim, direction[, length class]): LaunchConfig or a 4-tuple};
-    head_dim stands for its bucket (64 covers 1..64, 128 covers 65..128, 256 the rest);
-    without a length class ("short": max_seqlen <= 128, "long") both classes change.
-    For tuning sweeps and compile checks; not thread-safe (one table per process).
+    `configs`: {(dtype, head_dim, direction[, length class]): LaunchConfig, or a 4-tuple
+    of tiles that keeps each entry's `dropout_mask`}; head_dim stands for its bucket (64
+    covers 1..64, 128 covers 65..128, 256 the rest); without a length class ("short":
+    max_seqlen <= 128, "long") both classes change. For tuning sweeps and compile checks;
+    not thread-safe (one table per process).
 
     >>> with override_launch_configs({(torch.bfloat16, 64, "bwd"): (32, 64, 4, 2)}):
     ...     attention(q, k, v, cu_seqlens, max_seqlen).sum().backward()
     """
-    new = {key: LaunchConfig(*cfg) for spec, cfg in configs.items() for key in _launch_keys(*spec)}
+    new = {key: LaunchConfig(*cfg) if len(cfg) == len(LaunchConfig._fields)
+           else LaunchConfig(*cfg, dropout_mask=LAUNCH_CONFIGS[key].dropout_mask)
+           for spec, cfg in configs.items() for key in _launch_keys(*spec)}
     for cfg in new.values():
         if cfg.dropout_mask not in DROPOUT_MASKS:
             raise ValueError(f"dropout_mask={cfg.dropout_mask!r}: expected one of {DROPOUT_MASKS}")
