@@ -47,3 +47,33 @@ def cu_seqlens_of(lengths, device=DEVICE):
     for n in lengths:
         cu.append(cu[-1] + n)
     return torch.tensor(cu, dtype=torch.int32, device=device)
+
+
+def compile_key(kernel, args, constexprs):
+    """What Triton's JIT compiles a kernel anew for, computed as it does on a GPU from one
+    launch's arguments: an int (unless in do_not_specialize) by being 1 and by dividing
+    by 16, a pointer by its 16-byte alignment, a constexpr by its value. Interpreter only
+    (the kernel's `kwargs` hold its do_not_specialize there)."""
+    skip = set(kernel.kwargs.get("do_not_specialize") or ())
+    key = []
+    for name, value in zip(kernel.arg_names, args):
+        if name in skip or isinstance(value, float):
+            key.append(type(value).__name__)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            key.append(1 if value == 1 else value % 16 == 0)
+        elif isinstance(value, torch.Tensor):
+            key.append((value.dtype, value.data_ptr() % 16 == 0))
+        else:
+            key.append(value)
+    return tuple(key) + tuple(sorted(constexprs.items()))
+
+
+def record_launches(monkeypatch, kernels) -> list:
+    """Replaces the kernels' launches by a record of (kernel name, `compile_key`): the
+    kernels do not run (their outputs stay as allocated), only their arguments count."""
+    launches = []
+    for kernel in kernels:
+        def record(*args, grid, warmup, kernel=kernel, **constexprs):
+            launches.append((kernel.__name__, compile_key(kernel, args, constexprs)))
+        monkeypatch.setattr(kernel, "run", record)
+    return launches

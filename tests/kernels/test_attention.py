@@ -12,7 +12,7 @@ from bertcore_kernels.attention_philox import _dropout_mask, _keep_bits, _keep_b
 from bertcore_kernels.dispatch import interpret_mode
 from bertcore_kernels.rng import seed_tensor
 
-from kernel_checks import DEVICE, assert_rule, cu_seqlens_of, requires_cuda
+from kernel_checks import DEVICE, assert_rule, cu_seqlens_of, record_launches, requires_cuda
 
 attn_mod = importlib.import_module("bertcore_kernels.attention")  # the package rebinds .attention
 attn_bwd_mod = importlib.import_module("bertcore_kernels.attention_bwd")
@@ -518,35 +518,13 @@ def test_cuda_new_batch_does_not_recompile():
     assert compiled() == first
 
 
-def _compile_key(kernel, args, constexprs):
-    # What Triton's JIT compiles anew for, as it computes it on a GPU: an int argument
-    # (unless in do_not_specialize) by being 1 and by dividing by 16, a pointer by its
-    # 16-byte alignment, a constexpr by its value.
-    skip = set(kernel.kwargs.get("do_not_specialize") or ())
-    key = []
-    for name, value in zip(kernel.arg_names, args):
-        if name in skip or isinstance(value, float):
-            key.append(type(value).__name__)
-        elif isinstance(value, int) and not isinstance(value, bool):
-            key.append(1 if value == 1 else value % 16 == 0)
-        elif isinstance(value, torch.Tensor):
-            key.append((value.dtype, value.data_ptr() % 16 == 0))
-        else:
-            key.append(value)
-    return tuple(key) + tuple(sorted(constexprs.items()))
-
-
 @pytest.mark.skipif(not interpret_mode(), reason="on a GPU test_cuda_new_batch_does_not_recompile counts compiles")
 def test_new_batch_reuses_the_compiled_kernels(monkeypatch):
     # The interpreter compiles nothing, so the launches are recorded (not run: only
     # their arguments matter) and keyed as the GPU's JIT would key them: one key per
     # kernel, length class and dropout-mask source. A key that follows the batch is a
     # compile in the middle of a training step (mask_words did, on the H200).
-    launches = []
-    for kernel in BATCH_KERNELS:
-        def record(*args, grid, warmup, kernel=kernel, **constexprs):
-            launches.append((kernel.__name__, _compile_key(kernel, args, constexprs)))
-        monkeypatch.setattr(kernel, "run", record)
+    launches = record_launches(monkeypatch, BATCH_KERNELS)
     keys = {}
     for i, lengths in enumerate(NEW_BATCHES):
         for path in each_path(lengths, seed=i + 1):

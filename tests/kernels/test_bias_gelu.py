@@ -7,8 +7,9 @@ import torch
 
 import bertcore_kernels as K
 from bertcore_kernels.bias_gelu import bias_gelu_ref
+from bertcore_kernels.dispatch import interpret_mode
 
-from kernel_checks import DEVICE, assert_rule, requires_cuda
+from kernel_checks import DEVICE, assert_rule, record_launches, requires_cuda
 
 bg_mod = importlib.import_module("bertcore_kernels.bias_gelu")  # the package rebinds .bias_gelu
 NAMES = ("y", "dx", "dbias")
@@ -144,3 +145,17 @@ def test_intermediate_fuses_only_exact_gelu_on_triton(monkeypatch, act):
         fused = layer(x)
     assert calls == ([1] if act == "gelu" else [])
     torch.testing.assert_close(fused.cpu(), plain, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not interpret_mode(), reason="the GPU compiles for real; this keys launches as its JIT does")
+def test_new_token_count_reuses_the_compiled_kernels(monkeypatch):
+    # As the LayerNorm's: a batch of another token count keys every launch alike.
+    launches = record_launches(monkeypatch, (bg_mod._bias_gelu_fwd_kernel, bg_mod._bias_gelu_bwd_kernel))
+    for tokens in (1, 5, 16, 17, 48, 100, 512):
+        x, b, grad = inputs((tokens, 3072))
+        run(lambda x, b: K.bias_gelu(x, b, backend="triton"), x, b, grad, torch.float16)
+    keys = {}
+    for name, key in launches:
+        keys.setdefault(name, set()).add(key)
+    assert set(keys) == {"_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel"}
+    assert all(len(compiled) == 1 for compiled in keys.values()), {k: len(v) for k, v in keys.items()}

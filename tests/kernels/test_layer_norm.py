@@ -8,9 +8,10 @@ import torch
 
 import bertcore_kernels as K
 from bertcore_kernels.layer_norm import layer_norm_ref
+from bertcore_kernels.dispatch import interpret_mode
 from bertcore_kernels.rng import seed_tensor
 
-from kernel_checks import DEVICE, assert_rule, requires_cuda
+from kernel_checks import DEVICE, assert_rule, record_launches, requires_cuda
 
 ln_mod = importlib.import_module("bertcore_kernels.layer_norm")  # the package rebinds .layer_norm
 EPS = 1e-5
@@ -330,3 +331,18 @@ def test_cuda_graph_replays_draw_fresh_masks():
         masks.append(y > 0)
     assert not torch.equal(masks[0], masks[1]) and not torch.equal(masks[1], masks[2])
     assert all(abs(m.float().mean().item() - 0.9) < 0.01 for m in masks)
+
+
+@pytest.mark.skipif(not interpret_mode(), reason="the GPU compiles for real; this keys launches as its JIT does")
+def test_new_token_count_reuses_the_compiled_kernels(monkeypatch):
+    # Another batch's token count must not compile the kernels again (on a GPU, a stall
+    # in the middle of a training step): every launch keys alike, as Triton's JIT keys it.
+    launches = record_launches(monkeypatch, (ln_mod._layer_norm_fwd_kernel, ln_mod._layer_norm_bwd_kernel))
+    for tokens in (1, 5, 16, 17, 48, 100, 512):
+        x, w, b, r, grad = inputs((tokens, 768))
+        run(triton_layer_norm, x, w, b, r, grad, torch.float16, dropout_p=0.1)
+    keys = {}
+    for name, key in launches:
+        keys.setdefault(name, set()).add(key)
+    assert set(keys) == {"_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel"}
+    assert all(len(compiled) == 1 for compiled in keys.values()), {k: len(v) for k, v in keys.items()}
