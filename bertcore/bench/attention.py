@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from . import lib as B
 
 PROVIDERS = ("bertcore-triton", "bertcore-triton-det", "bertcore-triton-saved", "bertcore-triton-prebuilt",
-             "bertcore-triton-redraw", "torch-varlen", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask", "eager")
+             "bertcore-triton-redraw", "torch-varlen", "bertcore-repad", "bertcore-runs", "sdpa-mask", "sdpa-nomask",
+             "eager")
 MODES = ("fwd", "bwd", "full")
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "full": 3.5}
 

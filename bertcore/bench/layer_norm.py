@@ -265,11 +265,11 @@ def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=Non
          write=True, verbose=True, graphs=None, directions=("fwd", "bwd")) -> list[dict]:
     """Times every launch config in LN_TUNE / GELU_TUNE for each dtype, hidden size
     (bias+GELU: width 4 x hidden) and direction, and prints the fastest (geometric mean
-    over token counts and dropouts) as LAUNCH_CONFIGS entries. GPU only: the interpreter's times mean nothing.
-    With `graphs` (default: on CUDA) each call is timed as a graph replay (`lib.replayed`:
-    eager calls of these sizes are bound by the host's launches), and a backward candidate
-    with its forward (a lone backward cannot be captured; the forward is the same for
-    every candidate)."""
+    over token counts and dropouts) as LAUNCH_CONFIGS entries. GPU only: the
+    interpreter's times mean nothing. With `graphs` (default: on CUDA) each call is timed
+    as a graph replay (`lib.replayed`: eager calls of these sizes are bound by the host's
+    launches), and a backward candidate with its forward (a lone backward cannot be
+    captured; the forward is the same for every candidate)."""
     import importlib
     ln = importlib.import_module("bertcore_kernels.layer_norm")
     bg = importlib.import_module("bertcore_kernels.bias_gelu")
