@@ -77,7 +77,7 @@ def check_max_length(args, config) -> None:
     """--max-length within what a sequence needs and the model's positions (the default fits;
     a command without one of its own leaves None, the checkpoint's choice)."""
     if args.max_length is None:
-        if getattr(args, "default_max_length", None) is None:
+        if args.default_max_length is None:
             return
         args.max_length = min(args.default_max_length, config.max_position_embeddings)
     max_length = args.max_length

@@ -114,6 +114,7 @@ def add_embed(sub):
                    help="L2-normalise the vectors (default: as the checkpoint says; yes without ST files)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--max-length", type=positive_int, help="tokens per text (default: the checkpoint's max_seq_length)")
+    p.set_defaults(default_max_length=None)   # check_max_length: no default of embed's own, the checkpoint's
     return p
 
 

@@ -19,7 +19,10 @@ LayerNorm kernels at hidden 768: a spilling tile is slow whatever its sweep says
 """
 import importlib
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)
 
@@ -153,9 +156,6 @@ def ptx_counts():
 
 def registers(kernel) -> tuple[int, int]:
     """(registers a thread, bytes it spills) of a compiled kernel, from ptxas -v."""
-    import re
-    import subprocess
-    import tempfile
     from triton.backends.nvidia.compiler import get_ptxas
     try:
         ptxas = get_ptxas(TARGET.arch).path
