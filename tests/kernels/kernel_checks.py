@@ -77,3 +77,11 @@ def record_launches(monkeypatch, kernels) -> list:
             launches.append((kernel.__name__, compile_key(kernel, args, constexprs)))
         monkeypatch.setattr(kernel, "run", record)
     return launches
+
+
+def compiled_variants(launches) -> dict:
+    """{kernel name: the set of its launches' compile keys}: one key a kernel, one compile."""
+    variants = {}
+    for name, key in launches:
+        variants.setdefault(name, set()).add(key)
+    return variants

@@ -9,7 +9,7 @@ import bertcore_kernels as K
 from bertcore_kernels.bias_gelu import bias_gelu_ref
 from bertcore_kernels.dispatch import interpret_mode
 
-from kernel_checks import DEVICE, assert_rule, record_launches, requires_cuda
+from kernel_checks import DEVICE, assert_rule, compiled_variants, record_launches, requires_cuda
 
 bg_mod = importlib.import_module("bertcore_kernels.bias_gelu")  # the package rebinds .bias_gelu
 NAMES = ("y", "dx", "dbias")
@@ -154,8 +154,6 @@ def test_new_token_count_reuses_the_compiled_kernels(monkeypatch):
     for tokens in (1, 5, 16, 17, 48, 100, 512):
         x, b, grad = inputs((tokens, 3072))
         run(lambda x, b: K.bias_gelu(x, b, backend="triton"), x, b, grad, torch.float16)
-    keys = {}
-    for name, key in launches:
-        keys.setdefault(name, set()).add(key)
+    keys = compiled_variants(launches)
     assert set(keys) == {"_bias_gelu_fwd_kernel", "_bias_gelu_bwd_kernel"}
     assert all(len(compiled) == 1 for compiled in keys.values()), {k: len(v) for k, v in keys.items()}

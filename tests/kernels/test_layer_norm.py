@@ -11,7 +11,7 @@ from bertcore_kernels.layer_norm import layer_norm_ref
 from bertcore_kernels.dispatch import interpret_mode
 from bertcore_kernels.rng import seed_tensor
 
-from kernel_checks import DEVICE, assert_rule, record_launches, requires_cuda
+from kernel_checks import DEVICE, assert_rule, compiled_variants, record_launches, requires_cuda
 
 ln_mod = importlib.import_module("bertcore_kernels.layer_norm")  # the package rebinds .layer_norm
 EPS = 1e-5
@@ -341,8 +341,6 @@ def test_new_token_count_reuses_the_compiled_kernels(monkeypatch):
     for tokens in (1, 5, 16, 17, 48, 100, 512):
         x, w, b, r, grad = inputs((tokens, 768))
         run(triton_layer_norm, x, w, b, r, grad, torch.float16, dropout_p=0.1)
-    keys = {}
-    for name, key in launches:
-        keys.setdefault(name, set()).add(key)
+    keys = compiled_variants(launches)
     assert set(keys) == {"_layer_norm_fwd_kernel", "_layer_norm_bwd_kernel"}
     assert all(len(compiled) == 1 for compiled in keys.values()), {k: len(v) for k, v in keys.items()}
