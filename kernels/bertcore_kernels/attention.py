@@ -227,12 +227,12 @@ _DEFAULTS = [
     # 16-bit fwd and bwd_det, head_dim <= 64: the winners of benchmarks/tune_attention.py on
     # an H200 (bf16, BERT batches). Small backward tiles keep more programs in flight on
     # short sequences: mixed 16-512 went 1.04 -> 0.78 ms.
-    # Past 128 keys the forward takes dropout's keep-mask as bits from a kernel of its own
-    # ("prebuilt"): fwd+bwd with dropout 0.1 went 0.806 -> 0.686 ms at equal 512 and
-    # 0.599 -> 0.526 at mixed 16-512; at 128 keys redrawing is faster (0.305 against
-    # 0.312 ms at equal 128).
-    (_16BIT, (64,), "fwd", ("short",), (64, 32, 4, 4)),
-    (_16BIT, (64,), "fwd", ("long",), (64, 32, 4, 4, "prebuilt")),
+    # Dropout's keep-mask is redrawn from the seed in both classes. With the one-pass
+    # backward's (64, 64, 4, 2) tiles below, redrawing beat bits from a kernel of their own
+    # ("prebuilt") past 128 keys too: fwd+bwd with dropout 0.1, 0.663 against 0.685 ms at
+    # equal 512 and 0.481 against 0.516 at mixed 16-512 (H200, 2026-11-27 21:29; prebuilt
+    # had won under the older (32, 128, 4, 3) backward tiles).
+    (_16BIT, (64,), "fwd", _BOTH, (64, 32, 4, 4)),
     (_16BIT, (64,), "bwd_det", _BOTH, (32, 32, 4, 2)),
     (_16BIT, (128, 256), "fwd", _BOTH, (128, 64, 8, 2)),
     (_16BIT, (128, 256), "bwd_det", _BOTH, (64, 64, 8, 1)),

@@ -231,7 +231,7 @@ def test_mask_as_bits_gives_the_redrawn_masks_results_bitwise(dtype, determinist
     if fwd:
         tiles = {(dtype, d, "fwd"): fwd, (dtype, d, "bwd_det" if deterministic else "bwd"): bwd}
     with K.override_launch_configs(tiles):
-        with K.override_launch_configs(K.dropout_mask_configs("redraw", dtype, d)):  # 16-bit long: prebuilt
+        with K.override_launch_configs(K.dropout_mask_configs("redraw", dtype, d)):  # whatever the defaults are
             redrawn = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
         with K.override_launch_configs(K.dropout_mask_configs(mask, dtype, d)):
             if mask == "saved" and K.launch_config(dtype, d, "fwd").block_n % 32:
@@ -372,11 +372,13 @@ def test_launch_configs_are_a_table_with_a_scoped_override():
         assert K.launch_config(torch.float16, 64, "bwd_det") == default_det
     assert K.launch_config(torch.float16, 64, "bwd") == default
     assert K.launch_config(torch.float16, 64, "fwd", 17) != LC(16, 16, 2, 1)
-    bits_by_default = {key for key, cfg in table.items() if cfg.dropout_mask != "redraw"}
-    assert bits_by_default == {(dt, 64, "fwd", "long") for dt in (torch.float16, torch.bfloat16)}  # the H200's pick
-    with K.override_launch_configs({(torch.bfloat16, 64, "fwd"): (128, 64, 8, 2)}):  # tiles: each keeps its source
-        assert K.launch_config(torch.bfloat16, 64, "fwd", "long") == LC(128, 64, 8, 2, "prebuilt")
-        assert K.launch_config(torch.bfloat16, 64, "fwd", "short") == LC(128, 64, 8, 2, "redraw")
+    assert all(cfg.dropout_mask == "redraw" for cfg in table.values())        # the H200's pick, both classes
+    prebuilt_long = {(torch.bfloat16, 64, "fwd", "long"): K.launch_config(torch.bfloat16, 64, "fwd", "long")
+                     ._replace(dropout_mask="prebuilt")}
+    with K.override_launch_configs(prebuilt_long):
+        with K.override_launch_configs({(torch.bfloat16, 64, "fwd"): (128, 64, 8, 2)}):  # tiles: each keeps its source
+            assert K.launch_config(torch.bfloat16, 64, "fwd", "long") == LC(128, 64, 8, 2, "prebuilt")
+            assert K.launch_config(torch.bfloat16, 64, "fwd", "short") == LC(128, 64, 8, 2, "redraw")
     with pytest.raises(ValueError, match="dropout_mask"):
         with K.override_launch_configs({(torch.float16, 64, "fwd"): (64, 32, 4, 1, "stored")}):
             pass
