@@ -19,6 +19,11 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 LEGACY_WEIGHTS_NAME = "pytorch_model.bin"
 IGNORED_KEYS = ("embeddings.position_ids",)  # a buffer older HF versions saved
+# Weights a checkpoint may lack: HF saves BertForMaskedLM, token classification and QA
+# models without the pooler; it is left at its initial values with a warning, as
+# transformers does. Any other missing weight means config.json and the weights disagree.
+OPTIONAL_PREFIXES = ("pooler.",)
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "max_position_embeddings", "type_vocab_size")
 
 
 class CheckpointError(ValueError):
@@ -91,6 +96,41 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     return missing, unexpected
 
 
+def check_config(model, state: dict[str, torch.Tensor], config_source: str, weights: Path,
+                 strict: bool = False) -> None:
+    """Refuse weights that the encoder's config disagrees with (a hand-edited config.json):
+    loading them would leave layers at random initial values and predict garbage without
+    a word. Missing weights (but the optional pooler) and wrong shapes are errors; with
+    `strict` (a folder bertcore saved itself) so are weights the config has no room for."""
+    own = model.state_dict()
+    if not any(k in state for k in own):
+        return  # not a BERT file at all: load_weights says so
+    fix = f"restore the config.json saved with {weights.name} or re-save the model"
+    wanted = model.config.num_hidden_layers
+    # the layer count first: the commonest edit, named once rather than as 16 missing keys
+    held = 1 + max((int(k.split(".")[2]) for k in state
+                    if k.startswith("encoder.layer.") and k.split(".")[2].isdigit()), default=-1)
+    if held < wanted or (strict and held > wanted):
+        gap = f"encoder.layer.{held}.* missing" if held < wanted else f"encoder.layer.{wanted}.* unused"
+        raise CheckpointError(f"{config_source}: num_hidden_layers={wanted} but {weights.name} holds {held} "
+                              f"layers ({gap}); {fix}")
+    for key, param in own.items():
+        if key in state and state[key].shape != param.shape:
+            found, expected = tuple(state[key].shape), tuple(param.shape)
+            # the size field that gave the wrong dimension, when only one config value fits it
+            wrong = {e for f, e in zip(found, expected) if f != e}
+            fields = [f"{n}={getattr(model.config, n)}" for n in SIZE_FIELDS if getattr(model.config, n) in wrong]
+            raise CheckpointError(f"{config_source}: checkpoint key {key} has shape {found}, model expects "
+                                  f"{expected}{f' from {fields[0]}' if len(fields) == 1 else ''}; {fix}")
+    optional = () if strict else OPTIONAL_PREFIXES
+    missing = [k for k in own if k not in state and not k.startswith(optional)]
+    unexpected = [k for k in state if k not in own] if strict else []
+    if missing or unexpected:
+        which = f"missing {', '.join(missing[:3])}" if missing else f"unused {', '.join(unexpected[:3])}"
+        raise CheckpointError(f"{config_source}: the config and {weights.name} disagree ({which}"
+                              f"{' ...' if len(missing or unexpected) > 3 else ''}); {fix}")
+
+
 def resolve_pretrained(name_or_path) -> Path:
     """A checkpoint folder: the path itself, or a Hub name ("org/name") found in the local
     Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else ~/.cache/huggingface/hub;
@@ -130,11 +170,15 @@ def _dtype(value, config: BertConfig):
 
 
 def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=None, torch_dtype=None,
-                 device=None, **overrides):
+                 device=None, strict: bool = False, **overrides):
     """The encoder of a checkpoint folder (or a cached Hub name), in eval mode, as
     transformers' from_pretrained: `dtype` (or `torch_dtype`) and `device` place it;
-    `overrides` replace config fields and must name real ones."""
+    `overrides` replace config fields and must name real ones. The config must match the
+    weights (see check_config); `strict` also refuses weights the config leaves unused."""
     directory = resolve_pretrained(name_or_path)
+    config_source = str(directory / "config.json") if config is None else "the config passed to from_pretrained"
+    if overrides:
+        config_source += f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}"
     config = config or BertConfig.from_pretrained(directory)
     if overrides:
         fields = sorted(f.name for f in dataclasses.fields(BertConfig) if f.name != "extra")
@@ -149,6 +193,7 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     file = find_weights(directory)
     encoder_state, head_state = to_encoder_keys(read_state_dict(file))
     model = cls(config)
+    check_config(model, encoder_state, config_source, file, strict=strict)
     missing, unexpected = load_weights(model, encoder_state, str(file))
     if missing:
         logger.warning("%s: %d encoder weights not in the checkpoint, left at their initial values: %s",

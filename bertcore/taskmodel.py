@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from . import cudagraphs, plugins
 from .buckets import SEQLEN_BUCKETS, Buckets, pad_batch, real_batch, unpad_outputs
-from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
+from .checkpoint import CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict
 from .files import folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, pack_features
 from .model import BertEncoder
@@ -358,7 +358,9 @@ class TaskModel(nn.Module):
                                     "TaskModel.save_pretrained (a training run's <output>/model)")
         info = _read_json(directory / MODEL_FILE, {"heads": list}) if (directory / MODEL_FILE).is_file() else {}
         if (directory / "encoder").is_dir():
-            encoder = BertEncoder.from_pretrained(directory / "encoder")
+            # strict: save_pretrained wrote exactly the weights its config.json describes, so any
+            # disagreement (a hand-edited config) would load random or dropped layers
+            encoder = load_encoder(BertEncoder, directory / "encoder", strict=True)
         elif isinstance(info.get("encoder"), dict):
             encoder = _referenced_encoder(info["encoder"], directory / MODEL_FILE)
         else:
