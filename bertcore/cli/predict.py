@@ -105,7 +105,7 @@ def add_embed(sub):
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--encoder", help="BERT or sentence-transformers checkpoint folder")
     source.add_argument("--model", help="folder written by TaskModel.save_pretrained, with an embedding head")
-    p.add_argument("texts", nargs="*", help="texts to embed")
+    p.add_argument("texts", nargs="*", help="texts to embed; - reads stdin (one text a line)")
     p.add_argument("--input", help="text file, one text per line (.jsonl: each line's \"text\"); - reads stdin")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
     p.add_argument("--head", help="head name in --model (needed when it has several)")
@@ -118,19 +118,35 @@ def add_embed(sub):
     return p
 
 
+_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+               dict: "object"}
+
+
 def _embed_inputs(source: str) -> list[str]:
     """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
-    import json
-
     from ..data import read_text
     text = sys.stdin.read() if source == "-" else read_text(source)
-    lines = [line for line in text.splitlines() if line.strip()]
     if source != "-" and Path(source).suffix.lower() == ".jsonl":
-        try:
-            return [str(json.loads(line)["text"]) for line in lines]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{source}: each line must be a JSON object with a \"text\" field") from None
-    return lines
+        # numbered before blank lines are dropped, so an error points at the file's own line
+        return [_jsonl_text(line, f"{source}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _jsonl_text(line: str, where: str) -> str:
+    """A JSONL line's "text"; anything but a string is refused (str() would embed "None")."""
+    import json
+    fix = 'give each line a string "text", e.g. {"text": "a sentence"}'
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: invalid JSON ({err.msg}); {fix}") from None
+    if not isinstance(row, dict):
+        raise ValueError(f'{where}: expected a JSON object with "text" (got {_JSON_TYPES[type(row)]}); {fix}')
+    if "text" not in row:
+        raise ValueError(f'{where}: no "text" field (it has {", ".join(row) or "nothing"}); {fix}')
+    if not isinstance(row["text"], str):
+        raise ValueError(f'{where}: "text" must be a string (got {_JSON_TYPES[type(row["text"])]}); {fix}')
+    return row["text"]
 
 
 def cmd_embed(args) -> int:
@@ -138,7 +154,11 @@ def cmd_embed(args) -> int:
 
     from ..taskmodel import TaskModel
 
-    texts = list(args.texts) + (_embed_inputs(args.input) if args.input else [])
+    # - among the texts reads stdin as in predict; with --input - as well, stdin is read once
+    sources = [args.input] if args.input else []
+    if "-" in args.texts and "-" not in sources:
+        sources.append("-")
+    texts = [t for t in args.texts if t != "-"] + [t for source in sources for t in _embed_inputs(source)]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
     if args.model:

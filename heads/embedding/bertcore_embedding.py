@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
+from bertcore.checkpoint import resolve_pretrained
 from bertcore.heads import masked_mean, pack_features
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
@@ -71,9 +72,11 @@ class EmbeddingHead(Head):
 
     @classmethod
     def options_from_checkpoint(cls, directory) -> dict:
-        """Head options from a sentence-transformers checkpoint folder (pooling, normalize,
-        max_seq_length); {} when it has no modules.json (a plain BERT checkpoint)."""
-        directory = Path(directory)
+        """Head options from a sentence-transformers checkpoint folder or cached Hub name
+        (pooling, normalize, max_seq_length); {} when it has no modules.json (a plain BERT
+        checkpoint)."""
+        # the folder BertEncoder.from_pretrained reads, so a Hub name keeps its ST files
+        directory = resolve_pretrained(directory)
         if not (directory / "modules.json").is_file():
             return {}
         modules = _read_json(directory / "modules.json")
@@ -210,11 +213,12 @@ def _read_json(file: Path):
 # ---- convenience: a checkpoint folder in, vectors out -------------------------------------
 
 def load(directory, device=None, **options):
-    """A TaskModel (head "embedding") from a BERT or sentence-transformers checkpoint folder:
-    its encoder, its tokenizer, and the pooling its ST files name (`options` override them)."""
+    """A TaskModel (head "embedding") from a BERT or sentence-transformers checkpoint folder
+    (or cached Hub name): its encoder, its tokenizer, and the pooling its ST files name
+    (`options` override them)."""
     import bertcore
 
-    directory = Path(directory)
+    directory = resolve_pretrained(directory)
     encoder = bertcore.BertEncoder.from_pretrained(directory)
     head = EmbeddingHead(encoder.config, **{**EmbeddingHead.options_from_checkpoint(directory), **options})
     model = bertcore.TaskModel(encoder, {"embedding": head}, tokenizer=bertcore.Tokenizer.from_pretrained(directory))
