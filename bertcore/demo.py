@@ -265,7 +265,8 @@ class Demo:
         args = TrainingArgs(output_dir=str(self.out / "pretrain"), epochs=100, max_steps=s.pretrain_steps,
                             batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr, max_length=s.max_length,
                             eval_every=max(1, -(-s.pretrain_steps // s.pretrain_evals)), seed=self.seed,
-                            progress=self.progress, save_checkpoints=False)
+                            progress=self.progress, save_checkpoints=False,
+                            overwrite_output_dir=True)   # the demo's own folder: a rerun replaces it
         t = time.perf_counter()
         torch.manual_seed(self.seed)
         encoder = local_attention_init(BertEncoder(cfg), s.local_attention, seed=self.seed)
@@ -344,7 +345,7 @@ def finetune(job: FinetuneJob) -> tuple[float, float, float]:
     args = TrainingArgs(output_dir=job.output_dir, epochs=1000, max_steps=job.steps, batch_size=job.batch_size,
                         learning_rate=job.learning_rate, max_length=job.max_length, eval_every=job.steps,
                         seed=job.train_seed, progress=False, save_checkpoints=False,
-                        freeze_encoder=job.freeze_encoder)
+                        freeze_encoder=job.freeze_encoder, overwrite_output_dir=True)
     trainer = Trainer(model, tokenizer=job.tokenizer, train=job.train, eval=job.test, args=args)
     value = trainer.fit()[-1][job.metric]
     validation = trainer.evaluate(job.validation)[job.metric] if job.validation else None

@@ -16,6 +16,7 @@ from .config import BertConfig
 from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
 from .model import BertEncoder
 from .plugins import create_head
+from .runfolder import FINAL_MODEL_DIR, MODEL_DIR, RunLock, clear_earlier_run, find_checkpoint
 from .taskmodel import TaskModel
 from .tokenizer import Tokenizer
 from .training import Trainer, TrainingArgs, init_distributed
@@ -27,23 +28,28 @@ logger = logging.getLogger(__name__)
 
 # ---- the pretraining run ----------------------------------------------------------------
 
-def pretrain(corpus, tok=None, cfg=None, args=None, *, eval_fraction: float = 0.02,
+def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eval_fraction: float = 0.02,
              vocab_size: int = 8000, lowercase: bool = True, mlm_probability: float = 0.15,
              whole_word: bool = False, max_eval_pairs: int = 2000):
     """Pretrain an encoder with masked LM + next-sentence prediction; returns a TaskModel
     with heads "mlm" and "nsp" (its `history` attribute holds the eval metrics).
 
     - `corpus`: a file, files, lines or documents (see `read_corpus`).
-    - `tok`: a Tokenizer, or None to train a WordPiece vocabulary of `vocab_size` on the corpus.
+    - `tok`: a Tokenizer, or None: the checkpoint's own when `cfg` is a checkpoint folder,
+      the run's own when resuming, else a WordPiece vocabulary of `vocab_size` trained on
+      the corpus (saved to `<output_dir>/tokenizer`).
     - `cfg`: a BertConfig for a new encoder (its vocab_size is set to the tokenizer's), a
       BertEncoder (e.g. `local_attention_init(BertEncoder(cfg))`, which skips the first
       plateau of a small model), or a checkpoint folder to continue pretraining from.
     - `args`: TrainingArgs; `args.max_length` bounds the sentence pairs.
+    - `resume`: continue the run in `args.output_dir` from its last checkpoint (same
+      corpus and settings; its vocabulary is read from that checkpoint).
     - `whole_word`: mask whole words: a WordPiece word's `##` pieces with it, and the
       words of sentences given as word lists (a segmenter's output, `make_nsp_pairs`).
 
     `eval_fraction` of the documents (at least 2) are held out for MLM/NSP accuracy. The
-    final model is saved to `<output_dir>/model` (TaskModel.save_pretrained).
+    final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
+    into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
     init_distributed()
     args = args or TrainingArgs(output_dir="runs/pretrain")
@@ -52,8 +58,12 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, eval_fraction: float = 0.
         raise ValueError(f"the corpus has {len(documents)} documents; pretraining needs at least 4 "
                          "(documents are separated by blank lines)")
     out = Path(args.output_dir)
-    if tok is None:
-        tok = _train_tokenizer(documents, vocab_size, lowercase, out / "tokenizer")
+    if tok is None and resume:       # the vocabulary the run started with, as its checkpoint holds it
+        tok = Tokenizer.from_pretrained(find_checkpoint(out / "last") / MODEL_DIR / "tokenizer")
+    elif tok is None and isinstance(cfg, (str, os.PathLike)):
+        tok = _checkpoint_tokenizer(cfg)
+    elif tok is None:
+        tok = _train_tokenizer(documents, vocab_size, lowercase, out, args.overwrite_output_dir)
     if isinstance(cfg, (str, os.PathLike)):
         encoder = BertEncoder.from_pretrained(cfg)
     elif isinstance(cfg, BertEncoder):
@@ -86,9 +96,9 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, eval_fraction: float = 0.
     mlm = create_head("mlm", encoder.config, mlm_probability=mlm_probability, whole_word=whole_word)
     model = TaskModel(encoder, {"mlm": mlm, "nsp": create_head("nsp", encoder.config)}, tokenizer=tok)
     trainer = Trainer(model, tokenizer=tok, train=train_pairs, eval=eval_pairs, args=args, head=("mlm", "nsp"))
-    model.history = trainer.fit()
+    model.history = trainer.fit(resume_from=True if resume else None)
     if trainer.rank == 0:
-        model.save_pretrained(out / "model")
+        model.save_pretrained(out / FINAL_MODEL_DIR)
     return model
 
 
@@ -142,13 +152,31 @@ def local_attention_init(encoder: BertEncoder, offsets=(-1, 1), score: float = 1
     return encoder
 
 
-def _train_tokenizer(documents, vocab_size, lowercase, directory: Path):
-    """Train on rank 0 only and share through `directory`: WordPiece training is not
-    deterministic across processes, and every rank must use the same ids."""
+def _checkpoint_tokenizer(path) -> Tokenizer:
+    """The tokenizer saved with an encoder checkpoint: in its folder (an HF checkpoint), or
+    beside it (`<TaskModel folder>/encoder` and `/tokenizer`). A vocabulary trained anew
+    would not match the encoder's embeddings."""
+    folder = Path(path)
+    for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
+        if candidate.is_dir() and any((candidate / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+            return Tokenizer.from_pretrained(candidate)
+    if not folder.exists():   # a Hub name: the cached snapshot's own tokenizer
+        return Tokenizer.from_pretrained(path)
+    raise ValueError(f"{path} holds no tokenizer (tokenizer.json or vocab.txt, in it or in a tokenizer/ beside "
+                     "it); pass the tokenizer this encoder was trained with (tok=, --tokenizer)")
+
+
+def _train_tokenizer(documents, vocab_size, lowercase, out: Path, overwrite: bool) -> Tokenizer:
+    """Train on rank 0 only and share through `<out>/tokenizer`: WordPiece training is not
+    deterministic across processes, and every rank must use the same ids. Written under
+    the run's lock, once the folder is known to hold no earlier run (or may be overwritten)."""
+    directory = out / "tokenizer"
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
         tok = Tokenizer.train((s for d in documents for s in d), vocab_size=vocab_size, lowercase=lowercase)
-        tok.save_pretrained(directory)
+        with RunLock(out):
+            clear_earlier_run(out, overwrite)
+            tok.save_pretrained(directory)
     if distributed:
         dist.barrier()
         tok = Tokenizer.from_pretrained(directory)

@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from .files import atomic_write
+from .files import atomic_write, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -19,13 +19,18 @@ CURVES_FILE = "curves.png"
 class Reporter:
     """Progress bar and metrics log of one run in `output_dir`."""
 
-    def __init__(self, output_dir: Path, enabled: bool, progress: bool, fresh: bool):
+    def __init__(self, output_dir: Path, enabled: bool, progress: bool, resumed_at: int | None):
+        """`resumed_at`: the step a resumed run continues from; None for a new run, whose
+        log starts empty."""
         self.output_dir, self.enabled, self.progress = Path(output_dir), enabled, progress
         self.bar = None
         if enabled:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            if fresh and (self.output_dir / METRICS_FILE).exists():
-                (self.output_dir / METRICS_FILE).unlink()
+            log = self.output_dir / METRICS_FILE
+            if resumed_at is None:
+                log.unlink(missing_ok=True)
+            elif log.exists():
+                _keep_until(log, resumed_at)
 
     def start(self, total: int, initial: int, desc: str) -> None:
         if self.enabled and self.progress:
@@ -92,3 +97,17 @@ class Reporter:
         fig.tight_layout()
         atomic_write(self.output_dir / CURVES_FILE, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
         plt.close(fig)
+
+
+def _keep_until(log: Path, step: int) -> None:
+    """Drop what a killed run logged after the checkpoint it resumes from (those steps run
+    again and log again) and a last line the kill cut short."""
+    kept = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    write_text(log, "".join(kept))

@@ -5,6 +5,11 @@
     <output_dir>/best/            best model by the eval metric: model/ + manifest.json
                                   (hard links to last/'s files when it is the newest)
     <output_dir>/checkpoint-<N>/  older resumable checkpoints, with save_total_limit > 1
+    <output_dir>/model/           the final model, where `pretrain` and the CLI save it
+
+A new run (not resuming) into a folder that holds an earlier run's checkpoints or
+model is refused, unless told to overwrite them (`clear_earlier_run`): its best/ would
+otherwise be loaded as this run's, or its model replaced.
 
 `model/` is what `TaskModel.save_pretrained` writes (every weight once; it loads with
 `TaskModel.from_pretrained`; a frozen encoder loaded from a folder is pointed at, not
@@ -40,7 +45,7 @@ MODEL_DIR = "model"
 LOCK_FILE = ".lock"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(BlockingIOError):
     """Another process is training into the same output folder."""
 
 
@@ -83,6 +88,49 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# ---- a new run in a used folder ---------------------------------------------------------
+
+FINAL_MODEL_DIR = "model"
+_RUN_FOLDERS = ("last", "best", FINAL_MODEL_DIR)
+
+
+def earlier_run(output_dir: Path) -> list[Path]:
+    """The checkpoints and final model an earlier run left in `output_dir` (with what a
+    crash between two renames leaves beside them)."""
+    output_dir = Path(output_dir)
+    found = [p for name in _RUN_FOLDERS for p in folder_candidates(output_dir / name)]
+    return found + sorted(output_dir.glob("checkpoint-*"), key=_step_of)
+
+
+def inside_earlier_run(output_dir: Path, path) -> Path | None:
+    """The folder of `earlier_run(output_dir)` that holds `path`, or None."""
+    target = Path(path).resolve()
+    return next((f for f in earlier_run(output_dir) if target == f.resolve() or f.resolve() in target.parents),
+                None)
+
+
+def clear_earlier_run(output_dir: Path, overwrite: bool, inputs=()) -> None:
+    """Before a new run: refuse a folder holding an earlier run's checkpoints or model,
+    or, with `overwrite`, remove them; never when one of `inputs` (the encoder's weights,
+    a tokenizer) lies inside them, which the run would delete or replace."""
+    for path in inputs:
+        folder = inside_earlier_run(output_dir, path)
+        if folder is not None:
+            raise ValueError(f"{path} lies inside {folder}, which this run would replace; copy it out of "
+                             f"{output_dir} first, or train into another output folder")
+    found = earlier_run(output_dir)
+    if not found:
+        return
+    if not overwrite:
+        names = ", ".join(f"{p.name}/" for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise FileExistsError(f"{output_dir} already holds a run ({names}); continue it with resume "
+                              "(--resume), train into another output folder, or overwrite it "
+                              "(overwrite_output_dir=True, --overwrite)")
+    for folder in found:
+        shutil.rmtree(folder)
+    logger.info("removed the earlier run in %s (%s)", output_dir, ", ".join(p.name for p in found))
 
 
 # ---- writing --------------------------------------------------------------------------

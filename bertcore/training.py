@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import time
+import warnings
 import zlib
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from . import cudagraphs
 from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
-from .runfolder import (RunLock, checkpoint_step, find_checkpoint, link_checkpoint, load_model_weights, resume,
-                        save_checkpoint)
+from .runfolder import (RunLock, checkpoint_step, clear_earlier_run, find_checkpoint, link_checkpoint,
+                        load_model_weights, resume, save_checkpoint)
 from .taskmodel import Encoded, TaskModel, to_device
 from .trainstate import TrainState, rng_state, set_seed
 
@@ -62,6 +63,9 @@ class TrainingArgs:
     where it applies: CUDA, one process, `grad_accum_steps` 1, labels that pad with
     IGNORE_INDEX (classification, NER, QA, NSP; not regression, multi-label, MLM or
     embedding pairs, whose batches run eagerly). False = always eager.
+    `overwrite_output_dir`: a new run (not resuming) into a folder that holds an earlier
+    run's checkpoints or model/ is refused unless this is set; then they are removed
+    first (as transformers' argument of that name).
     """
 
     output_dir: str
@@ -91,6 +95,7 @@ class TrainingArgs:
     progress: bool = True
     device: str | None = None
     cuda_graphs: bool | None = None
+    overwrite_output_dir: bool = False
 
     def __post_init__(self):
         if self.sampling not in ("round_robin", "proportional"):
@@ -186,11 +191,13 @@ class Trainer:
         `resume_from`: a checkpoint folder (e.g. `<output_dir>/last`), or True for
         `<output_dir>/last`. Model, optimizer, scheduler, RNG states and the data
         position are restored, so the run ends exactly where an uninterrupted one would.
-        The output folder is locked while the run lasts.
+        The output folder is locked while the run lasts. A new run into a folder holding
+        an earlier one is refused (see `TrainingArgs.overwrite_output_dir`).
         """
         if not self.train_sets:
             raise ValueError("fit() needs train= data")
         with RunLock(self.output_dir) if self.rank == 0 else nullcontext():
+            _check_run(self, resume_from)
             return self._fit(resume_from)
 
     def _fit(self, resume_from) -> list[dict]:
@@ -207,7 +214,7 @@ class Trainer:
         folder = self.output_dir / "last" if resume_from is True else resume_from
         state = resume(folder, model, optimizer, scheduler, self._identity) if resume_from else TrainState()
         self.state, self.history = state, state.history
-        reporter = Reporter(self.output_dir, self.rank == 0, args.progress, fresh=not resume_from)
+        reporter = Reporter(self.output_dir, self.rank == 0, args.progress, state.step if resume_from else None)
         reporter.start(total, state.step, f"train {', '.join('+'.join(d.heads) for d in self.train_sets)}")
         try:
             self._loop(state, total, optimizer, scheduler, reporter)
@@ -216,9 +223,8 @@ class Trainer:
             step, self._graph_step_now = self._graph_step_now, None   # its gradient buffers go with it
             if step is not None:
                 self.graph_stats = step.report()
-        best = self.output_dir / "best"
-        if args.load_best_at_end and best.exists():
-            load_model_weights(model, find_checkpoint(best, resumable=False))
+        if args.load_best_at_end and args.save_checkpoints and state.best_step is not None:  # best/ is this run's
+            load_model_weights(model, find_checkpoint(self.output_dir / "best", resumable=False))
         return self.history
 
     def _plan(self, epoch: int) -> list[tuple[int, list[int]]]:
@@ -429,7 +435,15 @@ def _learning_rate(scheduler) -> float:
 
 def _device(name: str | None) -> torch.device:
     if name:
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ValueError(f"device={name!r} is not a device; use cpu, cuda or cuda:N") from None
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if device.type == "cuda" and (device.index or 0) >= count:
+            raise ValueError(f"device={name!r}, but this machine has {count} CUDA devices; "
+                             "use cpu, or leave the device out to use a GPU when there is one")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
@@ -471,6 +485,32 @@ def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimize
         return torch.optim.AdamW(param_groups, lr=args.learning_rate, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
+
+
+def _check_run(trainer: Trainer, resume_from) -> None:
+    """Before the first step: a new run clears (or refuses) an earlier run's folders, and an
+    unknown `metric_for_best` is refused now rather than after training."""
+    if trainer.args.metric_for_best and trainer.eval_sets:
+        _check_metric_for_best(trainer)
+    if not resume_from and trainer.rank == 0:
+        source = getattr(trainer.model.encoder, "source", None)
+        clear_earlier_run(trainer.output_dir, trainer.args.overwrite_output_dir, [source] if source else [])
+
+
+def _check_metric_for_best(trainer: Trainer) -> None:
+    """The keys of `metric_for_best`'s choice come from evaluating the first two examples
+    of each eval set."""
+    sets = trainer.eval_sets
+    if all(len(d.heads) == 1 for d in sets):
+        sample = {d.heads[0]: list(d.examples[:2]) for d in sets}
+    else:
+        sample = list(sets[0].examples[:2])
+    with warnings.catch_warnings():        # `_fit` reseeds every RNG this touches
+        warnings.simplefilter("ignore")    # metrics of two examples: undefined-metric warnings
+        keys = trainer.evaluate(sample)
+    if trainer.args.metric_for_best not in keys:
+        raise ValueError(f"metric_for_best={trainer.args.metric_for_best!r} is not an eval metric of this run; "
+                         f"use one of {', '.join(sorted(keys))}")
 
 
 def best_metric(model: TaskModel, eval_sets: list[Encoded], metric_for_best: str | None) -> tuple[str, bool]:

@@ -48,6 +48,8 @@ def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int)
     g.add_argument("--encoding", help="encoding of the data files (default UTF-8)")
     g.add_argument("--seed", type=int, default=42, help="one seed repeats a CPU run exactly (default 42)")
     g.add_argument("--resume", action="store_true", help="continue from <output>/last")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output (its checkpoints and model/); refused otherwise")
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -62,7 +64,7 @@ def training_args(args, **extra):
                         max_length=args.max_length, eval_every=args.eval_every, bf16=args.bf16, seed=args.seed,
                         eval_batch_size=args.eval_batch_size, logging_steps=args.logging_steps,
                         metric_for_best=args.metric_for_best, device=args.device,
-                        progress=not args.no_progress, **extra)
+                        progress=not args.no_progress, overwrite_output_dir=args.overwrite, **extra)
 
 
 def _cpu_has_bf16() -> bool:

@@ -107,6 +107,7 @@ def cmd_finetune(args) -> int:
     from ..training import Trainer
 
     head_type = _head_type(args.head)
+    _check_inputs_outside_output(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder))
     train = load_examples(args.train, encoding=args.encoding)
     evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
     options = _head_options(args, train, head_type)
@@ -131,15 +132,30 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def _check_inputs_outside_output(args, *flags) -> None:
+    """A new run replaces the model/ and checkpoints in --output: an input read from there
+    (`finetune --output runs/pre --encoder runs/pre/model/encoder`) would be lost."""
+    from ..runfolder import inside_earlier_run
+    if args.resume:
+        return
+    for flag, path in flags:
+        folder = inside_earlier_run(args.output, path) if path else None
+        if folder is not None:
+            raise ValueError(f"{flag} {path} lies inside {folder}, which this run would replace; train into "
+                             f"another --output folder (or copy {path} out of {args.output})")
+
+
 def add_pretrain(sub):
     p = sub.add_parser(
         "pretrain", help="pretrain a BERT with masked LM + next-sentence prediction",
         description="Corpus: text files in the original BERT format, one sentence per line and a blank "
-                    "line between documents (UTF-8, or --encoding). Without --tokenizer a WordPiece vocabulary "
-                    "is trained on the corpus; without --encoder a new encoder is built from the size options.",
+                    "line between documents (UTF-8, or --encoding). Without --tokenizer the --encoder checkpoint's "
+                    "tokenizer is used (with --resume, the run's own), else a WordPiece vocabulary is trained on "
+                    "the corpus; without --encoder a new encoder is built from the size options.",
         epilog="example: bertcore pretrain --corpus wiki.txt --output runs/bert-small --layers 4 --max-steps 10000")
     p.add_argument("--corpus", nargs="+", required=True, help="corpus text file(s)")
-    p.add_argument("--tokenizer", help="existing tokenizer folder (default: train one)")
+    p.add_argument("--tokenizer", help="existing tokenizer folder (default: --encoder's, the run's own with "
+                                       "--resume, else train one)")
     p.add_argument("--vocab-size", type=positive_int, default=8000, help="size of a newly trained vocabulary")
     p.add_argument("--cased", action="store_true", help="keep case when training a vocabulary")
     p.add_argument("--encoder", help="checkpoint folder to continue pretraining from")
@@ -165,13 +181,15 @@ def cmd_pretrain(args) -> int:
     args.max_length = args.max_length or args.default_max_length
     if args.max_length < 8:
         raise ValueError(f"--max-length {args.max_length} is too short for a sentence pair; use 8 or more")
+    _check_inputs_outside_output(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder))
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                                      num_attention_heads=args.heads,
                                      intermediate_size=args.intermediate_size or 4 * args.hidden_size,
                                      max_position_embeddings=max(128, args.max_length))
     corpus = read_corpus([Path(f) for f in args.corpus], encoding=args.encoding)
-    model = pretrain(corpus, tok, cfg, training_args(args), vocab_size=args.vocab_size, lowercase=not args.cased,
+    model = pretrain(corpus, tok, cfg, training_args(args), resume=args.resume, vocab_size=args.vocab_size,
+                     lowercase=not args.cased,
                      mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
     if model.history:
         last = model.history[-1]

@@ -1,0 +1,246 @@
+"""Fault suite, the run folder: a new run into a folder that holds an earlier one, an
+input read from inside the folder a run replaces, an unknown best metric, and a
+pretraining run resumed or continued. Each is refused up front with one line, or
+does what the flag says, and nothing saved is lost or silently mixed in."""
+import hashlib
+import json
+import random
+
+import pytest
+import torch
+
+import bertcore
+from bertcore.cli import main
+from bertcore.pretraining import pretrain
+from bertcore.runfolder import RunLock, RunLockedError
+from bertcore.training import Trainer, TrainingArgs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = "good great fine bad awful poor movie film plot actor the a".split()
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory):
+    rng = random.Random(0)
+    rows = []
+    for _ in range(32):
+        label = rng.choice(["neg", "pos"])
+        rows.append({"text": f"{rng.choice(WORDS[:3] if label == 'pos' else WORDS[3:6])} {rng.choice(WORDS[6:])}",
+                     "label": label})
+    file = tmp_path_factory.mktemp("data") / "train.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return file
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    rng = random.Random(0)
+    file = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    file.write_text("\n\n".join("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+                                          for _ in range(rng.randint(2, 5))) for _ in range(40)), encoding="utf-8")
+    return file
+
+
+def finetune(checkpoint, train_file, output, *extra):
+    return ["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(train_file),
+            "--eval", str(train_file), "--output", str(output), "--no-progress", "--batch-size", "8",
+            "--max-steps", "4", "--eval-every", "2", *extra]
+
+
+def pretrain_cli(corpus, output, *extra):
+    return ["pretrain", "--corpus", str(corpus), "--output", str(output), "--vocab-size", "60",
+            "--hidden-size", "32", "--layers", "1", "--heads", "2", "--max-length", "32",
+            "--batch-size", "8", "--no-progress", *extra]
+
+
+def one_line_error(err: str, command: str) -> str:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith(f"bertcore {command}: error:")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def digest(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_new_run_into_a_used_folder_is_refused_or_overwritten(tmp_path, checkpoint, train_file, capsys):
+    out = tmp_path / "run"
+    assert main(finetune(checkpoint, train_file, out, "--seed", "1")) == 0
+    capsys.readouterr()
+    before = {name: digest(out / name) for name in ("last", "best", "model")}
+    # Before: the second run trained, then loaded the first run's best/ as its own at the end.
+    assert main(finetune(checkpoint, train_file, out, "--seed", "2")) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert f"{out} already holds a run (last/, best/, model/)" in line and "--resume" in line and "--overwrite" in line
+    assert {name: digest(out / name) for name in before} == before        # nothing of it was touched
+
+    assert main(finetune(checkpoint, train_file, out, "--seed", "2", "--overwrite")) == 0
+    fresh = tmp_path / "fresh"                                          # the same run in an empty folder
+    assert main(finetune(checkpoint, train_file, fresh, "--seed", "2")) == 0
+    assert digest(out / "model") == digest(fresh / "model") != before["model"]
+
+
+def test_a_stale_best_is_never_loaded_as_this_runs(tmp_path, checkpoint, train_file):
+    """Overwriting removes the earlier run's best/, and a run that keeps no checkpoints
+    loads none at the end: it ends as the same run in an empty folder does."""
+    tok = bertcore.Tokenizer.from_pretrained(checkpoint)
+
+    def trained(seed, **kw):
+        torch.manual_seed(seed)
+        model = bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                                   {"c": bertcore.create_head("classification", bertcore.BertConfig.from_pretrained(
+                                       checkpoint), labels=["neg", "pos"])}, tokenizer=tok)
+        args = TrainingArgs(str(tmp_path / "run"), max_steps=4, eval_every=2, batch_size=8, seed=seed,
+                            progress=False, load_best_at_end=True, **kw)
+        Trainer(model, tokenizer=tok, train=str(train_file), eval=str(train_file), args=args).fit()
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    trained(1)
+    unsaved = trained(2, save_checkpoints=False, overwrite_output_dir=True)
+    assert not (tmp_path / "run" / "best").exists()       # the earlier run's, removed by overwrite
+    torch.manual_seed(0)
+    again = trained(2, save_checkpoints=False, overwrite_output_dir=True)
+    assert all(torch.equal(unsaved[k], again[k]) for k in unsaved)
+
+
+def test_an_input_inside_the_folder_a_run_replaces_is_refused(tmp_path, corpus, train_file, capsys):
+    pre = tmp_path / "pre"
+    assert main(pretrain_cli(corpus, pre, "--max-steps", "2")) == 0
+    capsys.readouterr()
+    saved = digest(pre / "model")
+    # Before: finetune --output pre replaced pre/model, the pretrained encoder it was reading.
+    for extra in ([], ["--overwrite"]):
+        assert main(finetune(pre / "model" / "encoder", train_file, pre, "--tokenizer", str(pre / "tokenizer"),
+                             *extra)) == 2
+        line = one_line_error(capsys.readouterr().err, "finetune")
+        assert f"--encoder {pre / 'model' / 'encoder'} lies inside {pre / 'model'}" in line
+    assert digest(pre / "model") == saved
+
+
+def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, checkpoint, train_file, capsys):
+    out = tmp_path / "run"
+    assert main(finetune(checkpoint, train_file, out, "--metric-for-best", "acuracy")) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert "metric_for_best='acuracy' is not an eval metric" in line and "accuracy" in line.split("use one of")[1]
+    assert not (out / "last").exists() and not (out / "metrics.jsonl").exists()   # refused before a step
+    assert main(finetune(checkpoint, train_file, out, "--metric-for-best", "loss")) == 0
+
+
+def test_pretrain_resume_continues_the_run_with_its_own_vocabulary(tmp_path, corpus, monkeypatch):
+    """Killed after its first checkpoint, then resumed: the same weights and log as a run
+    never stopped; the vocabulary comes from the checkpoint, not trained again."""
+    def args(out):
+        return TrainingArgs(str(out), max_steps=4, eval_every=2, batch_size=8, max_length=32, progress=False,
+                            logging_steps=1)
+
+    cfg = bertcore.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=64)
+    out = tmp_path / "killed"
+    save = Trainer._save
+
+    def save_then_die(self, state, *a, **kw):
+        save(self, state, *a, **kw)
+        if state.step == 2:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(str(corpus), None, cfg, args(out), vocab_size=60)
+    monkeypatch.setattr(Trainer, "_save", save)
+    # WordPiece training breaks ties differently on each call: the run never stopped gets
+    # the killed run's vocabulary, and any retraining on resume is made to fail
+    vocabulary = bertcore.Tokenizer.from_pretrained(out / "tokenizer")
+    whole = pretrain(str(corpus), vocabulary, cfg, args(tmp_path / "whole"))
+    monkeypatch.setattr(bertcore.Tokenizer, "train", classmethod(lambda *a, **kw: pytest.fail("retrained")))
+    resumed = pretrain(str(corpus), None, cfg, args(out), resume=True, vocab_size=60)
+
+    assert resumed.history == whole.history
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "split" not in json.loads(line)]
+    assert steps == [1, 2, 3, 4]                # the log kept the first two steps and was continued
+
+
+def test_pretrain_cli_resume_is_passed_on(tmp_path, corpus, capsys):
+    out = tmp_path / "pt"
+    assert main(pretrain_cli(corpus, out, "--max-steps", "2")) == 0
+    capsys.readouterr()
+    log = (out / "metrics.jsonl").read_text()
+    # Before: --resume was dropped, and the run started again at step 0 with a new vocabulary.
+    assert main(pretrain_cli(corpus, out, "--max-steps", "2", "--resume")) == 0
+    assert f"resumed from {out / 'last'} at step 2" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == log
+
+
+def test_continued_pretraining_uses_the_checkpoints_tokenizer(tmp_path, checkpoint, corpus, capsys):
+    out = tmp_path / "more"
+    # Before: without --tokenizer a new vocabulary was trained for an encoder that has its own.
+    assert main(pretrain_cli(corpus, out, "--encoder", str(checkpoint), "--max-steps", "2")) == 0
+    saved = out / "model" / "tokenizer"
+    assert (saved / "vocab.txt").read_text() == (checkpoint / "vocab.txt").read_text()
+
+    bare = tmp_path / "bare"                       # an encoder folder without a tokenizer
+    bertcore.BertEncoder.from_pretrained(checkpoint).save_pretrained(bare)
+    capsys.readouterr()
+    assert main(pretrain_cli(corpus, tmp_path / "other", "--encoder", str(bare), "--max-steps", "2")) == 2
+    line = one_line_error(capsys.readouterr().err, "pretrain")
+    assert f"{bare} holds no tokenizer" in line and "--tokenizer" in line
+
+
+def test_pretrain_writes_nothing_into_a_folder_another_run_holds(tmp_path, corpus):
+    out = tmp_path / "busy"
+    cfg = bertcore.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=64)
+    with RunLock(out):
+        with pytest.raises(RunLockedError):
+            pretrain(str(corpus), None, cfg, TrainingArgs(str(out), max_steps=2, batch_size=8, max_length=32,
+                                                          progress=False), vocab_size=60)
+    # Before: the trained vocabulary was written to busy/tokenizer before the lock was taken.
+    assert not (out / "tokenizer").exists()
+
+
+def test_resume_after_a_kill_logs_each_step_once(tmp_path, checkpoint, train_file, monkeypatch):
+    """Killed two steps past its checkpoint, with half a line written: the resumed run's
+    metrics.jsonl holds each step once, as a run never stopped does."""
+    tok = bertcore.Tokenizer.from_pretrained(checkpoint)
+
+    def trainer(out):
+        torch.manual_seed(0)
+        model = bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                                   {"c": bertcore.create_head("classification", bertcore.BertConfig.from_pretrained(
+                                       checkpoint), labels=["neg", "pos"])}, tokenizer=tok)
+        args = TrainingArgs(str(out), max_steps=6, eval_every=3, batch_size=8, progress=False, logging_steps=1)
+        return Trainer(model, tokenizer=tok, train=str(train_file), eval=str(train_file), args=args)
+
+    trainer(tmp_path / "whole").fit()
+    out = tmp_path / "killed"
+    step = bertcore.reporting.Reporter.step
+
+    def step_then_die(self, record, log):
+        step(self, record, log)
+        if record["step"] == 5:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(bertcore.reporting.Reporter, "step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(out).fit()
+    monkeypatch.undo()
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "lo')                          # a kill -9 cut this write short
+    trainer(out).fit(resume_from=True)
+
+    def records(run):
+        return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # Before: steps 4 and 5 were logged twice, around a torn line.
+    assert records(out) == records(tmp_path / "whole")
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path, checkpoint, train_file, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    # Before: an AssertionError from deep in torch ("Torch not compiled with CUDA enabled").
+    assert main(finetune(checkpoint, train_file, tmp_path / "run", "--device", "cuda")) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert "device='cuda', but this machine has 0 CUDA devices; use cpu" in line
