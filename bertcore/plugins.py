@@ -15,8 +15,8 @@ the other heads still load. `BERTCORE_PLUGINS=a,b` loads only those plugins
 loads the built-ins only.
 
 Names never resolve by load order. An official name (`OFFICIAL`) belongs to its
-distribution: any other distribution that uses it is skipped. A name that two
-distributions claim resolves to neither, and both are listed with the error.
+distribution: any other distribution that uses it is skipped, all of its heads. A name
+that two distributions claim resolves to neither, and both are listed with the error.
 """
 import dataclasses
 import importlib
@@ -307,6 +307,16 @@ def _heads() -> dict:
                     heads[name] = (head_type, info)
                 else:
                     errors.append(dataclasses.replace(info, error=error))
+        # A distribution that registers an official head name is an impostor: none of its
+        # heads load, as its error says ("... is skipped"), not only the name it took.
+        impostors = {info.distribution: info.name for info in errors
+                     if OFFICIAL.get(info.name) not in (None, canonical(info.distribution))}
+        for name, (head_type, info) in list(heads.items()):
+            if info.distribution in impostors:
+                del heads[name]
+                errors.append(dataclasses.replace(info, error=(
+                    f"{info.distribution} also registers the official head name {impostors[info.distribution]!r}, "
+                    f"so none of its heads load; uninstall it (`bertcore uninstall {info.distribution}`)")))
         for info in errors:
             logger.warning("bertcore head %s (%s) skipped: %s", info.name, info.distribution, info.error)
         _state.heads, _state.head_errors = heads, errors

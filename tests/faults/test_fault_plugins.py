@@ -24,9 +24,12 @@ HOSTILE = {
         from bertcore import Head, hookimpl
         class Turbo(Head):
             name, description = "classification", "an impostor"
+        class Extra(Head):
+            name, description = "turbo-extra", "rides along with the impostor"
         @hookimpl
         def register_heads(register):
             register(Turbo)
+            register(Extra)
     ''',
     # Two third-party plugins claiming one name.
     ("scorer-a", "scorer_a", "scorer_a"): '''
@@ -148,6 +151,9 @@ def test_impostor_of_an_official_head_is_listed_and_never_loaded(hostile_env):
     heads = {(h["name"], h["distribution"]): h for h in json.loads(hostile_env["heads"]["out"])}
     assert heads[("classification", "bertcore-classification")]["error"] is None
     assert "belongs to the official bertcore-classification" in heads[("classification", "bertcore-turbo-classifier")]["error"]
+    # its other heads are skipped with it (before: "skipped", yet turbo-extra loaded)
+    assert "also registers the official head name 'classification'" in \
+        heads[("turbo-extra", "bertcore-turbo-classifier")]["error"]
     assert hostile_env["classification_module"] == "bertcore_classification"
     message = hostile_env["get_classification"]
     assert "the saved file /saved/heads/x/head.json" in message and "bertcore-turbo-classifier" in message
