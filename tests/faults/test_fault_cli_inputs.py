@@ -1,0 +1,156 @@
+"""Fault suite, the command line's inputs: bad option values, input files with a bad line,
+labelled data given to predict, paths that are folders or sit under a file, and a model
+without its tokenizer each end in one line that names the problem and the fix (or,
+for labels, do not stop prediction)."""
+import io
+import json
+import shutil
+
+import pytest
+
+import bertcore
+from bertcore import cli
+from bertcore.cli import main
+from bertcore.data import load_examples, read_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def one_line_error(stderr: str, command: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, checkpoint):
+    """A saved sentiment model (labels neg, pos) with its tokenizer/."""
+    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    path = tmp_path_factory.mktemp("predict") / "m"
+    bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                       {"s": bertcore.create_head("classification", cfg, labels=["neg", "pos"])},
+                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("argv", [["demo", "--threads", "-1"], ["demo", "--threads", "0"],
+                                  ["bench", "--threads", "0"], ["bench", "encoder", "--threads", "-1"]])
+def test_thread_counts_below_one_are_refused_by_argparse(argv, monkeypatch, capsys):
+    def ran(args):   # was: the demo failed inside torch, the bench ran with "0" as "all cores"
+        pytest.fail(f"{argv[0]} ran with --threads {args.threads}")
+    add, _ = cli.COMMANDS[argv[0]]
+    monkeypatch.setitem(cli.COMMANDS, argv[0], (add, ran))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"argument --threads: {argv[-1]} must be 1 or more" in capsys.readouterr().err
+
+
+def test_predict_names_the_file_and_line_of_an_input_without_the_field_the_head_reads(
+        tmp_path, model_dir, capsys):
+    data = tmp_path / "inputs.jsonl"
+    data.write_text('{"text": "good film"}\n\n{"question": "what film ?"}\n', encoding="utf-8")
+    out = tmp_path / "predictions.jsonl"
+    # a text before the file: the bad input is the 2nd of 3, on the file's line 3
+    assert main(["predict", "--model", str(model_dir), "bad plot", "--input", str(data), "--output", str(out)]) == 2
+    line = one_line_error(capsys.readouterr().err, "predict")
+    assert f"error: {data}:3: " in line and "no 'text' (it has question)" in line, line   # was: "example 3 ..."
+    assert not out.exists()
+
+
+def test_predict_names_the_line_and_fix_of_invalid_json_in_a_text_file_and_stdin(
+        tmp_path, model_dir, monkeypatch, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text('good film\n{"text": oops}\n', encoding="utf-8")
+    assert main(["predict", "--model", str(model_dir), "--input", str(texts)]) == 2
+    line = one_line_error(capsys.readouterr().err, "predict")
+    assert f"{texts}:2: invalid JSON (" in line and "a line that starts with { must be one JSON object" in line, line
+    monkeypatch.setattr("sys.stdin", io.StringIO('good film\n{"id": 7}\n'))
+    assert main(["predict", "--model", str(model_dir), "-"]) == 2
+    assert "stdin:2: " in one_line_error(capsys.readouterr().err, "predict")
+
+
+def test_predict_ignores_the_gold_labels_of_labelled_data(tmp_path, model_dir, capsys):
+    """As transformers' run_glue drops the label column to predict: a class the model never
+    saw (or a malformed gold field) does not stop prediction, and predictions are those of
+    the same texts without labels."""
+    labelled = tmp_path / "dev.jsonl"
+    labelled.write_text('{"text": "good film", "label": "pos"}\n{"text": "bad plot", "label": "unseen"}\n'
+                        '{"id": "x", "text": "the actor", "label": ["not", "a", "class"]}\n', encoding="utf-8")
+    assert main(["predict", "--model", str(model_dir), "--input", str(labelled)]) == 0  # was: label 'unseen' is ...
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["predict", "--model", str(model_dir), "good film", "bad plot", "the actor"]) == 0
+    bare = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["scores"] for r in rows] == [pytest.approx(r["scores"]) for r in bare]
+    assert rows[1]["input"] == {"text": "bad plot", "label": "unseen"} and rows[2]["id"] == "x"  # shown as given
+
+
+def test_a_folder_given_as_a_file_says_it_is_a_folder(tmp_path, model_dir, capsys):
+    folder = tmp_path / "data.jsonl"
+    folder.mkdir()
+    for path in (folder, tmp_path):                          # with and without a data suffix
+        with pytest.raises(IsADirectoryError, match=f"^data file {path} is a folder; name a file"):
+            load_examples(path)
+    assert main(["predict", "--model", str(model_dir), "--input", str(tmp_path)]) == 2
+    assert f"data file {tmp_path} is a folder; name a file" in one_line_error(capsys.readouterr().err, "predict")
+
+
+def test_a_path_under_a_file_says_its_parent_is_a_file(tmp_path, model_dir, capsys):
+    data = tmp_path / "some.jsonl"
+    data.write_text('{"text": "good film"}\n', encoding="utf-8")
+    for path in (data / "x", data / "x.jsonl", data / "deeper" / "x.txt"):
+        with pytest.raises(NotADirectoryError, match=f"^data file {path} cannot exist: {data} is a file"):
+            read_text(path)
+    assert main(["predict", "--model", str(model_dir), "--input", str(data / "x.jsonl")]) == 2
+    assert f"{data} is a file, not a folder" in one_line_error(capsys.readouterr().err, "predict")
+
+
+def test_read_text_says_what_the_file_is_for(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=f"^data file {tmp_path / 'no.jsonl'} does not exist$"):
+        read_text(tmp_path / "no.jsonl")                                    # the default wording stays
+    with pytest.raises(FileNotFoundError, match=f"^head options file {tmp_path / 'no.json'} does not exist$"):
+        read_text(tmp_path / "no.json", what="head options file")
+    with pytest.raises(IsADirectoryError, match=f"^head options file {tmp_path} is a folder"):
+        read_text(tmp_path, what="head options file")
+    unreadable = tmp_path / "secret.json"
+    unreadable.write_text("{}", encoding="utf-8")
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(type(unreadable), "read_bytes", refuse)
+    with pytest.raises(PermissionError) as error:                           # was: [Errno 13] Permission denied: ...
+        read_text(unreadable, what="head options file")
+    assert str(error.value) == f"cannot read head options file {unreadable}: Permission denied"
+
+
+def test_a_model_without_its_tokenizer_says_to_pass_tokenizer(tmp_path, model_dir, checkpoint, capsys):
+    bare = tmp_path / "m"
+    shutil.copytree(model_dir, bare)
+    shutil.rmtree(bare / "tokenizer")
+    assert main(["predict", "--model", str(bare), "good film"]) == 2
+    line = one_line_error(capsys.readouterr().err, "predict")
+    assert f"{bare} has no tokenizer/ folder" in line and "pass --tokenizer FOLDER" in line, line
+    assert "tokenizer=" not in line and "TaskModel(" not in line     # was: Python for the API
+    assert main(["predict", "--model", str(bare), "--tokenizer", str(checkpoint), "good film"]) == 0
+    assert main(["predict", "--model", str(model_dir), "good film"]) == 0
+    ours, saved = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert ours == saved
+
+
+def test_embed_of_a_model_without_its_tokenizer_says_to_pass_tokenizer(tmp_path, checkpoint, capsys):
+    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                       {"e": bertcore.create_head("embedding", cfg)}).save_pretrained(tmp_path / "m")
+    assert main(["embed", "--model", str(tmp_path / "m"), "good film"]) == 2
+    assert "pass --tokenizer FOLDER" in one_line_error(capsys.readouterr().err, "embed")
+    assert main(["embed", "--model", str(tmp_path / "m"), "--tokenizer", str(checkpoint), "good film"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["embedding"]) == cfg.hidden_size
+
+
+def test_predict_reads_both_a_file_and_stdin(tmp_path, model_dir, monkeypatch, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good film\n", encoding="utf-8")
+    monkeypatch.setattr("sys.stdin", io.StringIO("bad plot\n"))
+    assert main(["predict", "--model", str(model_dir), "--input", str(texts), "-"]) == 0   # was: stdin only
+    assert [json.loads(line)["input"] for line in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
