@@ -11,6 +11,7 @@ and raises `WriteError` (an OSError) naming the file. Temp names start with "." 
 end with ".tmp" (files) or ".new"/".old" (folders); `recover_folder` puts back a
 folder that a crash caught between its two renames.
 """
+import errno
 import json
 import os
 import shutil
@@ -60,8 +61,7 @@ def atomic_write(path, write: Callable[[str], None], mode: int = 0o666) -> Path:
         os.replace(tmp, path)
     except Exception as err:  # safetensors and torch wrap OSError in their own types
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        error = WriteError(f"cannot write {path}: {reason}; nothing was replaced (is the disk full or the "
-                           "folder read-only?)")
+        error = WriteError(f"cannot write {path}: {reason}; nothing was replaced ({_write_hint(path, err)})")
         error.errno = getattr(err, "errno", None)
         raise error from err
     finally:
@@ -69,6 +69,19 @@ def atomic_write(path, write: Callable[[str], None], mode: int = 0o666) -> Path:
             os.unlink(tmp)
     fsync_dir(path.parent)
     return path
+
+
+def _write_hint(path: Path, err: Exception) -> str:
+    """What to check after a failed write: a file where a folder must be, else by errno."""
+    blocker = next((parent for parent in path.parents if parent.is_file()), None)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder; fix the path"
+    code = getattr(err, "errno", None) or getattr(err.__cause__, "errno", None)
+    if code == errno.ENOSPC:
+        return "the disk is full; free space and run again"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "the folder is read-only or not yours; write somewhere else"
+    return "is the disk full or the folder read-only?"
 
 
 def write_bytes(path, data: bytes) -> Path:

@@ -8,6 +8,7 @@ library modules. This module gathers them and runs one (`main`), every error as 
 import argparse
 import logging
 import sys
+import warnings
 
 from .. import __version__
 from . import bench, demo, export, plugins, predict, train
@@ -44,7 +45,10 @@ def main(argv=None) -> int:
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     try:
-        return COMMANDS[args.command][1](args) or 0
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return COMMANDS[args.command][1](args) or 0
     except KeyboardInterrupt:
         where = getattr(args, "output", None)
         hint = (f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"
@@ -58,6 +62,13 @@ def main(argv=None) -> int:
         user = isinstance(err, (ValueError, OSError, KeyError, TypeError, FloatingPointError, ImportError,
                                 RuntimeError))
         return 2 if user else 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line, like the errors (Python's own shows the source file and line
+    of the code that warned, which is not the user's to fix; --debug keeps it)."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    print(f"bertcore: warning: {kind}{' '.join(str(message).split())}", file=sys.stderr)
 
 
 class _StderrHandler(logging.StreamHandler):

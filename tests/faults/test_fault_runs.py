@@ -3,6 +3,7 @@ input read from inside the folder a run replaces, an unknown best metric, and a
 pretraining run resumed or continued. Each is refused up front with one line, or
 does what the flag says, and nothing saved is lost or silently mixed in."""
 import hashlib
+import os
 import json
 import random
 
@@ -244,3 +245,31 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path, checkpoint, train_fil
     assert main(finetune(checkpoint, train_file, tmp_path / "run", "--device", "cuda")) == 2
     line = one_line_error(capsys.readouterr().err, "finetune")
     assert "device='cuda', but this machine has 0 CUDA devices; use cpu" in line
+
+
+def test_a_busy_folder_and_a_path_under_a_file_are_plain_one_liners(tmp_path, checkpoint, train_file, capsys):
+    out = tmp_path / "run"
+    with RunLock(out):
+        assert main(finetune(checkpoint, train_file, out)) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    # Before: "RunLockedError: ... (--debug shows where)", as for a bug, and exit 1.
+    assert line == f"bertcore finetune: error: {out} is in use by pid {os.getpid()}" + line.split(str(os.getpid()))[1]
+    assert "RunLockedError" not in line and "--debug" not in line
+
+    blocker = tmp_path / "a.jsonl"
+    blocker.write_text("")
+    # every file goes through this helper (predict --output a.jsonl/out.jsonl among them)
+    with pytest.raises(OSError, match=rf"cannot write {blocker / 'out.jsonl'}: .*; nothing was replaced "
+                                      rf"\({blocker} is a file, not a folder; fix the path\)"):
+        bertcore.files.write_text(blocker / "out.jsonl", "x")    # before: "(is the disk full or ...?)"
+
+
+def test_a_warning_is_one_line_too(tmp_path, checkpoint, capsys):
+    one_class = tmp_path / "pos.jsonl"
+    one_class.write_text("".join(json.dumps({"text": f"good {w}", "label": "pos"}) + "\n" for w in WORDS), "utf-8")
+    assert main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(one_class),
+                 "--labels", "pos,neg", "--output", str(tmp_path / "run"), "--no-progress", "--max-steps", "1"]) == 0
+    err = capsys.readouterr().err
+    # Before: Python's "<file>.py:81: UserWarning: ..." and the source line of the warn() call.
+    assert "bertcore: warning: the training data has one class only ('pos')" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err
