@@ -105,7 +105,8 @@ def check_config(model, state: dict[str, torch.Tensor], config_source: str, weig
     own = model.state_dict()
     if not any(k in state for k in own):
         return  # not a BERT file at all: load_weights says so
-    fix = f"restore the config.json saved with {weights.name} or re-save the model"
+    fix = f"restore the config.json saved with {weights.name} or re-save the model" \
+        if config_source.endswith("config.json") else "leave out the settings the weights do not fit"
     wanted = model.config.num_hidden_layers
     # the layer count first: the commonest edit, named once rather than as 16 missing keys
     held = 1 + max((int(k.split(".")[2]) for k in state
@@ -201,7 +202,8 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     if unexpected:
         logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
     model.pretrained_head_weights = head_state
-    model.source = file.resolve()  # what a head-only checkpoint of a frozen encoder points at
+    model.source = file.absolute()  # what a head-only checkpoint of a frozen encoder points at (a Hub
+    # snapshot's path, not the blob its symlink resolves to: config.json lies beside the former)
     model.eval()
     if dtype is not None or device is not None:
         model.to(device=device, dtype=dtype)

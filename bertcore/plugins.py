@@ -281,6 +281,7 @@ def _heads() -> dict:
         if _state.heads is not None:
             return _state.heads
         claims, errors = defaultdict(dict), []     # head name -> {Head subclass: HeadInfo}
+        plugin_of, impostors = {}, {}              # Head subclass -> plugin; impostor plugin -> the name it took
         for impl in pm.hook.register_heads.get_hookimpls():
             dist, version = _state.plugins.get(impl.plugin_name, ("unknown", "unknown"))
             found = []
@@ -298,6 +299,7 @@ def _heads() -> dict:
                 else:
                     claims[head_type.name][head_type] = HeadInfo(head_type.name, version, dist,
                                                                  head_type.description)
+                    plugin_of[head_type] = impl.plugin_name
         heads = {}
         for name, claimants in claims.items():
             labels = {f"{info.distribution} ({t.__module__}.{t.__qualname__})" for t, info in claimants.items()}
@@ -307,16 +309,18 @@ def _heads() -> dict:
                     heads[name] = (head_type, info)
                 else:
                     errors.append(dataclasses.replace(info, error=error))
-        # A distribution that registers an official head name is an impostor: none of its
-        # heads load, as its error says ("... is skipped"), not only the name it took.
-        impostors = {info.distribution: info.name for info in errors
-                     if OFFICIAL.get(info.name) not in (None, canonical(info.distribution))}
+                    if OFFICIAL.get(name) not in (None, canonical(info.distribution)):
+                        impostors[plugin_of[head_type]] = name
+        # A plugin that registers an official head name is an impostor: none of its heads
+        # load, as its error says ("... is skipped"), not only the name it took. By plugin,
+        # not distribution: run-time plugins all share the distribution "local".
         for name, (head_type, info) in list(heads.items()):
-            if info.distribution in impostors:
+            taken = impostors.get(plugin_of[head_type])
+            if taken is not None:
                 del heads[name]
                 errors.append(dataclasses.replace(info, error=(
-                    f"{info.distribution} also registers the official head name {impostors[info.distribution]!r}, "
-                    f"so none of its heads load; uninstall it (`bertcore uninstall {info.distribution}`)")))
+                    f"its plugin {plugin_of[head_type]} also registers the official head name {taken!r}, so "
+                    f"none of its heads load; uninstall {info.distribution} (`bertcore uninstall {info.distribution}`)")))
         for info in errors:
             logger.warning("bertcore head %s (%s) skipped: %s", info.name, info.distribution, info.error)
         _state.heads, _state.head_errors = heads, errors

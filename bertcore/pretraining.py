@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from .config import BertConfig
 from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
 from .model import BertEncoder
 from .plugins import create_head
-from .runfolder import FINAL_MODEL_DIR, MODEL_DIR, RunLock, clear_earlier_run, find_checkpoint
+from .runfolder import CHECKPOINT_FOLDERS, FINAL_MODEL_DIR, MODEL_DIR, RunLock, check_new_run, find_checkpoint
 from .taskmodel import TaskModel
 from .tokenizer import Tokenizer
 from .training import Trainer, TrainingArgs, init_distributed
@@ -51,19 +52,31 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
     into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
-    init_distributed()
+    distributed = init_distributed()
     args = args or TrainingArgs(output_dir="runs/pretrain")
+    # Rank 0 holds the output folder from its check to the saved model; the Trainer joins.
+    with RunLock(args.output_dir, joinable=True) if not distributed or dist.get_rank() == 0 else nullcontext():
+        return _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
+                         whole_word, max_eval_pairs, distributed)
+
+
+def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
+              whole_word, max_eval_pairs, distributed):
     documents = read_corpus(corpus)
     if len(documents) < 4:
         raise ValueError(f"the corpus has {len(documents)} documents; pretraining needs at least 4 "
                          "(documents are separated by blank lines)")
     out = Path(args.output_dir)
+    source = cfg if isinstance(cfg, (str, os.PathLike)) else getattr(cfg, "source", None)  # a checkpoint's
+    if not resume and (not distributed or dist.get_rank() == 0):
+        writes = (FINAL_MODEL_DIR, *CHECKPOINT_FOLDERS) if args.save_checkpoints else (FINAL_MODEL_DIR,)
+        check_new_run(out, writes, args.overwrite_output_dir, [(str(source), source)] if source else [])
     if tok is None and resume:       # the vocabulary the run started with, as its checkpoint holds it
         tok = Tokenizer.from_pretrained(find_checkpoint(out / "last") / MODEL_DIR / "tokenizer")
-    elif tok is None and isinstance(cfg, (str, os.PathLike)):
-        tok = _checkpoint_tokenizer(cfg)
+    elif tok is None and source is not None:
+        tok = _checkpoint_tokenizer(source if isinstance(cfg, (str, os.PathLike)) else Path(source).parent)
     elif tok is None:
-        tok = _train_tokenizer(documents, vocab_size, lowercase, out, args.overwrite_output_dir)
+        tok = _train_tokenizer(documents, vocab_size, lowercase, out / "tokenizer")
     if isinstance(cfg, (str, os.PathLike)):
         encoder = BertEncoder.from_pretrained(cfg)
     elif isinstance(cfg, BertEncoder):
@@ -166,17 +179,13 @@ def _checkpoint_tokenizer(path) -> Tokenizer:
                      "it); pass the tokenizer this encoder was trained with (tok=, --tokenizer)")
 
 
-def _train_tokenizer(documents, vocab_size, lowercase, out: Path, overwrite: bool) -> Tokenizer:
-    """Train on rank 0 only and share through `<out>/tokenizer`: WordPiece training is not
-    deterministic across processes, and every rank must use the same ids. Written under
-    the run's lock, once the folder is known to hold no earlier run (or may be overwritten)."""
-    directory = out / "tokenizer"
+def _train_tokenizer(documents, vocab_size, lowercase, directory: Path) -> Tokenizer:
+    """Train on rank 0 only and share through `directory`: WordPiece training is not
+    deterministic across processes, and every rank must use the same ids."""
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
         tok = Tokenizer.train((s for d in documents for s in d), vocab_size=vocab_size, lowercase=lowercase)
-        with RunLock(out):
-            clear_earlier_run(out, overwrite)
-            tok.save_pretrained(directory)
+        tok.save_pretrained(directory)
     if distributed:
         dist.barrier()
         tok = Tokenizer.from_pretrained(directory)

@@ -8,8 +8,8 @@
     <output_dir>/model/           the final model, where `pretrain` and the CLI save it
 
 A new run (not resuming) into a folder that holds an earlier run's checkpoints or
-model is refused, unless told to overwrite them (`clear_earlier_run`): its best/ would
-otherwise be loaded as this run's, or its model replaced.
+model is refused, unless told to overwrite them (`check_new_run`): they would otherwise
+be mixed with the new run's, or replaced without a word.
 
 `model/` is what `TaskModel.save_pretrained` writes (every weight once; it loads with
 `TaskModel.from_pretrained`; a frozen encoder loaded from a folder is pointed at, not
@@ -53,17 +53,27 @@ class RunLockedError(BlockingIOError):
 
 class RunLock:
     """An exclusive `flock` on `<output_dir>/.lock`. The kernel drops it when the holder
-    dies, so a lock left by a killed run is never mistaken for a live one."""
+    dies, so a lock left by a killed run is never mistaken for a live one.
 
-    def __init__(self, output_dir: Path):
+    `joinable=True` lets later RunLocks of this process on the same folder join it instead
+    of being refused: `pretrain` and the CLI hold one across the steps around their
+    Trainer (tokenizer, fit, final model/), so no other run gets in between. A plain
+    holder stays exclusive, also against this process."""
+
+    _joinable: dict[str, "RunLock"] = {}   # resolved lock file -> this process's joinable holder
+
+    def __init__(self, output_dir: Path, joinable: bool = False):
         self.file = Path(output_dir) / LOCK_FILE
-        self.fd = None
+        self.joinable, self.fd, self.host = joinable, None, None
 
     def acquire(self) -> "RunLock":
         if self.file.parent.exists() and not self.file.parent.is_dir():
             raise NotADirectoryError(f"output folder {self.file.parent} is a file; name a folder (it is created "
                                      "if missing)")
         self.file.parent.mkdir(parents=True, exist_ok=True)
+        self.host = RunLock._joinable.get(str(self.file.resolve()))
+        if self.host is not None:              # the outer holder releases the flock
+            return self
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,10 +85,15 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode())
         self.fd = fd
+        if self.joinable:
+            RunLock._joinable[str(self.file.resolve())] = self
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
+        if self.host is not None:
+            self.host = None
+        elif self.fd is not None:
+            RunLock._joinable.pop(str(self.file.resolve()), None)
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -92,42 +107,55 @@ class RunLock:
 
 # ---- a new run in a used folder ---------------------------------------------------------
 
-FINAL_MODEL_DIR = "model"
-_RUN_FOLDERS = ("last", "best", FINAL_MODEL_DIR)
+FINAL_MODEL_DIR = "model"                          # where `pretrain` and the CLI save the final model
+CHECKPOINT_FOLDERS = ("last", "best", "checkpoint-*")   # what a Trainer saving checkpoints writes
 
 
-def earlier_run(output_dir: Path) -> list[Path]:
-    """The checkpoints and final model an earlier run left in `output_dir` (with what a
-    crash between two renames leaves beside them)."""
+def _folders(output_dir: Path, names) -> list[Path]:
+    """The folders `names` (globs allowed) stand for in `output_dir`, with what a crash
+    between two renames leaves beside them."""
+    found = []
+    for name in names:
+        if "*" in name:
+            found += sorted((p for p in output_dir.glob(name) if p.is_dir()), key=_step_of)
+        else:
+            found += folder_candidates(output_dir / name)
+    return found
+
+
+def _made_by_bertcore(folder: Path) -> bool:
+    """A checkpoint (manifest.json), a saved TaskModel (taskmodel.json), or a swap's leftover."""
+    return folder.name.startswith(".") or (folder / MANIFEST_FILE).is_file() or (folder / "taskmodel.json").is_file()
+
+
+def check_new_run(output_dir: Path, writes, overwrite: bool, inputs=()) -> None:
+    """Before a new run that writes the folders `writes` in `output_dir`: an earlier run's
+    are refused, or with `overwrite` removed; a folder of that name bertcore did not make
+    is always refused, and so is a folder holding one of `inputs` ((what, path) pairs: the
+    encoder's weights, a tokenizer), which the run would delete or replace."""
     output_dir = Path(output_dir)
-    found = [p for name in _RUN_FOLDERS for p in folder_candidates(output_dir / name)]
-    return found + sorted(output_dir.glob("checkpoint-*"), key=_step_of)
-
-
-def inside_earlier_run(output_dir: Path, path) -> Path | None:
-    """The folder of `earlier_run(output_dir)` that holds `path`, or None."""
-    target = Path(path).resolve()
-    return next((f for f in earlier_run(output_dir) if target == f.resolve() or f.resolve() in target.parents),
-                None)
-
-
-def clear_earlier_run(output_dir: Path, overwrite: bool, inputs=()) -> None:
-    """Before a new run: refuse a folder holding an earlier run's checkpoints or model,
-    or, with `overwrite`, remove them; never when one of `inputs` (the encoder's weights,
-    a tokenizer) lies inside them, which the run would delete or replace."""
-    for path in inputs:
-        folder = inside_earlier_run(output_dir, path)
+    found = _folders(output_dir, writes)
+    for what, path in inputs:
+        target = Path(path).absolute()
+        folder = next((f for f in found if f.absolute() == target or f.absolute() in target.parents), None)
         if folder is not None:
-            raise ValueError(f"{path} lies inside {folder}, which this run would replace; copy it out of "
+            raise ValueError(f"{what} lies inside {folder}, which this run would replace; copy it out of "
                              f"{output_dir} first, or train into another output folder")
-    found = earlier_run(output_dir)
+    foreign = [f for f in found if not _made_by_bertcore(f)]
+    if foreign:
+        raise FileExistsError(f"{foreign[0]} is in the way: this run writes a {foreign[0].name}/ there, and "
+                              "bertcore did not make this one; move it, or train into another output folder")
     if not found:
         return
     if not overwrite:
         names = ", ".join(f"{p.name}/" for p in found[:4]) + (", ..." if len(found) > 4 else "")
-        raise FileExistsError(f"{output_dir} already holds a run ({names}); continue it with resume "
-                              "(--resume), train into another output folder, or overwrite it "
-                              "(overwrite_output_dir=True, --overwrite)")
+        try:
+            find_checkpoint(output_dir / "last")
+            resume = "continue it with resume (--resume), "
+        except CheckpointError:
+            resume = ""
+        raise FileExistsError(f"{output_dir} already holds a run ({names}); {resume}train into another output "
+                              "folder, or overwrite it (overwrite_output_dir=True, --overwrite)")
     for folder in found:
         shutil.rmtree(folder)
     logger.info("removed the earlier run in %s (%s)", output_dir, ", ".join(p.name for p in found))

@@ -28,8 +28,8 @@ from . import cudagraphs
 from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
-from .runfolder import (RunLock, checkpoint_step, clear_earlier_run, find_checkpoint, link_checkpoint,
-                        load_model_weights, resume, save_checkpoint)
+from .runfolder import (CHECKPOINT_FOLDERS, RunLock, check_new_run, checkpoint_step, find_checkpoint,
+                        link_checkpoint, load_model_weights, resume, save_checkpoint)
 from .taskmodel import Encoded, TaskModel, to_device
 from .trainstate import TrainState, rng_state, set_seed
 
@@ -63,9 +63,10 @@ class TrainingArgs:
     where it applies: CUDA, one process, `grad_accum_steps` 1, labels that pad with
     IGNORE_INDEX (classification, NER, QA, NSP; not regression, multi-label, MLM or
     embedding pairs, whose batches run eagerly). False = always eager.
-    `overwrite_output_dir`: a new run (not resuming) into a folder that holds an earlier
-    run's checkpoints or model/ is refused unless this is set; then they are removed
-    first (as transformers' argument of that name).
+    `overwrite_output_dir`: a new run (not resuming) that saves checkpoints into a folder
+    holding an earlier run's is refused unless this is set; then they are removed first
+    (as transformers' argument of that name). Folders bertcore did not write are never
+    removed.
     """
 
     output_dir: str
@@ -488,13 +489,17 @@ def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimize
 
 
 def _check_run(trainer: Trainer, resume_from) -> None:
-    """Before the first step: a new run clears (or refuses) an earlier run's folders, and an
-    unknown `metric_for_best` is refused now rather than after training."""
+    """Before the first step: an unknown `metric_for_best` is refused now rather than after
+    training, and a new run that saves checkpoints clears (or refuses) an earlier run's;
+    those of this Trainer's own earlier fit() it replaces."""
     if trainer.args.metric_for_best and trainer.eval_sets:
         _check_metric_for_best(trainer)
-    if not resume_from and trainer.rank == 0:
+    if not resume_from and trainer.rank == 0 and trainer.args.save_checkpoints:
         source = getattr(trainer.model.encoder, "source", None)
-        clear_earlier_run(trainer.output_dir, trainer.args.overwrite_output_dir, [source] if source else [])
+        check_new_run(trainer.output_dir, CHECKPOINT_FOLDERS,
+                      trainer.args.overwrite_output_dir or getattr(trainer, "_fitted", False),
+                      [(str(source), source)] if source else [])
+    trainer._fitted = True
 
 
 def _check_metric_for_best(trainer: Trainer) -> None:

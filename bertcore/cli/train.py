@@ -1,5 +1,7 @@
 """`bertcore finetune` and `bertcore pretrain`."""
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .options import add_training_options, check_max_length, fraction, positive_int, training_args
@@ -99,6 +101,12 @@ def _build_head(head_type, config, options: dict):
 
 
 def cmd_finetune(args) -> int:
+    head_type = _head_type(args.head)
+    with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
+        return _finetune(args, head_type)
+
+
+def _finetune(args, head_type) -> int:
     from .. import set_seed
     from ..data import load_examples
     from ..model import BertEncoder
@@ -106,8 +114,6 @@ def cmd_finetune(args) -> int:
     from ..tokenizer import Tokenizer
     from ..training import Trainer
 
-    head_type = _head_type(args.head)
-    _check_inputs_outside_output(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder))
     train = load_examples(args.train, encoding=args.encoding)
     evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
     options = _head_options(args, train, head_type)
@@ -127,22 +133,27 @@ def cmd_finetune(args) -> int:
         which = f"best checkpoint, step {state.best_step}" if state.best_step is not None else \
             f"last step, {state.step}"
         print(f"final evaluation ({which}): " + ", ".join(f"{k}={v:.4f}" for k, v in trainer.evaluate().items()))
-    saved = model.save_pretrained(f"{args.output}/model")
-    print(f"model saved to {saved} (load it with bertcore.TaskModel.from_pretrained)")
+    if trainer.rank == 0:
+        saved = model.save_pretrained(f"{args.output}/model")
+        print(f"model saved to {saved} (load it with bertcore.TaskModel.from_pretrained)")
     return 0
 
 
-def _check_inputs_outside_output(args, *flags) -> None:
-    """A new run replaces the model/ and checkpoints in --output: an input read from there
-    (`finetune --output runs/pre --encoder runs/pre/model/encoder`) would be lost."""
-    from ..runfolder import inside_earlier_run
-    if args.resume:
+@contextmanager
+def _output_folder(args, *inputs):
+    """Rank 0 holds --output from its check to the saved model (the Trainer joins the lock).
+    A new run refuses an earlier run's model/ and checkpoints there (--overwrite removes
+    them) and inputs read from inside them (`finetune --output runs/pre --encoder
+    runs/pre/model/encoder` would replace the encoder it reads)."""
+    from ..runfolder import CHECKPOINT_FOLDERS, FINAL_MODEL_DIR, RunLock, check_new_run
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
         return
-    for flag, path in flags:
-        folder = inside_earlier_run(args.output, path) if path else None
-        if folder is not None:
-            raise ValueError(f"{flag} {path} lies inside {folder}, which this run would replace; train into "
-                             f"another --output folder (or copy {path} out of {args.output})")
+    with RunLock(args.output, joinable=True):
+        if not args.resume:
+            check_new_run(args.output, (FINAL_MODEL_DIR, *CHECKPOINT_FOLDERS), args.overwrite,
+                          [(f"{flag} {path}", path) for flag, path in inputs if path])
+        yield
 
 
 def add_pretrain(sub):
@@ -170,18 +181,22 @@ def add_pretrain(sub):
 
 
 def cmd_pretrain(args) -> int:
-    from ..config import BertConfig
-    from ..masking import read_corpus
-    from ..pretraining import pretrain
-    from ..tokenizer import Tokenizer
-
     for file in args.corpus:
         if not Path(file).is_file():
             raise FileNotFoundError(f"corpus file {file} does not exist")
     args.max_length = args.max_length or args.default_max_length
     if args.max_length < 8:
         raise ValueError(f"--max-length {args.max_length} is too short for a sentence pair; use 8 or more")
-    _check_inputs_outside_output(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder))
+    with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
+        return _pretrain(args)
+
+
+def _pretrain(args) -> int:
+    from ..config import BertConfig
+    from ..masking import read_corpus
+    from ..pretraining import pretrain
+    from ..tokenizer import Tokenizer
+
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                                      num_attention_heads=args.heads,

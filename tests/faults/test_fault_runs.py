@@ -6,6 +6,7 @@ import hashlib
 import os
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,7 +76,7 @@ def test_a_new_run_into_a_used_folder_is_refused_or_overwritten(tmp_path, checkp
     # Before: the second run trained, then loaded the first run's best/ as its own at the end.
     assert main(finetune(checkpoint, train_file, out, "--seed", "2")) == 2
     line = one_line_error(capsys.readouterr().err, "finetune")
-    assert f"{out} already holds a run (last/, best/, model/)" in line and "--resume" in line and "--overwrite" in line
+    assert f"{out} already holds a run (model/, last/, best/)" in line and "--resume" in line and "--overwrite" in line
     assert {name: digest(out / name) for name in before} == before        # nothing of it was touched
 
     assert main(finetune(checkpoint, train_file, out, "--seed", "2", "--overwrite")) == 0
@@ -84,27 +85,54 @@ def test_a_new_run_into_a_used_folder_is_refused_or_overwritten(tmp_path, checkp
     assert digest(out / "model") == digest(fresh / "model") != before["model"]
 
 
-def test_a_stale_best_is_never_loaded_as_this_runs(tmp_path, checkpoint, train_file):
-    """Overwriting removes the earlier run's best/, and a run that keeps no checkpoints
-    loads none at the end: it ends as the same run in an empty folder does."""
+def classifier(checkpoint, seed=0):
     tok = bertcore.Tokenizer.from_pretrained(checkpoint)
+    torch.manual_seed(seed)
+    head = bertcore.create_head("classification", bertcore.BertConfig.from_pretrained(checkpoint), labels=["neg", "pos"])
+    return bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint), {"c": head}, tokenizer=tok), tok
 
-    def trained(seed, **kw):
-        torch.manual_seed(seed)
-        model = bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
-                                   {"c": bertcore.create_head("classification", bertcore.BertConfig.from_pretrained(
-                                       checkpoint), labels=["neg", "pos"])}, tokenizer=tok)
-        args = TrainingArgs(str(tmp_path / "run"), max_steps=4, eval_every=2, batch_size=8, seed=seed,
-                            progress=False, load_best_at_end=True, **kw)
+
+def test_a_stale_best_is_never_loaded_as_this_runs(tmp_path, checkpoint, train_file):
+    """A run that keeps no checkpoints writes nothing an earlier run holds, so it is not
+    refused; it must not take the earlier run's best/ for its own at the end."""
+    def trained(out, seed, **kw):
+        model, tok = classifier(checkpoint, seed)
+        args = TrainingArgs(str(out), max_steps=4, eval_every=2, batch_size=8, seed=seed, progress=False,
+                            load_best_at_end=True, learning_rate=1e-2, **kw)
         Trainer(model, tokenizer=tok, train=str(train_file), eval=str(train_file), args=args).fit()
-        return {k: v.clone() for k, v in model.state_dict().items()}
+        return model.state_dict()
 
-    trained(1)
-    unsaved = trained(2, save_checkpoints=False, overwrite_output_dir=True)
-    assert not (tmp_path / "run" / "best").exists()       # the earlier run's, removed by overwrite
-    torch.manual_seed(0)
-    again = trained(2, save_checkpoints=False, overwrite_output_dir=True)
-    assert all(torch.equal(unsaved[k], again[k]) for k in unsaved)
+    used = tmp_path / "used"
+    earlier = trained(used, 1)                                    # leaves best/ (and last/)
+    later = trained(used, 2, save_checkpoints=False)
+    alone = trained(tmp_path / "empty", 2, save_checkpoints=False)
+    # Before: `best/` existed, so the later run ended with the earlier run's weights.
+    assert all(torch.equal(later[k], alone[k]) for k in later)
+    assert not all(torch.equal(later[k], earlier[k]) for k in later)
+    assert (used / "best").is_dir() and (used / "last").is_dir()   # and kept them
+
+
+def test_fit_twice_on_one_trainer_replaces_its_own_checkpoints(tmp_path, checkpoint, train_file):
+    model, tok = classifier(checkpoint)
+    args = TrainingArgs(str(tmp_path / "run"), max_steps=2, eval_every=2, batch_size=8, progress=False)
+    trainer = Trainer(model, tokenizer=tok, train=str(train_file), eval=str(train_file), args=args)
+    first = trainer.fit()
+    assert trainer.fit() and first                  # its own earlier fit(), not another run's: no refusal
+    with pytest.raises(FileExistsError, match="already holds a run"):      # another Trainer's: refused
+        Trainer(model, tokenizer=tok, train=str(train_file), eval=str(train_file), args=args).fit()
+
+
+def test_overwrite_never_removes_what_bertcore_did_not_make(tmp_path, checkpoint, train_file, capsys):
+    out = tmp_path / "project"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "__init__.py").write_text("# the user's own code\n")
+    (out / "checkpoint-notes.txt").write_text("notes\n")
+    # Before: --overwrite removed model/ (the user's package) and crashed on the notes file.
+    assert main(finetune(checkpoint, train_file, out, "--overwrite")) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert f"{out / 'model'} is in the way" in line and "bertcore did not make this one" in line
+    assert (out / "model" / "__init__.py").read_text() == "# the user's own code\n"
+    assert (out / "checkpoint-notes.txt").is_file()
 
 
 def test_an_input_inside_the_folder_a_run_replaces_is_refused(tmp_path, corpus, train_file, capsys):
@@ -181,6 +209,13 @@ def test_continued_pretraining_uses_the_checkpoints_tokenizer(tmp_path, checkpoi
     assert main(pretrain_cli(corpus, out, "--encoder", str(checkpoint), "--max-steps", "2")) == 0
     saved = out / "model" / "tokenizer"
     assert (saved / "vocab.txt").read_text() == (checkpoint / "vocab.txt").read_text()
+
+    # an encoder object loaded from a checkpoint: its folder's tokenizer too (before: a new vocabulary)
+    more = pretrain(str(corpus), None, bertcore.BertEncoder.from_pretrained(checkpoint),
+                    TrainingArgs(str(tmp_path / "object"), max_steps=2, batch_size=8, max_length=32, progress=False))
+    assert more.tokenizer.vocab_size == bertcore.Tokenizer.from_pretrained(checkpoint).vocab_size
+    assert (tmp_path / "object" / "model" / "tokenizer" / "vocab.txt").read_text() == \
+        (checkpoint / "vocab.txt").read_text()
 
     bare = tmp_path / "bare"                       # an encoder folder without a tokenizer
     bertcore.BertEncoder.from_pretrained(checkpoint).save_pretrained(bare)
@@ -273,3 +308,40 @@ def test_a_warning_is_one_line_too(tmp_path, checkpoint, capsys):
     # Before: Python's "<file>.py:81: UserWarning: ..." and the source line of the warn() call.
     assert "bertcore: warning: the training data has one class only ('pos')" in err
     assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+def test_pretrain_holds_its_folder_from_the_check_to_the_saved_model(tmp_path, corpus, monkeypatch):
+    """Another process asking for the folder is refused at every step, not only during fit:
+    before, the lock was free between the tokenizer's write and fit(), and while model/
+    was written."""
+    import subprocess
+    import sys
+    import bertcore.pretraining as pretraining
+
+    out = tmp_path / "pt"
+    refused = []
+
+    def another_process_asks():
+        probe = subprocess.run([sys.executable, "-c", "import sys; from bertcore.runfolder import RunLock, "
+                                f"RunLockedError\ntry: RunLock({str(out)!r}).acquire()\n"
+                                "except RunLockedError: sys.exit(3)"], capture_output=True)
+        refused.append(probe.returncode == 3)
+
+    train_tokenizer, save = pretraining._train_tokenizer, bertcore.TaskModel.save_pretrained
+
+    def tokenizer_then_ask(*a, **kw):
+        tok = train_tokenizer(*a, **kw)
+        another_process_asks()
+        return tok
+
+    def ask_then_save(self, directory, *a, **kw):
+        if Path(directory) == out / "model":
+            another_process_asks()
+        return save(self, directory, *a, **kw)
+    monkeypatch.setattr(pretraining, "_train_tokenizer", tokenizer_then_ask)
+    monkeypatch.setattr(bertcore.TaskModel, "save_pretrained", ask_then_save)
+    cfg = bertcore.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                              max_position_embeddings=64)
+    pretrain(str(corpus), None, cfg, TrainingArgs(str(out), max_steps=2, batch_size=8, max_length=32,
+                                                  progress=False, save_checkpoints=False), vocab_size=60)
+    assert refused == [True, True]

@@ -310,3 +310,28 @@ def test_bertcore_plugins_limits_loading(monkeypatch, value, expected, cfg):
     if "classification" not in expected:
         with pytest.raises(plugins.HeadNotFoundError, match="BERTCORE_PLUGINS"):
             bertcore.create_head("classification", cfg, num_labels=2)
+
+
+def test_an_impostor_takes_down_its_own_heads_not_its_neighbours(cfg):
+    """Run-time plugins all have the distribution "local": an impostor among them skips its
+    own heads only (before: every "local" head, or, earlier, none but the taken name)."""
+    class Mine(Head):
+        name, description = "my-head", "an honest run-time head"
+
+    class Fake(Head):
+        name, description = "ner", "takes an official name"
+
+    class Extra(Head):
+        name, description = "fake-extra", "rides along with the impostor"
+
+    honest = plugins.register_plugin(plugin_module(Mine), name="mine")
+    impostor = plugins.register_plugin(plugin_module(Fake, Extra), name="exp")
+    try:
+        infos = {(h.name, h.distribution, h.error is None) for h in bertcore.list_heads()}
+        assert ("my-head", "local", True) in infos
+        assert isinstance(bertcore.create_head("my-head", cfg), Mine)
+        extra = next(h for h in bertcore.list_heads() if h.name == "fake-extra")
+        assert "its plugin exp also registers the official head name 'ner'" in extra.error
+    finally:
+        plugins.unregister_plugin(honest)
+        plugins.unregister_plugin(impostor)
