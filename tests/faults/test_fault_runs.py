@@ -345,3 +345,29 @@ def test_pretrain_holds_its_folder_from_the_check_to_the_saved_model(tmp_path, c
     pretrain(str(corpus), None, cfg, TrainingArgs(str(out), max_steps=2, batch_size=8, max_length=32,
                                                   progress=False, save_checkpoints=False), vocab_size=60)
     assert refused == [True, True]
+
+
+def test_a_frozen_encoder_from_the_hub_cache_is_pointed_at_by_its_snapshot_path(tmp_path, checkpoint, train_file,
+                                                                               monkeypatch):
+    """Hub snapshots are symlinks into blobs/; a heads-only checkpoint must point at the
+    snapshot's file, beside its config.json (before: the blob, and loading failed)."""
+    snapshot = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc"
+    blobs = tmp_path / "hub" / "models--org--tiny" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for file in checkpoint.iterdir():         # blobs are named by their hash, as the Hub cache does
+        blob = blobs / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.write_bytes(file.read_bytes())
+        (snapshot / file.name).symlink_to(blob)
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text("abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    tok, encoder = bertcore.Tokenizer.from_pretrained("org/tiny"), bertcore.BertEncoder.from_pretrained("org/tiny")
+    model = bertcore.TaskModel(encoder, {"c": bertcore.create_head("classification", encoder.config,
+                                                                   labels=["neg", "pos"])}, tokenizer=tok)
+    out = tmp_path / "run"
+    Trainer(model, tokenizer=tok, train=str(train_file), args=TrainingArgs(str(out), max_steps=1, batch_size=8,
+                                                                             progress=False, freeze_encoder=True)).fit()
+    assert not (out / "last" / "model" / "encoder").exists()              # heads only: it points
+    loaded = bertcore.TaskModel.from_pretrained(out / "last" / "model")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.encoder.state_dict().values(), encoder.state_dict().values()))
