@@ -3,7 +3,6 @@ and bad options each end in one line on stderr, a non-zero exit and no traceback
 nothing already saved is lost."""
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,22 +15,6 @@ import bertcore
 from bertcore.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-WORDS = "good great fine bad awful poor movie film plot actor the a".split()
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
-    rng = random.Random(0)
-    rows = []
-    for _ in range(48):
-        label = rng.choice(["neg", "pos"])
-        rows.append({"text": f"{rng.choice(WORDS[:3] if label == 'pos' else WORDS[3:6])} {rng.choice(WORDS[6:])}",
-                     "label": label})
-    file = tmp_path_factory.mktemp("data") / "train.jsonl"
-    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return file
-
 
 def finetune(checkpoint, train_file, output, *extra):
     return ["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(train_file),

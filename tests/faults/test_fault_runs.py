@@ -23,19 +23,6 @@ WORDS = "good great fine bad awful poor movie film plot actor the a".split()
 
 
 @pytest.fixture(scope="module")
-def train_file(tmp_path_factory):
-    rng = random.Random(0)
-    rows = []
-    for _ in range(32):
-        label = rng.choice(["neg", "pos"])
-        rows.append({"text": f"{rng.choice(WORDS[:3] if label == 'pos' else WORDS[3:6])} {rng.choice(WORDS[6:])}",
-                     "label": label})
-    file = tmp_path_factory.mktemp("data") / "train.jsonl"
-    file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return file
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     rng = random.Random(0)
     file = tmp_path_factory.mktemp("corpus") / "corpus.txt"
