@@ -503,8 +503,8 @@ def _check_run(trainer: Trainer, resume_from) -> None:
 
 
 def _check_metric_for_best(trainer: Trainer) -> None:
-    """The keys of `metric_for_best`'s choice come from evaluating the first two examples
-    of each eval set."""
+    """Refuse a `metric_for_best` the evaluation does not report; its keys come from
+    evaluating the first two examples of each eval set."""
     sets = trainer.eval_sets
     if all(len(d.heads) == 1 for d in sets):
         sample = {d.heads[0]: list(d.examples[:2]) for d in sets}
