@@ -310,21 +310,26 @@ def _heads() -> dict:
                 else:
                     errors.append(dataclasses.replace(info, error=error))
                     if OFFICIAL.get(name) not in (None, canonical(info.distribution)):
-                        impostors[plugin_of[head_type]] = name
-        # A plugin that registers an official head name is an impostor: none of its heads
-        # load, as its error says ("... is skipped"), not only the name it took. By plugin,
-        # not distribution: run-time plugins all share the distribution "local".
+                        impostors[_origin(plugin_of[head_type], info)] = name
+        # A distribution that registers an official head name is an impostor: none of its
+        # heads load, as its error says ("... is skipped"), not only the name it took.
         for name, (head_type, info) in list(heads.items()):
-            taken = impostors.get(plugin_of[head_type])
+            taken = impostors.get(_origin(plugin_of[head_type], info))
             if taken is not None:
                 del heads[name]
                 errors.append(dataclasses.replace(info, error=(
-                    f"its plugin {plugin_of[head_type]} also registers the official head name {taken!r}, so "
+                    f"{_origin(plugin_of[head_type], info)} also registers the official head name {taken!r}, so "
                     f"none of its heads load; uninstall {info.distribution} (`bertcore uninstall {info.distribution}`)")))
         for info in errors:
             logger.warning("bertcore head %s (%s) skipped: %s", info.name, info.distribution, info.error)
         _state.heads, _state.head_errors = heads, errors
         return heads
+
+
+def _origin(plugin: str, info: HeadInfo) -> str:
+    """Who answers for a head: its distribution; for a run-time plugin (all share "local")
+    or an entry point without one ("unknown"), the plugin itself."""
+    return f"plugin {plugin}" if info.distribution in ("local", "unknown") else info.distribution
 
 
 def list_heads() -> list[HeadInfo]:

@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -55,24 +56,26 @@ class RunLock:
     """An exclusive `flock` on `<output_dir>/.lock`. The kernel drops it when the holder
     dies, so a lock left by a killed run is never mistaken for a live one.
 
-    `joinable=True` lets later RunLocks of this process on the same folder join it instead
-    of being refused: `pretrain` and the CLI hold one across the steps around their
-    Trainer (tokenizer, fit, final model/), so no other run gets in between. A plain
+    `joinable=True` lets later RunLocks of the same thread on the same folder join it
+    instead of being refused: `pretrain` and the CLI hold one across the steps around
+    their Trainer (tokenizer, fit, final model/), so no other run gets in between. A plain
     holder stays exclusive, also against this process."""
 
-    _joinable: dict[str, "RunLock"] = {}   # resolved lock file -> this process's joinable holder
+    _joinable: dict[tuple, "RunLock"] = {}   # (resolved lock file, thread) -> its joinable holder
 
     def __init__(self, output_dir: Path, joinable: bool = False):
         self.file = Path(output_dir) / LOCK_FILE
-        self.joinable, self.fd, self.host = joinable, None, None
+        self.joinable, self.fd, self.host, self.key = joinable, None, None, None
 
     def acquire(self) -> "RunLock":
         if self.file.parent.exists() and not self.file.parent.is_dir():
             raise NotADirectoryError(f"output folder {self.file.parent} is a file; name a folder (it is created "
                                      "if missing)")
         self.file.parent.mkdir(parents=True, exist_ok=True)
-        self.host = RunLock._joinable.get(str(self.file.resolve()))
-        if self.host is not None:              # the outer holder releases the flock
+        self.key = (str(self.file.resolve()), threading.get_ident())   # once: a chdir must not change it
+        host = RunLock._joinable.get(self.key)
+        if host is not None and host.fd is not None:   # the outer holder releases the flock
+            self.host = host
             return self
         fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -86,14 +89,15 @@ class RunLock:
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%H:%M:%S')}".encode())
         self.fd = fd
         if self.joinable:
-            RunLock._joinable[str(self.file.resolve())] = self
+            RunLock._joinable[self.key] = self
         return self
 
     def release(self) -> None:
         if self.host is not None:
             self.host = None
         elif self.fd is not None:
-            RunLock._joinable.pop(str(self.file.resolve()), None)
+            if RunLock._joinable.get(self.key) is self:
+                del RunLock._joinable[self.key]
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
@@ -128,6 +132,13 @@ def _made_by_bertcore(folder: Path) -> bool:
     return folder.name.startswith(".") or (folder / MANIFEST_FILE).is_file() or (folder / "taskmodel.json").is_file()
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """`path` is `folder` or lies inside it, spelled either way: as given (a Hub snapshot's
+    files are symlinks into blobs/) or resolved (`..`, a symlinked output folder)."""
+    return any(a == b or b in a.parents for a, b in ((path.absolute(), folder.absolute()),
+                                                       (path.resolve(), folder.resolve())))
+
+
 def check_new_run(output_dir: Path, writes, overwrite: bool, inputs=()) -> None:
     """Before a new run that writes the folders `writes` in `output_dir`: an earlier run's
     are refused, or with `overwrite` removed; a folder of that name bertcore did not make
@@ -136,8 +147,7 @@ def check_new_run(output_dir: Path, writes, overwrite: bool, inputs=()) -> None:
     output_dir = Path(output_dir)
     found = _folders(output_dir, writes)
     for what, path in inputs:
-        target = Path(path).absolute()
-        folder = next((f for f in found if f.absolute() == target or f.absolute() in target.parents), None)
+        folder = next((f for f in found if _within(Path(path), f)), None)
         if folder is not None:
             raise ValueError(f"{what} lies inside {folder}, which this run would replace; copy it out of "
                              f"{output_dir} first, or train into another output folder")

@@ -146,8 +146,8 @@ def _output_folder(args, *inputs):
     them) and inputs read from inside them (`finetune --output runs/pre --encoder
     runs/pre/model/encoder` would replace the encoder it reads)."""
     from ..runfolder import CHECKPOINT_FOLDERS, FINAL_MODEL_DIR, RunLock, check_new_run
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        yield          # under torchrun: rank 0 checks and holds the folder
         return
     with RunLock(args.output, joinable=True):
         if not args.resume:
@@ -206,6 +206,8 @@ def _pretrain(args) -> int:
     model = pretrain(corpus, tok, cfg, training_args(args), resume=args.resume, vocab_size=args.vocab_size,
                      lowercase=not args.cased,
                      mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return 0       # rank 0 reports and saved the model
     if model.history:
         last = model.history[-1]
         print(f"held-out MLM accuracy {last.get('mlm/accuracy', float('nan')):.4f}, "

@@ -134,6 +134,13 @@ def test_an_input_inside_the_folder_a_run_replaces_is_refused(tmp_path, corpus, 
         line = one_line_error(capsys.readouterr().err, "finetune")
         assert f"--encoder {pre / 'model' / 'encoder'} lies inside {pre / 'model'}" in line
     assert digest(pre / "model") == saved
+    # the same folder spelled through `..` or a symlinked --output: refused all the same
+    (tmp_path / "link").symlink_to(pre)
+    for encoder, output in ((tmp_path / "other" / ".." / "pre" / "model" / "encoder", pre),
+                            (pre / "model" / "encoder", tmp_path / "link")):
+        assert main(finetune(encoder, train_file, output, "--tokenizer", str(pre / "tokenizer"), "--overwrite")) == 2
+        assert "lies inside" in one_line_error(capsys.readouterr().err, "finetune")
+    assert digest(pre / "model") == saved
 
 
 def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, checkpoint, train_file, capsys):
@@ -358,3 +365,35 @@ def test_a_frozen_encoder_from_the_hub_cache_is_pointed_at_by_its_snapshot_path(
     assert not (out / "last" / "model" / "encoder").exists()              # heads only: it points
     loaded = bertcore.TaskModel.from_pretrained(out / "last" / "model")
     assert all(torch.equal(a, b) for a, b in zip(loaded.encoder.state_dict().values(), encoder.state_dict().values()))
+
+
+def test_a_joinable_lock_is_joined_by_its_own_thread_only(tmp_path, monkeypatch):
+    import threading
+    monkeypatch.chdir(tmp_path)
+    out = Path("run")                                        # relative, as --output often is
+    with RunLock(out, joinable=True):
+        with RunLock(out):                                   # this thread (pretrain's Trainer): joins
+            pass
+        refused = []
+
+        def another_thread():
+            try:
+                RunLock(out).acquire()
+            except RunLockedError:
+                refused.append(True)
+        thread = threading.Thread(target=another_thread)
+        thread.start()
+        thread.join()
+        assert refused == [True]                             # another thread's run: refused
+        (tmp_path / "elsewhere").mkdir()
+        monkeypatch.chdir(tmp_path / "elsewhere")            # the working folder changes meanwhile
+    assert not RunLock._joinable                             # released: nothing left to join
+
+
+def test_a_stray_rank_variable_does_not_skip_the_check(tmp_path, checkpoint, train_file, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(finetune(checkpoint, train_file, out)) == 0
+    monkeypatch.setenv("RANK", "1")            # not under torchrun (no WORLD_SIZE): this process is the run
+    capsys.readouterr()
+    assert main(finetune(checkpoint, train_file, out)) == 2
+    assert "already holds a run" in one_line_error(capsys.readouterr().err, "finetune")

@@ -331,7 +331,24 @@ def test_an_impostor_takes_down_its_own_heads_not_its_neighbours(cfg):
         assert ("my-head", "local", True) in infos
         assert isinstance(bertcore.create_head("my-head", cfg), Mine)
         extra = next(h for h in bertcore.list_heads() if h.name == "fake-extra")
-        assert "its plugin exp also registers the official head name 'ner'" in extra.error
+        assert "plugin exp also registers the official head name 'ner'" in extra.error
     finally:
         plugins.unregister_plugin(honest)
         plugins.unregister_plugin(impostor)
+
+
+def test_an_impostor_distribution_loses_the_heads_of_all_its_plugins(cfg):
+    class Fake(Head):
+        name, description = "ner", "takes an official name"
+
+    class Other(Head):
+        name, description = "foo-head", "from the same distribution's other entry point"
+
+    first = plugins.register_plugin(plugin_module(Fake), name="foo_a", distribution="foo")
+    second = plugins.register_plugin(plugin_module(Other), name="foo_b", distribution="foo")
+    try:
+        other = next(h for h in bertcore.list_heads() if h.name == "foo-head")
+        assert "foo also registers the official head name 'ner'" in other.error
+    finally:
+        plugins.unregister_plugin(first)
+        plugins.unregister_plugin(second)
