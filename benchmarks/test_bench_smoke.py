@@ -58,7 +58,9 @@ def test_attention_with_dropout_reaches_every_provider_that_has_it(tmp_path, mon
 def test_layer_norm_rows(tmp_path):
     rows = bench_layer_norm.run(quick=True, device="cpu", threads=1, hiddens=[32], token_counts=[64],
                                 dropouts=[0.0, 0.1], modes=["fwd", "bwd"], out_dir=tmp_path, verbose=False)
-    assert len(rows) == 2 * 2 * 3 and all(r["gbps"] > 0 for r in rows)
+    assert len(rows) == 2 * 2 * 3 + 1 and all(r["gbps"] > 0 for r in rows)    # + the copy of fwd's bytes, once
+    copy = [r for r in rows if r["provider"] == "copy"]
+    assert [(r["mode"], r["dropout"]) for r in copy] == [("fwd", 0.0)]
     assert (tmp_path / "layer_norm-quick.csv").is_file()
 
 

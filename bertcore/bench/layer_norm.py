@@ -8,6 +8,10 @@ LayerNorm sweeps hidden sizes 384/768/1024, token counts, dropout 0 and 0.1, dty
   bertcore-torch   bertcore_kernels.layer_norm(backend="torch"): dropout, add, F.layer_norm
   torch-ln-only    F.layer_norm on an already-summed input: the bound for the LN alone
   eager            dropout, add, mean/var/normalize written out in PyTorch ops
+  copy             fwd only: one `copy_` of the fused forward's bytes (1.5·T·H elements
+                   read and written), what memory gives at this size with its launch and
+                   tail: the ceiling to hold a small call to, where the machine's copy
+                   bandwidth (measured on 1 GiB) is out of reach
 
 GB/s counts the bytes a fused kernel must move: fwd reads x and residual and writes
 the output (3·T·H elements); bwd reads dy and the saved input and writes dx (3·T·H;
@@ -47,7 +51,7 @@ import torch.nn.functional as F
 from . import lib as B
 from .attention import available, mode_fn
 
-PROVIDERS = ("bertcore-triton", "bertcore-torch", "torch-ln-only", "eager")
+PROVIDERS = ("bertcore-triton", "bertcore-torch", "torch-ln-only", "eager", "copy")
 GELU_PROVIDERS = ("bertcore-triton", "torch")
 MODES = ("fwd", "bwd", "full")
 BYTES_FACTOR = {"fwd": 3, "bwd": 3, "full": 6}
@@ -70,6 +74,10 @@ def provider_fn(provider, x, res, w, b, p):
         def fn(s):
             return F.layer_norm(s, s.shape[-1:], w, b, EPS)
         return fn, [s]
+    if provider == "copy":
+        src = torch.cat([x.detach(), res.detach()[: len(res) // 2]])   # (1.5·T, H)
+        dst = torch.empty_like(src)
+        return (lambda: dst.copy_(src)), []
     if provider == "eager":
         def fn(x, res):
             h = F.dropout(x, p, training=p > 0) + res
@@ -128,7 +136,7 @@ def run(quick=False, device=None, threads=None, hiddens=None, token_counts=None,
                 for p in dropouts:
                     for mode in modes:
                         for prov in providers:
-                            if available(prov, device):
+                            if available(prov, device) or (prov == "copy" and (mode, p) != ("fwd", dropouts[0])):
                                 continue
                             x, res = x0.clone().requires_grad_(), r0.clone().requires_grad_()
                             fn, leaves = provider_fn(prov, x, res, w, b, p)
@@ -230,8 +238,11 @@ def summary(ln_rows, gelu_rows) -> list[str]:
     for dt, hidden, tokens in dict.fromkeys((r["dtype"], r["hidden"], r["tokens"]) for r in ln_rows):
         parts = []
         fwd = pick(ln_rows, dtype=dt, hidden=hidden, tokens=tokens, dropout=0.0, mode="fwd")
+        copy = next((r for r in ln_rows if r["provider"] == "copy" and (r["dtype"], r["hidden"], r["tokens"])
+                     == (dt, hidden, tokens)), None)
         if fwd:
-            parts.append(f"fwd p=0 at {100 * fwd['frac_of_peak']:.0f}% of copy bandwidth")
+            parts.append(f"fwd p=0 at {100 * fwd['frac_of_peak']:.0f}% of copy bandwidth"
+                         + (f" (a copy of its bytes: {100 * copy['frac_of_peak']:.0f}%)" if copy else ""))
         for p in sorted({r["dropout"] for r in ln_rows}):
             full = pick(ln_rows, dtype=dt, hidden=hidden, tokens=tokens, dropout=p, mode="full")
             if full and "speedup_vs_torch" in full:
