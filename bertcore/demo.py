@@ -345,7 +345,7 @@ def finetune(job: FinetuneJob) -> tuple[float, float, float]:
     args = TrainingArgs(output_dir=job.output_dir, epochs=1000, max_steps=job.steps, batch_size=job.batch_size,
                         learning_rate=job.learning_rate, max_length=job.max_length, eval_every=job.steps,
                         seed=job.train_seed, progress=False, save_checkpoints=False,
-                        freeze_encoder=job.freeze_encoder, overwrite_output_dir=True)
+                        freeze_encoder=job.freeze_encoder)
     trainer = Trainer(model, tokenizer=job.tokenizer, train=job.train, eval=job.test, args=args)
     value = trainer.fit()[-1][job.metric]
     validation = trainer.evaluate(job.validation)[job.metric] if job.validation else None
