@@ -70,10 +70,11 @@ def to_encoder_keys(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
-                 strict: bool = False) -> tuple[list, list]:
+                 strict: bool = False, described_by: str = "config.json") -> tuple[list, list]:
     """Copy `state` into `model` key by key: the one checked weight loader (encoder, heads,
     training checkpoints). A shape mismatch is an error naming the key; so are missing or
-    unexpected keys with `strict`. Returns (missing, unexpected) key lists."""
+    unexpected keys with `strict`; `described_by` names the file the model's shapes come
+    from. Returns (missing, unexpected) key lists."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -88,7 +89,7 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source:
     for key, param in own.items():
         if key in state and state[key].shape != param.shape:
             raise CheckpointError(f"{source}: checkpoint key {key} has shape {tuple(state[key].shape)}, "
-                                  f"model expects {tuple(param.shape)}; does config.json match the weights?")
+                                  f"model expects {tuple(param.shape)}; does {described_by} match the weights?")
     with torch.no_grad():
         for key, tensor in state.items():
             if key in own:

@@ -77,9 +77,7 @@ def export_transformers(model: TaskModel, directory: str | os.PathLike, head: st
     if model.tokenizer is None:
         raise ValueError("this TaskModel has no tokenizer, and a transformers checkpoint needs one; build it "
                          "with TaskModel(encoder, heads, tokenizer=bertcore.Tokenizer.from_pretrained(...))")
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-        raise FileExistsError(f"{directory} exists and is not empty; export into a new or empty folder")
+    directory = check_export_folder(directory)
     pooler = spec.get("pooler", True)
     weights = {f"bert.{k}": v for k, v in model.encoder.state_dict().items()
                if pooler or not k.startswith("pooler.")}
@@ -89,6 +87,21 @@ def export_transformers(model: TaskModel, directory: str | os.PathLike, head: st
         model.tokenizer.save_pretrained(tmp)
         write_json(tmp / "config.json", dict(sorted(config.items())))
         save_tensors(weights, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+    return directory
+
+
+def check_export_folder(directory) -> Path:
+    """`directory`, resolved, if an export may go there: a new folder, or an empty one that
+    is not the current folder (the swap that writes it whole would move the current folder
+    away from under the shell); else why not, and where to write instead."""
+    given, directory = directory, Path(directory).resolve()
+    blocker = next((p for p in [directory, *directory.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise FileExistsError(f"{given}: {blocker} is a file; export into a folder (new or empty)")
+    if directory.is_dir() and any(directory.iterdir()):
+        raise FileExistsError(f"{given} exists and is not empty; export into a new or empty folder")
+    if directory == Path.cwd().resolve() or directory in Path.cwd().resolve().parents:
+        raise FileExistsError(f"{given} is the current folder; export into a new folder below it (e.g. ./exported)")
     return directory
 
 

@@ -87,6 +87,20 @@ class TaskModel(nn.Module):
         for name, head in heads.items():
             self.add_head(name, head, load_pretrained=load_pretrained_heads)
 
+    @property
+    def tokenizer(self):
+        return self._tokenizer_now
+
+    @tokenizer.setter
+    def tokenizer(self, tok) -> None:
+        # Checked here, not at the first text that hits a missing row: a tokenizer with more
+        # ids than the encoder has embeddings trains and saves, then fails on some inputs.
+        rows = self.encoder.config.vocab_size
+        if tok is not None and tok.vocab_size > rows:
+            raise ValueError(f"the tokenizer {getattr(tok, 'source', '')} has {tok.vocab_size} ids but the encoder "
+                             f"has vocab_size={rows} embeddings; use the tokenizer the encoder was trained with")
+        self._tokenizer_now = tok
+
     def add_head(self, name: str, head: Head, load_pretrained: bool = True) -> Head:
         """Attach `head` under `name`; its hidden size must equal the encoder's."""
         if not _NAME.match(name):
@@ -420,6 +434,9 @@ def load_head(directory: Path, config) -> Head:
                                 "written by TaskModel.save_pretrained")
     saved = _read_json(file, {"head_type": str, "hidden_size": int, "config": dict})
     head_type = saved["head_type"]
+    if not isinstance(saved.get("distribution"), (str, type(None))):
+        raise CheckpointError(f"{file}: distribution is {json.dumps(saved['distribution'])}; expected the name "
+                              "of the plugin's distribution (a string), as save_pretrained wrote it")
     _check_hidden(saved["hidden_size"], config.hidden_size, f"the {head_type!r} head in {directory}")
     # Checks that the installed plugin is the distribution the file names, and never tells
     # the user to install a name read from the file without saying where it came from.
@@ -429,7 +446,8 @@ def load_head(directory: Path, config) -> Head:
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{file}: the installed {head_type!r} head rejects the saved options "
                               f"({err}); is the plugin the version that saved it ({saved.get('version')})?") from None
-    load_weights(head, read_state_dict(directory / HEAD_WEIGHTS), str(directory / HEAD_WEIGHTS), strict=True)
+    load_weights(head, read_state_dict(directory / HEAD_WEIGHTS), str(directory / HEAD_WEIGHTS), strict=True,
+                 described_by=str(file))
     return head
 
 

@@ -149,6 +149,11 @@ class Tokenizer:
                                  "the file") from None
             if not isinstance(config, dict):
                 raise ValueError(f"{folder / 'tokenizer_config.json'}: expected a JSON object")
+            for key, allowed in (("do_lower_case", (bool,)), ("strip_accents", (bool, type(None))),
+                                 ("tokenize_chinese_chars", (bool,))):
+                if key in config and not isinstance(config[key], allowed):
+                    raise ValueError(f"{folder / 'tokenizer_config.json'}: {key} is {json.dumps(config[key])}; "
+                                     f"expected true or false{' or null' if type(None) in allowed else ''}")
         given = {"do_lower_case": do_lower_case, "strip_accents": strip_accents,
                  "tokenize_chinese_chars": tokenize_chinese_chars}
         config.update({k: v for k, v in given.items() if v is not None})
@@ -165,9 +170,7 @@ class Tokenizer:
             if any(k in config for k in given):
                 backend.normalizer = _normalizer(config)
         else:
-            with open(file, encoding="utf-8") as f:
-                # Same reading as transformers' load_vocab: line number = id.
-                vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+            vocab = _read_vocab(file)
             for token in SPECIAL_TOKENS.values():
                 if token not in vocab:
                     raise ValueError(f"{file} lacks the special token {token}; a BERT vocabulary needs "
@@ -384,6 +387,26 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _read_vocab(file: Path) -> dict[str, int]:
+    """vocab.txt as transformers' load_vocab reads it (line number = id), refusing what
+    would break the ids later: bytes that are not UTF-8, and a token on two lines (the
+    second would leave a gap in the ids, which no save can write back)."""
+    try:
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{file}: not UTF-8 (byte {err.object[err.start]:#04x} at {err.start}); re-save it "
+                         "as UTF-8") from None
+    if lines and lines[-1] == "":
+        lines.pop()
+    vocab = {}
+    for i, token in enumerate(lines):
+        if token in vocab:
+            raise ValueError(f"{file}:{i + 1}: token {token!r} repeats line {vocab[token] + 1}; each token "
+                             "must appear once (remove the duplicate)")
+        vocab[token] = i
+    return vocab
+
 
 def _normalizer(config: dict) -> normalizers.BertNormalizer:
     """BERT's normalizer from tokenizer_config.json values, with transformers' defaults."""

@@ -49,6 +49,9 @@ def main(argv=None) -> int:
             if not debug:
                 warnings.showwarning = _show_warning
             return COMMANDS[args.command][1](args) or 0
+    except BrokenPipeError:   # `bertcore heads --json | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nor at exit's flush
+        return 1
     except KeyboardInterrupt:
         where = getattr(args, "output", None)
         hint = (f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"

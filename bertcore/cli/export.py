@@ -19,7 +19,7 @@ def add_export(sub):
 
 
 def cmd_export(args) -> int:
-    from ..export import ServingModel, export_onnx, export_transformers, transformers_spec
+    from ..export import ServingModel, check_export_folder, export_onnx, export_transformers, transformers_spec
     from ..taskmodel import TaskModel
 
     model = TaskModel.from_pretrained(args.model)
@@ -31,8 +31,7 @@ def cmd_export(args) -> int:
             print(f"head {name!r} written to {out} as transformers' {transformers_spec(model, name)['architecture']} "
                   f"(load it with transformers.pipeline(..., model={str(out)!r}))")
             return 0
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise FileExistsError(f"{out} exists and is not empty; export into a new or empty folder")
+        check_export_folder(out)
         export_onnx(ServingModel(model, head=name), out / "model.onnx")
     except (ImportError, FileExistsError) as err:
         raise ValueError(str(err)) from None

@@ -124,6 +124,13 @@ def _install_target(name: str) -> str:
     setup.py); an official head from the source tree bertcore was installed from, when there
     is one; else the distribution name for pip to fetch from the index."""
     import os
+    if not name.strip():      # Path("") is "." : an unset shell variable would install this folder
+        raise ValueError("an empty name to install; give a head name (ner), a distribution, or a path "
+                         "(. for this folder)")
+    if name.startswith("-"):  # pip would read it as one of its own options (--index-url=...)
+        raise ValueError(f"{name!r} is not a head name, distribution or path; pip options are not passed on")
+    if "://" in name or " @ " in name:   # a URL or a direct reference: pip's to resolve, not a path
+        return name
     path = Path(name)
     if "/" in name or os.sep in name or name.startswith(".") or (
             path.is_dir() and any((path / f).is_file() for f in ("pyproject.toml", "setup.py"))):

@@ -41,8 +41,17 @@ class ClassificationHead(Head):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"pooling={pooling!r}; expected 'cls' (BERT's pooled [CLS]) or 'mean' (token mean)")
         self.pooling = pooling
+        if not isinstance(multi_label, bool):       # "false" from a hand-edited head.json is truthy
+            raise ValueError(f"multi_label={multi_label!r}; expected true or false")
         if labels is not None:
+            if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+                raise ValueError(f"labels={labels!r}; expected a list of label names")
             labels = [str(x) for x in labels]
+            for i, label in enumerate(labels):   # a repeat or a blank would make a dead class
+                if not label.strip():
+                    raise ValueError(f"labels: label {i + 1} of {len(labels)} is empty; name every class")
+                if labels.index(label) != i:
+                    raise ValueError(f"labels: {label!r} is given twice; name each class once")
             if num_labels not in (None, len(labels)):
                 raise ValueError(f"num_labels={num_labels} but {len(labels)} labels given; pass one of them")
             num_labels = len(labels)

@@ -179,7 +179,7 @@ def _renamed(model):
     return bertcore.TaskModel(model.encoder, {"task": model.heads["sentiment"]}, tokenizer=model.tokenizer).eval()
 
 
-def test_export_errors(tmp_path, tok):
+def test_export_errors(tmp_path, tok, monkeypatch):
     model = make_model(tok, "classification")
     model.add_head("next", bertcore.create_head("nsp", model.encoder.config))
     with pytest.raises(ValueError, match="has no transformers export"):
@@ -191,6 +191,15 @@ def test_export_errors(tmp_path, tok):
     with pytest.raises(FileExistsError, match="not empty"):
         export_transformers(model, tmp_path / "full", head="task")
     assert (tmp_path / "full" / "x.txt").read_text() == "keep me"
+    # Before: "PosixPath('.') has an empty name", a raw errno, and "a.txt exists and is not empty" for a file.
+    (tmp_path / "a.txt").write_text("keep me")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")                 # an empty current folder
+    for target, message in ((tmp_path / "a.txt", "a.txt is a file; export into a folder"),
+                            (tmp_path / "a.txt" / "sub", "a.txt is a file; export into a folder"),
+                            (".", "is the current folder; export into a new folder below it")):
+        with pytest.raises(FileExistsError, match=message):
+            export_transformers(model, target, head="task")
     model.tokenizer = None
     with pytest.raises(ValueError, match="no tokenizer"):
         export_transformers(model, tmp_path / "b", head="task")

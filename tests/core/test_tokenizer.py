@@ -305,3 +305,27 @@ def test_missing_files(tmp_path):
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"\[MASK\]"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+def test_a_damaged_vocabulary_is_refused_at_load_naming_file_and_line(tmp_path):
+    """Before: a repeated token loaded, trained, then failed at the first save ("ids are not
+    contiguous"); a non-UTF-8 file and a config value of the wrong type named no file."""
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "film", "bad"]
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(tokens + ["good"]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"{folder / 'vocab.txt'}:9: token 'good' repeats line 6"):
+        Tokenizer.from_pretrained(folder)
+
+    (folder / "vocab.txt").write_bytes("\n".join(tokens + ["caf\u00e9"]).encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{folder / 'vocab.txt'}: not UTF-8 \(byte 0xe9 at \d+\); re-save"):
+        Tokenizer.from_pretrained(folder)
+
+    (folder / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    for value, expected in (('"yes"', "do_lower_case is \"yes\"; expected true or false"),
+                            ("1", "do_lower_case is 1; expected true or false")):
+        (folder / "tokenizer_config.json").write_text(f'{{"do_lower_case": {value}}}', encoding="utf-8")
+        with pytest.raises(ValueError, match=f"tokenizer_config.json: {expected}"):
+            Tokenizer.from_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text('{"strip_accents": null}', encoding="utf-8")
+    assert Tokenizer.from_pretrained(folder).vocab_size == len(tokens)

@@ -397,3 +397,52 @@ def test_a_stray_rank_variable_does_not_skip_the_check(tmp_path, checkpoint, tra
     capsys.readouterr()
     assert main(finetune(checkpoint, train_file, out)) == 2
     assert "already holds a run" in one_line_error(capsys.readouterr().err, "finetune")
+
+
+def test_a_tokenizer_with_more_ids_than_the_encoder_is_refused_before_training(tmp_path, checkpoint, train_file,
+                                                                               capsys):
+    bigger = tmp_path / "bigger"
+    tokens = (checkpoint / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    bigger.mkdir()
+    (bigger / "vocab.txt").write_text("\n".join(tokens + [f"extra{i}" for i in range(30)]) + "\n", "utf-8")
+    # Before: it trained and saved; predict failed later, on the texts that hit an extra id.
+    assert main(finetune(checkpoint, train_file, tmp_path / "run", "--tokenizer", str(bigger))) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert f"has {len(tokens) + 30} ids but the encoder has vocab_size={len(tokens)} embeddings" in line
+    assert not (tmp_path / "run" / "last").exists()
+
+
+@pytest.mark.parametrize("labels, message", [("neg,pos,neg", "'neg' is given twice"),
+                                             ("neg,,pos", "label 2 of 3 is empty")])
+def test_repeated_or_empty_labels_are_refused(tmp_path, checkpoint, train_file, capsys, labels, message):
+    # Before: a 3-class head with a dead class, and an export with a broken id2label.
+    assert main(finetune(checkpoint, train_file, tmp_path / "run", "--labels", labels)) == 2
+    assert message in one_line_error(capsys.readouterr().err, "finetune")
+
+
+def test_an_edited_head_json_is_named_not_the_encoder_config(tmp_path, checkpoint):
+    model, _ = classifier(checkpoint)
+    saved = model.save_pretrained(tmp_path / "model")
+    head_json = saved / "heads" / "c" / "head.json"
+    info = json.loads(head_json.read_text())
+    info["config"]["labels"] = ["neg", "pos", "other"]
+    info["config"]["num_labels"] = 3
+    head_json.write_text(json.dumps(info))
+    # Before: "... model expects (3, 32); does config.json match the weights?"
+    with pytest.raises(ValueError, match=rf"expects \(3, 32\); does {head_json} match the weights\?"):
+        bertcore.TaskModel.from_pretrained(saved)
+    info["config"]["labels"], info["config"]["num_labels"], info["distribution"] = ["neg", "pos"], 2, 5
+    head_json.write_text(json.dumps(info))
+    # Before: "AttributeError: 'int' object has no attribute 'lower'", exit 1 in the CLI.
+    with pytest.raises(ValueError, match=rf"{head_json}: distribution is 5; expected the name"):
+        bertcore.TaskModel.from_pretrained(saved)
+
+
+def test_a_reader_that_leaves_the_pipe_early_gets_no_error(tmp_path):
+    import subprocess
+    import sys
+    # Before: "bertcore heads: error: [Errno 32] Broken pipe", exit 2.
+    pipe = subprocess.Popen([sys.executable, "-m", "bertcore", "heads", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    pipe.stdout.close()                          # as `| head -c 0` does
+    assert pipe.wait(timeout=120) == 1 and pipe.stderr.read() == b""

@@ -180,3 +180,16 @@ def test_uninstall_of_a_name_two_plugins_claim_asks_which(pip_calls, extra_entry
                        FakeEntryPoint("sb", lambda: plugin_module(B), FakeDist("scorer-b")))
     assert cli.main(["uninstall", "scorer"]) == 2
     assert "'scorer' is claimed by scorer-a and scorer-b" in capsys.readouterr().err and pip_calls == []
+
+
+def test_install_refuses_an_empty_name_and_pip_options(pip_calls, tmp_path, monkeypatch, capsys):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'unrelated'\n")
+    monkeypatch.chdir(tmp_path)                # before: "" was Path("."), and pip built this folder
+    for name, message in (("", "an empty name to install"), ("  ", "an empty name to install"),
+                          ("--index-url=http://evil.invalid", "pip options are not passed on")):
+        assert cli.main(["install", "--", name]) == 2
+        assert message in capsys.readouterr().err
+    assert pip_calls == []
+    url = "https://example.invalid/bertcore_x-1.0-py3-none-any.whl"
+    assert cli.main(["install", url, f"bertcore-x @ {url}"]) == 0   # pip's to resolve, not paths here
+    assert pip_args(pip_calls[-1])[-2:] == [url, f"bertcore-x @ {url}"]
