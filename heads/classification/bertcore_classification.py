@@ -44,7 +44,7 @@ class ClassificationHead(Head):
         if not isinstance(multi_label, bool):       # "false" from a hand-edited head.json is truthy
             raise ValueError(f"multi_label={multi_label!r}; expected true or false")
         if labels is not None:
-            if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+            if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):  # "neg,pos" is not 7 labels
                 raise ValueError(f"labels={labels!r}; expected a list of label names")
             labels = [str(x) for x in labels]
             for i, label in enumerate(labels):   # a repeat or a blank would make a dead class
