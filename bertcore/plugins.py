@@ -380,6 +380,12 @@ def get_head_type(name: str, distribution: str | None = None, source=None) -> ty
     if _state.filter is not None:
         unknown = "".join(f"; {n!r} matches no installed plugin" for n in _state.filter.unknown)
         hint = f" ({ENV_VAR}={_state.filter.value!r} limits which plugins load{unknown})"
+        held_back = next(((ep, d, v) for ep, d, v in _state.filter.skipped
+                          if ep == name or canonical(d) == (owner or f"bertcore-{canonical(name)}")), None)
+        if held_back:   # installed, only left out: "install it" would be the wrong fix
+            raise HeadNotFoundError(f"head {name!r} is installed ({held_back[1]} {held_back[2]}) but "
+                                    f"{ENV_VAR}={_state.filter.value!r} leaves it out{unknown}; add "
+                                    f"{held_back[0]!r} to {ENV_VAR}, or unset it")
     if owner or (not wanted and source is None):
         dist = owner or f"bertcore-{canonical(name)}"
         fix = f"Install it with `bertcore install {name}` (that is: {sys.executable} -m pip install {dist})"

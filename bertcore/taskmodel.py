@@ -384,7 +384,16 @@ class TaskModel(nn.Module):
         if (directory / "tokenizer").is_dir():
             from .tokenizer import Tokenizer
             tokenizer = Tokenizer.from_pretrained(directory / "tokenizer")
-        names = info["heads"] if info else sorted(p.name for p in (directory / "heads").iterdir() if p.is_dir())
+        if info:
+            names = info["heads"]
+        elif (directory / "heads").is_dir():
+            names = sorted(p.name for p in (directory / "heads").iterdir() if p.is_dir())
+        else:
+            raise FileNotFoundError(f"{directory} has neither {MODEL_FILE} nor heads/; pass a folder written by "
+                                    "TaskModel.save_pretrained (a training run's <output>/model)")
+        if not names:
+            raise CheckpointError(f"{directory / MODEL_FILE if info else directory / 'heads'} lists no heads; "
+                                  "a saved TaskModel has at least one (restore the file, or save the model again)")
         model = cls(encoder, {}, tokenizer=tokenizer)
         for name in names:
             model.add_head(str(name), load_head(directory / "heads" / str(name), encoder.config),

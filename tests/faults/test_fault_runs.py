@@ -446,3 +446,19 @@ def test_a_reader_that_leaves_the_pipe_early_gets_no_error(tmp_path):
                             stderr=subprocess.PIPE)
     pipe.stdout.close()                          # as `| head -c 0` does
     assert pipe.wait(timeout=120) == 1 and pipe.stderr.read() == b""
+
+
+def test_a_model_folder_without_heads_says_so(tmp_path, checkpoint):
+    model, _ = classifier(checkpoint)
+    saved = model.save_pretrained(tmp_path / "model")
+    info = json.loads((saved / "taskmodel.json").read_text())
+    (saved / "taskmodel.json").write_text(json.dumps({**info, "heads": []}))
+    # Before: "this model has heads []; pass head=NAME" at the first prediction.
+    with pytest.raises(ValueError, match=rf"{saved / 'taskmodel.json'} lists no heads"):
+        bertcore.TaskModel.from_pretrained(saved)
+    (saved / "taskmodel.json").unlink()
+    import shutil
+    shutil.rmtree(saved / "heads")
+    # Before: "[Errno 2] No such file or directory: '.../heads'"
+    with pytest.raises(FileNotFoundError, match=rf"{saved} has neither taskmodel.json nor heads/"):
+        bertcore.TaskModel.from_pretrained(saved)

@@ -296,6 +296,10 @@ def test_bertcore_plugins_reports_what_it_left_out(monkeypatch):
     assert ("qa", "bertcore-qa", "0.1.0") in report.skipped
     with pytest.raises(plugins.HeadNotFoundError, match="'nerr' matches no installed plugin"):
         plugins.get_head_type("qa")
+    # before: "... Install it with `bertcore install qa`", for a head that is installed
+    with pytest.raises(plugins.HeadNotFoundError, match=r"head 'qa' is installed \(bertcore-qa 0.1.0\) but "
+                                                        r"BERTCORE_PLUGINS='ner,nerr' leaves it out.*add 'qa'"):
+        plugins.get_head_type("qa")
     monkeypatch.delenv("BERTCORE_PLUGINS")
     plugins.reset_plugins()
     assert plugins.plugin_filter() is None

@@ -62,7 +62,8 @@ def test_head_onto_other_hidden_size_is_a_clear_error(tmp_path, encoder, tok, cf
 def test_head_whose_plugin_is_missing_names_the_fix(tmp_path, encoder, tok, cfg, monkeypatch):
     model = bertcore.TaskModel(encoder, {"ents": bertcore.create_head("ner", cfg, labels=["O", "B-X"])}, tokenizer=tok)
     model.save_pretrained(tmp_path)
-    monkeypatch.setenv("BERTCORE_PLUGINS", "qa")   # as if bertcore-ner were uninstalled
+    installed = [ep for ep in plugins.entry_points() if ep.name != "ner"]
+    monkeypatch.setattr(plugins, "entry_points", lambda: installed)   # as if bertcore-ner were uninstalled
     plugins.reset_plugins()
     with pytest.raises(plugins.HeadNotFoundError, match=r"bertcore install ner.*pip install bertcore-ner"):
         bertcore.TaskModel.from_pretrained(tmp_path)
