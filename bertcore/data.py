@@ -18,6 +18,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from .files import file_above
+
 CONLL_SUFFIXES = (".conll", ".conllu", ".bio", ".iob", ".txt")
 
 
@@ -57,7 +59,7 @@ def check_file(path: Path, what: str = "data file") -> None:
     if path.is_dir():
         raise IsADirectoryError(f"{what} {path} is a folder; name a file")
     # is_file() is False for "some.jsonl/x" too, which no folder can ever make exist
-    blocker = next((parent for parent in path.parents if parent.is_file()), None)
+    blocker = file_above(path)
     if blocker is not None:
         raise NotADirectoryError(f"{what} {path} cannot exist: {blocker} is a file, not a folder; fix the path")
     raise FileNotFoundError(f"{what} {path} does not exist")

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import WEIGHTS_NAME
-from .files import atomic_write, folder_swap, save_tensors, write_json
+from .files import atomic_write, file_above, folder_swap, save_tensors, write_json
 from .model import BertOutput
 from .taskmodel import TaskModel
 
@@ -95,7 +95,7 @@ def check_export_folder(directory) -> Path:
     is not the current folder (the swap that writes it whole would move the current folder
     away from under the shell); else why not, and where to write instead."""
     given, directory = directory, Path(directory).resolve()
-    blocker = next((p for p in [directory, *directory.parents] if p.exists() and not p.is_dir()), None)
+    blocker = directory if directory.exists() and not directory.is_dir() else file_above(directory)
     if blocker is not None:
         raise FileExistsError(f"{given}: {blocker} is a file; export into a folder (new or empty)")
     if directory.is_dir() and any(directory.iterdir()):

@@ -71,9 +71,15 @@ def atomic_write(path, write: Callable[[str], None], mode: int = 0o666) -> Path:
     return path
 
 
+def file_above(path) -> Path | None:
+    """The folder on `path`'s way that is a file (a.jsonl in a.jsonl/out.jsonl): then no
+    folder can make `path` exist. None when there is none."""
+    return next((parent for parent in Path(path).parents if parent.is_file()), None)
+
+
 def _write_hint(path: Path, err: Exception) -> str:
     """What to check after a failed write: a file where a folder must be, else by errno."""
-    blocker = next((parent for parent in path.parents if parent.is_file()), None)
+    blocker = file_above(path)
     if blocker is not None:
         return f"{blocker} is a file, not a folder; fix the path"
     code = getattr(err, "errno", None) or getattr(err.__cause__, "errno", None)

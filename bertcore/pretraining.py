@@ -52,23 +52,23 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
     into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
-    distributed = init_distributed()
+    leader = not init_distributed() or dist.get_rank() == 0
     args = args or TrainingArgs(output_dir="runs/pretrain")
     # Rank 0 holds the output folder from its check to the saved model; the Trainer joins.
-    with RunLock(args.output_dir, joinable=True) if not distributed or dist.get_rank() == 0 else nullcontext():
+    with RunLock(args.output_dir, joinable=True) if leader else nullcontext():
         return _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
-                         whole_word, max_eval_pairs, distributed)
+                         whole_word, max_eval_pairs, leader)
 
 
 def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
-              whole_word, max_eval_pairs, distributed):
+              whole_word, max_eval_pairs, leader):
     documents = read_corpus(corpus)
     if len(documents) < 4:
         raise ValueError(f"the corpus has {len(documents)} documents; pretraining needs at least 4 "
                          "(documents are separated by blank lines)")
     out = Path(args.output_dir)
     source = cfg if isinstance(cfg, (str, os.PathLike)) else getattr(cfg, "source", None)  # a checkpoint's
-    if not resume and (not distributed or dist.get_rank() == 0):
+    if not resume and leader:
         writes = (FINAL_MODEL_DIR, *CHECKPOINT_FOLDERS) if args.save_checkpoints else (FINAL_MODEL_DIR,)
         check_new_run(out, writes, args.overwrite_output_dir, [(str(source), source)] if source else [])
     if tok is None and resume:       # the vocabulary the run started with, as its checkpoint holds it

@@ -36,6 +36,7 @@ import torch
 
 from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
 from .files import atomic_write, folder_candidates, folder_swap, write_json
+from .taskmodel import MODEL_FILE
 from .trainstate import TrainState, set_rng_state
 
 logger = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def _folders(output_dir: Path, names) -> list[Path]:
 
 def _made_by_bertcore(folder: Path) -> bool:
     """A checkpoint (manifest.json), a saved TaskModel (taskmodel.json), or a swap's leftover."""
-    return folder.name.startswith(".") or (folder / MANIFEST_FILE).is_file() or (folder / "taskmodel.json").is_file()
+    return folder.name.startswith(".") or (folder / MANIFEST_FILE).is_file() or (folder / MODEL_FILE).is_file()
 
 
 def _within(path: Path, folder: Path) -> bool:
@@ -298,7 +299,7 @@ def load_model_weights(model, folder: Path) -> None:
         load_weights(model.encoder, read_state_dict(root / "encoder" / "model.safetensors"),
                      str(root / "encoder" / "model.safetensors"), strict=True)
     else:  # a frozen encoder, pointed at: it must be the one this model was built on
-        saved = json.loads((root / "taskmodel.json").read_text(encoding="utf-8")).get("encoder", {})
+        saved = json.loads((root / MODEL_FILE).read_text(encoding="utf-8")).get("encoder", {})
         if saved.get("sha256") != model.encoder_reference()["sha256"]:
             raise CheckpointError(f"{root} was trained on the frozen encoder {saved.get('path')}, not on the one "
                                   f"this model has ({model.encoder_reference()['path']}); load that encoder")

@@ -139,6 +139,11 @@ def _finetune(args, head_type) -> int:
     return 0
 
 
+def _other_rank() -> bool:
+    """A torchrun process other than rank 0 (RANK alone, without WORLD_SIZE, is no torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0
+
+
 @contextmanager
 def _output_folder(args, *inputs):
     """Rank 0 holds --output from its check to the saved model (the Trainer joins the lock).
@@ -146,7 +151,7 @@ def _output_folder(args, *inputs):
     them) and inputs read from inside them (`finetune --output runs/pre --encoder
     runs/pre/model/encoder` would replace the encoder it reads)."""
     from ..runfolder import CHECKPOINT_FOLDERS, FINAL_MODEL_DIR, RunLock, check_new_run
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+    if _other_rank():
         yield          # under torchrun: rank 0 checks and holds the folder
         return
     with RunLock(args.output, joinable=True):
@@ -206,7 +211,7 @@ def _pretrain(args) -> int:
     model = pretrain(corpus, tok, cfg, training_args(args), resume=args.resume, vocab_size=args.vocab_size,
                      lowercase=not args.cased,
                      mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+    if _other_rank():
         return 0       # rank 0 reports and saved the model
     if model.history:
         last = model.history[-1]
