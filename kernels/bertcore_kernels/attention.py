@@ -9,7 +9,7 @@ The file reads: the PyTorch reference, the Triton forward kernel (FlashAttention
 online softmax, no L x L matrix in memory), the launch configurations, the host
 launchers, the autograd Function and the custom ops (for torch.compile), and the
 public `attention`. The backward kernels are in `attention_bwd`, dropout's Philox
-draws (four keep-decisions per call) in `attention_philox`, and the torch backend's
+draws (eight keep-decisions per call) in `attention_philox`, and the torch backend's
 fast path (per run of equal lengths, for lengths on the host) in `attention_torch`.
 No host sync on the CUDA path: seeds, the program order and the lengths stay on the
 device.
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
-from .attention_philox import (_dropout_bits, _keep_bits, _mask_words, _read_keep, _rng_rows, _rng_threshold,
-                               _save_keep)
+from .attention_philox import (_dropout_keep, _keep_bits, _mask_words, _read_keep, _rng_rows, _rng_threshold,
+                               _save_keep, drawn_dropout_p)
 from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, patched, resolve, tl, triton
 from .ops import device_seed
@@ -161,7 +161,7 @@ def _attention_fwd_kernel(
                 keep = _read_keep(KEEP_BITS, row_words[:, None], m_mask[:, None], cols[None, :], start_n, seqlen,
                                     BLOCK_N)
             else:
-                keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+                keep = _dropout_keep(seed, bid * nheads + hid, rng_rows, start_n, threshold, BLOCK_M, BLOCK_N)
                 if MASK == "saved":
                     _save_keep(KEEP_BITS, row_words, m_mask, keep, p, cols, start_n, seqlen, BLOCK_N)
             p = tl.where(keep, p, 0.0)
@@ -395,7 +395,7 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
     grid = (triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)
     _attention_fwd_kernel[grid](
         q, k, v, out, lse, cu_seqlens, order, seed if dropout else None, keep_bits if keep_bits.numel() else None,
-        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, words,
+        sm_scale, drawn_dropout_p(dropout_p), _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, words,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
@@ -436,18 +436,19 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
     flags = dict(BLOCK_D=block_d, DROPOUT=dropout, KEEP_FROM_BITS=from_bits,
                  DOT_PRECISION=_dot_precision(q.dtype))
     mask_words = _mask_words(max_seqlen)
+    drop = (drawn_dropout_p(dropout_p), _rng_threshold(dropout_p))  # the mask's own p, and its threshold
     if deterministic:
         dq = torch.empty_like(dk)
         cfg = launch_config(q.dtype, head_dim, "bwd_det", max_seqlen)
         _attention_bwd_det_kernel[(triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)](
             q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, order, seed, keep_bits,
-            sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, mask_words, *strides,
+            sm_scale, *drop, max_seqlen, nheads, head_dim, mask_words, *strides,
             BLOCK=cfg.block_m, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dv
     cfg = launch_config(q.dtype, head_dim, "bwd", max_seqlen)
     _attention_bwd_kernel[(triton.cdiv(max_seqlen, cfg.block_n), nheads, batch)](
         q, k, v, do, lse, delta, dq_acc, dk, dv, cu_seqlens, order, seed, keep_bits,
-        sm_scale, dropout_p, _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, mask_words, *strides,
+        sm_scale, *drop, max_seqlen, nheads, head_dim, mask_words, *strides,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return (dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)), dk, dv
 

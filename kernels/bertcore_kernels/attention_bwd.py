@@ -20,7 +20,7 @@ sequence through ORDER, the batch sorted longest first, so the long sequences'
 programs start first and the short ones fill in behind them instead of leaving
 SMs idle at the end of the grid.
 """
-from .attention_philox import _dropout_bits, _read_keep, _rng_rows
+from .attention_philox import _dropout_keep, _read_keep, _rng_rows
 from .dispatch import tl, triton
 
 
@@ -93,9 +93,8 @@ def _attention_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DQ_ACC, DK, DV, KEEP_BITS, seq_
                 keep_t = _read_keep(KEEP_BITS, (tok_m * nheads + hid)[None, :] * mask_words, m_mask[None, :],
                                       offs_n[:, None], start_n, seqlen, BLOCK_N)
             else:
-                bits = _dropout_bits(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n,
-                                     BLOCK_M, BLOCK_N)
-                keep_t = tl.trans(bits) >= threshold
+                keep_t = tl.trans(_dropout_keep(seed, bid * nheads + hid, _rng_rows(max_seqlen, offs_m), start_n,
+                                                threshold, BLOCK_M, BLOCK_N))
             pd_t = tl.where(keep_t, p_t * drop_scale, 0.0)
             dp_t = tl.where(keep_t, dp_t * drop_scale, 0.0)
         else:
@@ -199,7 +198,7 @@ def _attention_bwd_det_dq(Q, K, V, DO, LSE, DELTA, DQ, KEEP_BITS, seq_start, seq
                 keep = _read_keep(KEEP_BITS, (tok_m * nheads + hid)[:, None] * mask_words, m_mask[:, None],
                                     offs_n[None, :], start_n, seqlen, BLOCK)
             else:
-                keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK, BLOCK) >= threshold
+                keep = _dropout_keep(seed, bid * nheads + hid, rng_rows, start_n, threshold, BLOCK, BLOCK)
             dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)

@@ -1,17 +1,33 @@
-"""Attention dropout's random numbers: four keep-decisions per Philox call.
+"""Attention dropout's random numbers: eight keep-decisions per Philox call.
 
 Philox-4x32 yields four 32-bit words per evaluation; `tl.rand` keeps one and throws
-three away. Here the counter (c0, c1) of (batch b, head h) covers four consecutive
-keys of one score row:
+three away. Here each word is split into two 16-bit halves, so one call decides eight
+keys of one score row. Within each block of 32 keys, call c (c < 4) decides keys
 
-    c0 = row * G + col // 4,   c1 = b * H + h,   G = ceil(L / 4),  L = max_seqlen
+    8 j + 2 c + k:   half k (0: high, 1: low) of word j (j < 4),
 
-and lane `col % 4` of `tl.philox(seed, c0, c1, 0, 0)` decides key `col`: kept iff
-the uint32 word >= round(p * 2**32). Both words fit 32 bits (c0 < L**2 / 4 + L),
-so no per-element counter arithmetic runs in 64 bits. The forward, both backward
-kernels and `_dropout_mask_kernel` all go through `_dropout_bits`, with tiles that
-start on a multiple of 4 columns (every BLOCK_N is), so they agree bit for bit and
-the backward can redraw the forward's mask rather than keep it.
+with the counter (c0, c1) of (batch b, head h)
+
+    c0 = row * G + 4 * (key // 32) + c,   c1 = b * H + h,   G = 4 * ceil(L / 32),  L = max_seqlen.
+
+A key is kept iff its half >= round(p * 2**16). That placement is the forward's: a
+thread of Hopper's (and Ampere's) MMA accumulator tile holds, in each row, the key
+pairs 2 c, 2 c + 1 of every 8, so every thread draws its own keys and the keep-mask
+needs no trip through shared memory to meet the probabilities (compiled for sm_90: the
+PTX that dropout adds to the forward fell from 425 to 203 instructions against four
+32-bit decisions per call in key order, 221 to 167 registers; the backward's
+transposed tiles still shuffle: 861 to 759, but with 17 barriers where it had 11;
+`tests/kernels/compile_for_gpu.py --ptx-counts`; not yet timed on a GPU). Both counter words fit 32 bits (c0 < L**2 / 8 + 4 L), so no
+per-element counter arithmetic runs in 64 bits. The forward, both backward kernels,
+`_keep_bits_kernel` and `_dropout_mask_kernel` all go through this placement, with
+tiles of 16 keys or more that start on a multiple of their width, so they agree bit
+for bit and the backward can redraw the forward's mask rather than keep it.
+
+Sixteen bits per decision, as the CPU path's fifteen (`dropout.py`), round the drop
+probability to a multiple of 2**-16 (p = 0.1 becomes 0.1000061); the kernels scale
+by the exact 1/(1 - p) of that rounded p (`drawn_dropout_p`), so the expectation
+stays unbiased. FlashAttention-2 goes further, 8-bit slices and 16 decisions per call,
+at the price of p rounded to 1/256 (0.1 becomes 0.1016).
 
 Philox runs `PHILOX_ROUNDS` = 7 rounds, as FlashAttention-2's dropout does
 (csrc/flash_attn/src/philox.cuh), not Triton's default 10: 7 is the fewest rounds of
@@ -19,7 +35,7 @@ Philox-4x32 that pass TestU01's BigCrush (Salmon et al., SC'11, whose default ad
 three for margin), and the rounds are most of dropout's extra integer work. Compiled
 for sm_90, the forward's dropout path took 578 more PTX instructions per tile with
 10 rounds and 64-bit counters (330 of them Philox's multiplies, xors and adds), and
-takes 425 with 7 rounds and the 32-bit counter words above.
+425 with 7 rounds and 32-bit counter words.
 
 The mask can also travel as bits (`LaunchConfig.dropout_mask` of the forward): a
 (T, H, ceil(L / 32)) int32 array, bit j of word w of token t, head h deciding key
@@ -42,30 +58,56 @@ from .rng import seed_tensor
 PHILOX_ROUNDS = tl.constexpr(7)
 
 
+RANDOM_BITS = 16  # per keep-decision: two decisions per 32-bit Philox word
+
+
+def _threshold16(dropout_p: float) -> int:
+    return min(round(dropout_p * 2**RANDOM_BITS), 2**RANDOM_BITS - 1)
+
+
+def drawn_dropout_p(dropout_p: float) -> float:
+    """The drop probability the kernels' masks have for `dropout_p`: p rounded to a
+    multiple of 2**-16. The kernels scale kept probabilities by 1/(1 - this)."""
+    return _threshold16(dropout_p) / 2**RANDOM_BITS
+
+
 def _rng_threshold(dropout_p: float) -> int:
-    """The keep threshold round(p * 2**32) as int32 bits (the kernels reinterpret them
-    as uint32): an int32 for every p, so no p value compiles a new kernel signature."""
-    t = min(round(dropout_p * 2**32), 2**32 - 1)
+    """The keep threshold round(p * 2**16) in the high half of a 32-bit word, as int32
+    bits (the kernels reinterpret them as uint32; `_dropout_keep` puts each decision's
+    16 bits there): an int32 for every p, so no p value compiles a new kernel signature."""
+    t = _threshold16(dropout_p) << (32 - RANDOM_BITS)
     return t - 2**32 if t >= 2**31 else t
 
 
 @triton.jit
 def _rng_rows(max_seqlen, rows):
-    # (M, 1) int32 counter word c0 of the first four keys of each score row
-    groups = (max_seqlen + 3) // 4
+    # (M, 1) int32 counter word c0 of each score row's first Philox call: 4 calls per 32 keys
+    groups = (max_seqlen + 31) // 32 * 4
     return rows[:, None] * groups
 
 
 @triton.jit
-def _dropout_bits(seed, rng_head, rng_rows, start_n, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # (BLOCK_M, BLOCK_N) uint32 random words for columns start_n .. start_n + BLOCK_N
-    # of the rows whose counter words `rng_rows` (M, 1) holds, in the score matrix of
-    # (batch, head) number `rng_head` = b * H + h; start_n % 4 == 0.
-    c0 = (rng_rows + start_n // 4 + tl.arange(0, BLOCK_N // 4)[None, :]).to(tl.uint32, bitcast=True)  # (M, N/4)
+def _dropout_keep(seed, rng_head, rng_rows, start_n, threshold, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # (BLOCK_M, BLOCK_N) keep-decisions for columns start_n .. start_n + BLOCK_N of the
+    # rows whose counter words `rng_rows` (M, 1) holds, in the score matrix of (batch,
+    # head) number `rng_head` = b * H + h; `threshold` = `_rng_threshold(p)` as uint32;
+    # BLOCK_N >= 16, start_n % BLOCK_N == 0. A key's 16 random bits are the high half of
+    # a 32-bit value whose low half does not change the compare (the threshold's is 0).
+    tl.static_assert(BLOCK_N >= 16, "attention dropout draws keys in tiles of 16 or more")
+    WIDTH: tl.constexpr = 32 if BLOCK_N < 32 else BLOCK_N      # whole 32-key blocks
+    c0 = (rng_rows + start_n // 32 * 4 + tl.arange(0, WIDTH // 8)[None, :]).to(tl.uint32, bitcast=True)  # (M, W/8)
     zero = c0 * 0
     r0, r1, r2, r3 = tl.philox(seed, c0, zero + rng_head.to(tl.uint32, bitcast=True), zero, zero, PHILOX_ROUNDS)
-    # Interleave so that column 4 g + j reads lane j of counter g.
-    return tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
+    words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, WIDTH // 8, 4))  # [call g, word j]
+    # Compared before they move: the backward's transposed tiles shuffle bytes, not words.
+    keep = tl.join(words >= threshold, (words << 16) >= threshold)                          # [g, j, half k]
+    keep = tl.reshape(keep, (BLOCK_M, WIDTH // 32, 4, 4, 2))                                # [block, c, j, k]
+    # key 32 block + 8 j + 2 c + k: the keys an MMA tile's thread holds (see above)
+    keep = tl.reshape(tl.permute(keep, (0, 1, 3, 2, 4)), (BLOCK_M, WIDTH))
+    if BLOCK_N < 32:  # the half of the 32-key block that this tile covers
+        first, second = tl.split(tl.permute(tl.reshape(keep, (BLOCK_M, 2, 16)), (0, 2, 1)))
+        keep = tl.where(start_n % 32 == 0, first, second)
+    return keep
 
 
 @triton.jit
@@ -106,6 +148,13 @@ def _save_keep(KEEP_BITS, row_words, row_mask, keep, p, cols, start_n, seqlen, B
         tl.store(KEEP_BITS + row_words + first + i, word, mask=row_mask & in_row)
 
 
+@triton.jit
+def _halves_kept(r, threshold, shift):
+    # The two decisions of word r as bits `shift` (high half) and `shift + 1` (low half).
+    return (((r >= threshold).to(tl.int32) << shift)
+            | (((r << 16) >= threshold).to(tl.int32) << (shift + 1)))
+
+
 @triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "words"])
 def _keep_bits_kernel(
     KEEP_BITS,   # (T, H, W) int32 out: bit j of word w = keep key 32 w + j (W = ceil(L / 32))
@@ -116,9 +165,9 @@ def _keep_bits_kernel(
 ):
     # Program (i, h, b): rows i * BLOCK_R .. of head h of sequence b, the words of
     # their keys < seqlen (the rest of the row stays unwritten: a short sequence in a
-    # long batch draws only its own scores). A word is 8 Philox calls of 4 lanes:
-    # counters c0 = row * G + 8 w + g (g < 8), lane j deciding key 32 w + 4 g + j,
-    # exactly as `_dropout_bits` tiles them.
+    # long batch draws only its own scores). A word is 4 Philox calls of 8 decisions:
+    # counters c0 = row * G + 4 w + c (c < 4), half k of word j deciding key
+    # 32 w + 8 j + 2 c + k, exactly as `_dropout_keep` tiles them.
     bid = tl.program_id(2)
     hid = tl.program_id(1)
     seq_start = tl.load(CU_SEQLENS + bid)
@@ -128,19 +177,19 @@ def _keep_bits_kernel(
         return
     seed = tl.load(SEED)
     threshold = rng_threshold.to(tl.uint32, bitcast=True)
-    groups = (max_seqlen + 3) // 4
-    g = tl.arange(0, 8)[None, None, :]                                        # (1, 1, 8)
+    groups = (max_seqlen + 31) // 32 * 4
+    c = tl.arange(0, 4)[None, None, :]                                        # (1, 1, 4)
     head = (bid * nheads + hid).to(tl.uint32, bitcast=True)
     out_rows = ((seq_start + rows).to(tl.int64) * nheads + hid) * words       # (R,)
     seq_words = (seqlen + 31) // 32
     for w0 in range(0, seq_words, BLOCK_W):
         w = w0 + tl.arange(0, BLOCK_W)[None, :, None]                          # (1, BW, 1)
-        c0 = (rows[:, None, None] * groups + w * 8 + g).to(tl.uint32, bitcast=True)  # (R, BW, 8)
+        c0 = (rows[:, None, None] * groups + w * 4 + c).to(tl.uint32, bitcast=True)  # (R, BW, 4)
         zero = c0 * 0
         r0, r1, r2, r3 = tl.philox(seed, c0, zero + head, zero, zero, PHILOX_ROUNDS)
-        shift = 4 * g
-        bits = (((r0 >= threshold).to(tl.int32) << shift) | ((r1 >= threshold).to(tl.int32) << (shift + 1))
-                | ((r2 >= threshold).to(tl.int32) << (shift + 2)) | ((r3 >= threshold).to(tl.int32) << (shift + 3)))
+        shift = 2 * c
+        bits = (_halves_kept(r0, threshold, shift) | _halves_kept(r1, threshold, shift + 8)
+                | _halves_kept(r2, threshold, shift + 16) | _halves_kept(r3, threshold, shift + 24))
         word = tl.sum(bits, 2)  # distinct bits: the sum is their OR                 (R, BW)
         ws = w0 + tl.arange(0, BLOCK_W)
         tl.store(KEEP_BITS + out_rows[:, None] + ws[None, :], word,
@@ -157,7 +206,7 @@ def _mask_words(max_seqlen: int) -> int:
 
 def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
     """The (T, H, ceil(max_seqlen / 32)) int32 keep-bits of (seed, dropout_p): the
-    decisions `_dropout_bits` makes, drawn once for a prebuilt-mask forward and backward.
+    decisions `_dropout_keep` makes, drawn once for a prebuilt-mask forward and backward.
     Only the words holding a sequence's own keys are written (bits past its end in its
     last word are drawn and never read)."""
     words = _mask_words(max_seqlen)
@@ -189,7 +238,7 @@ def _dropout_mask_kernel(
     row_base = ((bid * nheads + hid).to(tl.int64) * max_seqlen + offs_m.to(tl.int64)[:, None]) * max_seqlen
     for start_n in range(0, max_seqlen, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        keep = _dropout_bits(seed, bid * nheads + hid, rng_rows, start_n, BLOCK_M, BLOCK_N) >= threshold
+        keep = _dropout_keep(seed, bid * nheads + hid, rng_rows, start_n, threshold, BLOCK_M, BLOCK_N)
         mask = (offs_m < max_seqlen)[:, None] & (cols < max_seqlen)[None, :]
         tl.store(MASK + row_base + cols[None, :], keep.to(tl.uint8), mask=mask)
 

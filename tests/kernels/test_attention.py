@@ -8,7 +8,7 @@ import torch
 
 import bertcore_kernels as K
 from bertcore_kernels.attention import attention_ref
-from bertcore_kernels.attention_philox import _dropout_mask, _keep_bits, _keep_bits_kernel
+from bertcore_kernels.attention_philox import _dropout_mask, _keep_bits, _keep_bits_kernel, drawn_dropout_p
 from bertcore_kernels.dispatch import interpret_mode
 from bertcore_kernels.rng import seed_tensor
 
@@ -46,7 +46,7 @@ def check_against_fp64(lengths, head_dim, dtype, device=DEVICE, dropout_p=0.0, s
     if dropout_p:
         mask = _dropout_mask(cu, max_seqlen, HEADS, dropout_p, seed)
         kw.update(dropout_p=dropout_p, seed=seed)
-        ref_kw = dict(dropout_p=dropout_p, dropout_mask=mask)
+        ref_kw = dict(dropout_p=drawn_dropout_p(dropout_p), dropout_mask=mask)  # the mask's own p
     tri = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
     same = run(attention_ref, qkv, cu, max_seqlen, grad, dtype, **ref_kw)
     # fp64 on the same rounded inputs: the error measured is the computation's alone.
@@ -268,8 +268,12 @@ def test_dropout_is_repeatable_by_seed():
 
 def test_dropout_keep_fraction_and_scaling():
     # q = k = 0 gives uniform probabilities 1/L and v = 1 makes each output the row's
-    # kept fraction / (1 - p): the kernel's own mask and scaling, observable.
-    p, lengths = 0.3, [64, 64]
+    # kept fraction / (1 - p): the kernel's own mask and scaling, observable. p = 1/3
+    # is drawn as 21845 / 2**16 (16-bit decisions), and the scale is that p's exact
+    # 1/(1 - p), 7.6e-6 away from 1/(1 - 1/3), so the expectation stays unbiased.
+    p, lengths = 1 / 3, [64, 64]
+    drawn = drawn_dropout_p(p)
+    assert drawn == 21845 / 2**16
     cu, L = cu_seqlens_of(lengths), 64
     zeros = torch.zeros(sum(lengths), HEADS, 32, device=DEVICE)
     out = triton_attention(zeros, zeros, torch.ones_like(zeros), cu, L, dropout_p=p, seed=99)
@@ -277,8 +281,8 @@ def test_dropout_keep_fraction_and_scaling():
     n = mask.numel()
     keep = mask.float().mean().item()
     assert abs(keep - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)               # 5 sigma
-    expected = (mask.float().mean(-1) / (1 - p)).permute(0, 2, 1).reshape(-1, HEADS)  # (T, H)
-    torch.testing.assert_close(out[..., 0], expected, rtol=1e-5, atol=1e-6)
+    expected = (mask.double().mean(-1) / (1 - drawn)).permute(0, 2, 1).reshape(-1, HEADS)  # (T, H)
+    torch.testing.assert_close(out[..., 0].double(), expected, rtol=1e-6, atol=0)
     assert abs(out.mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
 
 
@@ -289,25 +293,37 @@ def within_binomial(frac, p, n, sigmas=5.0):
 
 
 def test_dropout_keep_fraction_per_head_position_and_lane_and_lanes_independent():
-    # One Philox call decides four neighbouring keys (attention_philox): the four lanes
-    # must each keep 1 - p and be uncorrelated, as must neighbouring calls.
+    # One Philox call decides eight keys of a score row, two per 32-bit word
+    # (attention_philox): call c of a 32-key block decides keys 8 j + 2 c + k, word j,
+    # half k. Each of the eight lanes must keep 1 - p, and lanes, halves of one word and
+    # neighbouring calls must be uncorrelated.
     p, B, L = 0.3, 4, 128
     mask = _dropout_mask(cu_seqlens_of([L] * B), L, HEADS, p, 2024).float().cpu()  # (B, H, L, L)
     assert within_binomial(mask.mean(), p, mask.numel())
     assert within_binomial(mask.mean((0, 2, 3)), p, B * L * L)                     # per head
     assert within_binomial(mask.mean((0, 1, 3)), p, B * HEADS * L)                 # per query position
     assert within_binomial(mask.mean((0, 1, 2)), p, B * HEADS * L)                 # per key position
-    lanes = mask.view(-1, 4)                                                       # (calls, 4)
+    blocks = mask.view(B, HEADS, L, L // 32, 4, 4, 2)                               # [..., block, j, c, k]
+    lanes = blocks.permute(0, 1, 2, 3, 5, 4, 6).reshape(-1, 8)                      # (calls, 8 = j, k)
     assert within_binomial(lanes.mean(0), p, lanes.shape[0])                       # per lane
     n = lanes.shape[0]
-    corr = torch.corrcoef(lanes.T)                                                 # (4, 4)
-    off_diagonal = corr[~torch.eye(4, dtype=torch.bool)]
+    corr = torch.corrcoef(lanes.T)                                                 # (8, 8)
+    off_diagonal = corr[~torch.eye(8, dtype=torch.bool)]
     assert off_diagonal.abs().max() < 5 / math.sqrt(n)
     neighbours = torch.corrcoef(torch.stack([lanes[:-1, 0], lanes[1:, 0]]))[0, 1]  # next call
     assert neighbours.abs() < 5 / math.sqrt(n)
     for q in (0.05, 0.9):                                                          # far ends of p
         m = _dropout_mask(cu_seqlens_of([64]), 64, HEADS, q, 3).float()
         assert within_binomial(m.mean(), q, m.numel())
+
+
+def test_drawn_dropout_p_rounds_to_16_bits():
+    assert drawn_dropout_p(0.0) == 0.0
+    assert drawn_dropout_p(0.5) == 0.5
+    assert abs(drawn_dropout_p(0.1) - 0.1) < 2**-17
+    assert drawn_dropout_p(0.999999) == 1 - 2**-16          # never 1: some keys stay
+    tiny = _dropout_mask(cu_seqlens_of([64]), 64, HEADS, 2**-18, 3)  # rounds to 0: keeps every key
+    assert bool(tiny.all())
 
 
 def test_dropout_mask_depends_on_seed_only_through_philox():
