@@ -12,7 +12,8 @@ fp16 and bf16 at hidden 768; bias-GELU bf16 at 3072); --all sweeps dtypes, head 
 and widths (minutes). --ptx-counts prints the PTX instruction count of the bf16
 attention (head_dim 64, each length class) and LayerNorm (hidden 768) kernels with and
 without dropout: a CPU-side measure of what a change adds to or takes from a kernel,
-for when no GPU is there to time it (the dropout Philox changes were judged by it).
+for when no GPU is there to time it (the dropout Philox changes were judged by it),
+and the attention forward's layout conversions with and without dropout.
 --registers prints the registers a thread and the bytes it spills (Triton's own ptxas,
 `-v`) for the bf16 attention kernels at head_dim 64 with each keep-mask source, and the
 LayerNorm kernels at hidden 768: a spilling tile is slow whatever its sweep says.
@@ -133,6 +134,12 @@ def ptx_instructions(kernel) -> int:
     return sum(1 for line in kernel.asm["ptx"].splitlines() if line.strip() and line.strip()[0] not in "/.{}$")
 
 
+def layout_conversions(kernel) -> int:
+    """How often the kernel moves a tensor between thread layouts (through shared memory
+    or shuffles): its `convert_layout` operations in Triton's GPU IR."""
+    return kernel.asm["ttgir"].count("ttg.convert_layout")
+
+
 def ptx_counts():
     """PTX instructions of the bf16 kernels BERT runs, without and with dropout (for the
     attention, with each source of the keep-mask: `LaunchConfig.dropout_mask`)."""
@@ -141,9 +148,11 @@ def ptx_counts():
     for length in A.LENGTH_CLASSES:
         counts = {name: [ptx_instructions(kernels[d, length]) for d in ("fwd", "bwd")]
                   for name, kernels in attention.items()}
+        moves = [layout_conversions(attention[name]["fwd", length]) for name in ("none", "redraw")]
         print(f"attention bf16 d=64 {length}: fwd {counts['none'][0]} / {counts['redraw'][0]} with dropout, "
               f"mask saved {counts['saved'][0]}, prebuilt {counts['prebuilt'][0]}; "
-              f"bwd {counts['none'][1]} / {counts['redraw'][1]}, from bits {counts['saved'][1]}", flush=True)
+              f"bwd {counts['none'][1]} / {counts['redraw'][1]}, from bits {counts['saved'][1]}; "
+              f"layout conversions: {moves[0]} in the forward, {moves[1]} with dropout", flush=True)
     print(f"attention keep-bits kernel (prebuilt mask): {ptx_instructions(attention['prebuilt']['keep_bits'])}",
           flush=True)
     counts = {}

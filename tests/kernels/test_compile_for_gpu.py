@@ -48,6 +48,10 @@ def test_ptx_counts_show_what_dropout_adds():
                       out)
     assert len(bits) == 2
     assert all(int(redraw) > int(read) for row in bits for redraw, read in (row[:2], row[2:]))
+    # the forward draws each key's decision in the thread whose MMA tile holds that key
+    # (attention_philox): dropout moves nothing between threads
+    moves = re.findall(r"layout conversions: (\d+) in the forward, (\d+) with dropout", out)
+    assert len(moves) == 2 and all(without == with_dropout for without, with_dropout in moves), out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels are timed instead")
