@@ -13,11 +13,12 @@ with the counter (c0, c1) of (batch b, head h)
 A key is kept iff its half >= round(p * 2**16). That placement is the forward's: a
 thread of Hopper's (and Ampere's) MMA accumulator tile holds, in each row, the key
 pairs 2 c, 2 c + 1 of every 8, so every thread draws its own keys and the keep-mask
-needs no trip through shared memory to meet the probabilities (compiled for sm_90: the
-PTX that dropout adds to the forward fell from 425 to 203 instructions against four
-32-bit decisions per call in key order, 221 to 167 registers; the backward's
-transposed tiles still shuffle: 861 to 759, but with 17 barriers where it had 11;
-`tests/kernels/compile_for_gpu.py --ptx-counts`; not yet timed on a GPU). Both counter words fit 32 bits (c0 < L**2 / 8 + 4 L), so no
+needs no trip through shared memory to meet the probabilities. Compiled for sm_90
+(`tests/kernels/compile_for_gpu.py --ptx-counts`; not yet timed on a GPU), against
+four 32-bit decisions per call in key order: the PTX that dropout adds to the forward
+fell from 425 to 203 instructions and its registers from 221 to 167; the backward's
+transposed tiles still shuffle the mask, 861 to 759 instructions, but with 17
+barriers where it had 11. Both counter words fit 32 bits (c0 < L**2 / 8 + 4 L), so no
 per-element counter arithmetic runs in 64 bits. The forward, both backward kernels,
 `_keep_bits_kernel` and `_dropout_mask_kernel` all go through this placement, with
 tiles of 16 keys or more that start on a multiple of their width, so they agree bit
@@ -99,7 +100,6 @@ def _dropout_keep(seed, rng_head, rng_rows, start_n, threshold, BLOCK_M: tl.cons
     zero = c0 * 0
     r0, r1, r2, r3 = tl.philox(seed, c0, zero + rng_head.to(tl.uint32, bitcast=True), zero, zero, PHILOX_ROUNDS)
     words = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, WIDTH // 8, 4))  # [call g, word j]
-    # Compared before they move: the backward's transposed tiles shuffle bytes, not words.
     keep = tl.join(words >= threshold, (words << 16) >= threshold)                          # [g, j, half k]
     keep = tl.reshape(keep, (BLOCK_M, WIDTH // 32, 4, 4, 2))                                # [block, c, j, k]
     # key 32 block + 8 j + 2 c + k: the keys an MMA tile's thread holds (see above)
