@@ -18,8 +18,11 @@ needs no trip through shared memory to meet the probabilities. Compiled for sm_9
 four 32-bit decisions per call in key order: the PTX that dropout adds to the forward
 fell from 425 to 203 instructions and its registers from 221 to 167; the backward's
 transposed tiles still shuffle the mask, 861 to 759 instructions, but with 17
-barriers where it had 11. Both counter words fit 32 bits (c0 < L**2 / 8 + 4 L), so no
-per-element counter arithmetic runs in 64 bits. The forward, both backward kernels,
+barriers where it had 11. fp32 inputs without TF32 (`_dot_precision` "ieee": no tensor
+cores, scores in a plain blocked layout) now convert the mask three times, where the
+key-order draws needed none; 16-bit inputs convert it none, at every head dim. Both
+counter words fit 32 bits (c0 < L**2 / 8 + 4 L), so no per-element counter
+arithmetic runs in 64 bits. The forward, both backward kernels,
 `_keep_bits_kernel` and `_dropout_mask_kernel` all go through this placement, with
 tiles of 16 keys or more that start on a multiple of their width, so they agree bit
 for bit and the backward can redraw the forward's mask rather than keep it.
