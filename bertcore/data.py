@@ -40,7 +40,7 @@ def read_text(path, encoding: str | None = None, what: str = "data file") -> str
     except OSError as err:  # unreadable (permissions, I/O): errno's words, with the file named
         raise type(err)(f"cannot read {what} {path}: {err.strerror or err}") from None
     try:
-        return raw.decode(encoding or "utf-8-sig")
+        text = raw.decode(encoding or "utf-8-sig")
     except LookupError:
         raise DataError(f"encoding {encoding!r} is unknown; use a Python codec name such as utf-8, "
                         "latin-1 or gb18030") from None
@@ -50,6 +50,8 @@ def read_text(path, encoding: str | None = None, what: str = "data file") -> str
         raise DataError(f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not "
                         f"{encoding or 'UTF-8'}; save the file as UTF-8, or name its encoding "
                         "(encoding=, --encoding), e.g. latin-1 or gb18030") from None
+    # encoding="utf-8" keeps a BOM, which would glue itself to the first column or key
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def check_file(path: Path, what: str = "data file") -> None:
@@ -149,7 +151,9 @@ def load_file(path: Path, format: str | None = None, encoding: str | None = None
 
 def load_jsonl(path: Path, text: str) -> Records:
     examples = Records(path)
-    for n, line in enumerate(text.splitlines(), 1):
+    # lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085, ..., which JSON
+    # strings may hold unescaped (json.dumps(ensure_ascii=False) writes them as they are)
+    for n, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -171,7 +175,11 @@ def load_json(path: Path, text: str) -> Records:
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg}); expected SQuAD JSON or a list "
                         "of example objects (for one object per line use .jsonl)") from None
-    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            if not isinstance(v, dict):
+                raise DataError(f"{path}: [{i}] is a JSON {_json_type(v)}; expected a list of example objects "
+                                'such as {"text": "...", "label": "pos"}')
         return Records(path, value, [f"[{i}]" for i in range(len(value))])
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         return squad_examples(value, path)
@@ -184,14 +192,29 @@ def squad_examples(value: dict, path: Path) -> Records:
     SQuAD 2.0 says with `is_impossible`; a question without `answers` is an error)."""
     examples = Records(path)
     for a, article in enumerate(value["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
+        if isinstance(article, dict) and "paragraphs" in article and not isinstance(article["paragraphs"], list):
+            raise DataError(f"{path}: data[{a}].paragraphs is a JSON {_json_type(article['paragraphs'])}; "
+                            "expected a list of {context, qas} objects")
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise DataError(f"{path}: data[{a}]: expected a SQuAD article {{\"paragraphs\": [...]}}, got "
+                            f"{_shape(article)}; for examples of other heads use .jsonl, or a .json list of objects")
+        for p, paragraph in enumerate(article["paragraphs"]):
             where = f"data[{a}].paragraphs[{p}]"
-            if "context" not in paragraph or "qas" not in paragraph:
+            if not isinstance(paragraph, dict) or "context" not in paragraph or "qas" not in paragraph:
                 raise DataError(f"{path}: {where}: expected keys context and qas")
+            if not isinstance(paragraph["qas"], list):
+                raise DataError(f"{path}: {where}.qas is a JSON {_json_type(paragraph['qas'])}; expected a list "
+                                "of {question, answers} objects")
             for q, qa in enumerate(paragraph["qas"]):
                 here = f"{where}.qas[{q}]"
+                if not isinstance(qa, dict):
+                    raise DataError(f"{path}: {here} is a JSON {_json_type(qa)}; expected a {{question, answers}} "
+                                    "object")
                 if "question" not in qa:
                     raise DataError(f"{path}: {here}: expected a question")
+                if qa.get("is_impossible") not in (True, False, None):  # "false" is truthy: answers would go
+                    raise DataError(f"{path}: {here}: is_impossible is {qa['is_impossible']!r}; expected true or "
+                                    "false")
                 if not qa.get("is_impossible") and "answers" not in qa:
                     raise DataError(f"{path}: {here}: no answers; give answers: [{{text, answer_start}}], "
                                     "or is_impossible: true for a question without one")
@@ -209,26 +232,70 @@ def squad_examples(value: dict, path: Path) -> Records:
     return examples
 
 
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type (a str is a "string", a dict an "object")."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
+            int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _shape(value) -> str:
+    """A parsed JSON value, briefly: an object by its keys, anything else by its type."""
+    if isinstance(value, dict):
+        return "an object with keys " + (", ".join(map(str, list(value)[:6])) or "none")
+    return f"a JSON {_json_type(value)}"
+
+
 def load_csv(path: Path, text: str, delimiter: str | None = None) -> Records:
-    """CSV/TSV with a header row naming the columns (text, text_pair, label, ...)."""
+    """CSV/TSV with a header row naming the columns (text, text_pair, label, ...). CSV
+    fields may be quoted ("a, b" and "" for a quote); TSV fields are literal, quotes
+    included, as GLUE's TSVs are read (a TSV field cannot hold a tab or a line break)."""
     delimiter = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+    # strict: a quote that opens a field must close it, else the reader would run on through
+    # the following lines and glue rows into one text without a word
+    # newline="": lines end at \n, \r\n or \r (a classic Mac export), as the csv module wants them
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, quoting=quoting)
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long document is no error
     try:
-        header = next(reader)
+        header = _next_row(reader, path, delimiter)
+        if header is None:
+            raise DataError(f"{path}:1: empty file; expected a header row such as text{delimiter}label")
+        header = [h.strip() for h in header]
+        if len(set(header)) != len(header) or not all(header):
+            raise DataError(f"{path}:1: the header {header} has empty or repeated column names")
+        examples = Records(path)
+        while True:
+            first = reader.line_num + 1                 # where the row starts (a quoted newline may span lines)
+            row = _next_row(reader, path, delimiter)
+            if row is None:
+                return examples
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}:{first}: {len(row)} fields, expected {len(header)} "
+                                f"({delimiter.join(header)!r}); quote fields that contain the delimiter")
+            examples.add(dict(zip(header, row)), first)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _next_row(reader, path: Path, delimiter: str) -> list[str] | None:
+    """The reader's next row, None at the end; a row the csv module refuses → DataError."""
+    first = reader.line_num + 1
+    try:
+        return next(reader)
     except StopIteration:
-        raise DataError(f"{path}:1: empty file; expected a header row such as text{delimiter}label") from None
-    header = [h.strip() for h in header]
-    if len(set(header)) != len(header) or not all(header):
-        raise DataError(f"{path}:1: the header {header} has empty or repeated column names")
-    examples = Records(path)
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, expected {len(header)} "
-                            f"({delimiter.join(header)!r}); quote fields that contain the delimiter")
-        examples.add(dict(zip(header, row)), reader.line_num)
-    return examples
+        return None
+    except csv.Error as err:
+        if "unexpected end of data" in str(err):
+            raise DataError(f"{path}:{first}: a quote opens a field that no quote closes before the end of "
+                            "the file; close it, or write a quote inside a field as \"\"") from None
+        if "expected after" not in str(err):
+            raise DataError(f"{path}:{first}: {err}") from None
+        runs_on = f", on line {reader.line_num}," if reader.line_num > first else ""
+        raise DataError(f"{path}:{first}: a field opens with a quote whose closing quote{runs_on} is not right "
+                        f"before {delimiter!r} or the line's end; quote the whole field and write a quote inside "
+                        'it as ""') from None
 
 
 def load_conll(path: Path, text: str) -> Records:

@@ -16,6 +16,7 @@ Prediction: single-label {"label", "score", "scores"}; multi-label {"labels",
 accuracy is exact-set match, macro_f1 over labels); regression pearson, spearman.
 """
 import math
+import re
 import warnings
 
 import numpy as np
@@ -105,7 +106,8 @@ class ClassificationHead(Head):
                 raise ValueError(f"label {label!r} is not a finite number (this head is a regression)")
         elif self.problem == "multi_label":
             items = [label] if isinstance(label, (str, int)) and not isinstance(label, bool) else label
-            if not isinstance(items, list) or not all(isinstance(x, (str, int)) for x in items):
+            if not isinstance(items, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                                                      for x in items):
                 raise ValueError(f"label {label!r} is not a label or a list of labels")
             for item in items:
                 self.label_index(item)
@@ -117,7 +119,10 @@ class ClassificationHead(Head):
     def label_index(self, label) -> int:
         if self.labels is not None and str(label) in self.labels:
             return self.labels.index(str(label))
-        if isinstance(label, int) and 0 <= label < self.num_labels:
+        # an int is a class index, unless the names are numbers: then 0 under labels ["1", ..., "5"] is
+        # no class at all, not the first one
+        numbered = self.labels is not None and any(re.fullmatch(r"[+-]?\d+", n.strip()) for n in self.labels)
+        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_labels and not numbered:
             return label
         raise ValueError(f"label {label!r} is not one of the head's labels "
                          f"{self.labels or list(range(self.num_labels))}; data with another label set needs a new "

@@ -12,6 +12,8 @@ entity spans, and maps them to character offsets: into `text`, or into
 list is a batch of those. Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
 Metrics: entity-level micro precision / recall / f1 (seqeval, default mode).
 """
+import unicodedata
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -34,6 +36,9 @@ class NERHead(Head):
         if not labels:
             raise ValueError('the ner head needs labels=["O", "B-PER", "I-PER", ...] (every tag it may predict)')
         self.labels = [str(x) for x in labels]
+        for i, label in enumerate(self.labels):   # a repeat would make a class no tag ever trains
+            if self.labels.index(label) != i:
+                raise ValueError(f"labels: {label!r} is given twice; name each tag once")
         if "O" not in self.labels:
             raise ValueError(f"labels {self.labels} lack the outside tag 'O'")
         self.scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in self.labels) else "BIO"
@@ -60,12 +65,17 @@ class NERHead(Head):
             raise ValueError("tags must be a list of strings")
         if len(tokens) != len(tags):
             raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags; give one tag per token")
+        if not tokens:   # nothing to learn; a batch of such sentences has no loss at all (nan)
+            raise ValueError("tokens is empty; a sentence needs one token at least: remove the example")
         for tag in tags:
             if tag != "O" and (len(tag) < 3 or tag[:2] not in ("B-", "I-", "E-", "S-")):
                 raise ValueError(f"tag {tag!r} is not BIO/BIOES; expected O, B-TYPE, I-TYPE (E-TYPE, S-TYPE)")
             if tag not in self.labels:
                 raise ValueError(f"tag {tag!r} is not one of the head's labels {self.labels}; data with another "
                                  "tag set needs a new head (labels are read from the training data)")
+        for i, (token, tag) in enumerate(zip(tokens, tags)):
+            if tag != "O" and not any(_kept(c) for c in token):
+                raise ValueError(_no_subword(i, token, tag))
 
     def example_from_input(self, item):
         if isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
@@ -75,9 +85,11 @@ class NERHead(Head):
     # ---- data ----------------------------------------------------------------------
 
     def encode(self, example, tokenizer, max_length=512):
-        if "tokens" in example:
+        if "tokens" in example and len(example["tokens"]):
             enc = tokenizer(list(example["tokens"]), is_split_into_words=True, max_length=max_length,
                             truncation=True, return_offsets=True)
+        elif "tokens" in example:  # no words: [CLS] [SEP] (the tokenizer takes [] for an empty batch)
+            enc = tokenizer("", max_length=max_length, truncation=True, return_offsets=True)
         else:
             enc = tokenizer(example["text"], max_length=max_length, truncation=True, return_offsets=True)
         word_ids = enc.word_ids(0)
@@ -85,6 +97,14 @@ class NERHead(Head):
                    "word_ids": word_ids, "offsets": [tuple(o) for o in enc["offset_mapping"][0]]}
         if "tags" in example and "tokens" in example:
             feature["labels"] = self.align_labels(example["tags"], word_ids)
+            # a tagged word without sub-words (one the tokenizer drops whole) would lose its tag unseen;
+            # past the last word seen, it may be truncation instead, which only a full window can be
+            seen = {w for w in word_ids if w is not None}
+            last = max(seen, default=-1)
+            full = len(feature["input_ids"]) >= max_length
+            for w, tag in enumerate(example["tags"]):
+                if tag != "O" and w not in seen and (w < last or not full):
+                    raise ValueError(_no_subword(w, example["tokens"][w], tag))
         return [feature]
 
     def align_labels(self, tags: list[str], word_ids: list) -> list[int]:
@@ -166,6 +186,17 @@ class NERHead(Head):
                            "label2id": {n: i for i, n in enumerate(self.labels)},
                            "classifier_dropout": self.dropout_prob},
                 "state_dict": {"classifier.weight": self.classifier.weight, "classifier.bias": self.classifier.bias}}
+
+
+def _kept(char: str) -> bool:
+    """Whether BERT's normaliser keeps `char` (it drops whitespace, control, format and
+    private-use characters, and U+FFFD)."""
+    return not (char.isspace() or char == "\ufffd" or unicodedata.category(char) in ("Cc", "Cf", "Co"))
+
+
+def _no_subword(i: int, token: str, tag: str) -> str:
+    return (f"token {i + 1} {token!r} is tagged {tag} but the tokenizer makes no sub-word of it (empty, "
+            "whitespace or characters it drops), so the tag would be lost; remove the token or tag it O")
 
 
 # ---- tags → spans, with seqeval's (conlleval's) chunk rules for BIO and BIOES ---------------

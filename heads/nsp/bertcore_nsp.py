@@ -3,12 +3,15 @@
 Pooled [CLS] → linear (2), BERT's `cls.seq_relationship`; its weights come from an
 HF pretraining checkpoint when the encoder was loaded from one.
 
-Example: {"text": A, "text_pair": B, "label": 0 (IsNext) | 1 (NotNext)}, or a
-pretokenized pair from `bertcore.masking.make_nsp_pairs` (`input_ids`,
-`token_type_ids`, `next_sentence_label`). Batch key: `next_sentence_label` (B,).
+Example: {"text": A, "text_pair": B, "label": 0 (IsNext) | 1 (NotNext)} ("0"/"1", as a CSV
+cell reads, and the names work too), or a pretokenized pair from
+`bertcore.masking.make_nsp_pairs` (`input_ids`, `token_type_ids`, `next_sentence_label`).
+Batch key: `next_sentence_label` (B,).
 Prediction: {"label": 0 | 1, "label_name": "IsNext" | "NotNext", "score"}.
 Metric: accuracy.
 """
+import numbers
+
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -17,6 +20,17 @@ from bertcore.heads import copy_pretrained_weights
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 LABELS = ("IsNext", "NotNext")
+
+
+def label_id(label) -> int:
+    """0 (IsNext) or 1 (NotNext) from 0/1, "0"/"1" (a CSV cell) or the names; anything else
+    → ValueError naming the accepted values."""
+    if isinstance(label, numbers.Integral) and not isinstance(label, bool) and label in (0, 1):
+        return int(label)
+    if isinstance(label, str) and label.strip() in ("0", "1", *LABELS):
+        label = label.strip()
+        return LABELS.index(label) if label in LABELS else int(label)
+    raise ValueError(f"label {label!r} is not an NSP label; expected 0 or IsNext (B follows A), 1 or NotNext")
 
 
 class NSPHead(Head):
@@ -42,9 +56,15 @@ class NSPHead(Head):
 
     def check_example(self, example):
         if "input_ids" not in example:
-            return super().check_example(example)
+            super().check_example(example)
+            for key in ("text", "text_pair"):
+                if not isinstance(example[key], str):
+                    raise ValueError(f"{key} is {type(example[key]).__name__} {example[key]!r}; expected a string")
+            label_id(example["label"])
+            return
         if "next_sentence_label" not in example:  # a pretokenized pair (masking.make_nsp_pairs)
             raise ValueError("a pretokenized NSP pair needs next_sentence_label (0 IsNext, 1 NotNext)")
+        label_id(example["next_sentence_label"])
 
     def encode(self, example, tokenizer, max_length=512):
         if "input_ids" in example:
@@ -55,7 +75,7 @@ class NSPHead(Head):
             feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         label = example.get("next_sentence_label", example.get("label"))
         if label is not None:
-            feature["next_sentence_label"] = LABELS.index(label) if isinstance(label, str) else int(label)
+            feature["next_sentence_label"] = label_id(label)
         return [feature]
 
     def forward(self, output, batch):
@@ -71,7 +91,7 @@ class NSPHead(Head):
 
     def metrics(self, predictions, examples):
         gold = [ex.get("next_sentence_label", ex.get("label")) for ex in examples]
-        gold = [LABELS.index(g) if isinstance(g, str) else int(g) for g in gold]
+        gold = [label_id(g) for g in gold]
         correct = sum(p["label"] == g for p, g in zip(predictions, gold))
         return {"accuracy": correct / len(gold) if gold else 0.0}
 

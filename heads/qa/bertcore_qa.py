@@ -82,6 +82,9 @@ class QAHead(Head):
                 raise ValueError(f"{key} is {type(example[key]).__name__}; expected a string")
         answers, context = answers_of(example), example["context"]
         for text, start in zip(answers["text"], answers["answer_start"]):
+            if not isinstance(text, str) or not text.strip():  # a blank span has no tokens to point at
+                raise ValueError(f"answer text {text!r} is not a non-blank string; give the answer's words, or "
+                                 "answers [] for a question without an answer")
             if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(context):
                 raise ValueError(f"answer_start {start!r} is not a character offset in the {len(context)}-"
                                  "character context")
