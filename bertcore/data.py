@@ -302,7 +302,8 @@ def load_conll(path: Path, text: str) -> Records:
     """CoNLL: one `token<TAB>tag` (or whitespace-separated, tag last) per line, a blank
     line between sentences; `-DOCSTART-` lines are skipped."""
     examples, tokens, tags, first = Records(path), [], [], 0
-    for n, line in enumerate(text.splitlines(), 1):
+    # lines end at \n, \r\n or \r only: str.splitlines would also cut a token at U+2028, \x0c, ...
+    for n, line in enumerate(re.split(r"\r\n?|\n", text), 1):
         if not line.strip():
             if tokens:
                 examples.add({"tokens": tokens, "tags": tags}, first)

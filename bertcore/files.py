@@ -4,6 +4,7 @@
                                    fsync, rename over `path`, fsync the folder
     write_bytes / write_text / write_json / save_tensors   the common cases
     folder_swap(path)              build a whole folder beside `path`, then swap it in
+    remove_folder(path)            remove a written folder; a symlink there is unlinked, not followed
 
 A crash (kill -9, power cut) at any point leaves either the old file (folder) or the
 new one, never a mix; a failed write (disk full, read-only folder) leaves the old one
@@ -132,23 +133,36 @@ def folder_swap(path):
     Between the two renames a crash leaves the old folder at `.<name>.old` and the new
     one complete at `.<name>.new`; `recover_folder` finds them."""
     path = Path(path)
+    if path.is_file() and not path.is_symlink():   # swapping would move a file of the user's aside, then delete it
+        raise FileExistsError(f"{path} is a file, in the way of the folder of that name; move it elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_folder(path)
     new, old = _new(path), _old(path)
-    shutil.rmtree(new, ignore_errors=True)
+    remove_folder(new)
     new.mkdir(mode=0o777)
     try:
         yield new
         _fsync_tree(new)
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
+        remove_folder(old)
+        if path.exists() or path.is_symlink():
             os.replace(path, old)
         os.replace(new, path)
         fsync_dir(path.parent)
     except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
+        remove_folder(new)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    remove_folder(old)
+
+
+def remove_folder(path) -> None:
+    """Remove a folder bertcore wrote, if it is there. A symlink (or file) in its place is
+    unlinked, never followed: rmtree refuses symlinks, and one left behind would block the
+    next rename onto that name."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _new(path: Path) -> Path:

@@ -63,7 +63,10 @@ class Reporter:
             self.bar.close()
             self.bar = None
         if self.enabled:
-            self.plot()
+            try:
+                self.plot()
+            except Exception as err:  # a view of metrics.jsonl: it must not fail a run, nor hide why one failed
+                logger.warning("no %s: %s", self.output_dir / CURVES_FILE, " ".join(str(err).split()))
 
     def plot(self) -> None:
         """curves.png: training loss and eval metrics against the step (needs matplotlib)."""
@@ -77,7 +80,7 @@ class Reporter:
         file = self.output_dir / METRICS_FILE
         if not file.exists():
             return
-        records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line]
+        records = _records(file)
         train = [r for r in records if "loss" in r and r.get("split") != "eval"]
         evals = [r for r in records if r.get("split") == "eval"]
         keys = sorted({k for r in evals for k in r if isinstance(r[k], (int, float))}
@@ -99,15 +102,25 @@ class Reporter:
         plt.close(fig)
 
 
-def _keep_until(log: Path, step: int) -> None:
-    """Drop what a killed run logged after the checkpoint it resumes from (those steps run
-    again and log again) and a last line the kill cut short."""
-    kept = []
-    for line in log.read_text(encoding="utf-8").splitlines():
+def _records(log: Path, lines: list | None = None) -> list[dict]:
+    """The log's records with a whole-number step; a line a kill or a full disk cut short
+    (or any other) is skipped. `lines` collects the kept lines as they were written."""
+    records = []
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line + "\n")
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+            if lines is not None:
+                lines.append(line + "\n")
+    return records
+
+
+def _keep_until(log: Path, step: int) -> None:
+    """Drop what a killed run logged after the checkpoint it resumes from (those steps run
+    again and log again) and a last line the kill cut short."""
+    lines: list = []
+    kept = [line for record, line in zip(_records(log, lines), lines) if record["step"] <= step]
     write_text(log, "".join(kept))

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
-from .files import atomic_write, folder_candidates, folder_swap, write_json
+from .files import atomic_write, folder_candidates, folder_swap, remove_folder, write_json
 from .taskmodel import MODEL_FILE
 from .trainstate import TrainState, set_rng_state
 
@@ -167,8 +167,8 @@ def check_new_run(output_dir: Path, writes, overwrite: bool, inputs=()) -> None:
             resume = ""
         raise FileExistsError(f"{output_dir} already holds a run ({names}); {resume}train into another output "
                               "folder, or overwrite it (overwrite_output_dir=True, --overwrite)")
-    for folder in found:
-        shutil.rmtree(folder)
+    for folder in found:   # a symlink in the run folder is unlinked: what it points at is not the run's
+        folder.unlink() if folder.is_symlink() else shutil.rmtree(folder)
     logger.info("removed the earlier run in %s (%s)", output_dir, ", ".join(p.name for p in found))
 
 
@@ -184,15 +184,29 @@ def save_checkpoint(directory: Path, model, state: dict | None = None, save_enco
     previous = checkpoint_step(directory) if keep > 1 else None
     if previous is not None:   # resume verifies it before use, like every candidate
         older = directory.with_name(f"checkpoint-{previous}")
-        shutil.rmtree(older, ignore_errors=True)
-        shutil.copytree(directory, older, copy_function=os.link)        # hard links: no bytes written
+        remove_folder(older)
+        shutil.copytree(directory, older, copy_function=_link)          # hard links: no bytes written
     with folder_swap(directory) as tmp:
         model.save_pretrained(tmp / MODEL_DIR, save_encoder=save_encoder)
         if state is not None:
             atomic_write(tmp / STATE_FILE, lambda f: torch.save(state, f))
         write_manifest(tmp, step=None if state is None else state["state"]["step"])
-    for stale in sorted(directory.parent.glob("checkpoint-*"), key=_step_of)[:-(keep - 1) or None]:
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in kept_checkpoints(directory.parent)[:-(keep - 1) or None]:
+        remove_folder(stale)
+
+
+def kept_checkpoints(output_dir: Path) -> list[Path]:
+    """The `checkpoint-<step>/` folders of `output_dir`, oldest first; other names (a user's
+    `checkpoint-mine/` copy) are not ours to prune or resume from."""
+    return sorted((p for p in Path(output_dir).glob("checkpoint-*") if _step_of(p) >= 0), key=_step_of)
+
+
+def _link(source, target) -> None:
+    """A hard link, or a copy on a filesystem without them."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def link_checkpoint(source: Path, directory: Path) -> None:
@@ -205,18 +219,13 @@ def link_checkpoint(source: Path, directory: Path) -> None:
                 target.mkdir(parents=True, exist_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(file, target)
-                except OSError:             # a filesystem without hard links: copy
-                    shutil.copy2(file, target)
+                _link(file, target)
         write_manifest(tmp, known=_manifest(Path(source)).get("files", {}))  # same files: no second hashing
 
 
 def _step_of(folder: Path) -> int:
-    try:
-        return int(folder.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
+    step = folder.name.rsplit("-", 1)[-1]
+    return int(step) if step.isascii() and step.isdigit() else -1
 
 
 def write_manifest(folder: Path, step: int | None = None, known: dict | None = None) -> None:
@@ -267,7 +276,8 @@ def find_checkpoint(directory: Path, resumable: bool = True) -> Path:
     """The newest complete checkpoint that `directory` (e.g. <output_dir>/last) or a crash
     beside it left, verified. `resumable`: it must hold the trainer state."""
     problems, found = [], []
-    kept = sorted(Path(directory).parent.glob("checkpoint-*"), key=_step_of) if resumable else []
+    # last/ stands for the run's newest checkpoint; a folder named explicitly is that one
+    kept = kept_checkpoints(Path(directory).parent) if resumable and Path(directory).name == "last" else []
     for folder in folder_candidates(directory) + kept[::-1]:
         why = verify(folder)
         if why is None and resumable and (checkpoint_step(folder) is None or not (folder / STATE_FILE).is_file()):
@@ -283,13 +293,40 @@ def find_checkpoint(directory: Path, resumable: bool = True) -> Path:
 
 
 def load_state(folder: Path) -> dict:
-    """The trainer state of a checkpoint folder: tensors and plain data only."""
+    """The trainer state of a checkpoint folder: tensors and plain data only, in the shape
+    `Trainer` saves it (else a CheckpointError naming the key)."""
     try:
-        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        payload = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # an unpickler refusing a class lands here too
         raise CheckpointError(f"{folder / STATE_FILE}: cannot read it as tensors and plain data "
                               f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); it was not written "
                               "by this version of bertcore, or was tampered with") from None
+    problem = _payload_problem(payload)
+    if problem:
+        raise CheckpointError(f"{folder / STATE_FILE}: {problem}; it was not written by this version of bertcore, "
+                              "or was tampered with: resume from another checkpoint, or start a new run")
+    return payload
+
+
+def _payload_problem(payload) -> str | None:
+    """What is wrong with a loaded trainer state's layout, or None."""
+    if not isinstance(payload, dict):
+        return f"holds a {type(payload).__name__}, not a dict"
+    for key, kind in (("state", dict), ("rng", dict), ("run", dict), ("optimizer", dict), ("scheduler", dict)):
+        if not isinstance(payload.get(key, {}), kind) or (key in ("state", "rng") and key not in payload):
+            return f"key {key!r} is {'missing' if key not in payload else type(payload[key]).__name__}, " \
+                   f"expected a {kind.__name__}"
+    state = payload["state"]
+    for key in ("step", "epoch", "position", "bad_evals"):
+        value = state.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"state key {key!r} is {value!r}, expected a whole number >= 0"
+    if not isinstance(state.get("history", []), list) or not isinstance(state.get("best_step") or 0, int) \
+            or not isinstance(state.get("best") or 0, (int, float)):
+        return "state keys 'history' (a list), 'best' (a number) or 'best_step' (a step) have other types"
+    if not {"python", "numpy", "torch"} <= set(payload["rng"]):
+        return f"key 'rng' holds {sorted(payload['rng'])}, expected python, numpy and torch states"
+    return None
 
 
 def load_model_weights(model, folder: Path) -> None:
@@ -312,10 +349,12 @@ def load_model_weights(model, folder: Path) -> None:
         load_weights(head, read_state_dict(file), str(file), strict=True)
 
 
-def resume(directory, model, optimizer, scheduler, identity: dict) -> TrainState:
+def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | None = None) -> TrainState:
     """Restore a run from the newest complete checkpoint at `directory`: weights, optimizer,
     scheduler, RNG states; refused, with the differences listed, when `identity` (settings,
-    world size, data, heads) is not what the checkpoint recorded."""
+    world size, data, heads) is not what the checkpoint recorded. `best`: the run's best/
+    folder, put right when a crash came between the checkpoint that is the best and its link.
+    The state is `finished` when the checkpoint ended its run (the last step, early stopping)."""
     folder = find_checkpoint(Path(directory))
     payload = load_state(folder)
     saved = payload.get("run", {})
@@ -328,11 +367,34 @@ def resume(directory, model, optimizer, scheduler, identity: dict) -> TrainState
                          f"({'; '.join(changed)}); resume with the original settings and data, or start a new "
                          "run in another output folder")
     load_model_weights(model, folder)
-    if "optimizer" in payload:      # the last checkpoint of a finished run keeps no optimizer state
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-    elif not payload.get("complete"):
+    if "optimizer" not in payload and not payload.get("complete"):   # a finished run's keeps none
         raise CheckpointError(f"{folder / STATE_FILE} holds no optimizer state; it cannot continue a run")
-    set_rng_state(payload["rng"])
-    logger.info("resumed from %s at step %d", folder, payload["state"]["step"])
-    return TrainState.from_dict(payload["state"])
+    key = None
+    try:
+        for key in ("optimizer", "scheduler", "rng", "state"):
+            value = payload.get(key)
+            if key == "rng":
+                set_rng_state(value)
+            elif key == "state":
+                state = TrainState.from_dict(value)
+            elif value is not None:
+                (optimizer if key == "optimizer" else scheduler).load_state_dict(value)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{folder / STATE_FILE}: its {key!r} does not fit this run ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200] if str(err) else ''}); resume from another "
+                              "checkpoint, or start a new run") from None
+    state.finished = bool(payload.get("complete"))
+    if best is not None and state.best_step is not None and state.best_step == state.step:
+        _restore_best(folder, Path(best))
+    logger.info("resumed from %s at step %d%s", folder, state.step,
+                " (the run had ended there: nothing left to train)" if state.finished else "")
+    return state
+
+
+def _restore_best(folder: Path, best: Path) -> None:
+    """Make `best` the model of `folder` unless it already is: a run killed after writing
+    the checkpoint that is its best, before linking best/ to it, left the previous best."""
+    files = {k: v for k, v in _manifest(folder).get("files", {}).items() if k.startswith(f"{MODEL_DIR}/")}
+    if _manifest(best).get("files") != files:
+        logger.info("best/ did not hold the best model (step %s); linked it again", checkpoint_step(folder))
+        link_checkpoint(folder, best)

@@ -212,8 +212,7 @@ class Trainer:
                                           grad_accum_steps=args.grad_accum_steps, max_steps=args.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(int(total * args.warmup_ratio), total))
         self._identity = run_identity(args, self.world, self.train_sets, model)   # computed once per fit
-        folder = self.output_dir / "last" if resume_from is True else resume_from
-        state = resume(folder, model, optimizer, scheduler, self._identity) if resume_from else TrainState()
+        state = _resume(self, optimizer, scheduler, resume_from) if resume_from else TrainState()
         self.state, self.history = state, state.history
         reporter = Reporter(self.output_dir, self.rank == 0, args.progress, state.step if resume_from else None)
         reporter.start(total, state.step, f"train {', '.join('+'.join(d.heads) for d in self.train_sets)}")
@@ -247,7 +246,7 @@ class Trainer:
         running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
         pending, pending_loss = 0, 0.0
         epoch = state.epoch
-        while state.step < total and (args.max_steps or epoch < args.epochs):
+        while not state.finished and state.step < total and (args.max_steps or epoch < args.epochs):
             plan = self._plan(epoch)
             ahead = None   # (i, batch): the next batch, collated while the GPU runs a graph step
             for i in range(state.position if epoch == state.epoch else 0, len(plan)):
@@ -486,6 +485,14 @@ def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimize
         return torch.optim.AdamW(param_groups, lr=args.learning_rate, fused=True)
     except (RuntimeError, TypeError, ValueError):  # a device or dtype without the fused kernel
         return torch.optim.AdamW(param_groups, lr=args.learning_rate, foreach=True)
+
+
+def _resume(trainer: Trainer, optimizer, scheduler, resume_from) -> TrainState:
+    """The state `resume_from` (a folder, or True for <output_dir>/last) holds, restored into
+    the trainer's model, optimizer, scheduler and RNGs; rank 0 puts best/ right."""
+    folder = trainer.output_dir / "last" if resume_from is True else resume_from
+    best = trainer.output_dir / "best" if trainer.rank == 0 and trainer.args.save_checkpoints else None
+    return resume(folder, trainer.model, optimizer, scheduler, trainer._identity, best=best)
 
 
 def _check_run(trainer: Trainer, resume_from) -> None:

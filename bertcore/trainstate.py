@@ -23,6 +23,7 @@ class TrainState:
     best_step: int | None = None
     bad_evals: int = 0                 # evaluations since the best one (early stopping)
     history: list = field(default_factory=list)   # one metrics dict per evaluation
+    finished: bool = False             # resumed from the checkpoint that ended its run: nothing to do
 
     def to_dict(self) -> dict:
         return asdict(self)

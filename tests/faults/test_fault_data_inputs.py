@@ -200,3 +200,15 @@ def test_ner_sentences_without_tokens(tmp_path, tok, cfg):
     assert model.predict([(), ("john",)])[0] == {"entities": [], "tags": []}   # was: IndexError
     with pytest.raises(ValueError, match=r"labels: 'B-PER' is given twice; name each tag once"):
         bertcore.create_head("ner", cfg, labels=["O", "B-PER", "B-PER"])    # was: a class no tag ever trains
+
+
+def test_conll_lines_end_at_line_breaks_only(tmp_path):
+    # a form feed or U+2028 inside a token is no line break (str.splitlines made it one: the
+    # token's line lost its tag, "has one field", and the line numbers after it drifted)
+    file = write(tmp_path, "ner.conll", "Paris\u2028x\tB-LOC\nis\tO\r\n\r\nRome\x0c\tB-LOC\nbad\n")
+    with pytest.raises(DataError, match=r"ner.conll:5: 'bad' has one field"):
+        load_examples(file)
+    file = write(tmp_path, "ok.conll", "Paris\u2028x\tB-LOC\nis\tO\r\n\r\nRome\x0c\tB-LOC\n")
+    examples = load_examples(file)
+    assert [e["tags"] for e in examples] == [["B-LOC", "O"], ["B-LOC"]]
+    assert examples[0]["tokens"][0] == "Paris\u2028x" and examples.where(1).endswith("ok.conll:4")
