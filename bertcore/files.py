@@ -62,7 +62,7 @@ def atomic_write(path, write: Callable[[str], None], mode: int = 0o666) -> Path:
         os.replace(tmp, path)
     except Exception as err:  # safetensors and torch wrap OSError in their own types
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-        error = WriteError(f"cannot write {path}: {reason}; nothing was replaced ({_write_hint(path, err)})")
+        error = WriteError(f"cannot write {path}: {reason}; nothing was replaced ({write_hint(path, err)})")
         error.errno = getattr(err, "errno", None)
         raise error from err
     finally:
@@ -78,7 +78,7 @@ def file_above(path) -> Path | None:
     return next((parent for parent in Path(path).parents if parent.is_file()), None)
 
 
-def _write_hint(path: Path, err: Exception) -> str:
+def write_hint(path: Path, err: Exception) -> str:
     """What to check after a failed write: a file where a folder must be, else by errno."""
     blocker = file_above(path)
     if blocker is not None:

@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from .files import atomic_write, write_text
+from .files import WriteError, atomic_write, write_hint, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,12 @@ class Reporter:
         if not self.enabled:
             return
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
-        with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(clean) + "\n")
+        file = self.output_dir / METRICS_FILE
+        try:
+            with open(file, "a", encoding="utf-8") as f:
+                f.write(json.dumps(clean) + "\n")
+        except OSError as err:   # a full disk: one line naming the log, as every other write says it
+            raise WriteError(f"cannot append to {file}: {err.strerror or err} ({write_hint(file, err)})") from err
 
     def close(self) -> None:
         if self.bar is not None:

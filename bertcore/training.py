@@ -35,9 +35,11 @@ from .trainstate import TrainState, rng_state, set_seed
 
 logger = logging.getLogger(__name__)
 
-# Settings that fix what a saved data position means: resuming with others is refused.
+# Settings that fix what a saved run state means (its data position, schedule and best
+# score): resuming with others is refused.
 RESUME_KEYS = ("batch_size", "grad_accum_steps", "learning_rate", "seed", "epochs", "max_steps",
-               "warmup_ratio", "weight_decay", "layerwise_lr_decay", "max_length", "sampling", "freeze_encoder")
+               "warmup_ratio", "weight_decay", "layerwise_lr_decay", "max_length", "sampling", "freeze_encoder",
+               "metric_for_best")
 
 
 class NonFiniteLossError(FloatingPointError):

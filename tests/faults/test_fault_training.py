@@ -213,7 +213,8 @@ def test_a_disk_that_fills_mid_log_line_is_the_error_reported(tmp_path, tok, mon
                 f.write(self.getvalue()[:7])
             raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(reporting, "open", lambda file, mode, **kw: FullDisk(file), raising=False)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(OSError, match=r"cannot append to .*metrics.jsonl: No space left on device \(the disk is "
+                                      r"full; free space and run again\)"):   # before: a bare [Errno 28]
         trainer(tok, tmp_path, logging_steps=1).fit()
     monkeypatch.undo()
     assert (tmp_path / "curves.png").is_file()          # drawn from the two whole lines
@@ -228,3 +229,14 @@ def test_a_file_where_a_swapped_folder_goes_is_kept_and_named(tmp_path):
             (new / "x").write_text("x")
     assert (tmp_path / "best").read_text() == "the user's notes\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_resume_with_another_metric_for_best_is_refused(tmp_path, tok, monkeypatch):
+    """The saved best score is of the metric the run chose: resumed with another, it would
+    compare a loss against an accuracy (before: resumed, best/ judged by the wrong score)."""
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, eval=None: {"accuracy": 0.5, "loss": 1.0})
+    killed_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tok, tmp_path, metric_for_best="accuracy").fit()
+    with pytest.raises(ValueError, match=r"metric_for_best: 'accuracy' then, 'loss' now"):
+        trainer(tok, tmp_path, metric_for_best="loss").fit(resume_from=True)
