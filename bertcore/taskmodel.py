@@ -61,10 +61,12 @@ class Encoded:
 @dataclass
 class RunResult:
     """One head's results over a dataset: decoded predictions (None when the head
-    cannot decode) and the mean loss per unit of `Head.loss_count` (NaN without labels)."""
+    cannot decode), the mean loss per unit of `Head.loss_count` (NaN without labels) and
+    how many units it averages (0: no label to score, e.g. no token masked for MLM)."""
 
     predictions: list | None
     loss: float
+    units: int = 0
 
 
 class TaskModel(nn.Module):
@@ -273,7 +275,7 @@ class TaskModel(nn.Module):
         for name in data.heads:
             predictions = self._decode(name, data, outputs[name]) if decode else None
             total, count = totals[name]
-            results[name] = RunResult(predictions, total / count if count else float("nan"))
+            results[name] = RunResult(predictions, total / count if count else float("nan"), count)
         return results
 
     def _run_forward(self, batch: dict, heads: tuple[str, ...]) -> tuple:

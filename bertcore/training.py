@@ -367,7 +367,8 @@ class Trainer:
             for name, result in run.items():
                 head = self.model.heads[name]
                 metrics = dict(head.metrics(result.predictions, data.examples)) if result.predictions is not None else {}
-                metrics["loss"] = result.loss
+                if result.units:   # none: nothing labelled to score (no token masked), not a diverged loss
+                    metrics["loss"] = result.loss
                 results.update({(f"{name}/" if several else "") + k: float(v) for k, v in metrics.items()})
         return results
 

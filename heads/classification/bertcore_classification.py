@@ -70,13 +70,13 @@ class ClassificationHead(Head):
     @classmethod
     def options_from_examples(cls, examples):
         """Labels sorted; a list label makes the task multi-label; numbers that are not all
-        whole make it a regression."""
+        whole make it a regression, written as JSON numbers or as text (a CSV cell: "3.8")."""
         labels = [ex.get("label") for ex in examples]
         if any(isinstance(x, list) for x in labels):
             return {"labels": sorted({str(y) for x in labels for y in (x if isinstance(x, list) else [x])}),
                     "multi_label": True}
-        if labels and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in labels) and \
-                any(isinstance(x, float) and not x.is_integer() for x in labels):
+        numbers = [_number(x) for x in labels]
+        if labels and None not in numbers and any(not v.is_integer() for v in numbers):
             return {"num_labels": 1}
         return {"labels": sorted({str(x) for x in labels})}
 
@@ -273,3 +273,14 @@ def spearman(x, y) -> float:
 @hookimpl
 def register_heads(register):
     register(ClassificationHead)
+
+
+def _number(label) -> float | None:
+    """A label as a finite number (a JSON number, or text that reads as one), else None."""
+    if isinstance(label, bool) or not isinstance(label, (int, float, str)):
+        return None
+    try:
+        value = float(label)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None

@@ -212,3 +212,14 @@ def test_conll_lines_end_at_line_breaks_only(tmp_path):
     examples = load_examples(file)
     assert [e["tags"] for e in examples] == [["B-LOC", "O"], ["B-LOC"]]
     assert examples[0]["tokens"][0] == "Paris\u2028x" and examples.where(1).endswith("ok.conll:4")
+
+
+def test_numbers_as_text_that_are_not_whole_make_a_regression(tmp_path):
+    # an STS-B-like CSV: its scores are text cells; before, every distinct score became a class
+    from bertcore_classification import ClassificationHead
+    file = write(tmp_path, "sts.csv", "text,text_pair,label\na,b,3.8\nc,d,0.5\ne,f,5.0\n")
+    assert ClassificationHead.options_from_examples(load_examples(file)) == {"num_labels": 1}
+    whole = [{"label": "1"}, {"label": "2"}, {"label": "2"}]          # whole numbers: classes, as before
+    assert ClassificationHead.options_from_examples(whole) == {"labels": ["1", "2"]}
+    mixed = [{"label": "3.8"}, {"label": "nan"}]                        # not all finite numbers: classes
+    assert ClassificationHead.options_from_examples(mixed) == {"labels": ["3.8", "nan"]}

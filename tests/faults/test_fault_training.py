@@ -240,3 +240,19 @@ def test_resume_with_another_metric_for_best_is_refused(tmp_path, tok, monkeypat
         trainer(tok, tmp_path, metric_for_best="accuracy").fit()
     with pytest.raises(ValueError, match=r"metric_for_best: 'accuracy' then, 'loss' now"):
         trainer(tok, tmp_path, metric_for_best="loss").fit(resume_from=True)
+
+
+def test_an_eval_set_with_nothing_to_score_is_no_diverged_loss(tmp_path, tok):
+    """An MLM eval set where no token is masked (its masks are fixed per text: "great"
+    draws none at 30 %) has no loss to report. Before: the NaN of 0 / 0 stopped the run as
+    a diverged eval loss, "Lower learning_rate"."""
+    encoder = bertcore.BertEncoder(bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=32,
+                                                       max_position_embeddings=64))
+    model = bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", encoder.config, mlm_probability=0.3)},
+                               tokenizer=tok)
+    texts = [{"text": e["text"]} for e in toy.examples(16)]
+    run = Trainer(model, tokenizer=tok, train=texts, eval=[{"text": "great"}],
+                  args=toy.args(tmp_path, max_steps=2, eval_every=1))
+    history = run.fit()
+    assert len(history) == 2 and all("loss" not in record and "accuracy" in record for record in history)
