@@ -19,6 +19,9 @@ def epoch_plan(sizes: list[int], *, seed: int, epoch: int, batch_size: int, worl
     per_task = []
     global_batch = batch_size * world
     for t, size in enumerate(sizes):
+        if size < world:   # a rank with an empty batch would fail, or wait for the others for ever
+            raise ValueError(f"{size} training features{f' for task {t}' if len(sizes) > 1 else ''} for {world} "
+                             "processes; each process needs one at least: train on more data or fewer processes")
         g = torch.Generator().manual_seed(seed * 1000003 + epoch * 101 + t)
         order = torch.randperm(size, generator=g).tolist()
         batches = [order[i:i + global_batch] for i in range(0, len(order), global_batch)]

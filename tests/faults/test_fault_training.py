@@ -256,3 +256,11 @@ def test_an_eval_set_with_nothing_to_score_is_no_diverged_loss(tmp_path, tok):
                   args=toy.args(tmp_path, max_steps=2, eval_every=1))
     history = run.fit()
     assert len(history) == 2 and all("loss" not in record and "accuracy" in record for record in history)
+
+
+def test_fewer_training_features_than_processes_is_one_line():
+    """Before: the last ranks got empty batches (a collate error on them, the others waiting)."""
+    from bertcore.dataplan import epoch_plan
+    with pytest.raises(ValueError, match="3 training features for 4 processes; each process needs one at least"):
+        epoch_plan([3], seed=0, epoch=0, batch_size=8, world=4, rank=3)
+    assert all(epoch_plan([4], seed=0, epoch=0, batch_size=8, world=4, rank=r)[0][1] for r in range(4))
