@@ -253,8 +253,10 @@ def load_csv(path: Path, text: str, delimiter: str | None = None) -> Records:
     # strict: a quote that opens a field must close it, else the reader would run on through
     # the following lines and glue rows into one text without a word
     # newline="": lines end at \n, \r\n or \r (a classic Mac export), as the csv module wants them
+    # skipinitialspace: "good, pos" is the label pos, not " pos", a class of its own; and , "a, b" is quoted
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, quoting=quoting)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True, quoting=quoting,
+                        skipinitialspace=delimiter != "\t")
     limit = csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a long document is no error
     try:
         header = _next_row(reader, path, delimiter)

@@ -223,3 +223,10 @@ def test_numbers_as_text_that_are_not_whole_make_a_regression(tmp_path):
     assert ClassificationHead.options_from_examples(whole) == {"labels": ["1", "2"]}
     mixed = [{"label": "3.8"}, {"label": "nan"}]                        # not all finite numbers: classes
     assert ClassificationHead.options_from_examples(mixed) == {"labels": ["3.8", "nan"]}
+
+
+def test_a_space_after_a_csv_comma_is_no_part_of_the_field(tmp_path):
+    # before: labels " pos" and "pos" were two classes, and , "a, b" split at its comma
+    file = write(tmp_path, "spaced.csv", 'text, label\ngood film, pos\n"bad, really", neg\nfine,pos\n')
+    assert list(load_examples(file)) == [{"text": "good film", "label": "pos"},
+                                         {"text": "bad, really", "label": "neg"}, {"text": "fine", "label": "pos"}]
