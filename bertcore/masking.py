@@ -8,7 +8,11 @@
 This module sits beside `data.py`, under everything that trains: it imports nothing
 of bertcore's but `data.read_text`.
 """
+import numbers
+import os
 import random
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -38,13 +42,21 @@ def mask_tokens(input_ids, tok, mlm_probability: float = 0.15, mask_prob: float 
                          f"{mlm_probability}, {mask_prob}, {random_prob}")
     if isinstance(input_ids, (list, tuple)):
         lengths = [len(x) for x in input_ids]
+        if word_starts is not None and [len(x) for x in word_starts] != lengths:
+            raise ValueError(f"word_starts must match input_ids sequence by sequence: lengths "
+                             f"{[len(x) for x in word_starts][:8]} for input_ids of lengths {lengths[:8]}")
         flat = torch.tensor([t for x in input_ids for t in x], dtype=torch.long)
         starts = None if word_starts is None else torch.tensor([bool(t) for x in word_starts for t in x])
         ids, labels = mask_tokens(flat, tok, mlm_probability, mask_prob, random_prob, generator,
                                   whole_word, starts)
         return [x.tolist() for x in ids.split(lengths)], [x.tolist() for x in labels.split(lengths)]
 
+    if isinstance(input_ids, torch.Tensor) and (input_ids.dtype.is_floating_point or input_ids.dtype.is_complex):
+        raise TypeError(f"input_ids must hold integer token ids, got {input_ids.dtype}; convert them: .long()")
     input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if word_starts is not None and tuple(torch.as_tensor(word_starts).shape) != tuple(input_ids.shape):
+        raise ValueError(f"word_starts has shape {tuple(torch.as_tensor(word_starts).shape)}, input_ids has "
+                         f"{tuple(input_ids.shape)}; give one flag per token")
     special = tok.special_tokens_mask(input_ids).bool()                       # specials and [PAD]
     draw = torch.rand(input_ids.shape, generator=generator)
     if whole_word:
@@ -66,8 +78,9 @@ def mask_tokens(input_ids, tok, mlm_probability: float = 0.15, mask_prob: float 
     ids = input_ids.clone()
     ids[to_mask] = tok.mask_token_id
     candidates = _non_special_ids(tok)
-    choice = torch.randint(len(candidates), input_ids.shape, generator=generator)
-    ids[to_random] = candidates[choice][to_random]
+    if len(candidates):     # a vocabulary of specials only has none (and no token to pick either)
+        choice = torch.randint(len(candidates), input_ids.shape, generator=generator)
+        ids[to_random] = candidates[choice][to_random]
     return ids, labels
 
 
@@ -89,30 +102,46 @@ def _word_starts(input_ids: torch.Tensor, tok) -> torch.Tensor:
 def read_corpus(source, encoding: str | None = None) -> list[list[str]]:
     """Documents for pretraining: a list of documents, each a list of sentences.
 
-    `source`: a text file (or a list of files) in the original BERT format — one
+    `source`: a text file (a path, or a list of paths) in the original BERT format — one
     sentence per line, a blank line between documents; a list of strings (lines,
     "" separating documents); or already a list of lists, returned as is.
+    A string without a line break is a file's path; in a list, strings are files only
+    when every one names a file (a list that mixes the two is refused: a line that
+    happens to be a file's name was read as that file). A line with no visible
+    character (only spaces or control characters) separates documents.
     Files are read as UTF-8 unless `encoding` names another.
     """
-    if isinstance(source, (str, Path)):
-        source = [source]
+    if isinstance(source, (str, os.PathLike)):
+        if isinstance(source, os.PathLike) or "\n" not in source:
+            source = [Path(source)]             # a missing file is said, never read as a line of text
+        else:
+            source = [source]
+    if isinstance(source, (bytes, dict)) or not isinstance(source, Iterable):
+        raise TypeError(f"a corpus is a file path, a list of lines or a list of documents, got {type(source).__name__}")
     source = list(source)
     if source and all(isinstance(d, (list, tuple)) for d in source):
         return [list(d) for d in source if d]
+    for n, item in enumerate(source):
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"corpus entry {n} is of type {type(item).__name__}; entries are file paths, lines, or "
+                            "(all of them) documents as lists of sentences")
+    named = [isinstance(i, str) and i.strip() and _names_file(i) for i in source]
+    texts = [i for i, f in zip(source, named) if isinstance(i, str) and i.strip() and not f]
+    if any(named) and texts:
+        raise ValueError(f"the corpus list mixes file paths ({next(i for i, f in zip(source, named) if f)!r}) with "
+                         f"lines of text ({texts[0][:40]!r}); pass files as pathlib.Path (or only files), "
+                         "or documents as lists of sentences")
     lines: list[str] = []
-    for item in source:
-        path = Path(item)
-        if isinstance(item, Path) or (len(str(item)) < 4096 and "\n" not in str(item) and path.is_file()):
-            lines.extend(read_text(path, encoding).splitlines())
+    for item, is_file in zip(source, named):
+        if isinstance(item, os.PathLike) or is_file:
+            lines.extend(read_text(Path(item), encoding, what="corpus file").splitlines())
             lines.append("")
-        elif isinstance(item, str):
-            lines.extend(item.splitlines() or [""])
         else:
-            raise TypeError(f"corpus entries must be file paths, lines or lists of sentences, got {type(item).__name__}")
+            lines.extend(item.splitlines() or [""])
     documents, current = [], []
     for line in lines:
         line = line.strip()
-        if line:
+        if line and not _invisible(line):
             current.append(line)
         elif current:
             documents.append(current)
@@ -120,6 +149,16 @@ def read_corpus(source, encoding: str | None = None) -> list[list[str]]:
     if current:
         documents.append(current)
     return documents
+
+
+def _names_file(text: str) -> bool:
+    return len(text) < 4096 and "\n" not in text and Path(text).is_file()
+
+
+def _invisible(line: str) -> bool:
+    """No character the tokenizer keeps: spaces, control and format characters only
+    (NUL, a zero-width space, a stray BOM). Such a line is blank, a document boundary."""
+    return all(unicodedata.category(c)[0] == "Z" or unicodedata.category(c) in ("Cc", "Cf") for c in line)
 
 
 def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float = 0.5,
@@ -144,8 +183,7 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
     Returns dicts with `input_ids`, `token_type_ids`, `next_sentence_label`, and
     `document`/`partner_document` (where A and B came from).
     """
-    if max_length < 8:
-        raise ValueError(f"max_length={max_length} is too short for a sentence pair; use >= 8")
+    _check_nsp_args(documents, max_length, nsp_probability, short_seq_prob)
     documents = [d for d in documents if d]
     if len(documents) < 2:
         raise ValueError(f"NSP needs at least 2 documents (NotNext takes B from another one), got "
@@ -155,6 +193,8 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
     segmented = not all(isinstance(s, str) for s in sentences)
     encoded = iter(_encode_sentences(sentences, tok, segmented))
     docs = [[ids for ids in (next(encoded) for _ in d) if ids] for d in documents]
+    source = [n for n, d in enumerate(documents) if d]     # each kept document's index among the given ones
+    source = [n for n, d in zip(source, docs) if d]
     docs = [d for d in docs if d]
     if len(docs) < 2:
         raise ValueError("NSP needs at least 2 documents with some text in them")
@@ -200,8 +240,31 @@ def make_nsp_pairs(documents, tok, max_length: int = 128, nsp_probability: float
                 b = b_true
             a, b = _truncate_pair(a, b, budget, rng)
             pairs.append({**_pair_tokens(a, b, cls, sep, segmented), "next_sentence_label": int(not_next),
-                          "document": d, "partner_document": partner})
+                          "document": source[d], "partner_document": source[partner]})
     return pairs
+
+
+def _check_nsp_args(documents, max_length, nsp_probability, short_seq_prob) -> None:
+    """ValueError/TypeError for settings or documents make_nsp_pairs cannot use as given."""
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
+        raise TypeError(f"max_length must be a whole number, got {max_length!r}")
+    if max_length < 8:
+        raise ValueError(f"max_length={max_length} is too short for a sentence pair; use >= 8")
+    for name, value in (("nsp_probability", nsp_probability), ("short_seq_prob", short_seq_prob)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if isinstance(documents, (str, bytes)):
+        raise TypeError("documents must be a list of documents, each a list of sentences, got a string; "
+                        "read a corpus file with read_corpus")
+    for n, doc in enumerate(documents):
+        if isinstance(doc, (str, bytes)) or not isinstance(doc, (list, tuple)):
+            raise TypeError(f"document {n} is a {type(doc).__name__}, not a list of sentences; wrap it: [sentence, ...] "
+                            "(read_corpus builds documents from lines)")
+        for k, sentence in enumerate(doc):
+            if not isinstance(sentence, str) and not (isinstance(sentence, (list, tuple))
+                                                      and all(isinstance(w, str) for w in sentence)):
+                raise TypeError(f"document {n}, sentence {k} is {sentence!r:.60}; a sentence is a string or a "
+                                "list of its words (strings)")
 
 
 def _pieces(ids: list, budget: int) -> list[list]:

@@ -60,6 +60,10 @@ class MLMHead(Head):
     def __init__(self, config: BertConfig, mlm_probability: float = 0.15, mask_prob: float = 0.8,
                  random_prob: float = 0.1, top_k: int = 5, whole_word: bool = False):
         super().__init__(config)
+        if not (0.0 <= mlm_probability <= 1.0 and 0.0 <= mask_prob and 0.0 <= random_prob
+                and mask_prob + random_prob <= 1.0):          # refused here, not at the first batch
+            raise ValueError(f"the mlm head needs 0 <= mlm_probability <= 1 and mask_prob + random_prob <= 1 "
+                             f"(both >= 0), got {mlm_probability}, {mask_prob}, {random_prob}")
         self.mlm_probability, self.mask_prob, self.random_prob, self.top_k, self.whole_word = \
             mlm_probability, mask_prob, random_prob, top_k, whole_word
         self.transform = _Transform(config)

@@ -254,7 +254,7 @@ class BertEncoder(nn.Module):
         offsets) gets zeros as its `pooler_output` row."""
         if cu_seqlens is not None:
             return self.forward_packed(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
-        self._check_padded(input_ids, attention_mask, token_type_ids)
+        self._check_padded(input_ids, attention_mask, token_type_ids, position_ids)
         batch, seqlen = input_ids.shape
         if attention_mask is None:
             packing: Packing = full_packing(batch, seqlen, input_ids.device)
@@ -262,10 +262,17 @@ class BertEncoder(nn.Module):
             packing = unpad(attention_mask)                                    # one host read of the lengths
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        given = position_ids is not None
         if position_ids is None:  # absolute positions, as HF: equal to per-sequence ones for right padding
             position_ids = torch.arange(seqlen, device=input_ids.device).expand(batch, seqlen)
+        packed_positions = pack(position_ids, packing)
+        most = self.config.max_position_embeddings        # a longer sequence: _encode says so
+        if (given or seqlen > most >= packing.max_seqlen) and self._host_check(packed_positions):
+            self._check_range("position_ids", packed_positions, most, "max_position_embeddings", "" if given else
+                              "a padded batch numbers positions from the start of its rows; right-pad it, "
+                              "or pass position_ids")
         out = self._encode(pack(input_ids, packing), packing.cu_seqlens, packing.max_seqlen,
-                           pack(token_type_ids, packing), pack(position_ids, packing))
+                           pack(token_type_ids, packing), packed_positions)
         hidden = repad(out.last_hidden_state, packing)                         # (B, L, H)
         return BertOutput(hidden, out.pooler_output, packing.cu_seqlens, packing.max_seqlen)
 
@@ -289,6 +296,9 @@ class BertEncoder(nn.Module):
             self._check_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
         if position_ids is None:
             position_ids = position_ids_packed(cu_seqlens, input_ids.shape[0])
+        elif self._host_check(position_ids):
+            self._check_range("position_ids", position_ids, self.config.max_position_embeddings,
+                              "max_position_embeddings")
         return self._encode(input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids)
 
     def _encode(self, input_ids, cu_seqlens, max_seqlen, token_type_ids, position_ids) -> BertOutput:
@@ -337,21 +347,26 @@ class BertEncoder(nn.Module):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(t).__name__}; "
                             f"wrap it: torch.tensor({name}) (or use the Tokenizer, which returns tensors)")
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer tensor, got {t.dtype}; convert it: {name}.long()")
+        if t.dtype not in (torch.int64, torch.int32):   # the embedding lookups take no other type
+            raise TypeError(f"{name} must be an integer tensor, got {t.dtype} (the embeddings take int64 or "
+                            f"int32); convert it: {name}.long()")
 
     def _check_range(self, name, t, limit, field, hint=""):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
             raise ValueError(f"{name} must lie in [0, {limit}) ({field}), got values in "
                              f"[{int(t.min())}, {int(t.max())}]" + (f": {hint}" if hint else ""))
 
-    def _check_padded(self, input_ids, attention_mask, token_type_ids):
+    def _check_padded(self, input_ids, attention_mask, token_type_ids, position_ids=None):
         self._check_ids("input_ids", input_ids)
         if input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}; "
                 "for packed tokens pass cu_seqlens= and max_seqlen=")
-        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if input_ids.shape[0] == 0 or (input_ids.shape[1] == 0 and attention_mask is None):
+            raise ValueError(f"input_ids of shape {tuple(input_ids.shape)} holds no tokens; pass at least one "
+                             "sequence (a row of an attention_mask may be all 0)")
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                        ("position_ids", position_ids)):
             if t is None:
                 continue
             if not isinstance(t, torch.Tensor):
@@ -362,6 +377,13 @@ class BertEncoder(nn.Module):
             self._check_ids("token_type_ids", token_type_ids)
             if self._host_check(token_type_ids):
                 self._check_range("token_type_ids", token_type_ids, self.config.type_vocab_size, "type_vocab_size")
+        if position_ids is not None:
+            self._check_ids("position_ids", position_ids)
+        if attention_mask is not None and attention_mask.dtype != torch.bool and self._host_check(attention_mask):
+            odd = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+            if odd.numel():
+                raise ValueError(f"attention_mask must hold 1 (token) and 0 (padding), got {odd[0].item()}; pass "
+                                 "the tokenizer's mask, not an additive one (0 / -inf)")
 
     def _check_offsets(self, cu_seqlens, max_seqlen, total) -> int:
         """Checks cu_seqlens and max_seqlen against the T packed tokens; returns max_seqlen

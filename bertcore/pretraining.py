@@ -5,6 +5,7 @@ are re-exported here, where the design documents them.
 """
 import dataclasses
 import logging
+import numbers
 import os
 import random
 from contextlib import nullcontext
@@ -52,6 +53,7 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
     into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
+    _check_settings(mlm_probability, eval_fraction, max_eval_pairs)    # before the run folder is touched
     leader = not init_distributed() or dist.get_rank() == 0
     args = args or TrainingArgs(output_dir="runs/pretrain")
     # Rank 0 holds the output folder from its check to the saved model; the Trainer joins.
@@ -99,10 +101,14 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     order = list(range(len(documents)))
     rng.shuffle(order)
     n_eval = max(2, int(len(documents) * eval_fraction))
+    if len(documents) - n_eval < 2:
+        raise ValueError(f"eval_fraction={eval_fraction} holds out {n_eval} of the {len(documents)} documents, "
+                         "leaving fewer than 2 to train on; use a smaller eval_fraction")
     eval_docs = [documents[i] for i in order[:n_eval]]
     train_docs = [documents[i] for i in order[n_eval:]]
     train_pairs = make_nsp_pairs(train_docs, tok, max_length=args.max_length, seed=args.seed)
     eval_pairs = make_nsp_pairs(eval_docs, tok, max_length=args.max_length, seed=args.seed + 1)[:max_eval_pairs]
+    _check_pairs(train_pairs, eval_pairs, tok)
     logger.info("pretraining on %d sentence pairs from %d documents (%d pairs held out)",
                 len(train_pairs), len(train_docs), len(eval_pairs))
 
@@ -113,6 +119,36 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     if trainer.rank == 0:
         model.save_pretrained(out / FINAL_MODEL_DIR)
     return model
+
+
+def _check_settings(mlm_probability, eval_fraction, max_eval_pairs) -> None:
+    if not 0.0 < mlm_probability < 1.0:
+        raise ValueError(f"mlm_probability={mlm_probability}: the share of tokens masked must lie in (0, 1) "
+                         "(BERT's is 0.15); 0 masks nothing and 1 leaves nothing to predict from")
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction={eval_fraction} must lie in [0, 1) (the share of documents held out)")
+    if isinstance(max_eval_pairs, bool) or not isinstance(max_eval_pairs, numbers.Integral) or max_eval_pairs < 1:
+        raise ValueError(f"max_eval_pairs={max_eval_pairs!r} must be a whole number >= 1")
+
+
+def _check_pairs(train_pairs: list[dict], eval_pairs: list[dict], tok) -> None:
+    """ValueError for pairs pretraining cannot learn from: none at all, or no token MLM may
+    mask (every one [UNK]: a tokenizer that does not cover the corpus). Warns when most
+    tokens are [UNK]."""
+    for name, pairs in (("training", train_pairs), ("held-out", eval_pairs)):
+        if not pairs:
+            raise ValueError(f"the {name} documents give no sentence pairs: a pair needs a document of 2 "
+                             "sentences, or a sentence of 2 tokens or more; give longer documents")
+    special = set(tok.all_special_ids)
+    if not any(t not in special for p in train_pairs for t in p["input_ids"]):
+        raise ValueError("every token of the corpus is [UNK] or special: the tokenizer does not cover its text, "
+                         "and MLM would mask nothing; use a vocabulary trained on this corpus (tok=None, "
+                         "no --tokenizer)")
+    sample = [t for p in train_pairs[:1000] for t in p["input_ids"] if t not in special or t == tok.unk_token_id]
+    unknown = sum(t == tok.unk_token_id for t in sample) / len(sample)
+    if unknown > 0.5:
+        logger.warning("%.0f%% of the corpus's tokens are [UNK]: the tokenizer hardly covers this text; "
+                       "use a vocabulary trained on it (tok=None, no --tokenizer)", 100 * unknown)
 
 
 # ---- an initialisation that skips the plateau ---------------------------------------------

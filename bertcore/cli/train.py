@@ -186,12 +186,19 @@ def add_pretrain(sub):
 
 
 def cmd_pretrain(args) -> int:
+    from ..config import MAX_POSITIONS
+    from ..data import check_file
     for file in args.corpus:
-        if not Path(file).is_file():
-            raise FileNotFoundError(f"corpus file {file} does not exist")
+        check_file(Path(file), "corpus file")        # a folder is said to be one, not to be missing
     args.max_length = args.max_length or args.default_max_length
     if args.max_length < 8:
         raise ValueError(f"--max-length {args.max_length} is too short for a sentence pair; use 8 or more")
+    if args.mlm_probability == 0:
+        raise ValueError("--mlm-probability 0 masks no token, and MLM would learn nothing; use a share in (0, 1), "
+                         "BERT's is 0.15")
+    if args.max_length > MAX_POSITIONS and not args.encoder:
+        raise ValueError(f"--max-length {args.max_length} exceeds BERT's {MAX_POSITIONS} positions; "
+                         f"use at most {MAX_POSITIONS}")
     with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
         return _pretrain(args)
 
