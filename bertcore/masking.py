@@ -258,8 +258,8 @@ def _check_nsp_args(documents, max_length, nsp_probability, short_seq_prob) -> N
                         "read a corpus file with read_corpus")
     for n, doc in enumerate(documents):
         if isinstance(doc, (str, bytes)) or not isinstance(doc, (list, tuple)):
-            raise TypeError(f"document {n} is a {type(doc).__name__}, not a list of sentences; wrap it: [sentence, ...] "
-                            "(read_corpus builds documents from lines)")
+            raise TypeError(f"document {n} is a {type(doc).__name__}, not a list of sentences; wrap it: "
+                            "[sentence, ...] (read_corpus builds documents from lines)")
         for k, sentence in enumerate(doc):
             if not isinstance(sentence, str) and not (isinstance(sentence, (list, tuple))
                                                       and all(isinstance(w, str) for w in sentence)):
