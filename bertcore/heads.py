@@ -116,6 +116,17 @@ class Head(nn.Module):
         return False
 
     @staticmethod
+    def require_text(example: dict, *keys: str, optional: tuple = ()) -> None:
+        """TypeError naming a field `encode` reads as text that is not a string (a JSON
+        null, a number); a key in `optional` may also be None. `TaskModel.encode` turns it
+        into a ValueError naming the example (the CLI: its file and line)."""
+        for key in keys:
+            value = example.get(key)
+            if key in example and not isinstance(value, str) and not (key in optional and value is None):
+                shown = "null" if value is None else f"{type(value).__name__} {repr(value)[:40]}"
+                raise TypeError(f"{key!r} is {shown}, not a string; make {key} a string")
+
+    @staticmethod
     def init_linear(layer: nn.Linear, config: BertConfig) -> nn.Linear:
         """BERT's initialisation of a head's linear layer: normal(0, initializer_range), zero bias."""
         nn.init.normal_(layer.weight, std=config.initializer_range)

@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +159,10 @@ class TaskModel(nn.Module):
                 raise ValueError(f"example {i + 1} has no {err.args[0]!r} (it has "
                                  f"{', '.join(map(str, examples[i])) or 'nothing'}); the {' and '.join(names)} "
                                  "head reads it") from None
+            except TypeError as err:  # a field of the wrong type (a JSON null for a text)
+                if not isinstance(examples[i], dict):
+                    raise
+                raise ValueError(f"example {i + 1} cannot be read: {err}") from None
             merged = per_head[0]
             for other in per_head[1:]:
                 if len(other) != len(merged):
@@ -307,6 +311,8 @@ class TaskModel(nn.Module):
         prediction looks like is up to the head's `decode`. Texts are cut at `max_length`
         tokens, and never past the encoder's `max_position_embeddings`."""
         name = self.head_names(head)[0]
+        if isinstance(inputs, Iterator):  # a generator, map(...): a batch, as a list is
+            inputs = list(inputs)
         single = not isinstance(inputs, list)
         examples = [self.heads[name].example_from_input(x) for x in ([inputs] if single else inputs)]
         self.prepare(name, tokenizer)

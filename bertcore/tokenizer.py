@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -459,3 +460,12 @@ def _to_tensors(data: dict) -> dict:
                              "differ; pass padding=True (or 'max_length')")
         out[key] = torch.tensor(value, dtype=torch.long)
     return out
+
+
+def end_past_marks(text: str, end: int) -> int:
+    """A character offset `end` into `text` moved past the combining marks that follow it:
+    an uncased tokenizer strips the accents of NFD text, so a word's last offsets stop
+    before them, and `text[start:end]` would lose its last accent."""
+    while end < len(text) and unicodedata.category(text[end]) == "Mn":
+        end += 1
+    return end

@@ -30,6 +30,7 @@ from bertcore.heads import masked_mean
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
 
+
 class ClassificationHead(Head):
     name = "classification"
     description = "sequence classification: single/pair, single-label, multi-label, regression"
@@ -134,6 +135,7 @@ class ClassificationHead(Head):
     # ---- data ----------------------------------------------------------------------
 
     def encode(self, example, tokenizer, max_length=512):
+        self.require_text(example, "text", "text_pair", optional=("text_pair",))
         enc = tokenizer(example["text"], example.get("text_pair"), max_length=max_length, truncation=True)
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         label = example.get("label")

@@ -35,6 +35,7 @@ from bertcore.heads import masked_mean, pack_features
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
+
 # sentence-transformers' pooling modes, in the order it concatenates them.
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len_tokens")
 _LEGACY_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
@@ -104,6 +105,7 @@ class EmbeddingHead(Head):
 
     def encode(self, example, tokenizer, max_length=512):
         limit = min(max_length, self.max_seq_length or max_length)
+        self.require_text(example, "text", "text_pair", optional=("text_pair",))
         enc = tokenizer(example["text"], max_length=limit, truncation=True)
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         if example.get("text_pair") is not None:

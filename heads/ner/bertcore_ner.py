@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
 from bertcore.heads import IGNORE_INDEX
+from bertcore.tokenizer import end_past_marks
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
+
 
 
 class NERHead(Head):
@@ -85,13 +87,25 @@ class NERHead(Head):
     # ---- data ----------------------------------------------------------------------
 
     def encode(self, example, tokenizer, max_length=512):
+        # without tags (prediction) a text longer than one window is read in overlapping windows, so every
+        # word gets a tag; labelled examples keep one window, cut at max_length, as training always did
+        self.require_text(example, "text")
+        if "tokens" in example and (not isinstance(example["tokens"], (list, tuple))
+                                    or not all(isinstance(w, str) for w in example["tokens"])):
+            raise TypeError("'tokens' must be a list of words (strings)")
+        windows = {} if "tags" in example else {"return_overflowing": True, "stride": max(0, (max_length - 2) // 4)}
         if "tokens" in example and len(example["tokens"]):
             enc = tokenizer(list(example["tokens"]), is_split_into_words=True, max_length=max_length,
-                            truncation=True, return_offsets=True)
+                            truncation=True, return_offsets=True, **windows)
         elif "tokens" in example:  # no words: [CLS] [SEP] (the tokenizer takes [] for an empty batch)
             enc = tokenizer("", max_length=max_length, truncation=True, return_offsets=True)
         else:
-            enc = tokenizer(example["text"], max_length=max_length, truncation=True, return_offsets=True)
+            enc = tokenizer(example["text"], max_length=max_length, truncation=True, return_offsets=True,
+                            **windows)
+        if "tags" not in example:
+            return [{"input_ids": enc["input_ids"][row], "token_type_ids": enc["token_type_ids"][row],
+                     "word_ids": enc.word_ids(row), "offsets": [tuple(o) for o in enc["offset_mapping"][row]]}
+                    for row in range(len(enc["input_ids"]))]
         word_ids = enc.word_ids(0)
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0],
                    "word_ids": word_ids, "offsets": [tuple(o) for o in enc["offset_mapping"][0]]}
@@ -142,8 +156,6 @@ class NERHead(Head):
     # ---- results -------------------------------------------------------------------
 
     def decode(self, example, features, outputs):
-        feature, probs = features[0], outputs[0].softmax(-1)                    # (L, C)
-        word_ids, offsets = feature["word_ids"], feature["offsets"]
         if "tokens" in example:
             words = list(example["tokens"])
             text = " ".join(words)
@@ -152,16 +164,26 @@ class NERHead(Head):
         else:
             text = example["text"]
             spans = {}
-            for w, (a, b) in zip(word_ids, offsets):
-                if w is not None:
-                    spans[w] = (min(a, spans.get(w, (a, b))[0]), max(b, spans.get(w, (a, b))[1]))
-            spans = [spans[w] for w in range(max(spans, default=-1) + 1)]
-        tags, scores, seen = ["O"] * len(spans), [1.0] * len(spans), set()
-        for token, w in enumerate(word_ids):
-            if w is not None and w not in seen:  # a word's first sub-word decides its tag
-                seen.add(w)
-                best = int(probs[token].argmax())
-                tags[w], scores[w] = self.labels[best], float(probs[token, best])
+            for feature in features:
+                for w, (a, b) in zip(feature["word_ids"], feature["offsets"]):
+                    if w is not None:
+                        spans[w] = (min(a, spans.get(w, (a, b))[0]), max(b, spans.get(w, (a, b))[1]))
+            # the normaliser drops combining marks (NFD accents) after a word's last sub-word: keep them
+            spans = [(a, end_past_marks(text, b)) for a, b in (spans[w] for w in range(max(spans, default=-1) + 1))]
+        tags, scores, room = ["O"] * len(spans), [1.0] * len(spans), {}
+        for feature, out in zip(features, outputs):
+            probs, word_ids = out.softmax(-1), feature["word_ids"]                # (L, C)
+            first = {}
+            for token, w in enumerate(word_ids):
+                first.setdefault(w, token)      # a word's first sub-word decides its tag
+            first.pop(None, None)
+            for w, token in first.items():
+                # overlapping windows: the one where the word sits farthest from an edge decides
+                context = min(token, len(word_ids) - 1 - token)
+                if w < len(tags) and context > room.get(w, -1):
+                    room[w] = context
+                    best = int(probs[token].argmax())
+                    tags[w], scores[w] = self.labels[best], float(probs[token, best])
         entities = []
         for label, first, last in get_entities(tags):
             start, end = spans[first][0], spans[last][1]
@@ -186,6 +208,7 @@ class NERHead(Head):
                            "label2id": {n: i for i, n in enumerate(self.labels)},
                            "classifier_dropout": self.dropout_prob},
                 "state_dict": {"classifier.weight": self.classifier.weight, "classifier.bias": self.classifier.bias}}
+
 
 
 def _kept(char: str) -> bool:

@@ -22,6 +22,7 @@ BERTCORE_REQUIRES = ">=0.1,<0.2"
 LABELS = ("IsNext", "NotNext")
 
 
+
 def label_id(label) -> int:
     """0 (IsNext) or 1 (NotNext) from 0/1, "0"/"1" (a CSV cell) or the names; anything else
     → ValueError naming the accepted values."""
@@ -71,6 +72,7 @@ class NSPHead(Head):
             ids = list(example["input_ids"])
             feature = {"input_ids": ids, "token_type_ids": list(example.get("token_type_ids", [0] * len(ids)))}
         else:
+            self.require_text(example, "text", "text_pair")
             enc = tokenizer(example["text"], example["text_pair"], max_length=max_length, truncation=True)
             feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         label = example.get("next_sentence_label", example.get("label"))

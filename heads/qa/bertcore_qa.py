@@ -24,8 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
+from bertcore.tokenizer import end_past_marks
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
+
 
 
 def answers_of(example: dict) -> dict:
@@ -93,6 +95,7 @@ class QAHead(Head):
                                  f"{context[start:start + len(text)]!r}, not the answer {text!r}; fix the offset")
 
     def encode(self, example, tokenizer, max_length=512):
+        self.require_text(example, "question", "context")
         question, context = example["question"].lstrip(), example["context"]
         q = tokenizer(question, max_length=512, truncation=True, return_offsets=True)
         if len(q["input_ids"][0]) - 2 > self.max_query_length:  # cut long questions at a token boundary
@@ -155,7 +158,8 @@ class QAHead(Head):
                 for j in end.topk(k).indices.tolist():
                     if offsets[i] is None or offsets[j] is None or j < i or j - i + 1 > self.max_answer_length:
                         continue
-                    candidates.append((float(start[i] + end[j]), offsets[i][0], offsets[j][1]))
+                    stop = end_past_marks(context, offsets[j][1])   # an NFD answer keeps its last accent
+                    candidates.append((float(start[i] + end[j]), offsets[i][0], stop))
         best = {}
         for score, a, b in sorted(candidates, reverse=True):
             best.setdefault((a, b), score)  # the same span from two windows: keep its best score
@@ -183,6 +187,7 @@ class QAHead(Head):
         """This head as transformers' BertForQuestionAnswering (`bertcore.export`)."""
         return {"architecture": "BertForQuestionAnswering", "pooler": False, "config": {"num_labels": 2},
                 "state_dict": {"qa_outputs.weight": self.qa_outputs.weight, "qa_outputs.bias": self.qa_outputs.bias}}
+
 
 
 # ---- the official SQuAD v2.0 evaluation functions ------------------------------------------
