@@ -307,9 +307,10 @@ class TaskModel(nn.Module):
     def predict(self, inputs, head: str | None = None, batch_size: int = 32, max_length: int | None = None,
                 tokenizer=None):
         """Decoded predictions: one for a single input (str, (text, pair) tuple, or example
-        dict), a list for a list (so one NER word list goes in as a tuple). What one
-        prediction looks like is up to the head's `decode`. Texts are cut at `max_length`
-        tokens, and never past the encoder's `max_position_embeddings`."""
+        dict), a list for a list or any other iterator (so one NER word list goes in as a
+        tuple). What one prediction looks like is up to the head's `decode`. Windows are
+        `max_length` tokens at most, never past the encoder's `max_position_embeddings`:
+        QA and NER read a longer text in overlapping windows, the other heads cut it."""
         name = self.head_names(head)[0]
         if isinstance(inputs, Iterator):  # a generator, map(...): a batch, as a list is
             inputs = list(inputs)
