@@ -178,7 +178,7 @@ def load_json(path: Path, text: str) -> Records:
     if isinstance(value, list):
         for i, v in enumerate(value):
             if not isinstance(v, dict):
-                raise DataError(f"{path}: [{i}] is a JSON {_json_type(v)}; expected a list of example objects "
+                raise DataError(f"{path}: [{i}] is a JSON {json_type(v)}; expected a list of example objects "
                                 'such as {"text": "...", "label": "pos"}')
         return Records(path, value, [f"[{i}]" for i in range(len(value))])
     if isinstance(value, dict) and isinstance(value.get("data"), list):
@@ -193,7 +193,7 @@ def squad_examples(value: dict, path: Path) -> Records:
     examples = Records(path)
     for a, article in enumerate(value["data"]):
         if isinstance(article, dict) and "paragraphs" in article and not isinstance(article["paragraphs"], list):
-            raise DataError(f"{path}: data[{a}].paragraphs is a JSON {_json_type(article['paragraphs'])}; "
+            raise DataError(f"{path}: data[{a}].paragraphs is a JSON {json_type(article['paragraphs'])}; "
                             "expected a list of {context, qas} objects")
         if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
             raise DataError(f"{path}: data[{a}]: expected a SQuAD article {{\"paragraphs\": [...]}}, got "
@@ -203,12 +203,12 @@ def squad_examples(value: dict, path: Path) -> Records:
             if not isinstance(paragraph, dict) or "context" not in paragraph or "qas" not in paragraph:
                 raise DataError(f"{path}: {where}: expected keys context and qas")
             if not isinstance(paragraph["qas"], list):
-                raise DataError(f"{path}: {where}.qas is a JSON {_json_type(paragraph['qas'])}; expected a list "
+                raise DataError(f"{path}: {where}.qas is a JSON {json_type(paragraph['qas'])}; expected a list "
                                 "of {question, answers} objects")
             for q, qa in enumerate(paragraph["qas"]):
                 here = f"{where}.qas[{q}]"
                 if not isinstance(qa, dict):
-                    raise DataError(f"{path}: {here} is a JSON {_json_type(qa)}; expected a {{question, answers}} "
+                    raise DataError(f"{path}: {here} is a JSON {json_type(qa)}; expected a {{question, answers}} "
                                     "object")
                 if "question" not in qa:
                     raise DataError(f"{path}: {here}: expected a question")
@@ -232,7 +232,7 @@ def squad_examples(value: dict, path: Path) -> Records:
     return examples
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
     """The JSON name of a parsed value's type (a str is a "string", a dict an "object")."""
     return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null",
             int: "number", float: "number"}.get(type(value), type(value).__name__)
@@ -242,7 +242,7 @@ def _shape(value) -> str:
     """A parsed JSON value, briefly: an object by its keys, anything else by its type."""
     if isinstance(value, dict):
         return "an object with keys " + (", ".join(map(str, list(value)[:6])) or "none")
-    return f"a JSON {_json_type(value)}"
+    return f"a JSON {json_type(value)}"
 
 
 def load_csv(path: Path, text: str, delimiter: str | None = None) -> Records:

@@ -162,10 +162,6 @@ def add_embed(sub):
     return p
 
 
-_JSON_TYPES = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",
-               dict: "object"}
-
-
 def _embed_inputs(source: str) -> list[str]:
     """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
     from ..data import read_text
@@ -179,17 +175,19 @@ def _embed_inputs(source: str) -> list[str]:
 def _jsonl_text(line: str, where: str) -> str:
     """A JSONL line's "text"; anything but a string is refused (str() would embed "None")."""
     import json
+
+    from ..data import json_type
     fix = 'give each line a string "text", e.g. {"text": "a sentence"}'
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"{where}: invalid JSON ({err.msg}); {fix}") from None
     if not isinstance(row, dict):
-        raise ValueError(f'{where}: expected a JSON object with "text" (got {_JSON_TYPES[type(row)]}); {fix}')
+        raise ValueError(f'{where}: expected a JSON object with "text" (got {json_type(row)}); {fix}')
     if "text" not in row:
         raise ValueError(f'{where}: no "text" field (it has {", ".join(row) or "nothing"}); {fix}')
     if not isinstance(row["text"], str):
-        raise ValueError(f'{where}: "text" must be a string (got {_JSON_TYPES[type(row["text"])]}); {fix}')
+        raise ValueError(f'{where}: "text" must be a string (got {json_type(row["text"])}); {fix}')
     return row["text"]
 
 
