@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -45,11 +46,23 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
             return load_file(str(file))
         state = torch.load(str(file), map_location="cpu", weights_only=True)
     except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{file}: cannot read weights ({type(err).__name__}: {err}); "
-                              "the file is truncated or not a checkpoint") from None
+        raise CheckpointError(f"{file}: {_unreadable(err)}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{file}: expected a dict of tensors (a state dict)")
     return state
+
+
+def _unreadable(err: Exception) -> str:
+    """Why a weights file cannot be read, in one line. torch's weights_only refusal runs to
+    several lines and advises loading again with weights_only=False, which would run the
+    code a tampered file holds: it is never passed on."""
+    code = re.search(r"unsupported GLOBAL (\S+)", str(err))
+    if isinstance(err, pickle.UnpicklingError) and code:
+        return (f"it holds Python objects, not only tensors (loading it would call {code.group(1)}); bertcore "
+                "loads tensors only: convert it to model.safetensors where you trust its source")
+    reason = "not a pickle of tensors" if isinstance(err, pickle.UnpicklingError) else \
+        (str(err).strip().splitlines() or [""])[0]
+    return f"cannot read weights ({type(err).__name__}: {reason}); the file is truncated or not a checkpoint"
 
 
 def to_encoder_keys(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
@@ -164,8 +177,14 @@ def _dtype(value, config: BertConfig):
     (the checkpoint's own `torch_dtype`, float32 when it has none)."""
     if value is None or isinstance(value, torch.dtype):
         return value
-    name = str(config.extra.get("torch_dtype", config.extra.get("dtype", "float32"))) if value == "auto" else str(value)
-    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if value == "auto":  # a null in config.json is no dtype saved, as transformers reads it
+        saved = config.extra.get("torch_dtype", config.extra.get("dtype")) or "float32"
+        dtype = getattr(torch, str(saved).removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype='auto' reads the checkpoint's config.json, whose torch_dtype {saved!r} is not a "
+                             "torch dtype; fix it there (e.g. \"float32\") or pass dtype=torch.float32")
+        return dtype
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype={value!r} is not a torch dtype; use e.g. torch.bfloat16, 'float16' or 'auto'")
     return dtype

@@ -34,6 +34,11 @@ from .taskmodel import TaskModel
 __all__ = ["TransformersExport", "export_transformers", "ServingModel", "export_program", "export_onnx"]
 
 EXPORT_METHOD = "transformers_export"
+# config.json keys that describe a task head, not the encoder. Carried over from a fine-tuned
+# source (an MNLI checkpoint's 3 labels) they contradict the exported head: transformers 4
+# then builds a 3-output QA layer and cannot load the 2-output weights.
+TASK_KEYS = ("id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "classifier_dropout",
+             "task_specific_params")
 
 
 class TransformersExport(TypedDict, total=False):
@@ -82,7 +87,9 @@ def export_transformers(model: TaskModel, directory: str | os.PathLike, head: st
     weights = {f"bert.{k}": v for k, v in model.encoder.state_dict().items()
                if pooler or not k.startswith("pooler.")}
     weights.update(spec["state_dict"])
-    config = {**model.encoder.config.to_dict(), **spec.get("config", {}), "architectures": [spec["architecture"]]}
+    # the encoder's source config may be a fine-tuned checkpoint's: its labels are not this head's
+    encoder_config = {k: v for k, v in model.encoder.config.to_dict().items() if k not in TASK_KEYS}
+    config = {**encoder_config, **spec.get("config", {}), "architectures": [spec["architecture"]]}
     with folder_swap(directory) as tmp:
         model.tokenizer.save_pretrained(tmp)
         write_json(tmp / "config.json", dict(sorted(config.items())))
@@ -102,6 +109,11 @@ def check_export_folder(directory) -> Path:
         raise FileExistsError(f"{given} exists and is not empty; export into a new or empty folder")
     if directory == Path.cwd().resolve() or directory in Path.cwd().resolve().parents:
         raise FileExistsError(f"{given} is the current folder; export into a new folder below it (e.g. ./exported)")
+    # the folder is built beside its place: else the error names that temp folder, not the fix
+    above = next(p for p in directory.parents if p.exists())
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PermissionError(f"{given}: cannot write in {above} (a read-only filesystem, or not yours); "
+                              "export somewhere you can write")
     return directory
 
 
@@ -150,12 +162,34 @@ class ServingModel(nn.Module):
         return logits if isinstance(logits, dict) else {"logits": logits}
 
     def forward(self, input_ids, attention_mask, token_type_ids=None) -> dict[str, torch.Tensor]:
+        if not torch.compiler.is_compiling():  # eager serving; torch.export traces checked example inputs
+            self._check_inputs(input_ids, attention_mask, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         batch, seqlen = input_ids.shape
         out = self._head_outputs(input_ids, attention_mask, token_type_ids)
         return {k: v.reshape(batch, seqlen, *v.shape[1:]) if self.per_token[k] else v    # (B, L, ...) | (B, ...)
                 for k, v in out.items()}
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids) -> None:
+        """The packed path's checks of a padded batch, plus its length: without them a (B, 1) or
+        additive (0 / -inf) mask broadcasts into wrong outputs without a word, and an id or a
+        position past its embedding table is an IndexError that names neither. Values are
+        read as the packed path reads them: on the CPU, elsewhere with BERTCORE_DEBUG=1."""
+        encoder = self.encoder
+        encoder._check_ids("input_ids", input_ids)
+        if input_ids.dim() != 2 or 0 in input_ids.shape:
+            raise ValueError(f"input_ids must be (batch, seq_len) with at least one token per row, got shape "
+                             f"{tuple(input_ids.shape)}; a single sequence is input_ids[None]")
+        if attention_mask is None:
+            raise ValueError("attention_mask is required: (batch, seq_len), 1 for tokens and 0 for padding")
+        encoder._check_padded(input_ids, attention_mask, token_type_ids)
+        if input_ids.shape[1] > encoder.config.max_position_embeddings:
+            raise ValueError(f"input_ids has {input_ids.shape[1]} positions per row, over the model's "
+                             f"max_position_embeddings={encoder.config.max_position_embeddings}; truncate it "
+                             "(tokenizer max_length)")
+        if encoder._host_check(input_ids):
+            encoder.check_token_values(input_ids)
 
     def example_inputs(self, batch: int = 2, seqlen: int = 8) -> tuple[torch.Tensor, ...]:
         """(input_ids, attention_mask, token_type_ids) to trace with; the second row is padded."""

@@ -392,9 +392,10 @@ class Tokenizer:
 def _read_vocab(file: Path) -> dict[str, int]:
     """vocab.txt as transformers' load_vocab reads it (line number = id), refusing what
     would break the ids later: bytes that are not UTF-8, and a token on two lines (the
-    second would leave a gap in the ids, which no save can write back)."""
+    second would leave a gap in the ids, which no save can write back). A byte order mark
+    (Windows editors add one) is dropped: read as part of line 1, it would hide [PAD]."""
     try:
-        lines = file.read_text(encoding="utf-8").split("\n")
+        lines = file.read_text(encoding="utf-8-sig").split("\n")
     except UnicodeDecodeError as err:
         raise ValueError(f"{file}: not UTF-8 (byte {err.object[err.start]:#04x} at {err.start}); re-save it "
                          "as UTF-8") from None

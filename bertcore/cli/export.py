@@ -20,25 +20,46 @@ def add_export(sub):
 
 def cmd_export(args) -> int:
     from ..export import ServingModel, check_export_folder, export_onnx, export_transformers, transformers_spec
+    from ..files import folder_swap
     from ..taskmodel import TaskModel
 
     model = TaskModel.from_pretrained(args.model)
-    name = model.head_names(args.head)[0]
+    name = head_name(model, args.head)
     out = Path(args.output)
+    check_outside(Path(args.model), out)
     try:
         if args.to == "transformers":
             export_transformers(model, out, head=name)
             print(f"head {name!r} written to {out} as transformers' {transformers_spec(model, name)['architecture']} "
                   f"(load it with transformers.pipeline(..., model={str(out)!r}))")
             return 0
-        check_export_folder(out)
-        export_onnx(ServingModel(model, head=name), out / "model.onnx")
+        # built beside the output and swapped in whole: a full disk or a failed export never
+        # leaves a model.onnx without its tokenizer files, looking complete
+        with folder_swap(check_export_folder(out)) as tmp:
+            export_onnx(ServingModel(model, head=name), tmp / "model.onnx")
+            if model.tokenizer is not None:
+                model.tokenizer.save_pretrained(tmp)
     except (ImportError, FileExistsError) as err:
         raise ValueError(str(err)) from None
-    if model.tokenizer is not None:
-        model.tokenizer.save_pretrained(out)
     print(f"head {name!r} written to {out / 'model.onnx'} (inputs input_ids, attention_mask, token_type_ids)")
     return 0
+
+
+def head_name(model, head: str | None) -> str:
+    """The head to export; a model of several heads without --head says to pass it (the
+    library's own error speaks of head=NAME, which is not this command's option)."""
+    if head is None and len(model.heads) != 1:
+        raise ValueError(f"this model has heads {', '.join(model.heads)}; pass --head NAME")
+    return model.head_names(head)[0]
+
+
+def check_outside(model_dir: Path, output: Path) -> None:
+    """Refuse an output inside the model folder: a model folder holds only what a save
+    writes, so the next save into it (a finetune run's last step) would refuse to replace it."""
+    source = model_dir.resolve()
+    if source in output.resolve().parents:
+        raise ValueError(f"{output} is inside the model folder {model_dir}; export beside it "
+                         f"(e.g. {source.parent / (source.name + '-' + output.name)})")
 
 
 COMMANDS = {"export": (add_export, cmd_export)}
