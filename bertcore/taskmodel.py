@@ -34,7 +34,8 @@ import torch.nn as nn
 from . import cudagraphs, plugins
 from .buckets import SEQLEN_BUCKETS, Buckets, pad_batch, real_batch, unpad_outputs
 from .checkpoint import CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict
-from .files import folder_swap, recover_folder, save_tensors, write_json
+from .data import where
+from .files import file_above, folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, pack_features
 from .model import BertEncoder
 
@@ -105,16 +106,21 @@ class TaskModel(nn.Module):
 
     def add_head(self, name: str, head: Head, load_pretrained: bool = True) -> Head:
         """Attach `head` under `name`; its hidden size must equal the encoder's."""
-        if not _NAME.match(name):
+        if not _folder_name(name):
             raise ValueError(f"head name {name!r} must be letters, digits, '_', '-' or '.' (it names a folder)")
         if not isinstance(head, Head):
             raise TypeError(f"head {name!r} is a {type(head).__name__}, not a bertcore.Head; "
                             "make one with bertcore.create_head(...)")
+        if name in self.heads:  # replacing would drop a trained head without a word
+            raise ValueError(f"this model already has a head named {name!r}; attach it under another name, or "
+                             f"remove the old one first (del model.heads[{name!r}])")
         _check_hidden(head.config.hidden_size, self.encoder.config.hidden_size, f"head {name!r}")
         head.attach(self.encoder)
         if load_pretrained and self.encoder.pretrained_head_weights:
             head.load_pretrained_weights(self.encoder.pretrained_head_weights)
-        self.heads[name] = head.to(self.device)
+        # the encoder's dtype too: a float32 head on a bf16 encoder fails at its first matmul
+        dtype = next(self.encoder.parameters()).dtype
+        self.heads[name] = head.to(self.device, dtype) if dtype.is_floating_point else head.to(self.device)
         return head
 
     @property
@@ -147,6 +153,7 @@ class TaskModel(nn.Module):
         NSP) each encode the example and their features are merged, so every head finds
         its label keys."""
         names, tok = self.head_names(head), self._tokenizer(tokenizer)
+        _check_max_length(max_length)
         # past the encoder's positions a sequence cannot run: cut it there, as the default does
         max_length = min(max_length or 512, self.encoder.config.max_position_embeddings)
         features, owner = [], []
@@ -255,6 +262,7 @@ class TaskModel(nn.Module):
         """Run every feature of `data` through its heads in order, in eval mode: per head,
         the decoded predictions and the mean loss per unit (`Head.loss_count`), which is
         the same whatever `batch_size` is."""
+        _check_batch_size(batch_size)
         was_training = self.training
         self.eval()
         outputs = {n: [] for n in data.heads}
@@ -315,11 +323,21 @@ class TaskModel(nn.Module):
         if isinstance(inputs, Iterator):  # a generator, map(...): a batch, as a list is
             inputs = list(inputs)
         single = not isinstance(inputs, list)
-        examples = [self.heads[name].example_from_input(x) for x in ([inputs] if single else inputs)]
+        examples = [self.heads[name].example_from_input(inputs)] if single else self._examples(name, inputs)
         self.prepare(name, tokenizer)
         data = self.encode(examples, name, tokenizer, max_length)
         predictions = self.run(data, batch_size, with_loss=False)[name].predictions
         return predictions[0] if single else predictions
+
+    def _examples(self, name: str, inputs: list) -> list[dict]:
+        """The head's examples of a list of predict inputs; one it cannot read is named by its place."""
+        examples = []
+        for i, item in enumerate(inputs):
+            try:
+                examples.append(self.heads[name].example_from_input(item))
+            except TypeError as err:
+                raise TypeError(f"input {i + 1} of {len(inputs)}: {err}") from None
+        return examples
 
     def evaluate(self, examples: Sequence[dict], head: str | None = None, batch_size: int = 32,
                  max_length: int | None = None, tokenizer=None) -> dict[str, float]:
@@ -327,10 +345,22 @@ class TaskModel(nn.Module):
         head's loss (per sequence, or per labelled token for token-level heads), the same
         number from `Trainer.evaluate` and for any batch size."""
         name = self.head_names(head)[0]
+        self._check_examples(name, examples)
         self.prepare(name, tokenizer)
         result = self.run(self.encode(examples, name, tokenizer, max_length), batch_size)[name]
         metrics = self.heads[name].metrics(result.predictions, examples) if result.predictions is not None else {}
         return {"loss": result.loss, **metrics}
+
+    def _check_examples(self, name: str, examples: Sequence[dict]) -> None:
+        """Every labelled example checked by its head, as the Trainer does: one that is not (a NaN
+        target, a tag list of the wrong length) would score as a silent NaN, or fail deep inside."""
+        if not len(examples):
+            raise ValueError(f"no examples to evaluate; pass labelled examples for the {name} head")
+        for i in range(len(examples)):
+            try:
+                self.heads[name].check_example(examples[i])
+            except ValueError as err:
+                raise ValueError(f"{where(examples, i)}: {err}") from None
 
     # ---- saving ----------------------------------------------------------------------
 
@@ -347,6 +377,7 @@ class TaskModel(nn.Module):
         info = {"heads": list(self.heads), "bertcore_version": plugins.core_version()}
         if not save_encoder:
             info["encoder"] = self.encoder_reference()
+            _check_outside(Path(info["encoder"]["path"]), directory)
         with folder_swap(directory) as tmp:
             if save_encoder:
                 self.encoder.save_pretrained(tmp / "encoder")
@@ -394,7 +425,7 @@ class TaskModel(nn.Module):
             from .tokenizer import Tokenizer
             tokenizer = Tokenizer.from_pretrained(directory / "tokenizer")
         if info:
-            names = info["heads"]
+            names = _head_names(info["heads"], directory / MODEL_FILE)
         elif (directory / "heads").is_dir():
             names = sorted(p.name for p in (directory / "heads").iterdir() if p.is_dir())
         else:
@@ -497,8 +528,47 @@ def _referenced_encoder(reference: dict, file: Path) -> BertEncoder:
     return BertEncoder.from_pretrained(path.parent)
 
 
+def _folder_name(name) -> bool:
+    """Whether `name` can name a head's folder: heads/".." would be the model folder itself."""
+    return isinstance(name, str) and bool(_NAME.match(name)) and name not in (".", "..")
+
+
+def _head_names(names: list, file: Path) -> list[str]:
+    """taskmodel.json's head names, each a folder name under heads/ and listed once."""
+    for i, name in enumerate(names):
+        if not _folder_name(name):  # a path would load a head from elsewhere
+            raise CheckpointError(f"{file}: head name {name!r} is not a folder name "
+                                  "under heads/; restore the file, or save the model again")
+        if name in names[:i]:
+            raise CheckpointError(f"{file}: head {name!r} is listed twice; list each head once")
+    return names
+
+
+def _check_outside(weights: Path, directory: Path) -> None:
+    """A save that points at the encoder's weights must not replace the folder holding them."""
+    if directory.resolve() in weights.resolve().parents:
+        raise ValueError(f"the encoder's weights {weights} are inside {directory}, which saving replaces; "
+                         "save with save_encoder=True, or into another folder")
+
+
+def _check_max_length(max_length) -> None:
+    """None: the default. Below 8 no text fits between [CLS] and [SEP] (NER tagged every word O)."""
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                   or max_length < 8):
+        raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]; "
+                         "use 8 or more (None: the encoder's max_position_embeddings, at most 512)")
+
+
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be a whole number >= 1")
+
+
 def _check_replaceable(directory: Path, allowed=SAVED_ENTRIES) -> None:
     """Saving swaps the whole folder: refuse to replace one that holds anything else."""
+    blocker = file_above(directory)
+    if blocker is not None:  # else mkdir's bare "[Errno 17] File exists"
+        raise FileExistsError(f"cannot save in {directory}: {blocker} is a file, not a folder; fix the path")
     if directory.exists() and not directory.is_dir():
         raise FileExistsError(f"{directory} is a file; pass a folder to save the model in")
     if directory.is_dir():

@@ -16,6 +16,7 @@ Prediction: single-label {"label", "score", "scores"}; multi-label {"labels",
 accuracy is exact-set match, macro_f1 over labels); regression pearson, spearman.
 """
 import math
+import numbers
 import re
 import warnings
 
@@ -48,6 +49,12 @@ class ClassificationHead(Head):
         if labels is not None:
             if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):  # "neg,pos" is not 7 labels
                 raise ValueError(f"labels={labels!r}; expected a list of label names")
+            labels = list(labels)
+            for i, label in enumerate(labels):   # str(None), str(["a"]) would name a class no label ever is
+                if isinstance(label, bool) or not isinstance(label, (str, numbers.Integral)):  # numpy ints too
+                    raise ValueError(f"labels: label {i + 1} of {len(labels)} is "
+                                     f"{'None' if label is None else f'{type(label).__name__} {label!r}'}, not a "
+                                     "class name; labels are strings (or ints)")
             labels = [str(x) for x in labels]
             for i, label in enumerate(labels):   # a repeat or a blank would make a dead class
                 if not label.strip():
@@ -57,6 +64,9 @@ class ClassificationHead(Head):
             if num_labels not in (None, len(labels)):
                 raise ValueError(f"num_labels={num_labels} but {len(labels)} labels given; pass one of them")
             num_labels = len(labels)
+        if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral)):
+            raise ValueError(f"num_labels={num_labels!r}; expected a whole number (1 = regression)")
+        num_labels = None if num_labels is None else int(num_labels)
         if num_labels is None or num_labels < 1:
             raise ValueError("the classification head needs labels=[names] or num_labels=N (1 = regression)")
         self.labels, self.num_labels, self.multi_label = labels, num_labels, multi_label

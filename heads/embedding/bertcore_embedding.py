@@ -59,7 +59,11 @@ class EmbeddingHead(Head):
         if not modes or unknown:
             raise ValueError(f"pooling {pooling!r} is not supported; use one or several of {', '.join(POOLING_MODES)}")
         self.modes = [m for m in POOLING_MODES if m in modes]  # sentence-transformers' concatenation order
-        self.normalize, self.scale, self.max_seq_length = bool(normalize), float(scale), max_seq_length
+        if not isinstance(normalize, bool):   # bool("false") from a hand-edited head.json is True
+            raise ValueError(f"normalize={normalize!r}; expected true or false")
+        self.normalize, self.scale, self.max_seq_length = normalize, float(scale), max_seq_length
+        if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)):
+            raise ValueError(f"max_seq_length={max_seq_length!r}; expected a whole number of tokens")
         if max_seq_length is not None and max_seq_length < 2:
             raise ValueError(f"max_seq_length={max_seq_length} leaves no room for [CLS] and [SEP]; use 2 or more")
 

@@ -37,13 +37,22 @@ class NERHead(Head):
         super().__init__(config)
         if not labels:
             raise ValueError('the ner head needs labels=["O", "B-PER", "I-PER", ...] (every tag it may predict)')
-        self.labels = [str(x) for x in labels]
+        if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):  # "OB-PER" is not 6 tags
+            raise ValueError(f"labels={labels!r}; expected a list of tag names")
+        labels = list(labels)
+        for i, label in enumerate(labels):   # str(None) would be a tag no data ever has
+            if not isinstance(label, str):
+                raise ValueError(f"labels: label {i + 1} of {len(labels)} is "
+                                 f"{'None' if label is None else f'{type(label).__name__} {label!r}'}, not a tag name")
+        self.labels = labels
         for i, label in enumerate(self.labels):   # a repeat would make a class no tag ever trains
             if self.labels.index(label) != i:
                 raise ValueError(f"labels: {label!r} is given twice; name each tag once")
         if "O" not in self.labels:
             raise ValueError(f"labels {self.labels} lack the outside tag 'O'")
         self.scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in self.labels) else "BIO"
+        if not isinstance(label_all_subwords, bool):   # "false" from a hand-edited head.json is truthy
+            raise ValueError(f"label_all_subwords={label_all_subwords!r}; expected true or false")
         self.label_all_subwords = label_all_subwords
         self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
         self.dropout = nn.Dropout(self.dropout_prob)
@@ -110,6 +119,9 @@ class NERHead(Head):
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0],
                    "word_ids": word_ids, "offsets": [tuple(o) for o in enc["offset_mapping"][0]]}
         if "tags" in example and "tokens" in example:
+            if len(example["tags"]) != len(example["tokens"]):  # predict takes labelled input unchecked
+                raise ValueError(f"{len(example['tokens'])} tokens but {len(example['tags'])} tags; "
+                                 "give one tag per token")
             feature["labels"] = self.align_labels(example["tags"], word_ids)
             # a tagged word without sub-words (one the tokenizer drops whole) would lose its tag unseen;
             # past the last word seen, it may be truncation instead, which only a full window can be

@@ -17,6 +17,7 @@ Metrics: exact_match and f1 as the official SQuAD v2.0 script computes them (equ
 v1.1 when every question has an answer), in percent.
 """
 import collections
+import math
 import re
 import string
 
@@ -54,6 +55,17 @@ class QAHead(Head):
     def __init__(self, config, stride=128, max_query_length=64, max_answer_length=30, n_best=20,
                  allow_no_answer=False, null_threshold=0.0):
         super().__init__(config)
+        # checked here, where a hand-edited head.json names its file: n_best=0 or "false" for a flag (truthy)
+        # would answer nothing, or turn no-answer on, without a word
+        for key, value, least in (("stride", stride, 0), ("max_query_length", max_query_length, 1),
+                                  ("max_answer_length", max_answer_length, 1), ("n_best", n_best, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key}={value!r}; expected a whole number >= {least}")
+        if not isinstance(allow_no_answer, bool):
+            raise ValueError(f"allow_no_answer={allow_no_answer!r}; expected true or false")
+        if isinstance(null_threshold, bool) or not isinstance(null_threshold, (int, float)) \
+                or not math.isfinite(null_threshold):
+            raise ValueError(f"null_threshold={null_threshold!r}; expected a finite number")
         self.stride, self.max_query_length, self.max_answer_length = stride, max_query_length, max_answer_length
         self.n_best, self.allow_no_answer, self.null_threshold = n_best, allow_no_answer, null_threshold
         self.qa_outputs = self.init_linear(nn.Linear(config.hidden_size, 2), config)

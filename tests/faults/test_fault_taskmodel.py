@@ -1,0 +1,186 @@
+"""Fault suite, the Python API of TaskModel and the heads, as a script or notebook uses it:
+a head attached under a name already taken, a head on a bf16 encoder, saves that would
+lose the encoder's weights or fail with an OS error number, evaluation of examples no
+head checked, predict inputs, batch sizes and lengths that cannot work, label sets that
+are not lists of names, and a hand-edited taskmodel.json."""
+import json
+import math
+import string
+
+import pytest
+import torch
+
+import bertcore
+from bertcore.checkpoint import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+WORDS = "the a is in lives john mary paris london good bad film movie where who ? .".split()
+CONTEXT = "john lives in paris ."
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    letters = list(string.ascii_lowercase) + ["##" + c for c in string.ascii_lowercase]
+    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(WORDS + letters)]) + "\n",
+                    encoding="utf-8")
+    return bertcore.Tokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def cfg(tok):
+    return bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                               num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def make(cfg, tok, kind="classification", **options):
+    torch.manual_seed(0)
+    return bertcore.TaskModel(bertcore.BertEncoder(cfg), {"h": bertcore.create_head(kind, cfg, **options)},
+                              tokenizer=tok)
+
+
+def test_a_head_under_a_name_already_taken_is_refused(tmp_path, cfg, tok):
+    model = make(cfg, tok, labels=["neg", "pos"])
+    first = model.heads["h"]
+    with pytest.raises(ValueError, match=r"already has a head named 'h'.*another name"):
+        model.add_head("h", bertcore.create_head("classification", cfg, labels=["a", "b", "c"]))
+    model.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"already has a head named 'h'"):
+        model.load_head(tmp_path / "m/heads/h")
+    assert model.heads["h"] is first                      # was: silently replaced, the trained head gone
+    assert model.load_head(tmp_path / "m/heads/h", name="h2").labels == ["neg", "pos"]
+
+
+def test_a_new_head_on_a_bf16_encoder_predicts(cfg, tok):
+    torch.manual_seed(0)
+    encoder = bertcore.BertEncoder(cfg).to(torch.bfloat16)
+    head = bertcore.create_head("classification", cfg, labels=["neg", "pos"])
+    model = bertcore.TaskModel(encoder, {"h": head}, tokenizer=tok)
+    assert head.classifier.weight.dtype == torch.bfloat16
+    assert model.predict("good film")["label"] in ("neg", "pos")   # was: mat1 and mat2 must have the same dtype
+
+
+def test_a_lean_save_into_the_folder_holding_the_encoder_weights_is_refused(tmp_path, cfg, tok):
+    make(cfg, tok, labels=["neg", "pos"]).save_pretrained(tmp_path / "m")
+    loaded = bertcore.TaskModel.from_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"encoder's weights .*model.safetensors.* inside .*save_encoder=True"):
+        loaded.save_pretrained(tmp_path / "m", save_encoder=False)
+    assert (tmp_path / "m/encoder/model.safetensors").is_file()     # was: deleted, the save pointing at it
+    bertcore.TaskModel.from_pretrained(tmp_path / "m")
+    loaded.save_pretrained(tmp_path / "lean", save_encoder=False)     # elsewhere it is what save_encoder is for
+    assert not (tmp_path / "lean/encoder").exists()
+
+
+def test_saving_below_a_file_names_the_file(tmp_path, cfg, tok):
+    model = make(cfg, tok, labels=["neg", "pos"])
+    (tmp_path / "notes.txt").write_text("keep", encoding="utf-8")
+    for save in (model.save_pretrained, model.save_head):
+        with pytest.raises(FileExistsError, match=r"notes.txt is a file, not a folder; fix the path"):
+            save(tmp_path / "notes.txt" / "model")                  # was: [Errno 17] File exists
+    assert (tmp_path / "notes.txt").read_text(encoding="utf-8") == "keep"
+
+
+def qa(text, start):
+    return {"question": "where ?", "context": CONTEXT, "answers": {"text": [text], "answer_start": [start]}}
+
+
+@pytest.mark.parametrize("kind, options, good, bad, message", [
+    ("classification", {"num_labels": 1}, {"text": "good", "label": 0.5}, {"text": "bad", "label": math.nan},
+     r"example 2: label nan is not a finite number"),                   # was: loss nan, no word
+    ("classification", {"num_labels": 1}, {"text": "good", "label": 0.5}, {"text": "bad", "label": "inf"},
+     r"example 2: label 'inf' is not a finite number"),
+    ("classification", {"labels": ["neg", "pos"]}, {"text": "good", "label": "pos"}, {"text": "bad"},
+     r"example 2: missing label"),                                      # was: KeyError 'label'
+    ("ner", {"labels": ["O", "B-PER"]}, {"tokens": ["john"], "tags": ["B-PER"]},
+     {"tokens": ["john", "lives"], "tags": ["B-PER"]}, r"example 2: 2 tokens but 1 tags"),  # was: IndexError
+    ("qa", {}, qa("paris", 14), qa("london", 14),
+     r"example 2: the context at answer_start 14 reads 'paris ', not the answer 'london'"),  # was: scored as 0
+])
+def test_evaluate_checks_every_example(cfg, tok, kind, options, good, bad, message):
+    model = make(cfg, tok, kind, **options)
+    with pytest.raises(ValueError, match=message):
+        model.evaluate([good, bad])
+    assert set(model.evaluate([good])) > {"loss"}
+
+
+def test_evaluate_on_no_examples_says_so(cfg, tok):
+    with pytest.raises(ValueError, match=r"no examples to evaluate"):      # was: nan metrics and numpy warnings
+        make(cfg, tok, labels=["neg", "pos"]).evaluate([])
+
+
+def test_predict_names_the_input_it_cannot_read(cfg, tok):
+    model = make(cfg, tok, labels=["neg", "pos"])
+    with pytest.raises(TypeError, match=r"input 3 of 3: head 'classification' cannot predict on int"):
+        model.predict(["good", "bad film", 3])
+    with pytest.raises(TypeError, match=r"^head 'classification' cannot predict on bytes"):
+        model.predict(b"good")
+
+
+def test_labelled_ner_input_with_too_few_tags_is_named(cfg, tok):
+    model = make(cfg, tok, "ner", labels=["O", "B-PER"])
+    with pytest.raises(ValueError, match=r"2 tokens but 1 tags; give one tag per token"):   # was: IndexError
+        model.predict({"tokens": ["john", "lives"], "tags": ["B-PER"]})
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5])
+def test_a_batch_size_that_cannot_work_is_named(cfg, tok, size):
+    model = make(cfg, tok, labels=["neg", "pos"])
+    with pytest.raises(ValueError, match=rf"batch_size={size} must be a whole number >= 1"):
+        model.predict(["good", "bad"], batch_size=size)              # was: range() arg 3 / IndexError
+
+
+@pytest.mark.parametrize("length", [0, 2, -1, 3.5])
+def test_a_max_length_without_room_for_text_is_refused(cfg, tok, length):
+    model = make(cfg, tok, "ner", labels=["O", "B-PER"])
+    with pytest.raises(ValueError, match=rf"max_length={length} leaves no room for text.*use 8 or more"):
+        model.predict("john lives in paris", max_length=length)    # was: every word "O", or a tokenizer error
+
+
+@pytest.mark.parametrize("kind, options, message", [
+    ("ner", {"labels": "OB-PER"}, r"labels='OB-PER'; expected a list of tag names"),  # was: 6 one-letter tags
+    ("ner", {"labels": ["O", None]}, r"labels: label 2 of 2 is None, not a tag name"),  # was: a tag 'None'
+    ("classification", {"labels": ["neg", None]}, r"labels: label 2 of 2 is None, not a class name"),
+    ("classification", {"labels": ["neg", ["pos"]]}, r"labels: label 2 of 2 is list \['pos'\], not a class name"),
+    ("classification", {"num_labels": 2.0}, r"num_labels=2.0; expected a whole number"),  # was: torch's TypeError
+    ("classification", {"num_labels": "2"}, r"num_labels='2'; expected a whole number"),
+])
+def test_label_sets_must_be_lists_of_names(cfg, kind, options, message):
+    with pytest.raises(ValueError, match=message):
+        bertcore.create_head(kind, cfg, **options)
+
+
+@pytest.mark.parametrize("heads, message", [
+    ([3], r"taskmodel.json: head name 3 is not a folder name"),              # was: no head.json in heads/3
+    ([None], r"taskmodel.json: head name None is not a folder name"),
+    (["../../m/heads/h"], r"taskmodel.json: head name '../../m/heads/h' is not a folder name"),
+    (["h", "h"], r"taskmodel.json: head 'h' is listed twice"),               # was: loaded, once
+])
+def test_a_hand_edited_taskmodel_json_is_refused_by_name(tmp_path, cfg, tok, heads, message):
+    make(cfg, tok, labels=["neg", "pos"]).save_pretrained(tmp_path / "m")
+    make(cfg, tok, labels=["neg", "pos"]).save_pretrained(tmp_path / "e")
+    file = tmp_path / "e/taskmodel.json"
+    file.write_text(json.dumps({**json.loads(file.read_text(encoding="utf-8")), "heads": heads}), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=message):
+        bertcore.TaskModel.from_pretrained(tmp_path / "e")
+
+
+@pytest.mark.parametrize("kind, options, key, value, message", [
+    ("qa", {}, "allow_no_answer", "false", r"allow_no_answer='false'; expected true or false"),  # was: turned on
+    ("qa", {}, "n_best", 0, r"n_best=0; expected a whole number >= 1"),           # was: never an answer
+    ("qa", {}, "null_threshold", "x", r"null_threshold='x'; expected a finite number"),
+    ("embedding", {}, "normalize", "false", r"normalize='false'; expected true or false"),  # was: normalised
+    ("ner", {"labels": ["O", "B-PER"]}, "label_all_subwords", "false",
+     r"label_all_subwords='false'; expected true or false"),
+    ("ner", {"labels": ["O", "B-PER"]}, "labels", "OB", r"labels='OB'; expected a list of tag names"),
+])
+def test_a_hand_edited_head_option_of_the_wrong_type_names_head_json(tmp_path, cfg, tok, kind, options, key, value,
+                                                                     message):
+    make(cfg, tok, kind, **options).save_pretrained(tmp_path / "m")
+    file = tmp_path / "m/heads/h/head.json"
+    saved = json.loads(file.read_text(encoding="utf-8"))
+    saved["config"][key] = value
+    file.write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(CheckpointError, match=rf"head.json: the installed '{kind}' head rejects .*{message}"):
+        bertcore.TaskModel.from_pretrained(tmp_path / "m")
