@@ -156,18 +156,35 @@ def _load() -> None:
             continue
         error = _name_error("entry-point name", ep.name, dist, claims[ep.name])
         error = error or _check_declared_range(getattr(ep, "dist", None), dist)
-        if error is None:
-            try:
-                module = ep.load()
-            except (Exception, SystemExit) as err:  # any import-time failure must not break the others
-                error = f"cannot import {ep.value}: {type(err).__name__}: {err}"
-            else:
-                error = _check_range(getattr(module, REQUIRES_ATTR, None), f"{ep.value}.{REQUIRES_ATTR} is")
-        if error is None:
-            error = _register(module, ep.name, dist, version)
+        error = error or _load_plugin(ep, dist, version)
         if error is not None:
+            error = _one_line(error)
             logger.warning("bertcore plugin %s (%s %s) skipped: %s", ep.name, dist, version, error)
             _state.failed.append(HeadInfo(ep.name, version, dist, "", error))
+
+
+def _load_plugin(ep, dist: str, version: str) -> str | None:
+    """Import the object `ep` names, check its core range and register it; an error string
+    for anything that goes wrong there, since one broken plugin must not take down the others
+    (a lazy module whose attributes raise, an entry point naming None, ...)."""
+    try:
+        module = ep.load()
+    except (Exception, SystemExit) as err:  # any import-time failure must not break the others
+        fix = f"reinstall {dist} or remove it (`bertcore uninstall {dist}`)" if dist != "unknown" else \
+            "reinstall or remove the package that declares this entry point"
+        return f"cannot import {ep.value}: {type(err).__name__}: {err}; {fix}"
+    try:
+        return (_check_range(getattr(module, REQUIRES_ATTR, None), f"{ep.value}.{REQUIRES_ATTR} is")
+                or _register(module, ep.name, dist, version))
+    except Exception as err:
+        return (f"{ep.value} cannot be read as a plugin ({type(err).__name__}: {err}); point the entry point "
+                "at a module with a `register_heads` hook")
+
+
+def _one_line(text: str) -> str:
+    """A plugin's error on one line: exception messages may span several (numpy's do), and
+    `bertcore heads` prints one row per head, the log one line per plugin."""
+    return " ".join(str(text).split())
 
 
 def _start_filter(eps) -> set[str] | None:
@@ -199,6 +216,8 @@ def _register(plugin, name: str, distribution: str, version: str) -> str | None:
     """Register `plugin` under `name`; an error string when pluggy refuses it or it brings
     no `register_heads` hook (a misspelt hook would make the plugin silently useless)."""
     pm = _state.pm
+    if plugin is None:            # pluggy takes None for "no plugin" and fails on it
+        return "it is None, not a module; point the entry point at the module with the register_heads hook"
     if pm.is_registered(plugin):  # two entry points name one module
         other = pm.get_name(plugin)
         owner = _state.plugins.get(other, ("another distribution",))[0]
@@ -210,6 +229,10 @@ def _register(plugin, name: str, distribution: str, version: str) -> str | None:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as err:  # e.g. register_heads(self, registr)
         return f"its register_heads does not match the hook `register_heads(register)`: {err}"
+    except Exception:  # e.g. an attribute that raises when pluggy reads it: undo the half registration
+        if pm.get_plugin(name) is plugin:
+            pm.unregister(name=name)
+        raise
     if not any(caller.name == "register_heads" for caller in pm.get_hookcallers(plugin) or []):
         others = [caller.name for caller in pm.get_hookcallers(plugin) or []]
         pm.unregister(plugin)
@@ -286,11 +309,18 @@ def _heads() -> dict:
             dist, version = _state.plugins.get(impl.plugin_name, ("unknown", "unknown"))
             found = []
             try:
-                impl.function(register=found.append)
+                returned = impl.function(register=found.append)
             except (Exception, SystemExit) as err:
                 errors.append(HeadInfo(impl.plugin_name, version, dist, "",
-                                       f"register_heads raised {type(err).__name__}: {err}"))
+                                       _one_line(f"register_heads raised {type(err).__name__}: {err}")))
                 continue
+            if returned is not None:   # `return [MyHead]` (or a `yield`) registers nothing: say so, not silence
+                message = _one_line(f"register_heads returned {_short(returned)} instead of None; it must call "
+                                    "register(HeadType) for each head it brings (returned heads are not registered)")
+                # Listed under the returned heads' names, so create_head("that name") says why it is missing.
+                names = [t.name for t in (returned if isinstance(returned, (list, tuple)) else [returned])
+                         if isinstance(t, type) and issubclass(t, Head) and isinstance(t.name, str) and t.name]
+                errors += [HeadInfo(n, version, dist, "", message) for n in names or [impl.plugin_name]]
             for head_type in found:
                 if not (isinstance(head_type, type) and issubclass(head_type, Head)
                         and isinstance(head_type.name, str) and head_type.name):
@@ -324,6 +354,11 @@ def _heads() -> dict:
             logger.warning("bertcore head %s (%s) skipped: %s", info.name, info.distribution, info.error)
         _state.heads, _state.head_errors = heads, errors
         return heads
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _origin(plugin: str, info: HeadInfo) -> str:

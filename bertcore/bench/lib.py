@@ -96,6 +96,9 @@ def env_row(device: str) -> dict:
 
 
 def pick_device(requested: str | None = None) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():   # else torch fails later with an AssertionError
+        raise ValueError(f"--device cuda, but torch {torch.__version__} sees no CUDA GPU on this machine; "
+                         "run with --device cpu (or leave --device out)")
     if requested:
         return requested
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,5 +1,5 @@
 """`bertcore bench`: the benchmarks of bertcore.bench, their tables printed."""
-from .options import positive_int
+from .options import output_folder, positive_int
 
 
 def add_bench(sub):
@@ -13,7 +13,7 @@ def add_bench(sub):
     p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
     p.add_argument("--threads", type=positive_int, help="torch.set_num_threads on the CPU (default: all cores)")
-    p.add_argument("--output", metavar="DIR", default="bench-results",
+    p.add_argument("--output", type=output_folder, metavar="DIR", default="bench-results",
                    help="results go to DIR/<device>/ (default: ./bench-results)")
     p.add_argument("--no-write", action="store_true", help="print only; write no CSV/PNG")
     return p

@@ -1,6 +1,10 @@
 """Argument types and the training options that finetune and pretrain share."""
 import argparse
+import os
 import sys
+from pathlib import Path
+
+from ..files import file_above
 
 
 def _checked(text: str, convert, noun: str, ok, requirement: str):
@@ -24,6 +28,27 @@ def fraction(text: str) -> float:
 
 def non_negative(text: str) -> float:
     return _checked(text, float, "a number", lambda v: 0 <= v < float("inf"), "must be a finite number >= 0")
+
+
+def positive_float(text: str) -> float:
+    return _checked(text, float, "a number", lambda v: 0 < v < float("inf"), "must be a finite number > 0")
+
+
+def output_folder(text: str) -> str:
+    """An --output folder that can be made and written, checked before any work: an empty
+    value (an unset shell variable) would write into the current folder, and a file in the
+    way or a read-only disk would only fail at the end, after the run."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; name a folder (. for this one)")
+    path = Path(text)
+    blocker = path if path.is_file() else file_above(path)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, not a folder; name a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {existing} (read-only or not yours); "
+                                         "name a folder you can write")
+    return text
 
 
 def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):

@@ -12,12 +12,15 @@ def add_heads(sub):
 
 
 def cmd_heads(args) -> int:
+    import contextlib
     import dataclasses
     import json
 
     from ..plugins import ENV_VAR, list_heads, plugin_filter
-    heads = list_heads()
-    limited = plugin_filter()
+    # Loading runs the plugins' code: what they print goes to stderr, so stdout stays the table (one JSON document).
+    with contextlib.redirect_stdout(sys.stderr):
+        heads = list_heads()
+        limited = plugin_filter()
     if args.json:
         print(json.dumps([dataclasses.asdict(h) for h in heads], indent=2))
     else:
@@ -134,6 +137,7 @@ def _install_target(name: str) -> str:
     path = Path(name)
     if "/" in name or os.sep in name or name.startswith(".") or (
             path.is_dir() and any((path / f).is_file() for f in ("pyproject.toml", "setup.py"))):
+        _check_local_path(Path(re.sub(r"\[[^\]]*\]$", "", name)), name)   # pip's path[extra] form too
         return str(path.resolve())
     from ..plugins import OFFICIAL
     if name in OFFICIAL:
@@ -141,6 +145,16 @@ def _install_target(name: str) -> str:
             if (tree / "heads" / name / "pyproject.toml").is_file():
                 return str(tree / "heads" / name)
     return _distribution_name(name)
+
+
+def _check_local_path(path: Path, name: str) -> None:
+    """Refuse a path pip cannot install before running pip (whose error spans lines and exits 1)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{name} does not exist; give the folder of a head plugin (with a pyproject.toml), "
+                                "a wheel or sdist file, or a head name such as ner")
+    if path.is_dir() and not any((path / f).is_file() for f in ("pyproject.toml", "setup.py")):
+        raise ValueError(f"{name} is a folder without a pyproject.toml or setup.py, so no package pip can install; "
+                         "give the folder of a head plugin (bertcore's own are in heads/<name>/ of its checkout)")
 
 
 def _source_trees() -> list[Path]:

@@ -80,6 +80,7 @@ def pip_args(cmd):
 
 
 def test_install_and_uninstall_run_this_interpreters_pip(pip_calls, tmp_path):
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'my-head'\n")   # a folder pip can install
     assert cli.main(["install", "sentiment_xl", "other-dist>=2", str(tmp_path)]) == 0
     assert pip_args(pip_calls[-1]) == [sys.executable, "-m", "pip", "install", "bertcore-sentiment_xl",
                                        "other-dist>=2", str(tmp_path.resolve())]
@@ -133,6 +134,9 @@ def test_install_warns_when_the_package_is_no_head_plugin(pip_calls, tmp_path, m
     (info / "entry_points.txt").write_text("[console_scripts]\nnap = not_a_plugin:main\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     pip_calls.installed = ["not-a-plugin"]
+    (tmp_path / "some" / "path").mkdir(parents=True)
+    (tmp_path / "some" / "path" / "pyproject.toml").write_text("[project]\nname = 'not-a-plugin'\n")
+    monkeypatch.chdir(tmp_path)
     assert cli.main(["install", "./some/path"]) == 0
     err = capsys.readouterr().err
     assert "warning: not-a-plugin is installed but declares no `bertcore` entry point" in err

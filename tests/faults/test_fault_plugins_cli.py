@@ -1,0 +1,201 @@
+"""Fault suite, plugins and the commands around them: broken plugins installed as pip lays
+them out (a dist-info with entry_points.txt on sys.path), `bertcore install` of paths pip
+cannot install, and bad flags of `bench` and `demo`. Each is listed or refused in one line
+naming the problem and the fix, before any real work, and the other plugins still load."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from bertcore import cli, plugins
+from bertcore.cli import main
+
+
+def one_line_error(stderr: str, command: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture
+def install_fake(tmp_path, monkeypatch):
+    """install_fake(dist, entry point value, {module: source}): a distribution on sys.path as
+    pip lays it out; the registry loads afresh, and forgets it after the test."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules = []
+
+    def install(dist, value, sources, ep_name=None):
+        for module, source in sources.items():
+            (site / f"{module}.py").write_text(textwrap.dedent(source))
+            modules.append(module)
+        info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[bertcore]\n{ep_name or value.split(':')[0]} = {value}\n")
+        plugins.reset_plugins()
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+    plugins.reset_plugins()
+
+
+def heads_json(capsys):
+    assert main(["heads", "--json"]) == 0
+    captured = capsys.readouterr()
+    return {(h["name"], h["distribution"]): h for h in json.loads(captured.out)}, captured.err
+
+
+def test_entry_point_naming_none_or_a_module_whose_attributes_raise_leaves_the_others(install_fake, capsys):
+    # was: pluggy's AssertionError / the module's ImportError ended `bertcore heads` (exit 1), every head gone
+    install_fake("bertcore-nothing", "nothing_mod:plugin", {"nothing_mod": "plugin = None\n"}, ep_name="nothing")
+    install_fake("bertcore-lazy", "lazy_mod", {"lazy_mod": '''
+        def __getattr__(name):
+            raise ImportError(f"lazy attribute {name} needs a missing package")
+        def __dir__():
+            return ["register_heads"]
+    '''})
+    heads, _ = heads_json(capsys)
+    assert "is None, not a module" in heads[("nothing", "bertcore-nothing")]["error"]
+    assert "lazy attribute" in heads[("lazy_mod", "bertcore-lazy")]["error"]
+    assert "register_heads" in heads[("lazy_mod", "bertcore-lazy")]["error"]
+    assert heads[("qa", "bertcore-qa")]["error"] is None
+    assert plugins.get_head_type("ner").name == "ner"
+
+
+def test_a_plugin_error_of_several_lines_is_one_line_with_the_fix(install_fake, capsys):
+    install_fake("bertcore-multi", "multi_mod", {"multi_mod": '''
+        raise ImportError("the extension failed to load.\\n\\nIMPORTANT: read this\\n  and this")
+    '''})
+    assert main(["heads"]) == 0
+    captured = capsys.readouterr()
+    row = next(line for line in captured.out.splitlines() if "bertcore-multi" in line)
+    assert "IMPORTANT: read this and this" in row                      # was: the row went on over three lines
+    assert "bertcore uninstall bertcore-multi" in row                  # the fix: reinstall or remove it
+    warning = next(line for line in captured.err.splitlines() if "multi_mod" in line)
+    assert "and this" in warning
+
+
+def test_heads_json_stays_json_when_a_plugin_prints_while_loading(install_fake, capsys):
+    install_fake("bertcore-chatty", "chatty_mod", {"chatty_mod": '''
+        print("chatty plugin 2.0 loaded! visit example.org")
+        from bertcore import Head, hookimpl
+        class Chatty(Head):
+            name, description = "chatty", "prints"
+        @hookimpl
+        def register_heads(register):
+            print("registering chatty")
+            register(Chatty)
+    '''})
+    heads, err = heads_json(capsys)                                    # was: JSONDecodeError on stdout
+    assert heads[("chatty", "bertcore-chatty")]["error"] is None
+    assert "chatty plugin 2.0 loaded" in err and "registering chatty" in err
+
+
+def test_register_heads_that_returns_its_heads_instead_of_registering_them_is_listed(install_fake, capsys):
+    install_fake("bertcore-returner", "returner_mod", {"returner_mod": '''
+        from bertcore import Head, hookimpl
+        class Returned(Head):
+            name, description = "returned", "never registered"
+        @hookimpl
+        def register_heads(register):
+            return [Returned]
+    '''})
+    heads, _ = heads_json(capsys)                                      # was: no row at all, no error anywhere
+    error = heads[("returned", "bertcore-returner")]["error"]
+    assert "returned [<class 'returner_mod.Returned'>]" in error and "register(HeadType)" in error
+    with pytest.raises(plugins.HeadNotFoundError, match="register_heads returned"):
+        plugins.get_head_type("returned")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "no-such-plugin", "does not exist"),
+    (lambda tmp: tmp.joinpath("empty").mkdir() or tmp / "empty", "without a pyproject.toml or setup.py"),
+    (lambda tmp: tmp.joinpath("extras").mkdir() or f"{tmp / 'extras'}[dev]", "without a pyproject.toml")])
+def test_install_of_a_path_pip_cannot_install_is_one_line_before_pip(tmp_path, monkeypatch, capsys, make, message):
+    monkeypatch.setattr(cli.plugins, "_pip", lambda *a: pytest.fail(f"pip ran: {a}"))   # was: pip's 4 lines, exit 1
+    target = str(make(tmp_path))
+    assert main(["install", target]) == 2
+    line = one_line_error(capsys.readouterr().err, "install")
+    assert message in line and "head plugin" in line
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    """Benchmarks and the demo fail the test if they start: only the flags are checked here."""
+    import bertcore.demo
+    from bertcore.bench import attention, encoder, finetune, layer_norm
+    for module, name in ((attention, "run"), (layer_norm, "run"), (layer_norm, "run_bias_gelu"),
+                         (encoder, "run"), (finetune, "run"), (bertcore.demo, "run_demo")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the work started"))
+
+
+def test_bench_on_cuda_without_a_gpu_is_a_user_error(monkeypatch, capsys, no_runs):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["bench", "kernels", "--device", "cuda", "--no-write"]) == 2   # was: exit 1, AssertionError
+    assert "--device cpu" in one_line_error(capsys.readouterr().err, "bench")
+
+
+@pytest.mark.parametrize("argv", [["bench", "kernels"], ["demo", "--quick"]])
+@pytest.mark.parametrize("where, message", [("file", "is a file, not a folder; name a folder"),
+                                            ("file/sub", "is a file, not a folder"),
+                                            ("", "empty; name a folder")])
+def test_output_that_cannot_be_a_folder_is_refused_before_the_work(tmp_path, monkeypatch, capsys, no_runs,
+                                                                     argv, where, message):
+    # was: bench said "[Errno 20] Not a directory" and demo "[Errno 17] File exists" (no fix);
+    # an empty --output (an unset variable) ran and wrote into the current folder
+    (tmp_path / "file").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--output", where])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --output" in err and message in err
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder on a read-only filesystem (a tmpfs); skipped where none can be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    (mount / "results").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    yield mount / "results"
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_demo_into_a_read_only_folder_is_refused_before_the_work(read_only_folder, capsys, no_runs):
+    # was: the demo ran its minutes of training, then failed writing results.md
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--quick", "--output", str(read_only_folder)])
+    assert exit_.value.code == 2
+    assert "read-only or not yours" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_demo_steps_scale_must_be_positive(value, capsys, no_runs):
+    # was: -1 and 0 ran every budget at 2 steps; nan said "cannot convert float NaN to integer"
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--quick", "--steps-scale", value])
+    assert exit_.value.code == 2
+    assert "argument --steps-scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: (tmp.joinpath("model.bin").write_bytes(b"\0"), tmp / "model.bin")[1],
+     "is a file; give the checkpoint"),
+    (lambda tmp: tmp.joinpath("empty").mkdir() or tmp / "empty", "holds no config.json")])
+def test_demo_encoder_that_is_no_checkpoint_is_one_line_before_the_work(tmp_path, capsys, no_runs, make, message):
+    # was: after reading the corpora, "model.bin lacks the special token [PAD]" (read as a vocabulary)
+    encoder = make(tmp_path)
+    assert main(["demo", "--quick", "--encoder", str(encoder), "--output", str(tmp_path / "out")]) == 2
+    assert message in one_line_error(capsys.readouterr().err, "demo")
+
