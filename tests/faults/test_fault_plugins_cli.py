@@ -199,3 +199,20 @@ def test_demo_encoder_that_is_no_checkpoint_is_one_line_before_the_work(tmp_path
     assert main(["demo", "--quick", "--encoder", str(encoder), "--output", str(tmp_path / "out")]) == 2
     assert message in one_line_error(capsys.readouterr().err, "demo")
 
+
+
+def test_python_m_bertcore_runs_no_plugin_lying_in_the_current_folder(tmp_path):
+    """Before: `python -m bertcore heads` in a folder holding a dist-info and its module (an
+    unpacked download) imported that module as a plugin: its code ran. `python -m` puts the
+    current folder first on sys.path; the console script does not."""
+    info = tmp_path / "evil-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[bertcore]\nevil = evil_mod\n")
+    marker = tmp_path / "ran"
+    (tmp_path / "evil_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    out = subprocess.run([sys.executable, "-m", "bertcore", "heads"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "classification" in out.stdout          # the installed plugins still load
+    assert not marker.exists() and "evil" not in out.stdout + out.stderr
