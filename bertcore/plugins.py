@@ -23,6 +23,7 @@ import importlib
 import importlib.metadata as metadata
 import logging
 import os
+import re
 import sys
 import threading
 from collections import defaultdict
@@ -45,6 +46,8 @@ CORE = "bertcore"                  # the core distribution; its entry points are
 # points, so a stale editable install (old entry-point metadata) or an uninstalled tree still has them.
 BUILTIN_MODULES = {"mlm": "bertcore.mlm"}
 ENV_VAR = "BERTCORE_PLUGINS"
+# A head name is typed after --head and names a folder under heads/ in a saved model.
+HEAD_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 REQUIRES_ATTR = "BERTCORE_REQUIRES"  # optional module attribute: supported core range, e.g. ">=0.1,<0.2"
 
 # Head and entry-point names that belong to one distribution each. Another
@@ -202,6 +205,9 @@ def _start_filter(eps) -> set[str] | None:
 
 def _name_error(kind: str, name: str, dist: str, claimants) -> str | None:
     """Why `dist` may not use `name` (None: it may). `claimants`: every distribution using it."""
+    if kind == "head name" and not HEAD_NAME.match(name):  # whitespace broke the `bertcore heads` table
+        return (f"{kind} {name!r} is not letters, digits, '_', '-' or '.', so a command line or a folder cannot "
+                f"carry it; {dist} is skipped: ask its author for such a name")
     owner = OFFICIAL.get(name)
     if owner is not None and canonical(dist) != owner:
         return (f"{kind} {name!r} belongs to the official {owner}, not {dist}; {dist} is skipped: "

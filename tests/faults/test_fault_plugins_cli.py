@@ -216,3 +216,21 @@ def test_python_m_bertcore_runs_no_plugin_lying_in_the_current_folder(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "classification" in out.stdout          # the installed plugins still load
     assert not marker.exists() and "evil" not in out.stdout + out.stderr
+
+
+def test_a_head_name_a_command_line_cannot_carry_is_listed_as_an_error(install_fake, capsys):
+    install_fake("bertcore-spacey", "spacey_mod", {"spacey_mod": '''
+        from bertcore import Head, hookimpl
+        class Spacey(Head):
+            name, description = "my head\\nnext", "a name with a line break"
+        @hookimpl
+        def register_heads(register):
+            register(Spacey)
+    '''})
+    assert main(["heads"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if "spacey" in line or "next" in line]
+    assert len(rows) == 1 and "is not letters, digits" in rows[0]      # was: the table row broke in two, loaded
+    with pytest.raises(plugins.HeadNotFoundError, match="is not letters, digits"):
+        plugins.get_head_type("my head\nnext")
+    assert plugins.get_head_type("qa").name == "qa"
