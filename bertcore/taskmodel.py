@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +87,9 @@ class TaskModel(nn.Module):
         self.encoder = encoder
         self.heads = nn.ModuleDict()
         self.tokenizer = tokenizer
+        if not isinstance(heads, Mapping):  # a list would fail on .items() without saying what to pass
+            raise TypeError(f"heads is a {type(heads).__name__}; pass a dict of name -> head, "
+                            "e.g. {\"sentiment\": create_head(\"classification\", encoder.config, labels=[...])}")
         for name, head in heads.items():
             self.add_head(name, head, load_pretrained=load_pretrained_heads)
 

@@ -184,3 +184,9 @@ def test_a_hand_edited_head_option_of_the_wrong_type_names_head_json(tmp_path, c
     file.write_text(json.dumps(saved), encoding="utf-8")
     with pytest.raises(CheckpointError, match=rf"head.json: the installed '{kind}' head rejects .*{message}"):
         bertcore.TaskModel.from_pretrained(tmp_path / "m")
+
+
+def test_heads_given_as_a_list_name_the_dict_to_pass(cfg, tok):
+    head = bertcore.create_head("classification", cfg, labels=["neg", "pos"])
+    with pytest.raises(TypeError, match=r"heads is a list; pass a dict of name -> head"):   # was: AttributeError
+        bertcore.TaskModel(bertcore.BertEncoder(cfg), [head], tokenizer=tok)
