@@ -196,6 +196,9 @@ class Tokenizer:
         (huggingface/tokenizers#1794). Save the trained tokenizer and load it, rather
         than training it again, wherever ids must match.
         """
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size={vocab_size!r} leaves no room past the {len(SPECIAL_TOKENS)} special tokens; "
+                             "ask for thousands (BERT's English vocabulary has 30522)")
         backend = _Backend(WordPiece(unk_token="[UNK]", continuing_subword_prefix="##",
                                      max_input_chars_per_word=100))
         backend.normalizer = _normalizer({"do_lower_case": lowercase})
@@ -205,6 +208,10 @@ class Tokenizer:
                                             special_tokens=list(SPECIAL_TOKENS.values()),
                                             continuing_subword_prefix="##", show_progress=False)
         backend.train_from_iterator(texts, trainer=trainer)
+        if backend.get_vocab_size() > vocab_size:  # WordPiece keeps every character of the text, whatever was asked
+            warnings.warn(f"vocab_size={vocab_size} is below what the text needs: the special tokens and each of its "
+                          f"characters make {backend.get_vocab_size()} ids, the size of the trained vocabulary",
+                          stacklevel=2)
         backend.post_processor = _template(backend)
         return cls(backend, source="trained tokenizer")
 

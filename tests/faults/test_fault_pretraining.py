@@ -192,6 +192,18 @@ def test_cli_pretrain_names_the_flag_at_fault(tmp_path, capsys):
     assert code == 2 and "--max-length 600 exceeds BERT's 512 positions; use at most 512" in line
     code, line = run("--mlm-probability", "0")            # before: trained with no MLM at all
     assert code == 2 and "--mlm-probability 0 masks no token" in line
+    corpus.write_text("\n\n".join(["good movie\nbad plot", "fine film\nthe actor", "a plot\npoor film",
+                                    "great actor\nawful movie"]) + "\n", encoding="utf-8")
+    code = main(["pretrain", "--corpus", str(corpus), "--output", str(tmp_path / "out"), "--vocab-size", "1",
+                 "--hidden-size", "32", "--layers", "1", "--heads", "2", "--no-progress"])
+    line = one_line_error(capsys.readouterr().err, "pretrain")   # before: trained on 25 ids, said nothing
+    assert code == 2 and "vocab_size=1 leaves no room past the 5 special tokens" in line
+
+
+def test_a_vocabulary_smaller_than_the_texts_characters_says_what_it_got():
+    with pytest.warns(UserWarning, match=r"vocab_size=8 is below what the text needs.* make 28 ids"):
+        tok = bertcore.Tokenizer.train(["hello world, the cat sat on the mat"] * 3, vocab_size=8)
+    assert tok.vocab_size == 28            # every character is kept: the request cannot be met, so it is said
 
 
 # ---- the encoder's own checks --------------------------------------------------------------
