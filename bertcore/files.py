@@ -3,6 +3,8 @@
     atomic_write(path, write)      write(tmp_path) fills a temp file beside `path`;
                                    fsync, rename over `path`, fsync the folder
     write_bytes / write_text / write_json / save_tensors   the common cases
+    fsync_file(path)               after appending to a log (metrics.jsonl) in place: not atomic, so its
+                                   readers skip a last line a kill or a full disk cut short
     folder_swap(path)              build a whole folder beside `path`, then swap it in
     remove_folder(path)            remove a written folder; a symlink there is unlinked, not followed
 
@@ -84,11 +86,22 @@ def write_hint(path: Path, err: Exception) -> str:
     if blocker is not None:
         return f"{blocker} is a file, not a folder; fix the path"
     code = getattr(err, "errno", None) or getattr(err.__cause__, "errno", None)
+    if code is None and _no_space(path):   # safetensors and torch.save bury ENOSPC in their own text
+        code = errno.ENOSPC
     if code == errno.ENOSPC:
         return "the disk is full; free space and run again"
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return "the folder is read-only or not yours; write somewhere else"
     return "is the disk full or the folder read-only?"
+
+
+def _no_space(path: Path) -> bool:
+    """The filesystem that holds `path` (its nearest existing folder) has no free block left."""
+    folder = next((p for p in Path(path).parents if p.is_dir()), None)
+    try:
+        return folder is not None and os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def write_bytes(path, data: bytes) -> Path:
@@ -116,11 +129,19 @@ def save_tensors(tensors: dict, path, metadata: dict | None = None) -> Path:
     return atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata or {"format": "pt"}))
 
 
+def fsync_file(path, created: bool = False) -> None:
+    """Make what was written to `path` durable (any descriptor's fsync syncs the file);
+    `created`: the file is new, so its folder's entry must be made durable too."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    if created:
+        fsync_dir(Path(path).parent)
+
+
 def _fsync_tree(root: Path) -> None:
     for folder, _, names in os.walk(root):
         for name in names:
-            with open(os.path.join(folder, name), "rb") as f:
-                os.fsync(f.fileno())
+            fsync_file(os.path.join(folder, name))
         fsync_dir(Path(folder))
 
 
@@ -131,7 +152,8 @@ def folder_swap(path):
     temp folder is removed and `path` is untouched.
 
     Between the two renames a crash leaves the old folder at `.<name>.old` and the new
-    one complete at `.<name>.new`; `recover_folder` finds them."""
+    one complete at `.<name>.new`; `recover_folder` finds them. A failed write raises a
+    WriteError naming `path` (and the file in it), never the temp folder."""
     path = Path(path)
     if path.is_file() and not path.is_symlink():   # swapping would move a file of the user's aside, then delete it
         raise FileExistsError(f"{path} is a file, in the way of the folder of that name; move it elsewhere")
@@ -142,16 +164,40 @@ def folder_swap(path):
     new.mkdir(mode=0o777)
     try:
         yield new
+    except BaseException as err:
+        remove_folder(new)
+        if isinstance(err, OSError) and (isinstance(err, WriteError) or str(new) in str(err)
+                                         or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)):
+            raise _named(err, new, path) from err   # not an OSError the body meant (a folder in the way)
+        raise
+    try:
         _fsync_tree(new)
         remove_folder(old)
         if path.exists() or path.is_symlink():
             os.replace(path, old)
         os.replace(new, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as err:
         remove_folder(new)
+        recover_folder(path)   # the second rename failed: the old folder goes back in place
+        if isinstance(err, OSError):
+            raise _named(err, new, path) from err
         raise
     remove_folder(old)
+
+
+def _named(err: OSError, new: Path, path: Path) -> WriteError:
+    """`err` naming what the user asked for where it named the temp folder `new`
+    (`.model.new/encoder/config.json` reads `model/encoder/config.json`): `new` is removed,
+    and a user looking for it finds nothing."""
+    if isinstance(err, WriteError):
+        message = str(err)
+    else:   # fsync, a rename or a copy: bare OSErrors
+        target = err.filename if err.filename and str(new) in str(err.filename) else path
+        message = f"cannot write {target}: {err.strerror or err}; nothing was replaced ({write_hint(path, err)})"
+    error = WriteError(message.replace(str(new), str(path)))
+    error.errno = err.errno
+    return error
 
 
 def remove_folder(path) -> None:

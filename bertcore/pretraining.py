@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from .config import BertConfig
+from .files import folder_swap
 from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
 from .model import BertEncoder
 from .plugins import create_head
@@ -221,7 +222,8 @@ def _train_tokenizer(documents, vocab_size, lowercase, directory: Path) -> Token
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
         tok = Tokenizer.train((s for d in documents for s in d), vocab_size=vocab_size, lowercase=lowercase)
-        tok.save_pretrained(directory)
+        with folder_swap(directory) as tmp:   # its four files swapped in together: a kill never mixes two vocabularies
+            tok.save_pretrained(tmp)
     if distributed:
         dist.barrier()
         tok = Tokenizer.from_pretrained(directory)

@@ -1,6 +1,6 @@
 """What a training run tells its user: a progress bar, `metrics.jsonl`, `curves.png`.
 
-Only rank 0 reports. Every record goes to the log at once (appended and flushed),
+Only rank 0 reports. Every record goes to the log at once (appended and fsynced),
 so a killed run keeps what it logged; the plot is redrawn at the end of `fit`.
 """
 import json
@@ -8,7 +8,7 @@ import logging
 import math
 from pathlib import Path
 
-from .files import WriteError, atomic_write, write_hint, write_text
+from .files import WriteError, atomic_write, fsync_file, write_hint, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,11 @@ class Reporter:
             return
         clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
         file = self.output_dir / METRICS_FILE
+        created = not file.exists()
         try:
             with open(file, "a", encoding="utf-8") as f:
                 f.write(json.dumps(clean) + "\n")
+            fsync_file(file, created)   # on disk before the checkpoint that follows: a resume does not log it again
         except OSError as err:   # a full disk: one line naming the log, as every other write says it
             raise WriteError(f"cannot append to {file}: {err.strerror or err} ({write_hint(file, err)})") from err
 

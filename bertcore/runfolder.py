@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, file_sha256, load_weights, read_state_dict
-from .files import atomic_write, folder_candidates, folder_swap, remove_folder, write_json
+from .files import atomic_write, folder_candidates, folder_swap, recover_folder, remove_folder, write_json
 from .taskmodel import MODEL_FILE
 from .trainstate import TrainState, set_rng_state
 
@@ -181,11 +181,14 @@ def save_checkpoint(directory: Path, model, state: dict | None = None, save_enco
     `keep` > 1 keeps that many resumable checkpoints: the previous `directory` is kept
     beside it as `checkpoint-<step>/`, and the oldest beyond `keep` are removed."""
     directory = Path(directory)
+    recover_folder(directory)   # a save killed between its renames: that checkpoint is the one to keep
     previous = checkpoint_step(directory) if keep > 1 else None
     if previous is not None:   # resume verifies it before use, like every candidate
-        older = directory.with_name(f"checkpoint-{previous}")
-        remove_folder(older)
-        shutil.copytree(directory, older, copy_function=_link)          # hard links: no bytes written
+        # swapped in whole: a kill or a full disk (copies, where hard links fail) never leaves half a checkpoint
+        with folder_swap(directory.with_name(f"checkpoint-{previous}")) as older:
+            for file in sorted(p for p in directory.rglob("*") if p.is_file()):   # hard links: no bytes written
+                (older / file.relative_to(directory)).parent.mkdir(parents=True, exist_ok=True)
+                _link(file, older / file.relative_to(directory))
     with folder_swap(directory) as tmp:
         model.save_pretrained(tmp / MODEL_DIR, save_encoder=save_encoder)
         if state is not None:
