@@ -528,6 +528,14 @@ def _check(q, k, v, cu_seqlens, max_seqlen, dropout_p):
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    # Both backends refuse the same inputs: without these the torch backend failed deep in
+    # SDPA or split() and the Triton one divided by a zero head_dim or truncated float offsets.
+    if not q.is_floating_point():
+        raise TypeError(f"attention expects floating-point q, k, v; got {q.dtype}")
+    if q.shape[-1] == 0:
+        raise ValueError(f"attention expects head_dim >= 1; got q of shape {tuple(q.shape)}")
+    if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype.is_complex or cu_seqlens.dtype == torch.bool:
+        raise TypeError(f"cu_seqlens must hold integer offsets (int32); got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must be (batch + 1,) offsets; got shape {tuple(cu_seqlens.shape)}")
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int):
@@ -590,11 +598,15 @@ def attention(q, k, v, cu_seqlens, max_seqlen, dropout_p=0.0, softmax_scale=None
         seed_t = None
         if dropout_p > 0.0:  # a (1,) int64 device tensor: no host sync, fresh in a graph replay
             seed_t = device_seed(q) if seed is None else seed_tensor(seed, q.device)
-        cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        # The kernels read cu_seqlens[b] at base + b: a strided view (a column of a larger
+        # tensor) must be made contiguous; contiguous() returns an already contiguous one as is.
+        cu_seqlens = cu_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
         return _AttentionFunction.apply(q, k, v, cu_seqlens, max_seqlen, dropout_p, scale, seed_t,
                                         deterministic)
     if dropout_p > 0.0 and seed is not None:  # a repeatable mask: drawn whole from its own generator
-        generator = torch.Generator(device=q.device).manual_seed(int(seed))
+        # manual_seed takes [-2**63, 2**64); the Triton backend takes any int: reduce it the
+        # way manual_seed reads a negative one (two's complement), so in-range seeds keep their masks.
+        generator = torch.Generator(device=q.device).manual_seed(int(seed) % 2**64)
         batch = cu_seqlens.numel() - 1
         keep = torch.rand(batch, q.shape[1], max_seqlen, max_seqlen, generator=generator,
                           device=q.device) >= dropout_p

@@ -231,9 +231,12 @@ def bias_gelu(x, bias, backend="auto"):
     if x.dim() == 0 or bias.shape != x.shape[-1:]:
         raise ValueError(f"bias_gelu needs x of shape (..., N) and bias of shape (N,); got x "
                          f"{tuple(x.shape)}, bias {tuple(bias.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"bias_gelu expects a floating-point x; got {x.dtype}")
     if resolve(backend, x) == "triton":
         if x.dtype not in _TRITON_DTYPES or bias.dtype not in _TRITON_DTYPES:
             raise TypeError(f"the Triton bias_gelu runs fp16, bf16 and fp32; got x {x.dtype}, bias "
                             f"{bias.dtype}; use backend='torch'")
-        return _BiasGeluFunction.apply(x, bias)
+        # The kernels read bias[i] at base + i: a strided view must be made contiguous.
+        return _BiasGeluFunction.apply(x, bias.contiguous())
     return bias_gelu_ref(x, bias)

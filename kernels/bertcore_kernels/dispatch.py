@@ -99,8 +99,14 @@ def use_backend(backend: str):
         _auto = previous
 
 
+def _named(chosen: bool) -> str:
+    # Where "triton" came from, for an error: who set BERTCORE_KERNELS never passed backend=.
+    return "backend='triton'" if chosen else "backend='triton' (from BERTCORE_KERNELS or use_backend)"
+
+
 def resolve(backend: str, tensor: torch.Tensor) -> str:
     """The backend that runs an op on `tensor`: "triton" or "torch"."""
+    chosen = backend != "auto"  # False: the choice came from BERTCORE_KERNELS or use_backend
     if backend == "auto":
         backend = _auto
         if backend not in BACKENDS:
@@ -113,10 +119,10 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
         return "triton" if tensor.is_cuda and TRITON_IMPORT_ERROR is None else "torch"
     if backend == "triton":
         if TRITON_IMPORT_ERROR is not None:
-            raise RuntimeError(f"backend='triton' but {triton_available()[1]}; or use backend='torch'")
+            raise RuntimeError(f"{_named(chosen)} but {triton_available()[1]}; or use backend='torch'")
         if not tensor.is_cuda and not interpret_mode():
             raise RuntimeError(
-                "backend='triton' on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                f"{_named(chosen)} on a CPU tensor needs Triton's interpreter: set TRITON_INTERPRET=1 "
                 "before importing bertcore_kernels (or triton), or use backend='torch'")
     return backend
 

@@ -26,7 +26,8 @@ def keep_mask(shape, p, device="cpu", generator=None):
     if torch.device(device).type != "cpu":
         return torch.rand(shape, device=device, generator=generator) >= p, 1.0 / (1.0 - p)
     n = math.prod(shape)
-    threshold = round(p * 2 ** LANE_BITS)
+    # p within 2**-16 of 1 rounds to 2**15: clamp, or the scale below divides by zero.
+    threshold = min(round(p * 2 ** LANE_BITS), 2 ** LANE_BITS - 1)
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator)  # 63 random bits each
     lanes = words.view(torch.int16)[:n].bitwise_and_(2 ** LANE_BITS - 1)              # 4 × 15 bits per word
     return lanes.ge(threshold).view(shape), 2 ** LANE_BITS / (2 ** LANE_BITS - threshold)
@@ -36,6 +37,8 @@ def dropout(x, p, training=True, generator=None):
     """`F.dropout(x, p, training)`, but with `keep_mask`'s cheaper draws on the CPU."""
     if not training or p == 0.0:
         return x
+    if not 0.0 <= p < 1.0:  # here too: F.dropout would take p = 1 off the CPU, keep_mask refuses it on it
+        raise ValueError(f"dropout p must be in [0, 1), got {p}")
     if x.device.type != "cpu" and generator is None:
         return F.dropout(x, p, training=True)
     keep, scale = keep_mask(x.shape, p, x.device, generator)

@@ -44,7 +44,11 @@ def layer_norm_ref(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, dro
         x = dropout(x, dropout_p, generator=generator)
     if residual is not None:
         x = x + residual
-    return F.layer_norm(x, x.shape[-1:], weight, bias, eps).to(out_dtype)
+    # weight and bias may have another float dtype than x (the Triton kernel reads them in
+    # fp32 whatever theirs): normalise in the widest of the three instead of hitting
+    # F.layer_norm's mixed-dtype error on the CPU; a no-op where they all match.
+    dtype = torch.promote_types(torch.promote_types(x.dtype, weight.dtype), bias.dtype)
+    return F.layer_norm(x.to(dtype), x.shape[-1:], weight.to(dtype), bias.to(dtype), eps).to(out_dtype)
 
 
 # --------------------------------------------------------------------------- Triton
@@ -469,7 +473,15 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
                          f"({x.shape[-1]},), the last dim of x {tuple(x.shape)}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not eps >= 0.0:  # also NaN; a negative eps gives sqrt(var + eps) of a negative: NaN rows
+        raise ValueError(f"layer_norm eps must be >= 0, got {eps}")
+    if not x.is_floating_point() or (residual is not None and not residual.is_floating_point()):
+        raise TypeError(f"layer_norm expects floating-point x and residual; got x {x.dtype}, residual "
+                        f"{None if residual is None else residual.dtype}")
     if resolve(backend, x) == "triton":
+        # The kernels read weight[i] and bias[i] at base + i: make strided views (a column
+        # of a larger tensor) contiguous; a no-op for a parameter.
+        weight, bias = weight.contiguous(), bias.contiguous()
         if x.dtype not in _TRITON_DTYPES or (residual is not None and residual.dtype not in _TRITON_DTYPES):
             raise TypeError(f"the Triton layer_norm runs fp16, bf16 and fp32; got x {x.dtype}, residual "
                             f"{None if residual is None else residual.dtype}; use backend='torch'")
@@ -493,6 +505,6 @@ def layer_norm(x, weight, bias, eps=1e-12, residual=None, dropout_p=0.0, seed=No
         return y if copy is not None else (y, y)
     generator = None
     if dropout_p > 0.0 and seed is not None:
-        generator = torch.Generator(device=x.device).manual_seed(int(seed))
+        generator = torch.Generator(device=x.device).manual_seed(int(seed) % 2**64)  # any int, as in attention
     y = layer_norm_ref(x, weight, bias, eps, residual, dropout_p, generator=generator)
     return y if copy_dtype is None else (y, y.to(copy_dtype))
