@@ -411,6 +411,10 @@ class BertEncoder(nn.Module):
                 return longest
             if max_seqlen < longest:
                 raise ValueError(f"max_seqlen={max_seqlen} but a sequence has {longest} tokens; pass the longest length")
+            positions = self.config.max_position_embeddings
+            if max_seqlen > positions >= longest:   # else _encode would blame a sequence that is short enough
+                raise ValueError(f"max_seqlen={max_seqlen} is over the model's max_position_embeddings={positions}, "
+                                 f"though the longest sequence has {longest} tokens; pass the longest length")
         if max_seqlen is None:
             max_seqlen = (cu_seqlens[1:] - cu_seqlens[:-1]).max()                # a device sync: pass it instead
         return int(max_seqlen)

@@ -198,6 +198,10 @@ def test_bad_packed_input_is_a_clear_error():
         enc(ids, cu_seqlens=[0, 4, 10], max_seqlen=6)
     with pytest.raises(TypeError, match="max_seqlen must be a Python int"):
         enc(ids, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32), max_seqlen=torch.tensor(6))
+    positions = TINY["max_position_embeddings"]      # a static bucket above the positions: named as such
+    with pytest.raises(ValueError, match=f"max_seqlen={positions + 1} is over the model's max_position_embeddings="
+                                         f"{positions}, though the longest sequence has 6 tokens"):
+        enc(ids, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32), max_seqlen=positions + 1)
     out = enc(ids, cu_seqlens=torch.tensor([0, 4, 10]), max_seqlen=None)      # int64 offsets, max computed
     assert out.max_seqlen == 6 and out.last_hidden_state.shape == (10, TINY["hidden_size"])
 
