@@ -164,26 +164,20 @@ def add_embed(sub):
 
 def _embed_inputs(source: str) -> list[str]:
     """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
-    from ..data import read_text
-    text = sys.stdin.read() if source == "-" else read_text(source)
+    from ..data import load_examples, read_text, where
     if source != "-" and Path(source).suffix.lower() == ".jsonl":
-        # numbered before blank lines are dropped, so an error points at the file's own line
-        return [_jsonl_text(line, f"{source}:{n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        # data's JSONL reader: lines end at "\n" only (a JSON string may hold U+2028 unescaped),
+        # and an error names the file's own line
+        records = load_examples(Path(source))
+        return [_record_text(records[i], where(records, i)) for i in range(len(records))]
+    text = sys.stdin.read() if source == "-" else read_text(source)
     return [line for line in text.splitlines() if line.strip()]
 
 
-def _jsonl_text(line: str, where: str) -> str:
-    """A JSONL line's "text"; anything but a string is refused (str() would embed "None")."""
-    import json
-
+def _record_text(row: dict, where: str) -> str:
+    """A JSONL record's "text"; anything but a string is refused (str() would embed "None")."""
     from ..data import json_type
     fix = 'give each line a string "text", e.g. {"text": "a sentence"}'
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: invalid JSON ({err.msg}); {fix}") from None
-    if not isinstance(row, dict):
-        raise ValueError(f'{where}: expected a JSON object with "text" (got {json_type(row)}); {fix}')
     if "text" not in row:
         raise ValueError(f'{where}: no "text" field (it has {", ".join(row) or "nothing"}); {fix}')
     if not isinstance(row["text"], str):

@@ -35,7 +35,7 @@ def test_jsonl_text_that_is_not_a_string_is_refused_with_its_line(checkpoint, tm
 
 
 @pytest.mark.parametrize("line, message", [('{"sentence": "x", "id": 1}', 'no "text" field (it has sentence, id)'),
-                                           ('["a text"]', 'expected a JSON object with "text" (got array)'),
+                                           ('["a text"]', "got a JSON list; expected an object"),
                                            ('{"text": "x"', "invalid JSON")])
 def test_other_bad_jsonl_lines_name_their_line(checkpoint, tmp_path, capsys, line, message):
     file = tmp_path / "texts.jsonl"
@@ -103,3 +103,13 @@ def test_embed_cli_takes_a_cached_hub_name(hub_cache, capsys):
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     model = E.load(hub_cache, normalize=False)
     assert line["embedding"] == pytest.approx(E.encode(model, text).tolist(), abs=1e-6)   # was: cut at 64
+
+
+def test_a_jsonl_text_holding_a_line_separator_is_one_text(checkpoint, tmp_path, capsys):
+    """Before: embed split its JSONL at U+2028 too (str.splitlines), which JSON strings may hold
+    unescaped: "invalid JSON" for a valid file. It now reads JSONL as training data is read."""
+    file = tmp_path / "texts.jsonl"
+    file.write_text('{"text": "good\u2028film"}\n{"text": "bad plot"}\n', encoding="utf-8")
+    assert main(["embed", "--encoder", str(checkpoint), "--input", str(file)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.split("\n") if line]   # U+2028 is no line end
+    assert len(rows) == 2
