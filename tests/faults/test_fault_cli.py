@@ -34,18 +34,6 @@ def one_line_error(stderr: str, command: str) -> str:
     return errors[0]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 2 MiB filesystem (tmpfs); skipped where this process may not mount one."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
-
-
 def fill(disk: Path, leave: int = 0) -> Path:
     """Fill the filesystem, then give back `leave` bytes."""
     filler = disk / "filler"

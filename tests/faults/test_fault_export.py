@@ -196,20 +196,6 @@ def test_a_vocab_txt_with_a_byte_order_mark_loads_with_the_right_ids(tmp_path, t
     assert loaded(["the cat"])["input_ids"] == tok(["the cat"])["input_ids"]
 
 
-@pytest.fixture
-def read_only_disk(tmp_path):
-    """A real read-only filesystem (tmpfs); skipped where this process may not mount one."""
-    import subprocess
-
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
-
-
 @pytest.mark.parametrize("to", ["transformers", "onnx"])
 def test_an_export_to_a_read_only_folder_says_so(tmp_path, tok, read_only_disk, capsys, to):
     """Before: '[Errno 30] Read-only file system: .../.out.new', a temp folder the user

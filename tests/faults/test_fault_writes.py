@@ -18,7 +18,7 @@ from bertcore.training import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "core"))
 import toy  # noqa: E402
-from test_fault_cli import fill, small_disk  # noqa: E402,F401  (the real 2 MiB tmpfs)
+from test_fault_cli import fill  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread", "toy_plugin")
 
