@@ -17,8 +17,16 @@ COMMANDS = {**demo.COMMANDS, **train.COMMANDS, "predict": predict.COMMANDS["pred
             **bench.COMMANDS, **export.COMMANDS, "embed": predict.COMMANDS["embed"]}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as every other error here: its own print the
+    usage block first, twenty lines for finetune. Subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertcore", description="BERT encoder core with pluggable task heads.")
+    parser = _Parser(prog="bertcore", description="BERT encoder core with pluggable task heads.")
     parser.add_argument("--version", action="version", version=f"bertcore {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also BERTCORE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -219,3 +219,14 @@ def test_a_head_name_a_command_line_cannot_carry_is_listed_as_an_error(install_f
     with pytest.raises(plugins.HeadNotFoundError, match="is not letters, digits"):
         plugins.get_head_type("my head\nnext")
     assert plugins.get_head_type("qa").name == "qa"
+
+
+@pytest.mark.parametrize("argv", [["finetune", "--head", "classification", "--encoder", "e", "--train", "t",
+                                   "--output", "o", "--batch-size", "0"], ["finetune"], ["no-such-command"]])
+def test_a_usage_error_is_one_line(argv, capsys):
+    # was: argparse printed finetune's usage block (a dozen lines) before the error
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("bertcore") and ": error: " in err and "--help` lists the options" in err
