@@ -119,6 +119,8 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     model.history = trainer.fit(resume_from=True if resume else None)
     if trainer.rank == 0:
         model.save_pretrained(out / FINAL_MODEL_DIR)
+    if trainer.distributed:   # no rank returns before model/ is whole: a script may go on to load it
+        dist.barrier()
     return model
 
 

@@ -329,6 +329,10 @@ def _payload_problem(payload) -> str | None:
         return "state keys 'history' (a list), 'best' (a number) or 'best_step' (a step) have other types"
     if not {"python", "numpy", "torch"} <= set(payload["rng"]):
         return f"key 'rng' holds {sorted(payload['rng'])}, expected python, numpy and torch states"
+    ranks = payload.get("rank_rng", [])   # the other ranks' RNG states, under torchrun
+    if not isinstance(ranks, list) or not all(isinstance(r, dict) and {"python", "numpy", "torch"} <= set(r)
+                                              for r in ranks):
+        return "key 'rank_rng' is not a list of python, numpy and torch states"
     return None
 
 
@@ -352,17 +356,22 @@ def load_model_weights(model, folder: Path) -> None:
         load_weights(head, read_state_dict(file), str(file), strict=True)
 
 
-def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | None = None) -> TrainState:
+def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | None = None,
+           rank: int = 0) -> TrainState:
     """Restore a run from the newest complete checkpoint at `directory`: weights, optimizer,
     scheduler, RNG states; refused, with the differences listed, when `identity` (settings,
     world size, data, heads) is not what the checkpoint recorded. `best`: the run's best/
     folder, put right when a crash came between the checkpoint that is the best and its link.
-    The state is `finished` when the checkpoint ended its run (the last step, early stopping)."""
+    The state is `finished` when the checkpoint ended its run (the last step, early stopping).
+    `rank` (under torchrun) takes that rank's own RNG states."""
     folder = find_checkpoint(Path(directory))
     payload = load_state(folder)
     saved = payload.get("run", {})
-    changed = [f"{k}: {saved.get(k)!r} then, {identity[k]!r} now" for k in ("world", "data", "heads")
+    changed = [f"{k}: {saved.get(k)!r} then, {identity[k]!r} now" for k in ("data", "heads")
                if saved.get(k) != identity[k]]
+    if saved.get("world") != identity["world"]:   # the data plan splits each global batch by it
+        changed.insert(0, f"processes (world size): {saved.get('world')} then, {identity['world']} now (run it "
+                          f"under torchrun --nproc_per_node={saved.get('world')})")
     changed += [f"{k}: {saved.get('args', {}).get(k)!r} then, {v!r} now" for k, v in identity["args"].items()
                 if saved.get("args", {}).get(k) != v]
     if changed:
@@ -372,12 +381,18 @@ def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | 
     load_model_weights(model, folder)
     if "optimizer" not in payload and not payload.get("complete"):   # a finished run's keeps none
         raise CheckpointError(f"{folder / STATE_FILE} holds no optimizer state; it cannot continue a run")
+    if rank > len(payload.get("rank_rng", [])) and not payload.get("complete"):   # rank 0's alone: not its own
+        # an older bertcore's checkpoint: the run goes on (nothing is lost), but not draw for draw
+        logger.warning("%s holds no RNG state for rank %d (an older bertcore kept rank 0's alone): the run "
+                       "continues with rank 0's, so its dropout and masking will not repeat the run's exactly",
+                       folder / STATE_FILE, rank)
     key = None
     try:
         for key in ("optimizer", "scheduler", "rng", "state"):
             value = payload.get(key)
             if key == "rng":
-                set_rng_state(value)
+                ranks = payload.get("rank_rng", [])   # lacking only where the run had ended: nothing to draw
+                set_rng_state(ranks[rank - 1] if 0 < rank <= len(ranks) else value)
             elif key == "state":
                 state = TrainState.from_dict(value)
             elif value is not None:

@@ -9,7 +9,7 @@ The Trainer orchestrates; the work is elsewhere, one job per module:
     reporting      progress bar, metrics.jsonl, curves.png
 
 Under torchrun each rank takes its slice of every global batch; DDP wraps the
-TaskModel; rank 0 alone writes files.
+TaskModel; rank 0 alone writes files, and its checkpoints hold every rank's RNG states.
 """
 import logging
 import math
@@ -158,8 +158,7 @@ class Trainer:
         self.args = args or TrainingArgs(output_dir="runs/bertcore")
         self.output_dir = Path(self.args.output_dir)
         self.distributed = init_distributed()
-        self.rank = dist.get_rank() if self.distributed else 0
-        self.world = dist.get_world_size() if self.distributed else 1
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         self.device = _device(self.args.device)
         self.train_sets = self._datasets(train, "train") if train is not None else []
         self.eval_sets = self._datasets(eval, "eval") if eval is not None else []
@@ -240,7 +239,7 @@ class Trainer:
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
             step_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                             find_unused_parameters=len(self.train_sets) > 1)
+                             find_unused_parameters=True)   # NER, QA, mean pooling: the pooler gets no gradient
         graph_step = self._graph_step_now = cudagraphs.train_step_for(model, optimizer, args, self.device,
                                                                           self.distributed)
         buckets = model.buckets(args.batch_size) if graph_step else None
@@ -278,8 +277,8 @@ class Trainer:
                     tokens += int(batch["input_ids"].numel()) * self.world
                     if not last_micro:
                         continue
-                    bad_norm = _clip_and_step(model, optimizer, scheduler, args.max_grad_norm, self.distributed,
-                                              pending_loss / pending)
+                    pending_loss, bad_norm = _clip_and_step(model, optimizer, scheduler, args.max_grad_norm,
+                                                            self.distributed, pending_loss)
                     if bad_norm is not None:
                         raise _non_finite(pending_loss / pending, bad_norm, state.step, data.heads, self.output_dir)
                 running, running_n = running + pending_loss, running_n + pending
@@ -327,8 +326,9 @@ class Trainer:
             logger.warning("the eval metrics have no %r; no best checkpoint is kept (set metric_for_best)", key)
         patience = self.args.early_stopping_patience
         stop = patience is not None and state.bad_evals >= patience
-        if self.args.save_checkpoints and self.rank == 0:
-            self._save(state, optimizer, scheduler, improved, final=stop or state.step >= self._total)
+        # every rank's RNG states (a collective: each rank draws its own dropout and masks); rank 0 writes
+        if self.args.save_checkpoints and (rngs := _rank_rng_states(self)) is not None:
+            self._save(state, optimizer, scheduler, improved, final=stop or state.step >= self._total, rngs=rngs)
         if self.distributed:
             dist.barrier()
         if stop:
@@ -336,11 +336,11 @@ class Trainer:
                            key, patience, state.best, state.best_step)
         return stop
 
-    def _save(self, state: TrainState, optimizer, scheduler, improved: bool, final: bool) -> None:
+    def _save(self, state: TrainState, optimizer, scheduler, improved: bool, final: bool, rngs: list) -> None:
         """last/ (resumable: optimizer state unless the run is over) and, when improved, best/
         as hard links to last/'s model; a frozen encoder loaded from a folder is pointed at."""
         frozen = not any(p.requires_grad for p in self.model.encoder.parameters())
-        payload = {"state": state.to_dict(), "rng": rng_state(), "complete": final,
+        payload = {"state": state.to_dict(), "rng": rngs[0], "rank_rng": rngs[1:], "complete": final,
                    "run": self._identity}
         if not final:
             payload.update(optimizer=cudagraphs.portable(optimizer.state_dict()),
@@ -399,20 +399,42 @@ def _eval_batch_size(args: TrainingArgs) -> int:
     return args.eval_batch_size or args.batch_size * 2
 
 
-def _clip_and_step(model, optimizer, scheduler, max_grad_norm, distributed: bool, loss: float) -> float | None:
-    """Clip, check that loss and gradients are finite (all ranks agree), then step; a
-    non-finite step is not taken and its gradient norm comes back (None: stepped)."""
+def _clip_and_step(model, optimizer, scheduler, max_grad_norm, distributed: bool,
+                   loss: float) -> tuple[float, float | None]:
+    """Clip, check that loss and gradients are finite (all ranks agree), then step; returns
+    the step's loss (`loss`: this rank's, summed over its micro-batches) averaged over the
+    ranks, as one process on the global batch logs it, and, for a non-finite step, which is
+    not taken, its gradient norm (None: stepped)."""
     params = [p for p in model.parameters() if p.requires_grad]
     norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf"))
-    bad = torch.tensor([0.0 if math.isfinite(loss) and bool(torch.isfinite(norm)) else 1.0])
+    good = math.isfinite(loss) and bool(torch.isfinite(norm))
+    # Under DDP on the gradients' device: nccl reduces no CPU tensor. One collective for both
+    # the flag and the loss that rank 0 logs (else its own slice's alone, not the global batch's).
+    sums = torch.tensor([0.0 if good else 1.0, loss], dtype=torch.float64,
+                        device=norm.device if distributed else "cpu")   # one process: no copy to the GPU and back
     if distributed:
-        dist.all_reduce(bad)
-    if bad.item():
-        return float(norm)
+        dist.all_reduce(sums)
+        sums[1] /= dist.get_world_size()
+    bad, loss = sums.tolist()
+    if bad:
+        return loss, float(norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return None
+    return loss, None
+
+
+def _rank_rng_states(trainer: "Trainer") -> list[dict] | None:
+    """Every rank's RNG states, gathered on rank 0 (None on the others; [rank 0's] in one
+    process): the ranks' dropout and masking draw different amounts, so each rank resumes
+    from its own."""
+    if not trainer.distributed:
+        return [rng_state()]
+    if trainer.device.type == "cuda":   # object collectives on nccl go through the current device
+        torch.cuda.set_device(trainer.device)
+    states = [None] * trainer.world if trainer.rank == 0 else None
+    dist.gather_object(rng_state(), states, dst=0)
+    return states
 
 
 def _non_finite(loss: float, norm: float, step: int, heads, output_dir: Path) -> "NonFiniteLossError":
@@ -495,13 +517,15 @@ def _resume(trainer: Trainer, optimizer, scheduler, resume_from) -> TrainState:
     the trainer's model, optimizer, scheduler and RNGs; rank 0 puts best/ right."""
     folder = trainer.output_dir / "last" if resume_from is True else resume_from
     best = trainer.output_dir / "best" if trainer.rank == 0 and trainer.args.save_checkpoints else None
-    return resume(folder, trainer.model, optimizer, scheduler, trainer._identity, best=best)
+    return resume(folder, trainer.model, optimizer, scheduler, trainer._identity, best=best, rank=trainer.rank)
 
 
 def _check_run(trainer: Trainer, resume_from) -> None:
     """Before the first step: an unknown `metric_for_best` is refused now rather than after
     training, and a new run that saves checkpoints clears (or refuses) an earlier run's;
     those of this Trainer's own earlier fit() it replaces."""
+    if trainer.distributed:
+        _check_one_output(trainer)
     if trainer.args.metric_for_best and trainer.eval_sets:
         _check_metric_for_best(trainer)
     if not resume_from and trainer.rank == 0 and trainer.args.save_checkpoints:
@@ -510,6 +534,20 @@ def _check_run(trainer: Trainer, resume_from) -> None:
                       trainer.args.overwrite_output_dir or getattr(trainer, "_fitted", False),
                       [(str(source), source)] if source else [])
     trainer._fitted = True
+
+
+def _check_one_output(trainer: Trainer) -> None:
+    """Every rank names the same output folder: rank 0 writes the checkpoints that all ranks
+    resume from and load best/ from (else rank 1 fails on resume, or reads a stale run).
+    Compared as given, not resolved: nodes may mount one shared folder at other paths."""
+    if trainer.device.type == "cuda":   # object collectives on nccl go through the current device
+        torch.cuda.set_device(trainer.device)
+    folders = [None] * trainer.world
+    dist.all_gather_object(folders, os.path.normpath(trainer.output_dir))
+    other = next((r for r, folder in enumerate(folders) if folder != folders[0]), None)
+    if other is not None:
+        raise ValueError(f"the processes train into different output folders ({folders[0]} on rank 0, "
+                         f"{folders[other]} on rank {other}); give every rank the same output_dir (--output)")
 
 
 def _check_metric_for_best(trainer: Trainer) -> None:
