@@ -54,6 +54,13 @@ def read_text(path, encoding: str | None = None, what: str = "data file") -> str
     return text[1:] if text.startswith("\ufeff") else text
 
 
+def text_lines(text: str) -> list[str]:
+    """A text file's lines, ending at \n, \r\n or \r only: str.splitlines also cuts at
+    U+2028, U+0085, \x0c, ..., which a line of text (or a JSON string) may hold, and one
+    input line would become two outputs."""
+    return re.split(r"\r\n?|\n", text)
+
+
 def check_file(path: Path, what: str = "data file") -> None:
     """Raise an OSError that says why `path` is not a file to read and what to name instead."""
     if path.is_file():
@@ -304,8 +311,7 @@ def load_conll(path: Path, text: str) -> Records:
     """CoNLL: one `token<TAB>tag` (or whitespace-separated, tag last) per line, a blank
     line between sentences; `-DOCSTART-` lines are skipped."""
     examples, tokens, tags, first = Records(path), [], [], 0
-    # lines end at \n, \r\n or \r only: str.splitlines would also cut a token at U+2028, \x0c, ...
-    for n, line in enumerate(re.split(r"\r\n?|\n", text), 1):
+    for n, line in enumerate(text_lines(text), 1):
         if not line.strip():
             if tokens:
                 examples.add({"tokens": tokens, "tags": tags}, first)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .data import read_text
+from .data import read_text, text_lines
 
 IGNORE_INDEX = -100  # label of positions a loss skips (torch cross_entropy's default)
 
@@ -134,10 +134,10 @@ def read_corpus(source, encoding: str | None = None) -> list[list[str]]:
     lines: list[str] = []
     for item, is_file in zip(source, named):
         if isinstance(item, os.PathLike) or is_file:
-            lines.extend(read_text(Path(item), encoding, what="corpus file").splitlines())
+            lines.extend(text_lines(read_text(Path(item), encoding, what="corpus file")))
             lines.append("")
         else:
-            lines.extend(item.splitlines() or [""])
+            lines.extend(text_lines(item))
     documents, current = [], []
     for line in lines:
         line = line.strip()

@@ -32,7 +32,7 @@ def add_predict(sub):
 def _read_inputs(args) -> tuple[list, list]:
     """Texts, (question, context), file examples and stdin lines, in that order, and where
     each came from: "file:line" (or "stdin:line"), None for the command line's own."""
-    from ..data import load_examples, read_text, where
+    from ..data import load_examples, read_text, text_lines, where
     inputs = [t for t in args.texts if t != "-"]
     if args.question is not None or args.context is not None:
         if args.question is None or args.context is None:
@@ -51,7 +51,7 @@ def _read_inputs(args) -> tuple[list, list]:
     if args.input == "-" or "-" in args.texts:
         sources.append(("stdin", sys.stdin.read()))
     for source, text in sources:
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text_lines(text), 1):
             if line.strip():
                 inputs.append(_line_input(line, f"{source}:{n}"))
                 places.append(f"{source}:{n}")
@@ -164,14 +164,14 @@ def add_embed(sub):
 
 def _embed_inputs(source: str) -> list[str]:
     """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
-    from ..data import load_examples, read_text, where
+    from ..data import load_examples, read_text, text_lines, where
     if source != "-" and Path(source).suffix.lower() == ".jsonl":
         # data's JSONL reader: lines end at "\n" only (a JSON string may hold U+2028 unescaped),
         # and an error names the file's own line
         records = load_examples(Path(source))
         return [_record_text(records[i], where(records, i)) for i in range(len(records))]
     text = sys.stdin.read() if source == "-" else read_text(source)
-    return [line for line in text.splitlines() if line.strip()]
+    return [line for line in text_lines(text) if line.strip()]
 
 
 def _record_text(row: dict, where: str) -> str:

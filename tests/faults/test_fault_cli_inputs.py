@@ -71,6 +71,18 @@ def test_predict_names_the_line_and_fix_of_invalid_json_in_a_text_file_and_stdin
     assert "stdin:2: " in one_line_error(capsys.readouterr().err, "predict")
 
 
+def test_predict_reads_one_input_per_line_of_a_text_file(tmp_path, model_dir, checkpoint, monkeypatch, capsys):
+    """Before: str.splitlines also cut at U+2028, U+0085 and form feeds inside a line, so a
+    file of 3 lines gave 5 predictions, no longer beside the lines they came from."""
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good\u2028film\r\nbad\x0cplot\n\nfine\x85movie\n", encoding="utf-8")
+    assert main(["predict", "--model", str(model_dir), "--input", str(texts)]) == 0
+    assert len(capsys.readouterr().out.strip().split("\n")) == 3
+    monkeypatch.setattr("sys.stdin", io.StringIO("good\u2028film\nbad plot\n"))
+    assert main(["embed", "--encoder", str(checkpoint), "-"]) == 0
+    assert len(capsys.readouterr().out.strip().split("\n")) == 2
+
+
 def test_predict_ignores_the_gold_labels_of_labelled_data(tmp_path, model_dir, capsys):
     """As transformers' run_glue drops the label column to predict: a class the model never
     saw (or a malformed gold field) does not stop prediction, and predictions are those of
