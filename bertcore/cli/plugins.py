@@ -62,7 +62,10 @@ def cmd_install(args) -> int:
     targets, from_index = [], []
     for name in args.packages:
         target = _install_target(name)
-        targets += ["-e", target] if args.editable and Path(target).exists() else [target]
+        if args.editable and not Path(target).exists():   # pip's -e takes a folder: it was dropped without a word
+            raise ValueError(f"-e installs a local folder in editable mode, and {name} resolves to {target} from "
+                             "the package index; drop -e, or give the plugin's folder (e.g. heads/ner of a checkout)")
+        targets += ["-e", target] if args.editable else [target]
         if name in OFFICIAL and not Path(target).exists():
             from_index.append((name, target))
     # pip's installation report names what it installed, so we can check each requested

@@ -124,6 +124,17 @@ def test_install_of_a_path_pip_cannot_install_is_one_line_before_pip(tmp_path, m
     assert message in line and "head plugin" in line
 
 
+def test_install_editable_of_a_name_from_the_index_is_refused_before_pip(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli.plugins, "_pip", lambda *a: calls.append(a) or 0)
+    assert main(["install", "-e", "bertcore-sentiment-xl"]) == 2          # was: -e dropped without a word
+    line = one_line_error(capsys.readouterr().err, "install")
+    assert "-e installs a local folder" in line and "drop -e" in line and calls == []
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'my-head'\n")
+    assert main(["install", "-e", str(tmp_path)]) == 0                     # a folder keeps its -e
+    assert calls[-1][-2:] == ("-e", str(tmp_path.resolve()))
+
+
 @pytest.fixture
 def no_runs(monkeypatch):
     """Benchmarks and the demo fail the test if they start: only the flags are checked here."""
