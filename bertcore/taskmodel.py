@@ -173,6 +173,8 @@ class TaskModel(nn.Module):
                 if not isinstance(examples[i], dict):
                     raise
                 raise ValueError(f"example {i + 1} cannot be read: {err}") from None
+            except ValueError as err:  # a head's own check (an answer that makes no token): which example
+                raise ValueError(f"example {i + 1}: {err}") from None
             merged = per_head[0]
             for other in per_head[1:]:
                 if len(other) != len(merged):

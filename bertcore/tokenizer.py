@@ -13,6 +13,7 @@ batches shaped the way the encoder and the task heads want them.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import unicodedata
 import warnings
@@ -170,6 +171,8 @@ class Tokenizer:
             # tokenizer.json, so the config decides when it speaks.
             if any(k in config for k in given):
                 backend.normalizer = _normalizer(config)
+            if isinstance(backend.model, WordPiece):  # else __init__ names the model
+                _check_json_vocab(file, backend, folder / "vocab.txt")
         else:
             vocab = _read_vocab(file)
             for token in SPECIAL_TOKENS.values():
@@ -207,7 +210,13 @@ class Tokenizer:
         trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                             special_tokens=list(SPECIAL_TOKENS.values()),
                                             continuing_subword_prefix="##", show_progress=False)
-        backend.train_from_iterator(texts, trainer=trainer)
+        if isinstance(texts, (str, bytes)):  # one str iterates as characters: a path would train on its letters
+            raise TypeError(f"texts is a {type(texts).__name__} ({str(texts)[:40]!r}); pass an iterable of texts, "
+                            "e.g. a list of str or an open text file")
+        backend.train_from_iterator(_checked_texts(texts), trainer=trainer)
+        if backend.get_vocab_size() <= len(SPECIAL_TOKENS):  # every text would be [UNK]
+            raise ValueError("the texts hold no characters to learn a vocabulary from (none, or only whitespace "
+                             "and control characters); pass the training corpus")
         if backend.get_vocab_size() > vocab_size:  # WordPiece keeps every character of the text, whatever was asked
             warnings.warn(f"vocab_size={vocab_size} is below what the text needs: the special tokens and each of its "
                           f"characters make {backend.get_vocab_size()} ids, the size of the trained vocabulary",
@@ -263,6 +272,10 @@ class Tokenizer:
         """
         if max_length is None:
             max_length = MAX_POSITIONS
+        for key, value in (("max_length", max_length), ("stride", stride)):  # "128", 12.5, True: no length
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+                raise ValueError(f"{key}={value!r}; expected a whole number of tokens")
+        max_length, stride = int(max_length), int(stride)  # numpy ints to the library's usize
         if max_length > MAX_POSITIONS:
             raise ValueError(f"max_length={max_length} exceeds BERT's limit of {MAX_POSITIONS} "
                              f"positions; use max_length <= {MAX_POSITIONS} (with a stride for long texts)")
@@ -284,6 +297,14 @@ class Tokenizer:
         elif strategy == "only_second":
             raise ValueError("truncation='only_second' needs text_pair; use True or 'only_first'")
 
+        specials = 2 if text_pair is None else 3  # [CLS] A [SEP] (B [SEP])
+        if strategy and max_length <= specials:  # the library ignores a max_length below this: nothing is cut
+            raise ValueError(f"max_length={max_length} leaves no room for text after [CLS] and [SEP]; "
+                             f"use max_length > {specials}")
+        if strategy and stride >= max_length - specials:  # the library panics (a Rust backtrace) on this
+            raise ValueError(f"stride={stride} must be below the {max_length - specials} text tokens a "
+                             f"window of max_length={max_length} holds; lower stride or raise max_length")
+
         backend = self._backend
         try:  # the library keeps truncation/padding as tokenizer state; undo it afterwards
             if strategy:
@@ -295,6 +316,14 @@ class Tokenizer:
         except Exception as e:  # tokenizers raises bare Exceptions for bad truncation settings
             raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
                              f"truncation={truncation!r}: {e}") from e
+        except BaseException as e:
+            # a pair truncated in shares can leave a sequence's share at or below `stride`, and
+            # the library panics (pyo3's PanicException is no Exception) instead of raising
+            if type(e).__name__ != "PanicException":
+                raise
+            raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
+                             f"truncation={truncation!r}: a window's share of a sequence is not longer than "
+                             "stride; lower stride or raise max_length") from None
         finally:
             backend.no_truncation()
             backend.no_padding()
@@ -336,7 +365,7 @@ class Tokenizer:
         """One id -> its token; a list of ids -> a list of tokens."""
         ids = ids.tolist() if hasattr(ids, "tolist") else ids  # tensors, numpy
         if isinstance(ids, int):
-            token = self._backend.id_to_token(ids)
+            token = self._backend.id_to_token(ids) if ids >= 0 else None  # -1 overflowed in the library
             if token is None:
                 raise ValueError(f"token id {ids} is outside the vocabulary (size {len(self)})")
             return token
@@ -417,6 +446,31 @@ def _read_vocab(file: Path) -> dict[str, int]:
     return vocab
 
 
+def _check_json_vocab(file: Path, backend: _Backend, vocab_txt: Path) -> None:
+    """tokenizer.json's WordPiece ids must be 0..n-1, each once (a repeated or missing id
+    loads, then fails at the first save), and agree with a vocab.txt beside it: tools that
+    read vocab.txt (BertTokenizer of transformers 4, TF/JAX BERT) would give other ids."""
+    by_id: dict[int, str] = {}
+    for token, i in sorted(backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: (kv[1], kv[0])):
+        if i in by_id:
+            raise ValueError(f"{file}: tokens {by_id[i]!r} and {token!r} share the WordPiece id {i}; the "
+                             "file is damaged (each id must name one token)")
+        by_id[i] = token
+    gap = next((i for i in range(len(by_id)) if i not in by_id), None)
+    if gap is not None:
+        raise ValueError(f"{file}: no WordPiece token has the id {gap}; ids must run 0..{len(by_id) - 1} "
+                         "without gaps (the file is damaged)")
+    if not vocab_txt.is_file():
+        return
+    listed = list(_read_vocab(vocab_txt))
+    if listed != [by_id[i] for i in range(len(by_id))]:
+        i = next((i for i, (a, b) in enumerate(zip(listed, by_id.values())) if a != b), min(len(listed), len(by_id)))
+        shown = [repr(v[i]) if i < len(v) else "nothing" for v in (listed, by_id)]
+        raise ValueError(f"{file} and {vocab_txt} disagree: id {i} is {shown[1]} in {file.name} but {shown[0]} "
+                         f"in vocab.txt ({len(by_id)} vs {len(listed)} tokens); delete the stale file, or "
+                         "re-save the tokenizer")
+
+
 def _normalizer(config: dict) -> normalizers.BertNormalizer:
     """BERT's normalizer from tokenizer_config.json values, with transformers' defaults."""
     return normalizers.BertNormalizer(
@@ -445,6 +499,14 @@ def _as_batch(x, split: bool, name: str) -> list:
                             f"or a list of word lists, got {type(x).__name__}")
         if x and all(isinstance(w, str) for w in x):
             return [list(x)]
+        # ["ab", ["c"]] would split "ab" into characters, as words; ["ab", None] fail on a bare TypeError
+        words_list = any(isinstance(w, str) for w in x)
+        for i, words in enumerate(x):
+            ok = isinstance(words, str) if words_list else \
+                isinstance(words, (list, tuple)) and all(isinstance(w, str) for w in words)
+            if not ok:
+                raise TypeError(f"{name} with is_split_into_words=True must be a list of words (str) or a list of "
+                                f"word lists; entry {i} is {type(words).__name__} {repr(words)[:40]}")
         return [list(words) for words in x]
     if isinstance(x, str):
         return [x]
@@ -452,6 +514,15 @@ def _as_batch(x, split: bool, name: str) -> list:
         return list(x)
     raise TypeError(f"{name} must be a str or a list of str (pass is_split_into_words=True for "
                     f"lists of words), got {type(x).__name__}")
+
+
+def _checked_texts(texts: Iterable) -> Iterable[str]:
+    """`texts`, refusing an item that is not a str by its index (the library fails on it
+    with a bare "'NoneType' object is not iterable")."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__} {repr(text)[:40]}, not a str; train takes texts")
+        yield text
 
 
 def _int_list(ids) -> list[int]:

@@ -107,7 +107,10 @@ class ClassificationHead(Head):
         for key in ("text", "text_pair"):
             if key in example and not isinstance(example[key], str):
                 raise ValueError(f"{key} is {type(example[key]).__name__} {example[key]!r}; expected a string")
-        label = example["label"]
+        self._check_label(example["label"])
+
+    def _check_label(self, label) -> None:
+        """ValueError naming a label this head cannot train on."""
         if self.problem == "regression":
             try:
                 ok = not isinstance(label, bool) and math.isfinite(float(label))
@@ -150,6 +153,7 @@ class ClassificationHead(Head):
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         label = example.get("label")
         if label is not None:
+            self._check_label(label)  # predict takes labelled input unchecked: "abc" failed in float() unnamed
             if self.problem == "regression":
                 feature["labels"] = float(label)
             elif self.problem == "multi_label":

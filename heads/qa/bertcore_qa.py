@@ -119,31 +119,37 @@ class QAHead(Head):
                              f"{q_len}-token question; raise max_length or lower max_query_length")
         enc = tokenizer(question, context, max_length=max_length, truncation="only_second",
                         stride=min(self.stride, budget // 2), return_overflowing=True, return_offsets=True)
+        rows = [[tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][row], enc.sequence_ids(row))]
+                for row in range(len(enc["input_ids"]))]
         answers = answers_of(example) if "answers" in example else None
+        answer = None
+        if answers is not None and answers["text"]:
+            # the answer is the context tokens its characters touch, over all windows: characters that make no
+            # token (whitespace, zero-width, an accent an uncased tokenizer strips) at its edges lie outside every
+            # token's offsets, and testing the characters themselves marked it absent from every window
+            start_char = answers["answer_start"][0]
+            end_char = start_char + len(answers["text"][0])
+            answer = {o for offsets in rows for o in offsets if o is not None and o[1] > start_char and o[0] < end_char}
+            if not answer:
+                raise ValueError(f"answer text {answers['text'][0]!r} makes no token (only characters the tokenizer "
+                                 "drops); give the answer's words, or answers [] for a question without an answer")
         features = []
-        for row in range(len(enc["input_ids"])):
-            sequence_ids = enc.sequence_ids(row)
-            offsets = [tuple(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][row], sequence_ids)]
+        for row, offsets in enumerate(rows):
             feature = {"input_ids": enc["input_ids"][row], "token_type_ids": enc["token_type_ids"][row],
                        "offsets": offsets}
             if answers is not None:
-                feature["start_positions"], feature["end_positions"] = self._positions(answers, offsets)
+                feature["start_positions"], feature["end_positions"] = self._positions(answer, offsets)
             features.append(feature)
         return features
 
     @staticmethod
-    def _positions(answers: dict, offsets: list) -> tuple[int, int]:
-        """Token indices of the first answer in this window, or (0, 0): [CLS] = not here."""
-        if not answers["text"]:
+    def _positions(answer: set | None, offsets: list) -> tuple[int, int]:
+        """Token indices of the first answer (the offsets of its tokens) in this window, or
+        (0, 0): [CLS] = not here, or only part of it is."""
+        inside = [i for i, o in enumerate(offsets) if o in (answer or ())]
+        if not inside or {offsets[i] for i in inside} != answer:
             return 0, 0
-        start_char = answers["answer_start"][0]
-        end_char = start_char + len(answers["text"][0])
-        context = [i for i, o in enumerate(offsets) if o is not None]
-        if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
-            return 0, 0
-        start = next(i for i in context if offsets[i][1] > start_char)
-        end = next(i for i in reversed(context) if offsets[i][0] < end_char)
-        return start, end
+        return inside[0], inside[-1]
 
     # ---- model ---------------------------------------------------------------------
 
