@@ -83,6 +83,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # on validation: the demo's own rates suit its 128-wide encoder and are ~100x those BERT's
 # paper searched for bert-base (2e-5..5e-5); the higher two give the random twin a rate it learns at.
 ENCODER_RATES = (3e-5, 1e-4, 3e-4)
+PRETRAIN_THREADS = 2   # torch threads while pretraining, on any machine, unless --threads says otherwise
 QUICK = DemoSize(pretrain_steps=30, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
                  sizes=(2000,), seeds=1, test_reviews=200, test_ner=150)
 
@@ -98,21 +99,30 @@ def run_demo(args) -> int:
             setattr(size, name, max(2, int(getattr(size, name) * args.steps_scale)))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads or free_cores())
+    # Pretraining's thread count is part of what a seed repeats: torch's CPU LayerNorm backward
+    # splits its weight-gradient sums by thread, and a 1e-9 difference grows over 5000 steps
+    # (a run under load once took 1 thread and pretrained differently). Fine-tuning jobs run
+    # one thread each, so their number of workers only sets the speed.
+    torch.set_num_threads(args.threads or PRETRAIN_THREADS)
+    workers = args.threads or free_cores()
     start = time.perf_counter()
-    results = Demo(size, out, args.seed, progress=not args.no_progress).run(args.encoder, args.tokenizer)
+    results = Demo(size, out, args.seed, progress=not args.no_progress, workers=workers).run(args.encoder,
+                                                                                            args.tokenizer)
     results["wall_time_s"] = round(time.perf_counter() - start, 1)
     results["threads"] = torch.get_num_threads()
+    results["workers"] = workers
     table = write_results(results, out)
     print()
     print(table)
-    print(f"\nresults and plots are in {out.resolve()}/ (results.md, results.json, results.png)")
+    written = [name for name in ("results.md", "results.json", "results.png") if (out / name).is_file()]
+    print(f"\nresults are in {out.resolve()}/ ({', '.join(written)})")   # no results.png without matplotlib
     return 0
 
 
 class Demo:
-    def __init__(self, size: DemoSize, out: Path, seed: int, progress: bool = True):
+    def __init__(self, size: DemoSize, out: Path, seed: int, progress: bool = True, workers: int | None = None):
         self.size, self.out, self.seed, self.progress = size, out, seed, progress
+        self.workers = workers or torch.get_num_threads()   # fine-tuning processes
         self.results: dict = {"size": dataclasses.asdict(size), "seed": seed}
 
     def say(self, message: str) -> None:
@@ -171,7 +181,7 @@ class Demo:
                   "ner": (ner_pool, ner_test, data["ner_validation"])}
         jobs = self.finetune_jobs(pretrained, tok, splits, local_attention=None if encoder_dir else s.local_attention)
         per_size = collections.Counter((job.task, job.size) for job in jobs)
-        workers = torch.get_num_threads()
+        workers = self.workers
         self.say(f"fine-tuning: {len(jobs)} runs ({', '.join(map(str, s.sizes))} labelled examples x {s.seeds} "
                  f"seed(s) x (pretrained, random) x (sentiment at rate(s) {' '.join(map(str, s.sentiment_rates))}, "
                  f"NER at {' '.join(map(str, s.ner_rates))})), {workers} at a time")
@@ -480,7 +490,8 @@ def results_table(results: dict) -> str:
         p = results["pretraining"]
         notes.append(f"pretraining: held-out MLM accuracy {p['mlm_accuracy']:.3f}, NSP accuracy {p['nsp_accuracy']:.3f}, "
                      f"{p['seconds']:.0f}s")
-    notes.append(f"wall time {results['wall_time_s']:.0f}s with {results['threads']} torch thread(s)")
+    notes.append(f"wall time {results['wall_time_s']:.0f}s; pretraining on {results['threads']} torch thread(s), "
+                 f"fine-tuning in {results.get('workers', results['threads'])} worker process(es)")
     return "\n".join(lines) + "\n\n" + "; ".join(notes) + "."
 
 

@@ -3,6 +3,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
@@ -171,6 +172,51 @@ def test_demo_quick_learns(tmp_path, capsys):
     assert all(r["accuracy"] > majority + 0.03 for r in sentiment), (majority, sentiment)
     assert all(0.0 < r["f1"] <= 1.0 for r in ner), ner
     assert 0.0 < results["pretraining"]["mlm_accuracy"] <= 1.0
+
+
+def fake_results() -> dict:
+    """What Demo.run returns, for one size and seed, without running anything."""
+    def runs(metric):
+        return [{"size": 100, "seed": 0, "init": init, "rate": 1e-3, "steps": 2, metric: value}
+                for init, value in (("pretrained", 0.6), ("random", 0.5))]
+    return {"size": dataclasses.asdict(QUICK), "seed": 42,
+            "sentiment": {"metric": "accuracy", "majority_class": 0.5,
+                          "summary": summarize(runs("accuracy"), "accuracy")},
+            "ner": {"metric": "f1", "summary": summarize(runs("f1"), "f1")},
+            "pretraining": {"mlm_accuracy": 0.1, "nsp_accuracy": 0.5, "seconds": 1.0,
+                            "history": [{"step": 1, "mlm/accuracy": 0.1, "nsp/accuracy": 0.5}]}}
+
+
+def test_pretraining_threads_do_not_follow_the_machines_load(tmp_path, monkeypatch, capsys):
+    """The thread count changes torch's CPU LayerNorm gradient sums, so pretraining ran
+    differently on a busy machine (free_cores() = 1); the fine-tuning workers, one thread
+    each, may follow the load. Without matplotlib no results.png is claimed."""
+    import builtins
+
+    import bertcore.demo as demo
+    seen = {}
+
+    def run(self, encoder_dir=None, tokenizer_dir=None):
+        seen["threads"], seen["workers"] = torch.get_num_threads(), self.workers
+        return fake_results()
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(demo.Demo, "run", run)
+    monkeypatch.setattr(demo, "free_cores", lambda: 1)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress"]) == 0
+    assert seen == {"threads": demo.PRETRAIN_THREADS, "workers": 1}      # was: 1 thread, load-dependent
+    out = capsys.readouterr().out
+    assert "(results.md, results.json)" in out and not (tmp_path / "results.png").exists()
+    assert "pretraining on 2 torch thread(s), fine-tuning in 1 worker process(es)" in out
+    assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress", "--threads", "3"]) == 0
+    assert seen == {"threads": 3, "workers": 3}
 
 
 @pytest.mark.slow
