@@ -270,23 +270,8 @@ class Tokenizer:
         A single str still gives batch-of-one lists. Per-token word and sequence
         ids come from ``batch.word_ids(i)`` / ``batch.sequence_ids(i)``.
         """
-        if max_length is None:
-            max_length = MAX_POSITIONS
-        for key, value in (("max_length", max_length), ("stride", stride)):  # "128", 12.5, True: no length
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-                raise ValueError(f"{key}={value!r}; expected a whole number of tokens")
-        max_length, stride = int(max_length), int(stride)  # numpy ints to the library's usize
-        if max_length > MAX_POSITIONS:
-            raise ValueError(f"max_length={max_length} exceeds BERT's limit of {MAX_POSITIONS} "
-                             f"positions; use max_length <= {MAX_POSITIONS} (with a stride for long texts)")
-        if truncation not in _TRUNCATION:
-            raise ValueError(f"truncation={truncation!r}; expected one of {list(_TRUNCATION)}")
-        if padding not in _PADDING:
-            raise ValueError(f"padding={padding!r}; expected one of {list(_PADDING)}")
-        if return_tensors not in (None, "pt"):
-            raise ValueError(f"return_tensors={return_tensors!r}: only None (lists) and 'pt' are supported")
-        strategy, pad = _TRUNCATION[truncation], _PADDING[padding]
-
+        max_length, stride, strategy, pad = _encode_options(max_length, stride, truncation, padding,
+                                                            return_tensors, paired=text_pair is not None)
         first = _as_batch(texts, is_split_into_words, "texts")
         inputs: list = first
         if text_pair is not None:
@@ -296,14 +281,6 @@ class Tokenizer:
             inputs = list(zip(first, second))
         elif strategy == "only_second":
             raise ValueError("truncation='only_second' needs text_pair; use True or 'only_first'")
-
-        specials = 2 if text_pair is None else 3  # [CLS] A [SEP] (B [SEP])
-        if strategy and max_length <= specials:  # the library ignores a max_length below this: nothing is cut
-            raise ValueError(f"max_length={max_length} leaves no room for text after [CLS] and [SEP]; "
-                             f"use max_length > {specials}")
-        if strategy and stride >= max_length - specials:  # the library panics (a Rust backtrace) on this
-            raise ValueError(f"stride={stride} must be below the {max_length - specials} text tokens a "
-                             f"window of max_length={max_length} holds; lower stride or raise max_length")
 
         backend = self._backend
         try:  # the library keeps truncation/padding as tokenizer state; undo it afterwards
@@ -489,6 +466,35 @@ def _template(backend: _Backend) -> processors.TemplateProcessing:
         pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
+
+
+def _encode_options(max_length, stride, truncation, padding, return_tensors, paired: bool):
+    """Tokenizer.__call__'s options checked: (max_length, stride, truncation strategy, padding strategy)."""
+    if max_length is None:
+        max_length = MAX_POSITIONS
+    for key, value in (("max_length", max_length), ("stride", stride)):  # "128", 12.5, True: no length
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"{key}={value!r}; expected a whole number of tokens")
+    max_length, stride = int(max_length), int(stride)  # numpy ints to the library's usize
+    if max_length > MAX_POSITIONS:
+        raise ValueError(f"max_length={max_length} exceeds BERT's limit of {MAX_POSITIONS} "
+                         f"positions; use max_length <= {MAX_POSITIONS} (with a stride for long texts)")
+    if truncation not in _TRUNCATION:
+        raise ValueError(f"truncation={truncation!r}; expected one of {list(_TRUNCATION)}")
+    if padding not in _PADDING:
+        raise ValueError(f"padding={padding!r}; expected one of {list(_PADDING)}")
+    if return_tensors not in (None, "pt"):
+        raise ValueError(f"return_tensors={return_tensors!r}: only None (lists) and 'pt' are supported")
+    strategy, pad = _TRUNCATION[truncation], _PADDING[padding]
+
+    specials = 3 if paired else 2  # [CLS] A [SEP] (B [SEP])
+    if strategy and max_length <= specials:  # the library ignores a max_length below this: nothing is cut
+        raise ValueError(f"max_length={max_length} leaves no room for text after [CLS] and [SEP]; "
+                         f"use max_length > {specials}")
+    if strategy and stride >= max_length - specials:  # the library panics (a Rust backtrace) on this
+        raise ValueError(f"stride={stride} must be below the {max_length - specials} text tokens a "
+                         f"window of max_length={max_length} holds; lower stride or raise max_length")
+    return max_length, stride, strategy, pad
 
 
 def _as_batch(x, split: bool, name: str) -> list:
