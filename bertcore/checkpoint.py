@@ -1,6 +1,7 @@
 """HF BERT checkpoints in and out: safetensors (or a weights-only pytorch_model.bin),
 with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for heads."""
 import dataclasses
+import difflib
 import hashlib
 import logging
 import os
@@ -146,19 +147,25 @@ def check_config(model, state: dict[str, torch.Tensor], config_source: str, weig
                               f"{' ...' if len(missing or unexpected) > 3 else ''}); {fix}")
 
 
+def hub_cache() -> Path:
+    """Where transformers and `hf download` keep Hub models: `HF_HUB_CACHE`, else
+    `HF_HOME/hub`, else ~/.cache/huggingface/hub."""
+    return Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or
+                                                        Path.home() / ".cache" / "huggingface") / "hub")
+
+
 def resolve_pretrained(name_or_path) -> Path:
     """A checkpoint folder: the path itself, or a Hub name ("org/name") found in the local
-    Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`, else ~/.cache/huggingface/hub;
-    the snapshot `refs/main` names, else the newest). Nothing is downloaded."""
+    Hugging Face cache (see hub_cache; the snapshot `refs/main` names, else the newest).
+    Nothing is downloaded."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.is_file():
         raise NotADirectoryError(f"{path} is a file; pass the checkpoint folder that holds it ({path.parent})")
     name = str(name_or_path)
+    cache = hub_cache()
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
-        cache = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME") or
-                                                            Path.home() / ".cache" / "huggingface") / "hub")
         repo = cache / ("models--" + name.replace("/", "--"))
         ref = repo / "refs" / "main"
         if ref.is_file() and (repo / "snapshots" / ref.read_text().strip()).is_dir():
@@ -167,9 +174,42 @@ def resolve_pretrained(name_or_path) -> Path:
             if (repo / "snapshots").is_dir() else []
         if snapshots:
             return snapshots[-1]
-        raise FileNotFoundError(f"{name} is neither a folder nor in the local Hugging Face cache ({cache}); "
-                                f"download it once (e.g. `huggingface-cli download {name}`) or pass its folder")
-    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    raise FileNotFoundError(_not_found(name, path, cache))
+
+
+def _not_found(name: str, path: Path, cache: Path) -> str:
+    """Why `name` names no checkpoint, and the fix, in one line. A bare name (the README's
+    old `all-MiniLM-L6-v2`) is how the Hub shows a model, but the cache keys it as org/name:
+    a cached model of that name is offered. A path is checked against the folders that exist."""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        return f"checkpoint folder {path} does not exist{_nearby(path)}; pass an existing checkpoint folder"
+    near = _nearby(path) if path.parent.is_dir() else ""  # org/ of org/name is no folder to name
+    where = f"{name} is neither a folder{near} nor in the local Hugging Face cache ({cache})"
+    if "/" in name:
+        return f"{where}; download it once with `hf download {name}`, or pass its folder"
+    cached = sorted(p.name.removeprefix("models--").replace("--", "/", 1) for p in cache.glob("models--*--*")
+                    if p.name.lower().endswith("--" + name.lower()))
+    if cached:
+        return f"{where} under that name; Hub names are org/name: did you mean {cached[0]} (it is cached)?"
+    example = "sentence-transformers/all-MiniLM-L6-v2"
+    return (f"{where}; pass a checkpoint folder, or a Hub name as org/name (e.g. {example}), "
+            f"downloaded once with `hf download {example}`")
+
+
+def _nearby(path: Path) -> str:
+    """' (did you mean X?)' for a typo in the first part of `path` that does not exist
+    (its last part, or a folder above it, which is then named), else ''."""
+    missing = next((p for p in [path, *path.parents] if p.parent.is_dir() or p.parent == p), path)
+    if missing.parent == missing:
+        return ""
+    try:
+        folders = [p.name for p in missing.parent.iterdir() if p.is_dir()]
+    except OSError:  # an unreadable folder: no suggestion, rather than an error about the hint
+        folders = []
+    close = difflib.get_close_matches(missing.name, folders, n=1)
+    gone = f"{missing} does not exist" if missing != path else ""
+    typo = f"did you mean {missing.parent / close[0]}?" if close else ""
+    return f" ({'; '.join(filter(None, (gone, typo)))})" if gone or typo else ""
 
 
 def _dtype(value, config: BertConfig):
@@ -197,6 +237,11 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     `overrides` replace config fields and must name real ones. The config must match the
     weights (see check_config); `strict` also refuses weights the config leaves unused."""
     directory = resolve_pretrained(name_or_path)
+    if config is None and not (directory / "config.json").exists() and (directory / "encoder").is_dir():
+        # a saved TaskModel (pretrain's runs/pt/model): else "no config.json", which names neither folder
+        tokenizer = f"; its tokenizer is {directory / 'tokenizer'}" if (directory / "tokenizer").is_dir() else ""
+        raise FileNotFoundError(f"{directory} is a saved TaskModel, not an encoder folder; pass its encoder "
+                                f"{directory / 'encoder'}{tokenizer} (--tokenizer, tok=)")
     config_source = str(directory / "config.json") if config is None else "the config passed to from_pretrained"
     if overrides:
         config_source += f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}"

@@ -100,6 +100,18 @@ class MLMHead(Head):
                  "bias": ["bias", "decoder.bias"]}
         return copy_pretrained_weights(self, cls_weights, "cls.predictions.", names)
 
+    def transformers_export(self) -> dict:
+        """This head as transformers' BertForMaskedLM (`bertcore.export`): `cls.predictions.*`,
+        no pooler. The decoder is the word embedding matrix (tie_word_embeddings), written
+        under its own name too, so the file loads whether or not a loader re-ties it."""
+        return {"architecture": "BertForMaskedLM", "pooler": False, "config": {"tie_word_embeddings": True},
+                "state_dict": {"cls.predictions.transform.dense.weight": self.transform.dense.weight,
+                               "cls.predictions.transform.dense.bias": self.transform.dense.bias,
+                               "cls.predictions.transform.LayerNorm.weight": self.transform.LayerNorm.weight,
+                               "cls.predictions.transform.LayerNorm.bias": self.transform.LayerNorm.bias,
+                               "cls.predictions.decoder.weight": self.decoder_weight,
+                               "cls.predictions.bias": self.bias}}
+
     # ---- data --------------------------------------------------------------------
 
     def prepare(self, tokenizer, train_examples=None) -> None:

@@ -389,7 +389,7 @@ class TaskModel(nn.Module):
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(tmp / "tokenizer")
             for name, head in self.heads.items():
-                save_head(head, tmp / "heads" / name)
+                save_head(head, tmp / "heads" / name, name)
             write_json(tmp / MODEL_FILE, info)
         return directory
 
@@ -453,20 +453,24 @@ class TaskModel(nn.Module):
         directory = Path(directory)
         _check_replaceable(directory, allowed={HEAD_CONFIG, HEAD_WEIGHTS})
         with folder_swap(directory) as tmp:
-            save_head(self.heads[name], tmp)
+            save_head(self.heads[name], tmp, name)
         return directory
 
     def load_head(self, path: str | os.PathLike, name: str | None = None) -> Head:
-        """Add a head saved elsewhere (heads/<name>/ of another TaskModel) to this model."""
+        """Add a head saved elsewhere (heads/<name>/ of another TaskModel, or `save_head`'s
+        folder) to this model, under `name`, else the name it was saved under (head.json
+        files of older versions record none: the folder's name)."""
         path = Path(path)
-        return self.add_head(name or path.name, load_head(path, self.encoder.config), load_pretrained=False)
+        head = load_head(path, self.encoder.config)
+        return self.add_head(name or _saved_name(path / HEAD_CONFIG) or path.name, head, load_pretrained=False)
 
 
 # ---- one head on disk ---------------------------------------------------------------------
 
-def save_head(head: Head, directory: Path) -> None:
+def save_head(head: Head, directory: Path, name: str | None = None) -> None:
     """head.json + head.safetensors. Weights shared with the encoder (MLM's tied decoder)
-    are not in the head's state dict, so they are never stored twice."""
+    are not in the head's state dict, so they are never stored twice. `name`, the head's
+    name in its TaskModel, is recorded: `save_head`'s folder can be called anything."""
     try:
         info = plugins.head_info(head.name)
     except plugins.HeadNotFoundError:  # a Head subclass used without registering it
@@ -474,6 +478,7 @@ def save_head(head: Head, directory: Path) -> None:
                        "that registers it", head.name)
         info = HeadInfo(head.name, "unknown", "unknown", head.description)
     write_json(directory / HEAD_CONFIG, {
+        **({"name": name} if name is not None else {}),
         "head_type": head.name, "distribution": info.distribution, "version": info.version,
         "hidden_size": head.config.hidden_size, "vocab_size": head.config.vocab_size,
         "config": head.get_config(), "bertcore_version": plugins.core_version()})
@@ -503,6 +508,15 @@ def load_head(directory: Path, config) -> Head:
     load_weights(head, read_state_dict(directory / HEAD_WEIGHTS), str(directory / HEAD_WEIGHTS), strict=True,
                  described_by=str(file))
     return head
+
+
+def _saved_name(file: Path) -> str | None:
+    """The head name head.json records; None in one written before names were recorded."""
+    name = _read_json(file, {}).get("name")
+    if name is not None and not _folder_name(name):
+        raise CheckpointError(f"{file}: name {name!r} is not a head name (letters, digits, '_', '-' or '.'); "
+                              "fix it there, or pass load_head(path, name=...)")
+    return name
 
 
 def _read_json(file: Path, schema: dict[str, type]) -> dict:

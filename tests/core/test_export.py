@@ -26,6 +26,7 @@ HEADS = {  # head type -> (create_head kwargs, transformers auto class, pipeline
     "ner": ({"labels": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]}, "AutoModelForTokenClassification",
             "token-classification"),
     "qa": ({"max_answer_length": 15}, "AutoModelForQuestionAnswering", "question-answering"),
+    "mlm": ({"top_k": 3}, "AutoModelForMaskedLM", "fill-mask"),
 }
 
 
@@ -153,6 +154,42 @@ def test_qa_to_transformers(tmp_path, tok):
         for (question, context), want in zip(QUESTIONS, model.predict(QUESTIONS)):
             got = pipe(question=question, context=context)
             assert (got["start"], got["end"], got["answer"]) == (want["start"], want["end"], want["text"])
+
+
+def test_mlm_to_transformers(tmp_path, tok):
+    """Before: refused ("head 'mlm' (mlm) has no transformers export"), so a pretrained model
+    could not reach transformers' fill-mask pipeline."""
+    model = make_model(tok, "mlm")
+    out = export_transformers(model, tmp_path / "hf")
+    hf, hf_tok = load_hf("mlm", out)
+    assert hf.config.architectures == ["BertForMaskedLM"]
+    assert hf.cls.predictions.decoder.weight.data_ptr() == hf.bert.embeddings.word_embeddings.weight.data_ptr()
+    # bertcore's vocabulary logits at every token (not only the masked ones), fp32
+    head = model.heads["task"]
+    texts = ["the cat [MASK] on the mat", *TEXTS]
+    model.prepare("task")                                                  # masking needs the tokenizer
+    batch = model.collate(model.encode([{"text": t} for t in texts], "task").features, "task")
+    batch["mlm_positions"] = torch.arange(len(batch["input_ids"]))
+    with torch.no_grad():
+        ours = model(batch, head="task")["logits"]                          # (T, V)
+    cu = batch["cu_seqlens"].tolist()
+    for i in range(len(texts)):
+        ids = batch["input_ids"][cu[i]:cu[i + 1]]
+        with torch.no_grad():
+            theirs = hf(input_ids=ids[None], token_type_ids=batch["token_type_ids"][cu[i]:cu[i + 1]][None]).logits
+        assert (ours[cu[i]:cu[i + 1]] - theirs[0]).abs().max() < 1e-5
+
+    pipe = transformers.pipeline("fill-mask", model=str(out), top_k=3)
+    want = model.predict(texts[:1])[0]["masks"][0]["candidates"]
+    assert [(d["token"], d["score"]) for d in pipe(texts[0])] == \
+        [(c["token_id"], pytest.approx(c["score"], abs=1e-5)) for c in want]
+
+    # the round trip: bertcore reads the export back, cls.predictions.* into a fresh MLM head
+    encoder = bertcore.BertEncoder.from_pretrained(out)
+    back = bertcore.TaskModel(encoder, {"task": bertcore.create_head("mlm", encoder.config)}, tokenizer=tok).eval()
+    assert all(torch.equal(a, b) for a, b in zip(back.heads["task"].state_dict().values(), head.state_dict().values()))
+    with torch.no_grad():
+        assert (back(batch, head="task")["logits"] - ours).abs().max() < 1e-5
 
 
 def test_minilm_classification_round_trip(tmp_path, minilm_dir):
