@@ -214,7 +214,8 @@ def test_pretraining_threads_do_not_follow_the_machines_load(tmp_path, monkeypat
     assert seen == {"threads": demo.PRETRAIN_THREADS, "workers": 1}      # was: 1 thread, load-dependent
     out = capsys.readouterr().out
     assert "(results.md, results.json)" in out and not (tmp_path / "results.png").exists()
-    assert "pretraining on 2 torch thread(s), fine-tuning in 1 worker process(es)" in out
+    assert f"pretraining on 2 torch thread(s) ({torch.backends.cpu.get_cpu_capability()} kernels), fine-tuning in 1 " \
+           "worker process(es)" in out
     assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress", "--threads", "3"]) == 0
     assert seen == {"threads": 3, "workers": 3}
 
