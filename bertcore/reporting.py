@@ -3,6 +3,7 @@
 Only rank 0 reports. Every record goes to the log at once (appended and fsynced),
 so a killed run keeps what it logged; the plot is redrawn at the end of `fit`.
 """
+import functools
 import json
 import logging
 import math
@@ -14,6 +15,12 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
+
+
+@functools.cache
+def _say_no_matplotlib() -> None:
+    """Once per process: `demo --quick` ends seven runs, each without a plot."""
+    logger.info("matplotlib is not installed; no %s (pip install matplotlib draws it)", CURVES_FILE)
 
 
 class Reporter:
@@ -81,7 +88,7 @@ class Reporter:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
-            logger.info("matplotlib is not installed; no %s", CURVES_FILE)
+            _say_no_matplotlib()
             return
         file = self.output_dir / METRICS_FILE
         if not file.exists():

@@ -251,9 +251,10 @@ def run(quick: bool = False, device: str | None = None, threads: int | None = No
         out_dir = out_dir or B.results_dir(device)
         name = name or ("finetune-quick" if quick else "finetune")
         B.write_csv(rows, out_dir / f"{name}.csv")
-        plot(rows, out_dir / f"{name}.png")
-        if verbose:
-            print(f"\nwrote {out_dir / (name + '.csv')} and {name}.png")
+        png = plot(rows, out_dir / f"{name}.png")
+        if verbose:   # no PNG without matplotlib: say so rather than name a file that is not there
+            also = f" and {png.name}" if png else " (no PNG: matplotlib is missing)"
+            print(f"\nwrote {out_dir / (name + '.csv')}{also}")
     if verbose:
         summary(rows)
     return rows

@@ -267,11 +267,23 @@ def write_sweep(rows: list[dict], out_dir: Path, name: str, panel, title: str, v
     """<name>.csv, and one <name>-<mode>.png per mode with the rows grouped into panels by
     `panel(row)`; `title` may hold {mode}."""
     write_csv(rows, out_dir / f"{name}.csv")
+    pngs = []
     for mode in dict.fromkeys(r["mode"] for r in rows):
         sub = [dict(r, panel=panel(r)) for r in rows if r["mode"] == mode]
-        plot(sub, out_dir / f"{name}-{mode}.png", panels="panel", title=title.format(mode=mode), **plot_kw)
-    if verbose:
-        print(f"wrote {out_dir / (name + '.csv')} and PNGs")
+        pngs.append(plot(sub, out_dir / f"{name}-{mode}.png", panels="panel", title=title.format(mode=mode),
+                         **plot_kw))
+    if verbose:   # only the files that were written: plot() writes none without matplotlib
+        pngs = [p.name for p in pngs if p is not None]
+        why = "" if pngs or _has_matplotlib() else " (no PNGs: matplotlib is not installed)"
+        print(f"wrote {out_dir / (name + '.csv')}{' and ' + ', '.join(pngs) if pngs else ''}{why}")
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except ValueError:    # a module in sys.modules without a spec (None: blocked)
+        return False
 
 
 def _fmt(v):

@@ -7,12 +7,16 @@ library modules. This module gathers them and runs one (`main`), every error as 
 """
 import argparse
 import logging
+import signal
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 from .. import __version__
 from . import bench, demo, export, plugins, predict, train
 
+TRAINING = ("finetune", "pretrain")   # the commands that write checkpoints to resume from
 COMMANDS = {**demo.COMMANDS, **train.COMMANDS, "predict": predict.COMMANDS["predict"], **plugins.COMMANDS,
             **bench.COMMANDS, **export.COMMANDS, "embed": predict.COMMANDS["embed"]}
 
@@ -28,16 +32,66 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bertcore", description="BERT encoder core with pluggable task heads.")
     parser.add_argument("--version", action="version", version=f"bertcore {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also BERTCORE_DEBUG=1)")
+    debug_help = "show the traceback of an error (also BERTCORE_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (add, _) in COMMANDS.items():
-        add(sub)
+        # --debug after the command too (`bertcore demo --quick --debug`), as the errors'
+        # "(--debug shows where)" invites; SUPPRESS: left out there, the one before stands
+        add(sub).add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `timeout`'s stop) in a training command: it unwinds as
+    Ctrl-C does, so the run says where its last checkpoint is, and exits 143."""
+
+
+@contextmanager
+def _sigterm_as_interrupt(command: str):
+    """While a training command runs, SIGTERM raises _Terminated (only in this process:
+    a forked child that inherits the handler dies as SIGTERM's default would)."""
+    if command not in TRAINING or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import os
+    pid = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != pid:
+            os._exit(128 + signum)
+        raise _Terminated()
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(args, err: KeyboardInterrupt) -> int:
+    """Ctrl-C or SIGTERM: where the last checkpoint is and how to go on from it, or, when
+    the run wrote none yet, that there is nothing to --resume."""
+    how, code = ("terminated (SIGTERM)", 143) if isinstance(err, _Terminated) else ("interrupted", 130)
+    where = getattr(args, "output", None)
+    hint = ""
+    if args.command in TRAINING and where:
+        from pathlib import Path
+
+        from ..runfolder import find_checkpoint
+        try:
+            find_checkpoint(Path(where) / "last")
+            hint = f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"
+        except Exception:   # none yet (stopped before the first save), or none complete
+            hint = (f"; no checkpoint was written to {where}/last yet, so there is nothing to resume: run the "
+                    "same command without --resume to start again")
+    print(f"bertcore {args.command}: {how}{hint}", file=sys.stderr)
+    return code
 
 
 def main(argv=None) -> int:
     """Run one command. Every error is one line on stderr and exit 2 (1 for one that is
-    not the user's, 130 for Ctrl-C); --debug or BERTCORE_DEBUG=1 shows the traceback."""
+    not the user's, 130 for Ctrl-C, 143 for SIGTERM in a training command); --debug (before
+    or after the command) or BERTCORE_DEBUG=1 shows the traceback."""
     import os
 
     parser = build_parser()
@@ -45,7 +99,7 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    debug = args.debug or os.environ.get("BERTCORE_DEBUG", "") not in ("", "0")
+    debug = args.debug = args.debug or os.environ.get("BERTCORE_DEBUG", "") not in ("", "0")
     logger = logging.getLogger("bertcore")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
@@ -53,19 +107,15 @@ def main(argv=None) -> int:
         logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt(args.command):
             if not debug:
                 warnings.showwarning = _show_warning
             return COMMANDS[args.command][1](args) or 0
     except BrokenPipeError:   # `bertcore heads --json | head`: the reader left; nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nor at exit's flush
         return 1
-    except KeyboardInterrupt:
-        where = getattr(args, "output", None)
-        hint = (f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"
-                if args.command in ("finetune", "pretrain") and where else "")
-        print(f"bertcore {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(args, err)
     except Exception as err:
         if debug:
             raise

@@ -23,8 +23,9 @@ def add_demo(sub):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--steps-scale", type=positive_float, default=1.0,
                    help="multiply every step budget (e.g. 3 for a longer run)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads while pretraining, and worker processes "
-                   "of one thread while fine-tuning (default: the cores not busy with other work)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads while pretraining (default 2 on any "
+                   "machine: the count is part of what a seed repeats), and worker processes of one thread while "
+                   "fine-tuning (default: the cores not busy with other work)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 

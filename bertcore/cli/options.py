@@ -51,6 +51,25 @@ def output_folder(text: str) -> str:
     return text
 
 
+def output_file(text: str) -> str:
+    """An --output FILE whose folder exists, checked before any work: writing it made a
+    missing folder (a typo in the path) without a word; a training --output FOLDER is
+    created, a file's folder is not."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; name a file")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it (e.g. {path / 'predictions.jsonl'})")
+    folder = path.parent
+    blocker = folder if folder.is_file() else file_above(folder)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{blocker} is a file, not a folder; name a file in an existing folder")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"folder {folder} does not exist; create it first (mkdir -p {folder}) "
+                                         "or name a file in an existing folder")
+    return text
+
+
 def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):
     g = p.add_argument_group("training")
     g.add_argument("--output", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")

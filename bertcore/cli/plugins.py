@@ -73,15 +73,12 @@ def cmd_install(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         can_report = Version(metadata.version("pip")) >= Version("22.2")
-        code = _pip("install", *(["--report", str(report)] if can_report else []),
+        pip_args = ("install", *(["--report", str(report)] if can_report else []),
                     *(["--upgrade"] if args.upgrade else []), *targets)
+        code, pip_errors = _pip(*pip_args, hold_stderr=not getattr(args, "debug", False))
         installed = json.loads(report.read_text()).get("install", []) if report.is_file() else []
     if code != 0:
-        for name, dist in from_index:
-            print(f"bertcore install: {dist} did not install from the package index (see pip's message above). "
-                  f"The official heads ship in bertcore's source tree: from a checkout, run "
-                  f"`{sys.executable} -m pip install <checkout>/heads/{name}`", file=sys.stderr)
-        return code
+        raise ValueError(_install_failed(args.packages, targets, from_index, pip_errors))
     names = {canonical(item["metadata"]["name"]) for item in installed if item.get("requested")}
     for target in targets:
         if target != "-e" and not Path(target).exists():
@@ -101,6 +98,30 @@ def cmd_install(args) -> int:
     return 0
 
 
+def _install_failed(packages, targets, from_index, pip_errors: str) -> str:
+    """pip's failure as one line: what did not install, pip's own ERROR lines, and the
+    likely fix (the spelling of a head name, the source tree of an official head)."""
+    import difflib
+
+    from ..plugins import OFFICIAL, list_heads
+    known = sorted(set(OFFICIAL) | {h.name for h in list_heads()})
+    asked = ", ".join(name if target == name else f"{name} ({target})" for name, target in
+                      zip(packages, [t for t in targets if t != "-e"]))
+    why = "; ".join(line.removeprefix("ERROR:").strip() for line in pip_errors.splitlines()
+                    if line.startswith("ERROR:")) or "see --debug for pip's output"
+    close = [match for name in packages if name not in known
+             for match in difflib.get_close_matches(name, known, n=1)]
+    if close:
+        fix = f"did you mean {' or '.join(close)}? (bertcore install {' '.join(close)})"
+    elif from_index:
+        fix = ("the official heads ship in bertcore's source tree: from a checkout, run " + "; ".join(
+            f"`{sys.executable} -m pip install <checkout>/heads/{name}`" for name, _ in from_index))
+    else:
+        fix = ("check the name (`bertcore heads` lists the installed heads) or give the plugin's folder or wheel; "
+               "--debug shows pip's whole output")
+    return f"pip could not install {asked}: {why}; {fix}"
+
+
 def add_uninstall(sub):
     p = sub.add_parser("uninstall", help="pip-uninstall a head plugin from this environment")
     p.add_argument("packages", nargs="+", metavar="NAME",
@@ -112,7 +133,7 @@ def cmd_uninstall(args) -> int:
     from ..plugins import plugin_distribution
     # Resolve every name before removing anything: one bad name removes nothing.
     dists = list(dict.fromkeys(plugin_distribution(name) for name in args.packages))
-    return _pip("uninstall", "-y", *dists)
+    return _pip("uninstall", "-y", *dists)[0]
 
 
 def _distribution_name(name: str) -> str:
@@ -179,11 +200,18 @@ def _source_trees() -> list[Path]:
     return trees
 
 
-def _pip(*pip_args) -> int:
-    """Run pip of the interpreter that runs bertcore, so plugins land where bertcore looks."""
+def _pip(*pip_args, hold_stderr: bool = False) -> tuple[int, str]:
+    """Run pip of the interpreter that runs bertcore, so plugins land where bertcore looks;
+    its exit status, and with `hold_stderr` its stderr (warnings, a multi-line error),
+    held back for a one-line error and passed on as it was when pip succeeds."""
     command = [sys.executable, "-m", "pip", *pip_args]
     print("running: " + " ".join(command), file=sys.stderr)
-    return subprocess.run(command).returncode
+    if not hold_stderr:
+        return subprocess.run(command).returncode, ""
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True, errors="replace")
+    if done.returncode == 0 and done.stderr:
+        sys.stderr.write(done.stderr)
+    return done.returncode, done.stderr or ""
 
 
 COMMANDS = {"heads": (add_heads, cmd_heads), "install": (add_install, cmd_install), "uninstall": (add_uninstall, cmd_uninstall)}

@@ -4,7 +4,8 @@ import re
 import sys
 from pathlib import Path
 
-from .options import check_max_length, positive_int
+from .export import head_name
+from .options import check_max_length, output_file, positive_int
 
 
 def add_predict(sub):
@@ -22,7 +23,8 @@ def add_predict(sub):
                    "text, one input per line; - = stdin")
     p.add_argument("--question", help="question answering: the question (with --context)")
     p.add_argument("--context", help="question answering: the context")
-    p.add_argument("--output", help="write predictions as JSON lines here instead of stdout")
+    p.add_argument("--output", type=output_file, help="write predictions as JSON lines to this file (its folder "
+                   "must exist) instead of stdout")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
@@ -33,7 +35,7 @@ def _read_inputs(args) -> tuple[list, list]:
     """Texts, (question, context), file examples and stdin lines, in that order, and where
     each came from: "file:line" (or "stdin:line"), None for the command line's own."""
     from ..data import load_examples, read_text, text_lines, where
-    inputs = [t for t in args.texts if t != "-"]
+    inputs = _command_line_texts(args.texts, "predict")
     if args.question is not None or args.context is not None:
         if args.question is None or args.context is None:
             raise ValueError("--question and --context go together")
@@ -58,6 +60,16 @@ def _read_inputs(args) -> tuple[list, list]:
     if not inputs:
         raise ValueError("nothing to predict on: give texts, --input FILE, - for stdin, or --question/--context")
     return inputs, places
+
+
+def _command_line_texts(texts: list, command: str) -> list:
+    """The texts given on the command line, but not a file's name: `predict --model M
+    dev.jsonl` predicted on the string "dev.jsonl" without a word."""
+    for text in texts:
+        if text != "-" and Path(text).is_file():
+            raise ValueError(f"{text} is a file; use --input {text} to read it (to {command} that text itself, "
+                             f"give it on standard input: echo {text} | bertcore {command} ... -)")
+    return [t for t in texts if t != "-"]
 
 
 def _line_input(line: str, place: str):
@@ -115,8 +127,9 @@ def cmd_predict(args) -> int:
 
     inputs, places = _read_inputs(args)
     model = _load_model(args.model, args.tokenizer, args.device)
+    name = head_name(model, args.head)    # the library's error says head=NAME, not --head NAME
     try:
-        predictions = model.predict([_unlabelled(x) for x in inputs], head=args.head, batch_size=args.batch_size)
+        predictions = model.predict([_unlabelled(x) for x in inputs], head=name, batch_size=args.batch_size)
     except ValueError as err:
         # TaskModel.encode names a bad input "example N", counting from 1 over all of them
         found = re.match(r"example (\d+) ", str(err))
@@ -194,14 +207,14 @@ def cmd_embed(args) -> int:
     sources = [args.input] if args.input else []
     if "-" in args.texts and "-" not in sources:
         sources.append("-")
-    texts = [t for t in args.texts if t != "-"] + [t for source in sources for t in _embed_inputs(source)]
+    texts = _command_line_texts(args.texts, "embed") + [t for source in sources for t in _embed_inputs(source)]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
     if args.model:
         if args.pooling or args.normalize is not None:
             raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")
         model = _load_model(args.model, args.tokenizer)
-        name = model.head_names(args.head)[0]
+        name = head_name(model, args.head)
     else:
         from ..model import BertEncoder
         from ..plugins import get_head_type

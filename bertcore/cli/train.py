@@ -42,14 +42,21 @@ def _head_type(name: str):
     from ..plugins import HeadNotFoundError, get_head_type, list_heads
     try:
         return get_head_type(name)
-    except HeadNotFoundError as err:
+    except HeadNotFoundError:
         close = difflib.get_close_matches(name, [h.name for h in list_heads() if h.error is None], n=3)
-        raise HeadNotFoundError(f"{err}{'; did you mean ' + ' or '.join(close) + '?' if close else ''}") from None
+        if not close:
+            raise
+        # a typo: the fix is the spelling, not `bertcore install <typo>` (the library's advice)
+        installed = ", ".join(sorted(h.name for h in list_heads() if h.error is None))
+        raise HeadNotFoundError(f"no head named {name!r}; did you mean {' or '.join(close)}? "
+                                f"(installed heads: {installed})") from None
 
 
-def _head_options(args, train, head_type) -> dict:
+def _head_options(args, train, head_type) -> tuple[dict, str | None]:
     """--head-options FILE, --head-option K=V, --labels, --multi-label/--regression; what
-    is still missing is read from the training data, and said."""
+    is still missing is read from the training data, and the line that says so (printed
+    once the data passed the head's checks: labels=['None'] read from data without labels
+    would precede the error that it has none)."""
     import json
     options = {}
     if args.head_options:
@@ -77,15 +84,16 @@ def _head_options(args, train, head_type) -> dict:
         options["num_labels"] = 1
     from_checkpoint = {k: v for k, v in head_type.options_from_checkpoint(args.encoder).items() if k not in options}
     options.update(from_checkpoint)
+    said = None
     if not {"labels", "num_labels"} & set(options):
         read = head_type.options_from_examples(train)
         read = {k: v for k, v in read.items() if k not in options}
         if read:
             shown = ", ".join(f"{k}={v if not isinstance(v, list) or len(v) <= 8 else v[:8] + ['...']}"
                               for k, v in read.items())
-            print(f"bertcore: {args.head} head options read from {args.train}: {shown}", file=sys.stderr)
+            said = f"bertcore: {args.head} head options read from {args.train}: {shown}"
         options.update(read)
-    return options
+    return options, said
 
 
 def _build_head(head_type, config, options: dict):
@@ -100,8 +108,20 @@ def _build_head(head_type, config, options: dict):
     return head_type(config, **options)
 
 
+def _check_resume(args) -> None:
+    """--resume into a folder no run has checkpointed yet: the fix is to drop it (the
+    library's "no complete checkpoint at X: X does not exist" leaves that to guess)."""
+    from ..files import folder_candidates
+    from ..runfolder import kept_checkpoints
+    last = Path(args.output) / "last"
+    if args.resume and not folder_candidates(last) and not kept_checkpoints(Path(args.output)):
+        raise FileNotFoundError(f"--resume: no checkpoint in {args.output} yet ({last} does not exist); "
+                                "drop --resume to start the run")
+
+
 def cmd_finetune(args) -> int:
     head_type = _head_type(args.head)
+    _check_resume(args)
     with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
         return _finetune(args, head_type)
 
@@ -112,16 +132,19 @@ def _finetune(args, head_type) -> int:
     from ..model import BertEncoder
     from ..taskmodel import TaskModel
     from ..tokenizer import Tokenizer
-    from ..training import Trainer
+    from ..training import Trainer, _check_examples
 
     train = load_examples(args.train, encoding=args.encoding)
     evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
-    options = _head_options(args, train, head_type)
+    options, said = _head_options(args, train, head_type)
     encoder = BertEncoder.from_pretrained(args.encoder)
     check_max_length(args, encoder.config)
     tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
     set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
     head = _build_head(head_type, encoder.config, options)
+    _check_examples(head, train, args.train)      # the Trainer checks them too; here before `said`
+    if said:
+        print(said, file=sys.stderr)
     name = args.name or args.head
     model = TaskModel(encoder, {name: head}, tokenizer=tok)
     targs = training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,
@@ -199,6 +222,7 @@ def cmd_pretrain(args) -> int:
     if args.max_length > MAX_POSITIONS and not args.encoder:
         raise ValueError(f"--max-length {args.max_length} exceeds BERT's {MAX_POSITIONS} positions; "
                          f"use at most {MAX_POSITIONS}")
+    _check_resume(args)
     with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
         return _pretrain(args)
 

@@ -117,7 +117,7 @@ def test_register_heads_that_returns_its_heads_instead_of_registering_them_is_li
     (lambda tmp: tmp.joinpath("empty").mkdir() or tmp / "empty", "without a pyproject.toml or setup.py"),
     (lambda tmp: tmp.joinpath("extras").mkdir() or f"{tmp / 'extras'}[dev]", "without a pyproject.toml")])
 def test_install_of_a_path_pip_cannot_install_is_one_line_before_pip(tmp_path, monkeypatch, capsys, make, message):
-    monkeypatch.setattr(cli.plugins, "_pip", lambda *a: pytest.fail(f"pip ran: {a}"))   # was: pip's 4 lines, exit 1
+    monkeypatch.setattr(cli.plugins, "_pip", lambda *a, **k: pytest.fail(f"pip ran: {a}"))   # was: pip's 4 lines
     target = str(make(tmp_path))
     assert main(["install", target]) == 2
     line = one_line_error(capsys.readouterr().err, "install")
@@ -126,7 +126,7 @@ def test_install_of_a_path_pip_cannot_install_is_one_line_before_pip(tmp_path, m
 
 def test_install_editable_of_a_name_from_the_index_is_refused_before_pip(tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(cli.plugins, "_pip", lambda *a: calls.append(a) or 0)
+    monkeypatch.setattr(cli.plugins, "_pip", lambda *a, **k: calls.append(a) or (0, ""))
     assert main(["install", "-e", "bertcore-sentiment-xl"]) == 2          # was: -e dropped without a word
     line = one_line_error(capsys.readouterr().err, "install")
     assert "-e installs a local folder" in line and "drop -e" in line and calls == []

@@ -59,13 +59,13 @@ def pip_calls(monkeypatch):
     installation report says, `pip_calls.code` the exit status."""
     calls = []
 
-    def run(cmd):
+    def run(cmd, **kwargs):
         calls.append(cmd)
         if "--report" in cmd:
             report = {"install": [{"metadata": {"name": n, "version": "1.0"}, "requested": True}
                                   for n in calls.installed]}
             Path(cmd[cmd.index("--report") + 1]).write_text(json.dumps(report))
-        return subprocess.CompletedProcess(cmd, calls.code)
+        return subprocess.CompletedProcess(cmd, calls.code, stderr="" if kwargs.get("stderr") else None)
     calls = type("Calls", (list,), {"installed": [], "code": 0})()
     monkeypatch.setattr(cli.plugins.subprocess, "run", run)
     return calls
@@ -122,7 +122,7 @@ def test_install_official_head_from_the_tree_bertcore_was_installed_from(pip_cal
 def test_install_official_head_without_a_source_tree_says_which_pip_install(pip_calls, monkeypatch, capsys):
     fake_core_installed_from(monkeypatch, "https://example.org/bertcore-0.1.0.tar.gz")
     pip_calls.code = 1                               # not on the index
-    assert cli.main(["install", "ner"]) == 1
+    assert cli.main(["install", "ner"]) == 2                   # a one-line error, as every error
     assert pip_args(pip_calls[-1])[-1] == "bertcore-ner"
     assert f"run `{sys.executable} -m pip install <checkout>/heads/ner`" in capsys.readouterr().err
 

@@ -1,0 +1,175 @@
+"""Fault suite, a new user's journey through the README's commands: each message the CLI
+prints names what is true (a checkpoint that exists, files that were written) and the fix
+in the CLI's own terms (--head, --input, --resume), in one line."""
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import bertcore
+from bertcore import reporting
+from bertcore.bench import lib
+from bertcore.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def finetune(checkpoint, train_file, output, *extra):
+    return ["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(train_file),
+            "--output", str(output), "--no-progress", "--batch-size", "8", *extra]
+
+
+def one_line_error(stderr: str, command: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, checkpoint):
+    """A saved model of one classification head, and one of two heads."""
+    folder = tmp_path_factory.mktemp("models")
+    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    tok = bertcore.Tokenizer.from_pretrained(checkpoint)
+    encoder = bertcore.BertEncoder.from_pretrained(checkpoint)
+    single = bertcore.create_head("classification", cfg, labels=["neg", "pos"])
+    bertcore.TaskModel(encoder, {"s": single}, tokenizer=tok).save_pretrained(folder / "single")
+    bertcore.TaskModel(encoder, {"s": single, "q": bertcore.create_head("qa", cfg)},
+                       tokenizer=tok).save_pretrained(folder / "multi")
+    return folder
+
+
+def test_interrupt_before_the_first_checkpoint_does_not_point_at_one(tmp_path, checkpoint, train_file, capsys,
+                                                                    monkeypatch):
+    def stop(*args, **kwargs):     # Ctrl-C at step ~30, before anything was saved
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bertcore.training.Trainer, "_loop", stop)
+    out = tmp_path / "run"
+    assert main(finetune(checkpoint, train_file, out, "--max-steps", "2")) == 130
+    err = capsys.readouterr().err
+    assert not (out / "last").exists()
+    assert "--resume to continue" not in err, err          # was: "the last checkpoint is in run/last"
+    assert f"no checkpoint was written to {out}/last yet" in err and "without --resume" in err, err
+
+
+def test_bench_names_only_the_files_it_wrote(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # not installed
+    rows = [{"mode": "fwd", "n": n, "ms": 1.0 + n, "impl": "torch", "device": "cpu"} for n in (1, 2)]
+    lib.write_sweep(rows, tmp_path, "sweep", lambda r: "all", "t {mode}", x="n", y="ms", series="impl")
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.csv"]
+    assert "and PNGs" not in out and "sweep.csv" in out and "matplotlib is not installed" in out, out  # was claimed
+
+
+def test_debug_after_the_command(tmp_path):
+    # was: "unrecognized arguments: --debug"; now the traceback, as `bertcore --debug predict`
+    with pytest.raises(FileNotFoundError):
+        main(["predict", "--model", str(tmp_path / "nope"), "good film", "--debug"])
+    with pytest.raises(FileNotFoundError):
+        main(["--debug", "predict", "--model", str(tmp_path / "nope"), "good film"])
+    assert main(["predict", "--model", str(tmp_path / "nope"), "good film"]) == 2
+
+
+def test_predict_output_in_a_missing_folder_is_refused(tmp_path, models, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", "--model", str(models / "single"), "good film", "--output", str(tmp_path / "no" / "p.jsonl")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"folder {tmp_path / 'no'} does not exist" in err, err
+    assert not (tmp_path / "no").exists()                              # was: made without a word
+    assert main(["predict", "--model", str(models / "single"), "good film", "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert json.loads((tmp_path / "p.jsonl").read_text())["input"] == "good film"
+
+
+def test_labels_are_not_announced_from_data_without_labels(tmp_path, checkpoint, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"text": "good film", "text_pair": "a plot"}\n' * 4, encoding="utf-8")
+    assert main(finetune(checkpoint, pairs, tmp_path / "run", "--max-steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert "pairs.jsonl:1: missing label" in one_line_error(err, "finetune")
+    assert "labels=" not in err, err                                   # was: labels=['None']
+
+
+def _fake_pip(monkeypatch):
+    """pip that fails as pip does: several lines on its stderr, exit 1."""
+    def run(cmd, **kwargs):
+        err = ("WARNING: Location 'file:///x' is ignored\nERROR: Could not find a version that satisfies "
+               "the requirement x\nERROR: No matching distribution found for x\n")
+        if kwargs.get("stderr") is None:    # not held back: pip writes to the terminal
+            os.write(2, err.encode())
+        return subprocess.CompletedProcess(cmd, 1, stderr=err if kwargs.get("stderr") is not None else None)
+    monkeypatch.setattr(bertcore.cli.plugins.subprocess, "run", run)
+
+
+@pytest.mark.parametrize("name, fix", [
+    ("classificaton", "did you mean classification? (bertcore install classification)"),
+    ("zzqx", "check the name"),
+])
+def test_failed_install_is_one_line_exit_2(monkeypatch, capfd, name, fix):
+    _fake_pip(monkeypatch)
+    assert main(["install", name]) == 2                                # was: pip's exit 1
+    err = capfd.readouterr().err
+    line = one_line_error(err, "install")
+    assert f"{name} (bertcore-{name})" in line and "No matching distribution found for x" in line and fix in line
+    assert not [x for x in err.splitlines() if x.startswith(("ERROR:", "WARNING:"))], err   # pip's lines held back
+
+
+def test_misspelt_head_leads_with_did_you_mean(tmp_path, checkpoint, train_file, capsys):
+    assert main(["finetune", "--head", "clasification", "--encoder", str(checkpoint), "--train", str(train_file),
+                 "--output", str(tmp_path / "run")]) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert "did you mean classification?" in line and "install clasification" not in line, line
+
+
+@pytest.mark.slow
+def test_sigterm_says_how_to_resume_and_exits_143(tmp_path, checkpoint, train_file):
+    out = tmp_path / "run"
+    argv = finetune(checkpoint, train_file, out, "--epochs", "6", "--eval-every", "2", "--lr", "1e-3")
+    child = subprocess.Popen([sys.executable, "-m", "bertcore", *argv], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (out / "last" / "manifest.json").is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 143, stderr                            # was: -15, killed without a word
+    assert "Traceback" not in stderr
+    assert f"terminated (SIGTERM); the last checkpoint is in {out}/last: run the same command with --resume" in stderr
+
+
+def test_resume_without_a_checkpoint_says_to_drop_it(tmp_path, checkpoint, train_file, capsys):
+    assert main(finetune(checkpoint, train_file, tmp_path / "fresh", "--resume")) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert "drop --resume" in line, line                              # was: "fresh/last does not exist"
+
+
+def test_predict_on_several_heads_says_the_option(models, capsys):
+    assert main(["predict", "--model", str(models / "multi"), "good film"]) == 2
+    line = one_line_error(capsys.readouterr().err, "predict")
+    assert "--head NAME" in line and "head=" not in line, line         # was: "pass head=NAME"
+
+
+def test_no_matplotlib_is_said_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    if hasattr(reporting, "_say_no_matplotlib"):
+        reporting._say_no_matplotlib.cache_clear()                    # said by an earlier test in this process
+    with caplog.at_level(logging.INFO, logger="bertcore"):
+        for run in range(3):
+            reporting.Reporter(tmp_path / str(run), True, False, None).close()
+    said = [r for r in caplog.records if "matplotlib is not installed" in r.getMessage()]
+    assert len(said) == 1, [r.getMessage() for r in said]             # was: once per run
+
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_file_name_as_text_is_refused(tmp_path, checkpoint, train_file, models, capsys, monkeypatch, command):
+    monkeypatch.chdir(train_file.parent)
+    source = ["--model", str(models / "single")] if command == "predict" else ["--encoder", str(checkpoint)]
+    assert main([command, *source, "train.jsonl"]) == 2                # was: a prediction for "train.jsonl"
+    line = one_line_error(capsys.readouterr().err, command)
+    assert "use --input train.jsonl" in line, line
+    assert main([command, *source, "good film"]) == 0
