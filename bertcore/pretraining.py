@@ -77,7 +77,7 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     if tok is None and resume:       # the vocabulary the run started with, as its checkpoint holds it
         tok = Tokenizer.from_pretrained(find_checkpoint(out / "last") / MODEL_DIR / "tokenizer")
     elif tok is None and source is not None:
-        tok = _checkpoint_tokenizer(source if isinstance(cfg, (str, os.PathLike)) else Path(source).parent)
+        tok = checkpoint_tokenizer(source if isinstance(cfg, (str, os.PathLike)) else Path(source).parent)
     elif tok is None:
         tok = _train_tokenizer(documents, vocab_size, lowercase, out / "tokenizer")
     if isinstance(cfg, (str, os.PathLike)):
@@ -204,13 +204,15 @@ def local_attention_init(encoder: BertEncoder, offsets=(-1, 1), score: float = 1
     return encoder
 
 
-def _checkpoint_tokenizer(path) -> Tokenizer:
+def checkpoint_tokenizer(path) -> Tokenizer:
     """The tokenizer saved with an encoder checkpoint: in its folder (an HF checkpoint), or
-    beside it (`<TaskModel folder>/encoder` and `/tokenizer`). A vocabulary trained anew
-    would not match the encoder's embeddings."""
+    beside it (`<TaskModel folder>/encoder` and `/tokenizer`, as `pretrain` saves). A
+    vocabulary trained anew would not match the encoder's embeddings."""
     folder = Path(path)
     for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
         if candidate.is_dir() and any((candidate / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+            if candidate != folder:
+                logger.info("the tokenizer of %s is %s", folder, candidate)
             return Tokenizer.from_pretrained(candidate)
     if not folder.exists():   # a Hub name: the cached snapshot's own tokenizer
         return Tokenizer.from_pretrained(path)

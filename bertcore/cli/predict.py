@@ -218,13 +218,14 @@ def cmd_embed(args) -> int:
     else:
         from ..model import BertEncoder
         from ..plugins import get_head_type
+        from ..pretraining import checkpoint_tokenizer
         from ..tokenizer import Tokenizer
         head_type, name = get_head_type("embedding"), "embedding"
         options = head_type.options_from_checkpoint(args.encoder)  # the sentence-transformers files
         options.update({k: v for k, v in (("pooling", args.pooling), ("normalize", args.normalize)) if v is not None})
         encoder = BertEncoder.from_pretrained(args.encoder)
-        model = TaskModel(encoder, {name: head_type(encoder.config, **options)},
-                          tokenizer=Tokenizer.from_pretrained(args.tokenizer or args.encoder))
+        tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else checkpoint_tokenizer(args.encoder)
+        model = TaskModel(encoder, {name: head_type(encoder.config, **options)}, tokenizer=tok)
     check_max_length(args, model.encoder.config)
     predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)
     if "embedding" not in predictions[0]:

@@ -132,6 +132,7 @@ def _finetune(args, head_type) -> int:
     from ..model import BertEncoder
     from ..taskmodel import TaskModel
     from ..tokenizer import Tokenizer
+    from ..pretraining import checkpoint_tokenizer
     from ..training import Trainer, _check_examples
 
     train = load_examples(args.train, encoding=args.encoding)
@@ -139,7 +140,8 @@ def _finetune(args, head_type) -> int:
     options, said = _head_options(args, train, head_type)
     encoder = BertEncoder.from_pretrained(args.encoder)
     check_max_length(args, encoder.config)
-    tok = Tokenizer.from_pretrained(args.tokenizer or args.encoder)
+    # without --tokenizer, the encoder's own: in its folder, or beside it (pretrain's model/encoder, model/tokenizer)
+    tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else checkpoint_tokenizer(args.encoder)
     set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
     head = _build_head(head_type, encoder.config, options)
     _check_examples(head, train, args.train)      # the Trainer checks them too; here before `said`

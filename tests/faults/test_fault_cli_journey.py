@@ -173,3 +173,13 @@ def test_a_file_name_as_text_is_refused(tmp_path, checkpoint, train_file, models
     line = one_line_error(capsys.readouterr().err, command)
     assert "use --input train.jsonl" in line, line
     assert main([command, *source, "good film"]) == 0
+
+
+def test_an_encoder_inside_a_saved_model_finds_the_tokenizer_beside_it(tmp_path, models, train_file, capsys):
+    """pretrain saves model/encoder and model/tokenizer; --encoder model/encoder without
+    --tokenizer said the folder "holds neither tokenizer.json nor vocab.txt"."""
+    encoder = models / "single" / "encoder"
+    assert not (encoder / "vocab.txt").exists() and (encoder.parent / "tokenizer" / "vocab.txt").is_file()
+    assert main(finetune(encoder, train_file, tmp_path / "run", "--max-steps", "2")) == 0
+    assert main(["embed", "--encoder", str(encoder), "good film"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["embedding"]
