@@ -12,6 +12,7 @@ entity spans, and maps them to character offsets: into `text`, or into
 list is a batch of those. Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
 Metrics: entity-level micro precision / recall / f1 (seqeval, default mode).
 """
+import itertools
 import unicodedata
 
 import torch.nn as nn
@@ -171,7 +172,7 @@ class NERHead(Head):
         if "tokens" in example:
             words = list(example["tokens"])
             text = " ".join(words)
-            starts = [sum(len(w) + 1 for w in words[:i]) for i in range(len(words))]
+            starts = itertools.accumulate((len(w) + 1 for w in words[:-1]), initial=0)   # each word after a space
             spans = [(s, s + len(w)) for s, w in zip(starts, words)]
         else:
             text = example["text"]
@@ -184,7 +185,9 @@ class NERHead(Head):
             spans = [(a, end_past_marks(text, b)) for a, b in (spans[w] for w in range(max(spans, default=-1) + 1))]
         tags, scores, room = ["O"] * len(spans), [1.0] * len(spans), {}
         for feature, out in zip(features, outputs):
-            probs, word_ids = out.softmax(-1), feature["word_ids"]                # (L, C)
+            word_ids = feature["word_ids"]
+            # one argmax per window, not per word: ~30 small tensor ops per sentence were half of decode
+            top, best_ids = (x.tolist() for x in out.softmax(-1).max(-1))           # (L,), (L,)
             first = {}
             for token, w in enumerate(word_ids):
                 first.setdefault(w, token)      # a word's first sub-word decides its tag
@@ -194,8 +197,7 @@ class NERHead(Head):
                 context = min(token, len(word_ids) - 1 - token)
                 if w < len(tags) and context > room.get(w, -1):
                     room[w] = context
-                    best = int(probs[token].argmax())
-                    tags[w], scores[w] = self.labels[best], float(probs[token, best])
+                    tags[w], scores[w] = self.labels[best_ids[token]], top[token]
         entities = []
         for label, first, last in get_entities(tags):
             start, end = spans[first][0], spans[last][1]
@@ -204,12 +206,13 @@ class NERHead(Head):
         return {"entities": entities, "tags": tags}
 
     def metrics(self, predictions, examples):
-        from seqeval.metrics import f1_score, precision_score, recall_score
+        # the three scores in one pass: precision_score, recall_score and f1_score each extract
+        # every entity again (3x the time, a third of a 1500-sentence evaluation)
+        from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
         y_true = [list(ex["tags"]) for ex in examples]
         y_pred = [p["tags"] for p in predictions]
-        return {"precision": float(precision_score(y_true, y_pred, zero_division=0)),
-                "recall": float(recall_score(y_true, y_pred, zero_division=0)),
-                "f1": float(f1_score(y_true, y_pred, zero_division=0))}
+        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="micro", zero_division=0)
+        return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
     # ---- export --------------------------------------------------------------------
 

@@ -64,6 +64,11 @@ def test_metrics_against_hand_computed_values(cfg):
     predictions = [{"tags": ["B-PER", "I-PER", "O", "O"]}, {"tags": ["B-LOC", "B-PER"]}]
     # gold 3 entities, predicted 3, correct 2
     assert head.metrics(predictions, examples) == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3})
+    # precision and recall apart: gold 3, predicted 2, both right; then nothing predicted (zero_division 0)
+    predictions = [{"tags": ["B-PER", "I-PER", "O", "O"]}, {"tags": ["B-LOC", "O"]}]
+    assert head.metrics(predictions, examples) == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8})
+    predictions = [{"tags": ["O"] * 4}, {"tags": ["O"] * 2}]
+    assert head.metrics(predictions, examples) == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
 
 
 def test_learns_and_predicts(encoder, tok, cfg):
