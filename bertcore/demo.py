@@ -375,8 +375,13 @@ def run_jobs(jobs: list[FinetuneJob], workers: int):
     processes of one torch thread each. Small models run ~1.4x faster that way than as
     one process of `workers` threads: much of a step is Python and small ops, which
     threads do not share out. Each job seeds itself, so the results do not depend on it."""
-    if workers <= 1:
-        yield from map(finetune, jobs)
+    if workers <= 1:   # here, on one thread as a worker has: the thread count changes the numbers
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield from map(finetune, jobs)
+        finally:
+            torch.set_num_threads(threads)
         return
     import concurrent.futures
     import multiprocessing
@@ -527,6 +532,7 @@ def plot_results(results: dict, file: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         logger.info("matplotlib is not installed; no results.png")
+        file.unlink(missing_ok=True)   # an earlier run's plot would stand beside this run's numbers
         return
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     titles = {"sentiment": "sentiment: test accuracy", "ner": "NER (PER/LOC/ORG): test entity F1"}

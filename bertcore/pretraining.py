@@ -204,20 +204,24 @@ def local_attention_init(encoder: BertEncoder, offsets=(-1, 1), score: float = 1
     return encoder
 
 
-def checkpoint_tokenizer(path) -> Tokenizer:
+def checkpoint_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     """The tokenizer saved with an encoder checkpoint: in its folder (an HF checkpoint), or
     beside it (`<TaskModel folder>/encoder` and `/tokenizer`, as `pretrain` saves). A
-    vocabulary trained anew would not match the encoder's embeddings."""
-    folder = Path(path)
+    vocabulary trained anew would not match the encoder's embeddings. One beside it counts
+    only with the encoder's `vocab_size`, when given: a tokenizer/ of another model may lie there."""
+    folder, other = Path(path), ""
     for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
         if candidate.is_dir() and any((candidate / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
-            if candidate != folder:
-                logger.info("the tokenizer of %s is %s", folder, candidate)
-            return Tokenizer.from_pretrained(candidate)
+            tok = Tokenizer.from_pretrained(candidate)
+            if candidate == folder or vocab_size is None or tok.vocab_size == vocab_size:
+                if candidate != folder:
+                    logger.info("the tokenizer of %s is %s", folder, candidate)
+                return tok
+            other = f" ({candidate} has {tok.vocab_size} ids, the encoder {vocab_size}: another model's?)"
     if not folder.exists():   # a Hub name: the cached snapshot's own tokenizer
         return Tokenizer.from_pretrained(path)
     raise ValueError(f"{path} holds no tokenizer (tokenizer.json or vocab.txt, in it or in a tokenizer/ beside "
-                     "it); pass the tokenizer this encoder was trained with (tok=, --tokenizer)")
+                     f"it){other}; pass the tokenizer this encoder was trained with (tok=, --tokenizer)")
 
 
 def _train_tokenizer(documents, vocab_size, lowercase, directory: Path) -> Tokenizer:

@@ -115,8 +115,9 @@ class TaskModel(nn.Module):
             raise TypeError(f"head {name!r} is a {type(head).__name__}, not a bertcore.Head; "
                             "make one with bertcore.create_head(...)")
         if name in self.heads:  # replacing would drop a trained head without a word
-            raise ValueError(f"this model already has a head named {name!r}; attach it under another name, or "
-                             f"remove the old one first (del model.heads[{name!r}])")
+            raise ValueError(f"this model already has a head named {name!r}; attach it under another name "
+                             f"(load_head(path, name=...) for a saved one), or remove the old one first "
+                             f"(del model.heads[{name!r}])")
         _check_hidden(head.config.hidden_size, self.encoder.config.hidden_size, f"head {name!r}")
         head.attach(self.encoder)
         if load_pretrained and self.encoder.pretrained_head_weights:

@@ -281,6 +281,12 @@ class Tokenizer:
             inputs = list(zip(first, second))
         elif strategy == "only_second":
             raise ValueError("truncation='only_second' needs text_pair; use True or 'only_first'")
+        room = max_length - (2 if text_pair is None else 3)   # the text tokens a window holds
+        # The library panics (a Rust backtrace) when it cuts a text with a stride this long; a text of
+        # no more characters than `room` is never cut, and transformers takes the stride with it.
+        if strategy and stride >= room and any(_characters(x) > room for x in inputs):
+            raise ValueError(f"stride={stride} must be below the {room} text tokens a window of "
+                             f"max_length={max_length} holds; lower stride or raise max_length")
 
         backend = self._backend
         try:  # the library keeps truncation/padding as tokenizer state; undo it afterwards
@@ -491,10 +497,15 @@ def _encode_options(max_length, stride, truncation, padding, return_tensors, pai
     if strategy and max_length <= specials:  # the library ignores a max_length below this: nothing is cut
         raise ValueError(f"max_length={max_length} leaves no room for text after [CLS] and [SEP]; "
                          f"use max_length > {specials}")
-    if strategy and stride >= max_length - specials:  # the library panics (a Rust backtrace) on this
-        raise ValueError(f"stride={stride} must be below the {max_length - specials} text tokens a "
-                         f"window of max_length={max_length} holds; lower stride or raise max_length")
     return max_length, stride, strategy, pad
+
+
+def _characters(item) -> int:
+    """Characters of a text, a word list or a pair of them: a bound on its tokens (each
+    token holds at least one character; [CLS]/[SEP] aside)."""
+    if isinstance(item, str):
+        return len(item)
+    return sum(_characters(x) for x in item)
 
 
 def _as_batch(x, split: bool, name: str) -> list:

@@ -14,6 +14,7 @@ TaskModel; rank 0 alone writes files, and its checkpoints hold every rank's RNG 
 import logging
 import math
 import os
+import re
 import time
 import warnings
 import zlib
@@ -177,9 +178,9 @@ class Trainer:
         for names, source in groups:
             examples = load_examples(source)
             for name in names:
-                _check_examples(self.model.heads[name], examples, source)
+                check_examples(self.model.heads[name], examples)
             self.model.prepare(names, self.tokenizer, examples if split == "train" else None)
-            encoded = self.model.encode(examples, names, self.tokenizer, self.args.max_length)
+            encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
             if split == "train" and not encoded.features:
                 raise DataError(f"no training features for {'+'.join(names)}: the data is empty")
             sets.append(encoded)
@@ -474,13 +475,25 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def _check_examples(head, examples, source) -> None:
+def check_examples(head, examples) -> None:
     """Every example checked by the head; the first problem names its file and line."""
     for i in range(len(examples)):
         try:
             head.check_example(examples[i])
         except ValueError as err:
             raise DataError(f"{where(examples, i)}: {err}") from None
+
+
+def _encode(model: TaskModel, examples, names, tokenizer, max_length) -> Encoded:
+    """model.encode; a problem it finds in "example N" (a QA answer that makes no token, a
+    question longer than max_length) is named by its file and line, as check_examples names them."""
+    try:
+        return model.encode(examples, names, tokenizer, max_length)
+    except ValueError as err:
+        found = re.match(r"example (\d+)\b:? *", str(err))
+        if not found:
+            raise
+        raise DataError(f"{where(examples, int(found[1]) - 1)}: {str(err)[found.end():]}") from None
 
 
 def make_optimizer(model: TaskModel, args: TrainingArgs) -> torch.optim.Optimizer:

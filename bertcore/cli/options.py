@@ -57,7 +57,9 @@ def output_file(text: str) -> str:
     created, a file's folder is not."""
     if not text.strip():
         raise argparse.ArgumentTypeError("empty; name a file")
-    path = Path(text)
+    if text == "-":
+        return None     # standard output, as --input - reads standard input
+    path = Path(text).expanduser()   # --output=~/p.jsonl: the shell leaves that ~ alone
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it (e.g. {path / 'predictions.jsonl'})")
     folder = path.parent
@@ -67,7 +69,7 @@ def output_file(text: str) -> str:
     if not folder.is_dir():
         raise argparse.ArgumentTypeError(f"folder {folder} does not exist; create it first (mkdir -p {folder}) "
                                          "or name a file in an existing folder")
-    return text
+    return str(path)
 
 
 def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):

@@ -107,11 +107,17 @@ def _install_failed(packages, targets, from_index, pip_errors: str) -> str:
     known = sorted(set(OFFICIAL) | {h.name for h in list_heads()})
     asked = ", ".join(name if target == name else f"{name} ({target})" for name, target in
                       zip(packages, [t for t in targets if t != "-e"]))
-    why = "; ".join(line.removeprefix("ERROR:").strip() for line in pip_errors.splitlines()
-                    if line.startswith("ERROR:")) or "see --debug for pip's output"
-    close = [match for name in packages if name not in known
+    lines = [line.strip() for line in pip_errors.splitlines() if line.strip()]
+    # pip's ERROR lines; a failed build says why in indented lines only: its last two
+    why = "; ".join(line.removeprefix("ERROR:").strip() for line in lines if line.startswith("ERROR:")) or \
+        "; ".join(lines[-2:]) or "see --debug for pip's output"
+    close = [match for name in packages if name not in known and not Path(name).exists()
              for match in difflib.get_close_matches(name, known, n=1)]
-    if close:
+    folders = [t for t in targets if t != "-e" and Path(t).exists()]
+    if folders:
+        fix = (f"pip could not build {', '.join(folders)}: check its pyproject.toml ([build-system]) and that "
+               "its build backend is installed; --debug shows pip's whole output")
+    elif close:
         fix = f"did you mean {' or '.join(close)}? (bertcore install {' '.join(close)})"
     elif from_index:
         fix = ("the official heads ship in bertcore's source tree: from a checkout, run " + "; ".join(

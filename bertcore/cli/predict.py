@@ -66,7 +66,11 @@ def _command_line_texts(texts: list, command: str) -> list:
     """The texts given on the command line, but not a file's name: `predict --model M
     dev.jsonl` predicted on the string "dev.jsonl" without a word."""
     for text in texts:
-        if text != "-" and Path(text).is_file():
+        try:
+            is_file = text != "-" and Path(text).is_file()
+        except OSError:     # a long review is no file name (ENAMETOOLONG)
+            is_file = False
+        if is_file:
             raise ValueError(f"{text} is a file; use --input {text} to read it (to {command} that text itself, "
                              f"give it on standard input: echo {text} | bertcore {command} ... -)")
     return [t for t in texts if t != "-"]
@@ -132,7 +136,7 @@ def cmd_predict(args) -> int:
         predictions = model.predict([_unlabelled(x) for x in inputs], head=name, batch_size=args.batch_size)
     except ValueError as err:
         # TaskModel.encode names a bad input "example N", counting from 1 over all of them
-        found = re.match(r"example (\d+) ", str(err))
+        found = re.match(r"example (\d+)\b", str(err))
         place = places[int(found[1]) - 1] if found else None
         if place is None:
             raise
@@ -158,7 +162,7 @@ def add_embed(sub):
                     "sets the pooling, the normalisation and the maximum length, so the vectors equal "
                     "SentenceTransformer(folder).encode's; a plain BERT folder gets mean pooling, normalised. "
                     "--model takes a saved TaskModel with an embedding head instead (e.g. from finetune).",
-        epilog='example: bertcore embed --encoder all-MiniLM-L6-v2 "a sentence" "another one"')
+        epilog='example: bertcore embed --encoder sentence-transformers/all-MiniLM-L6-v2 "a sentence" "another one"')
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--encoder", help="BERT or sentence-transformers checkpoint folder")
     source.add_argument("--model", help="folder written by TaskModel.save_pretrained, with an embedding head")
@@ -224,7 +228,8 @@ def cmd_embed(args) -> int:
         options = head_type.options_from_checkpoint(args.encoder)  # the sentence-transformers files
         options.update({k: v for k, v in (("pooling", args.pooling), ("normalize", args.normalize)) if v is not None})
         encoder = BertEncoder.from_pretrained(args.encoder)
-        tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else checkpoint_tokenizer(args.encoder)
+        tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
+            checkpoint_tokenizer(args.encoder, encoder.config.vocab_size)
         model = TaskModel(encoder, {name: head_type(encoder.config, **options)}, tokenizer=tok)
     check_max_length(args, model.encoder.config)
     predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)

@@ -133,7 +133,7 @@ def _finetune(args, head_type) -> int:
     from ..taskmodel import TaskModel
     from ..tokenizer import Tokenizer
     from ..pretraining import checkpoint_tokenizer
-    from ..training import Trainer, _check_examples
+    from ..training import Trainer, check_examples
 
     train = load_examples(args.train, encoding=args.encoding)
     evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
@@ -141,10 +141,11 @@ def _finetune(args, head_type) -> int:
     encoder = BertEncoder.from_pretrained(args.encoder)
     check_max_length(args, encoder.config)
     # without --tokenizer, the encoder's own: in its folder, or beside it (pretrain's model/encoder, model/tokenizer)
-    tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else checkpoint_tokenizer(args.encoder)
+    tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
+        checkpoint_tokenizer(args.encoder, encoder.config.vocab_size)
     set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
     head = _build_head(head_type, encoder.config, options)
-    _check_examples(head, train, args.train)      # the Trainer checks them too; here before `said`
+    check_examples(head, train)      # the Trainer checks them too; here before `said`
     if said:
         print(said, file=sys.stderr)
     name = args.name or args.head

@@ -1,6 +1,7 @@
 """`bertcore demo`: its corpora (bertcore.demo_data) and a quick run that must learn."""
 import dataclasses
 import json
+import sys
 
 import pytest
 import torch
@@ -218,6 +219,24 @@ def test_pretraining_threads_do_not_follow_the_machines_load(tmp_path, monkeypat
            "worker process(es)" in out
     assert main(["demo", "--quick", "--output", str(tmp_path), "--no-progress", "--threads", "3"]) == 0
     assert seen == {"threads": 3, "workers": 3}
+
+
+def test_serial_runs_take_one_thread_as_a_worker_does(monkeypatch):
+    """One worker (a busy machine) runs the jobs here: on one thread, as each worker process
+    has, not on the pretraining's two (the thread count changes LayerNorm's gradient sums)."""
+    import bertcore.demo as demo
+    monkeypatch.setattr(demo, "finetune", lambda job: torch.get_num_threads())
+    torch.set_num_threads(2)
+    assert list(run_jobs([None, None], workers=1)) == [1, 1]             # was: [2, 2]
+    assert torch.get_num_threads() == 2
+
+
+def test_no_stale_results_png_without_matplotlib(tmp_path, monkeypatch):
+    import bertcore.demo as demo
+    (tmp_path / "results.png").write_bytes(b"an earlier run's plot")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    demo.write_results({**fake_results(), "wall_time_s": 1.0, "threads": 1}, tmp_path)
+    assert not (tmp_path / "results.png").exists()                      # was: kept, and listed as written
 
 
 @pytest.mark.slow

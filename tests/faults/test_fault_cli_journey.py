@@ -4,6 +4,7 @@ in the CLI's own terms (--head, --input, --resume), in one line."""
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,3 +184,67 @@ def test_an_encoder_inside_a_saved_model_finds_the_tokenizer_beside_it(tmp_path,
     assert main(finetune(encoder, train_file, tmp_path / "run", "--max-steps", "2")) == 0
     assert main(["embed", "--encoder", str(encoder), "good film"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["embedding"]
+
+
+# ---- found by reviewing the fixes above --------------------------------------------------
+
+@pytest.mark.parametrize("command", ["predict", "embed"])
+def test_a_long_text_is_no_file_name_to_check(checkpoint, models, capsys, command):
+    source = ["--model", str(models / "single")] if command == "predict" else ["--encoder", str(checkpoint)]
+    assert main([command, *source, "good film " * 40]) == 0             # was: [Errno 36] File name too long
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_an_encoder_beside_another_models_tokenizer_is_not_given_it(tmp_path, models, train_file, capsys):
+    """A tokenizer/ beside the encoder folder with another vocabulary is not taken silently."""
+    shutil.copytree(models / "single" / "encoder", tmp_path / "mine")
+    bertcore.Tokenizer.train(["other words here"] * 5, vocab_size=60).save_pretrained(tmp_path / "tokenizer")
+    assert main(finetune(tmp_path / "mine", train_file, tmp_path / "run", "--max-steps", "2")) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert "holds no tokenizer" in line and "another model's?" in line and "--tokenizer" in line, line
+
+
+def test_an_error_in_encoding_names_the_file_and_line(tmp_path, checkpoint, capsys):
+    """TaskModel.encode's "example N: ..." (here a QA answer of a character no token holds)
+    named neither the file nor the line, as the head's checks do."""
+    rows = [{"question": "who ?", "context": "john went home", "answers": {"text": ["john"], "answer_start": [0]}}] * 3
+    rows.append({"question": "who ?", "context": "john \u200b", "answers": {"text": ["\u200b"], "answer_start": [5]}})
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert main(["finetune", "--head", "qa", "--encoder", str(checkpoint), "--train", str(data), "--output",
+                 str(tmp_path / "run"), "--no-progress", "--max-steps", "1"]) == 2
+    line = one_line_error(capsys.readouterr().err, "finetune")
+    assert f"{data}:4: answer text '\\u200b' makes no token" in line, line
+
+
+def test_predict_names_the_line_of_an_example_error(tmp_path, models, capsys, monkeypatch):
+    def predict(self, inputs, head=None, batch_size=32, max_length=None):
+        raise ValueError("example 2: the question leaves no room")     # TaskModel.encode's form
+    monkeypatch.setattr(bertcore.TaskModel, "predict", predict)
+    data = tmp_path / "in.txt"
+    data.write_text("good film\nbad film\n", encoding="utf-8")
+    assert main(["predict", "--model", str(models / "single"), "--input", str(data)]) == 2
+    assert f"{data}:2: example 2: the question" in one_line_error(capsys.readouterr().err, "predict")
+
+
+def test_output_dash_is_stdout_and_a_tilde_is_home(tmp_path, models, capsys, monkeypatch):
+    assert main(["predict", "--model", str(models / "single"), "--output", "-", "good film"]) == 0
+    assert json.loads(capsys.readouterr().out)["input"] == "good film"          # was: a file named "-"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert main(["predict", "--model", str(models / "single"), "--output=~/p.jsonl", "good film"]) == 0
+    assert (tmp_path / "p.jsonl").is_file()                                     # was: "folder ~ does not exist"
+
+
+def test_install_of_a_folder_pip_cannot_build_says_so(tmp_path, monkeypatch, capsys):
+    head = tmp_path / "badhead"
+    head.mkdir()
+    (head / "pyproject.toml").write_text("[build-system]\nrequires = []\nbuild-backend = 'nowhere'\n")
+
+    def run(cmd, **kwargs):       # pip's build failure: indented lines, no ERROR: line
+        return subprocess.CompletedProcess(cmd, 1, stderr="  × Preparing metadata did not run successfully.\n"
+                                                          "  ╰─> ModuleNotFoundError: No module named 'nowhere'\n")
+    monkeypatch.setattr(bertcore.cli.plugins.subprocess, "run", run)
+    assert main(["install", str(head)]) == 2
+    line = one_line_error(capsys.readouterr().err, "install")
+    assert "No module named 'nowhere'" in line and f"pip could not build {head}" in line, line
+    assert "check the name" not in line, line

@@ -60,6 +60,10 @@ def test_a_stride_as_long_as_a_window_is_a_value_error_not_a_rust_panic(tok, tex
     with pytest.raises(ValueError, match=r"stride=8 must be below the 8 text tokens a window of max_length=10"):
         tok(texts, max_length=10, stride=8, return_overflowing=True, is_split_into_words=not isinstance(texts, str))
     assert len(tok(LONG, max_length=10, stride=7, return_overflowing=True)["input_ids"]) > 1
+    # a text too short to be cut takes any stride, as transformers' BertTokenizerFast does
+    assert tok("hi", max_length=10, stride=8)["input_ids"] == [[101, 7632, 102]]
+    pair = tok("hi", "there", max_length=12, stride=9, return_overflowing=True)
+    assert pair["input_ids"] == [[101, 7632, 102, 2045, 102]]
 
 
 @pytest.mark.parametrize("truncation", [True, "only_first", "only_second"])
