@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoSize:
-    """How big each stage is: the full run takes about 4 minutes on 2 CPU cores, `quick`
+    """How big each stage is: the full run takes 4-5.5 minutes on 2 CPU cores, `quick`
     under a minute. Why these numbers: docs/demo/README.md."""
 
     hidden: int = 128
