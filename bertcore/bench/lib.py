@@ -55,9 +55,21 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 def set_threads(threads: int | None = None) -> int:
     """Fix torch's intra-op thread count (default: all cores) and return it."""
-    threads = threads or int(os.environ.get("BENCH_THREADS", 0)) or os.cpu_count() or 1
+    threads = threads or _env_threads() or os.cpu_count() or 1
     torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def _env_threads() -> int | None:
+    """BENCH_THREADS, None where unset or empty (`export BENCH_THREADS=`); else a whole number
+    >= 1: int() of it named neither the variable nor what it must be, and torch refused 0 or less."""
+    text = os.environ.get("BENCH_THREADS", "").strip()
+    if not text:
+        return None
+    if not (text.isdigit() and int(text) >= 1):
+        raise ValueError(f"BENCH_THREADS={text!r}: must be a whole number >= 1 (threads for torch on the CPU); "
+                         "fix or unset it, or pass --threads")
+    return int(text)
 
 
 def device_name(device: str) -> str:
@@ -75,7 +87,9 @@ def device_name(device: str) -> str:
 
 
 def device_slug(device: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower()
+    """The device's name as a folder name; `device` itself where the name has no letter or
+    digit (an empty slug put the results in the root folder itself, beside other runs')."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower() or device
 
 
 def versions() -> dict[str, str]:
@@ -238,6 +252,9 @@ def peak_flops(device: str, dtype: torch.dtype) -> float:
 def results_dir(device: str, root: str | os.PathLike | None = None) -> Path:
     """`<root>/<device slug>/`, created; root defaults to ./bench-results."""
     d = Path(root if root is not None else DEFAULT_ROOT) / device_slug(device)
+    if d.is_file():   # mkdir said only "[Errno 17] File exists"
+        raise FileExistsError(f"{d} is a file, in the way of the results folder of this device; "
+                              "move it elsewhere or name another --output")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
