@@ -290,11 +290,10 @@ TABLE_COLS = ["provider", "timing", "ms", "ms_p20", "ms_p80", "tflops", "frac_of
 
 def main(argv=None, default_output=None) -> int:
     """Command line of the sweep; results go to <--output or default_output>/<device>/."""
-    from ..cli.options import positive_int   # 0 silently meant all cores, less a traceback from torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=positive_int)
+    ap.add_argument("--threads", type=B.thread_count)
     ap.add_argument("--lengths", nargs="+", help="equal-L or mixed-LO-HI, e.g. equal-128 mixed-16-512")
     ap.add_argument("--head-dims", nargs="+", type=int)
     ap.add_argument("--dtypes", nargs="+", choices=["fp16", "bf16", "fp32"])

@@ -431,11 +431,10 @@ def summary(rows: list[dict], file=None) -> list[dict]:
 
 def main(argv=None, default_output=None) -> int:
     """Command line of the comparison; results go to <--output or default_output>/<device>/."""
-    from ..cli.options import positive_int   # 0 silently meant all cores, less a traceback from torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="equal-128 and mixed-16-128, bertcore vs hf-sdpa")
     ap.add_argument("--device", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--threads", type=B.thread_count, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES))
     ap.add_argument("--batches", nargs="+", choices=list(BATCHES))
     ap.add_argument("--batch-sizes", nargs="+", type=int, help="sequences per batch (default: 16)")

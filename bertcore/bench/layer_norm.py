@@ -353,11 +353,10 @@ def tune(device=None, hiddens=None, token_counts=None, dtypes=None, dropouts=Non
 
 def main(argv=None, default_output=None) -> int:
     """Command line of the sweeps; results go to <--output or default_output>/<device>/."""
-    from ..cli.options import positive_int   # 0 silently meant all cores, less a traceback from torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", choices=["cpu", "cuda"])
-    ap.add_argument("--threads", type=positive_int)
+    ap.add_argument("--threads", type=B.thread_count)
     ap.add_argument("--hidden", nargs="+", type=int, help="LayerNorm hidden sizes; bias+GELU runs 4x each")
     ap.add_argument("--tokens", nargs="+", type=int)
     ap.add_argument("--dropout", nargs="+", type=float)

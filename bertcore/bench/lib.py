@@ -60,6 +60,19 @@ def set_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
+def thread_count(text: str) -> int:
+    """argparse type of every benchmark's --threads: a whole number >= 1 (0 silently meant
+    all cores, and -1 ended in torch's traceback). Here, not in bertcore.cli: cli imports bench."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
+    return value
+
+
 def _env_threads() -> int | None:
     """BENCH_THREADS, None where unset or empty (`export BENCH_THREADS=`); else a whole number
     >= 1: int() of it named neither the variable nor what it must be, and torch refused 0 or less."""
