@@ -20,7 +20,7 @@ from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
 from .model import BertEncoder
 from .plugins import create_head
 from .runfolder import CHECKPOINT_FOLDERS, FINAL_MODEL_DIR, MODEL_DIR, RunLock, check_new_run, find_checkpoint
-from .taskmodel import TaskModel
+from .taskmodel import HEAD_CONFIG, TaskModel, load_head
 from .tokenizer import Tokenizer
 from .training import Trainer, TrainingArgs, init_distributed
 
@@ -113,8 +113,11 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     logger.info("pretraining on %d sentence pairs from %d documents (%d pairs held out)",
                 len(train_pairs), len(train_docs), len(eval_pairs))
 
-    mlm = create_head("mlm", encoder.config, mlm_probability=mlm_probability, whole_word=whole_word)
-    model = TaskModel(encoder, {"mlm": mlm, "nsp": create_head("nsp", encoder.config)}, tokenizer=tok)
+    heads = {"mlm": create_head("mlm", encoder.config, mlm_probability=mlm_probability, whole_word=whole_word),
+             "nsp": create_head("nsp", encoder.config)}
+    heads.update(_saved_heads(source, heads, encoder.config))
+    heads["mlm"].mlm_probability, heads["mlm"].whole_word = mlm_probability, whole_word   # this run's masking
+    model = TaskModel(encoder, heads, tokenizer=tok)
     trainer = Trainer(model, tokenizer=tok, train=train_pairs, eval=eval_pairs, args=args, head=("mlm", "nsp"))
     model.history = trainer.fit(resume_from=True if resume else None)
     if trainer.rank == 0:
@@ -122,6 +125,19 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     if trainer.distributed:   # no rank returns before model/ is whole: a script may go on to load it
         dist.barrier()
     return model
+
+
+def _saved_heads(source, heads: dict, config) -> dict:
+    """The trained MLM and NSP heads of the bertcore model whose `encoder/` continued
+    pretraining starts from (`<model>/heads/mlm`, `/nsp`), in place of new ones: BERT's
+    continued pretraining keeps them (an HF checkpoint's `cls.*` load into the new heads)."""
+    if source is None or not Path(source).is_dir():
+        return {}
+    saved = Path(source).parent / "heads"
+    found = {name: load_head(saved / name, config) for name in heads if (saved / name / HEAD_CONFIG).is_file()}
+    if found:
+        logger.info("continuing with the trained %s head(s) of %s", " and ".join(found), saved)
+    return found
 
 
 def _check_settings(mlm_probability, eval_fraction, max_eval_pairs) -> None:

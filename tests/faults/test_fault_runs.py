@@ -462,3 +462,20 @@ def test_a_model_folder_without_heads_says_so(tmp_path, checkpoint):
     # Before: "[Errno 2] No such file or directory: '.../heads'"
     with pytest.raises(FileNotFoundError, match=rf"{saved} has neither taskmodel.json nor heads/"):
         bertcore.TaskModel.from_pretrained(saved)
+
+
+def test_continued_pretraining_keeps_the_models_trained_heads(tmp_path, corpus, capsys):
+    """`--encoder <run>/model/encoder`: the run's trained MLM and NSP heads continue (they
+    were made anew, as if the run had pretrained the encoder alone)."""
+    first = tmp_path / "first"
+    assert main(pretrain_cli(corpus, first, "--max-steps", "4")) == 0
+    again = tmp_path / "again"
+    assert main(pretrain_cli(corpus, again, "--encoder", str(first / "model" / "encoder"), "--max-steps", "1",
+                             "--lr", "1e-12", "--mlm-probability", "0.2")) == 0
+    model = bertcore.TaskModel.from_pretrained(first / "model")
+    more = bertcore.TaskModel.from_pretrained(again / "model")
+    for name in ("mlm", "nsp"):
+        before, after = model.heads[name].state_dict(), more.heads[name].state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before), name   # was: new heads
+    assert more.heads["mlm"].mlm_probability == 0.2                   # this run's masking, not the saved one's
