@@ -197,7 +197,12 @@ class MLMHead(Head):
 
     def split(self, logits: dict, batch: dict) -> list:
         positions = logits["positions"].cpu()
-        probs = logits["logits"].detach().float().softmax(-1).cpu()             # (M, V)
+        scores = logits["logits"].detach().float().cpu()                          # (M, V)
+        if self.tokenizer is not None and scores.shape[-1] > len(self.tokenizer):
+            # an encoder vocabulary padded past the tokenizer's (or another tokenizer's): ids no
+            # token has are never a prediction (they failed to decode)
+            scores[:, len(self.tokenizer):] = float("-inf")
+        probs = scores.softmax(-1)                                                # (M, V)
         top_probs, top_ids = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1)  # (M, k)
         cu_seqlens = batch["cu_seqlens"].cpu().long()
         seq = torch.searchsorted(cu_seqlens[1:], positions, right=True)          # (M,) feature of each

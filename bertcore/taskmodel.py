@@ -349,13 +349,14 @@ class TaskModel(nn.Module):
                  max_length: int | None = None, tokenizer=None) -> dict[str, float]:
         """The head's metrics on labelled examples, plus `loss`: the mean per unit of the
         head's loss (per sequence, or per labelled token for token-level heads), the same
-        number from `Trainer.evaluate` and for any batch size."""
+        number from `Trainer.evaluate` and for any batch size (none where nothing was labelled)."""
         name = self.head_names(head)[0]
         self._check_examples(name, examples)
         self.prepare(name, tokenizer)
         result = self.run(self.encode(examples, name, tokenizer, max_length), batch_size)[name]
         metrics = self.heads[name].metrics(result.predictions, examples) if result.predictions is not None else {}
-        return {"loss": result.loss, **metrics}
+        # no loss where nothing was labelled (no token masked), as Trainer.evaluate: not a NaN that reads as diverged
+        return {**({"loss": result.loss} if result.units else {}), **metrics}
 
     def _check_examples(self, name: str, examples: Sequence[dict]) -> None:
         """Every labelled example checked by its head, as the Trainer does: one that is not (a NaN

@@ -109,3 +109,24 @@ def test_mlm_and_nsp_learn(encoder, tok, cfg):
     model.heads["mlm"].mlm_probability = 0.3
     first, last = train(model, "mlm", mlm, steps=40)
     assert last < 0.6 * first
+
+
+def test_mlm_on_an_encoder_vocabulary_past_the_tokenizers(tok, cfg):
+    """An encoder with more ids than its tokenizer (a padded vocabulary): the extra ids are
+    never predicted; evaluation failed on 'token id N is outside the vocabulary'."""
+    import dataclasses
+    torch.manual_seed(0)
+    encoder = bertcore.BertEncoder(dataclasses.replace(cfg, vocab_size=tok.vocab_size + 8))
+    with torch.no_grad():
+        encoder.embeddings.word_embeddings.weight[tok.vocab_size:] *= 100   # the extra rows would win every argmax
+    model = bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", encoder.config)}, tokenizer=tok)
+    examples = [{"text": "john lives in paris"}, {"text": "mary went to london"}] * 4
+    assert 0.0 <= model.evaluate(examples, head="mlm")["accuracy"] <= 1.0
+    masks = [m for p in model.predict(["john lives in [MASK]"], head="mlm") for m in p["masks"]]
+    assert masks and all(c["token_id"] < tok.vocab_size for m in masks for c in m["candidates"])
+
+
+def test_mlm_evaluation_with_nothing_masked_has_no_nan_loss(encoder, tok, cfg):
+    model = bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", cfg)}, tokenizer=tok)
+    result = model.evaluate([{"text": "john"}], head="mlm")             # too short: no token is picked
+    assert "loss" not in result, result                                  # was: loss nan
