@@ -91,7 +91,7 @@ def export_transformers(model: TaskModel, directory: str | os.PathLike, head: st
     encoder_config = {k: v for k, v in model.encoder.config.to_dict().items() if k not in TASK_KEYS}
     config = {**encoder_config, **spec.get("config", {}), "architectures": [spec["architecture"]]}
     with folder_swap(directory) as tmp:
-        model.tokenizer.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp, model.encoder.config.max_position_embeddings)   # pipelines cut there
         write_json(tmp / "config.json", dict(sorted(config.items())))
         save_tensors(weights, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
     return directory

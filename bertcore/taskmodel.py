@@ -389,7 +389,7 @@ class TaskModel(nn.Module):
             if save_encoder:
                 self.encoder.save_pretrained(tmp / "encoder")
             if self.tokenizer is not None:
-                self.tokenizer.save_pretrained(tmp / "tokenizer")
+                self.tokenizer.save_pretrained(tmp / "tokenizer", self.encoder.config.max_position_embeddings)
             for name, head in self.heads.items():
                 save_head(head, tmp / "heads" / name, name)
             write_json(tmp / MODEL_FILE, info)

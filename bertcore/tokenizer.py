@@ -224,10 +224,12 @@ class Tokenizer:
         backend.post_processor = _template(backend)
         return cls(backend, source="trained tokenizer")
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike, model_max_length: int = MAX_POSITIONS) -> Path:
         """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json
         (each atomically) so that ``transformers.BertTokenizerFast.from_pretrained``
-        and :meth:`from_pretrained` load it with identical ids. Returns the directory."""
+        and :meth:`from_pretrained` load it with identical ids. `model_max_length`: the
+        positions of the encoder it goes with (transformers' pipelines cut texts there).
+        Returns the directory."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         vocab = sorted(self._backend.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1])
@@ -240,7 +242,7 @@ class Tokenizer:
             "do_lower_case": norm.lowercase if bert_norm else False,
             "strip_accents": norm.strip_accents if bert_norm else None,
             "tokenize_chinese_chars": norm.handle_chinese_chars if bert_norm else False,
-            "model_max_length": MAX_POSITIONS,
+            "model_max_length": model_max_length,
             "clean_up_tokenization_spaces": True,
             **SPECIAL_TOKENS,
         }

@@ -38,7 +38,7 @@ def cmd_export(args) -> int:
         with folder_swap(check_export_folder(out)) as tmp:
             export_onnx(ServingModel(model, head=name), tmp / "model.onnx")
             if model.tokenizer is not None:
-                model.tokenizer.save_pretrained(tmp)
+                model.tokenizer.save_pretrained(tmp, model.encoder.config.max_position_embeddings)
     except (ImportError, FileExistsError) as err:
         raise ValueError(str(err)) from None
     print(f"head {name!r} written to {out / 'model.onnx'} (inputs input_ids, attention_mask, token_type_ids)")

@@ -163,6 +163,8 @@ def test_mlm_to_transformers(tmp_path, tok):
     out = export_transformers(model, tmp_path / "hf")
     hf, hf_tok = load_hf("mlm", out)
     assert hf.config.architectures == ["BertForMaskedLM"]
+    # the tokenizer says the encoder's 64 positions (was 512: transformers' truncation=True overran them)
+    assert hf_tok.model_max_length == 64 and len(hf_tok("cat " * 200, truncation=True)["input_ids"]) == 64
     assert hf.cls.predictions.decoder.weight.data_ptr() == hf.bert.embeddings.word_embeddings.weight.data_ptr()
     # bertcore's vocabulary logits at every token (not only the masked ones), fp32
     head = model.heads["task"]
