@@ -92,8 +92,8 @@ def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int)
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     g.add_argument("--encoding", help="encoding of the data files (default UTF-8)")
-    g.add_argument("--seed", type=int, default=42, help="one seed repeats a CPU run exactly, on the same threads; pretraining from scratch "
-                   "also needs the first run's --tokenizer (default 42)")
+    g.add_argument("--seed", type=int, default=42, help="one seed repeats a CPU run exactly, on the same threads; "
+                   "pretraining from scratch also needs the first run's --tokenizer (default 42)")
     g.add_argument("--resume", action="store_true", help="continue from <output>/last")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --output (its checkpoints and model/); refused otherwise")
