@@ -128,6 +128,11 @@ class MLMHead(Head):
         else:
             enc = tokenizer(example["text"], example.get("text_pair"), max_length=max_length, truncation=True)
             feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
+            given = sum(str(example.get(k) or "").count(tokenizer.mask_token) for k in ("text", "text_pair"))
+            kept = feature["input_ids"].count(tokenizer.mask_token_id)
+            if kept < given:   # cut off: the rest of the text would be masked at random, predicted in their place
+                raise ValueError(f"{given - kept} of the text's {given} {tokenizer.mask_token} lie past "
+                                 f"max_length={max_length} tokens; shorten the text or raise max_length")
         for key in ("labels", "word_starts"):
             if key in example:
                 feature[key] = list(example[key])

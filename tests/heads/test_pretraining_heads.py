@@ -130,3 +130,12 @@ def test_mlm_evaluation_with_nothing_masked_has_no_nan_loss(encoder, tok, cfg):
     model = bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", cfg)}, tokenizer=tok)
     result = model.evaluate([{"text": "john"}], head="mlm")             # too short: no token is picked
     assert "loss" not in result, result                                  # was: loss nan
+
+
+def test_a_mask_cut_off_by_max_length_is_named_not_replaced_by_random_masks(encoder, tok, cfg):
+    model = bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", cfg)}, tokenizer=tok)
+    text = "john lives in paris " * 30 + "mary went to [MASK]"      # 126 tokens: within the 128 positions
+    with pytest.raises(ValueError, match=r"^example 1: 1 of the text's 1 \[MASK\] lie past max_length=64"):
+        model.predict([text], head="mlm", max_length=64)                # was: random masks, none the user's
+    masks = model.predict([text], head="mlm")[0]["masks"]
+    assert [m["position"] for m in masks] == [124]                      # the user's [MASK], before [SEP]
