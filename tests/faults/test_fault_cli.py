@@ -13,6 +13,7 @@ import pytest
 
 import bertcore
 from bertcore.cli import main
+from cli_testing import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,13 +26,6 @@ def cli(*argv, timeout=300, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "bertcore", *argv], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)
-
-
-def one_line_error(stderr: str, command: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 def fill(disk: Path, leave: int = 0) -> Path:

@@ -12,15 +12,9 @@ import bertcore
 from bertcore import cli
 from bertcore.cli import main
 from bertcore.data import load_examples, read_text
+from cli_testing import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def one_line_error(stderr: str, command: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

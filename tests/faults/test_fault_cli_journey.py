@@ -16,6 +16,7 @@ import bertcore
 from bertcore import reporting
 from bertcore.bench import lib
 from bertcore.cli import main
+from cli_testing import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,13 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def finetune(checkpoint, train_file, output, *extra):
     return ["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(train_file),
             "--output", str(output), "--no-progress", "--batch-size", "8", *extra]
-
-
-def one_line_error(stderr: str, command: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

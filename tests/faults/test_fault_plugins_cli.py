@@ -11,13 +11,7 @@ import pytest
 
 from bertcore import cli, plugins
 from bertcore.cli import main
-
-
-def one_line_error(stderr: str, command: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith(f"bertcore {command}: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
+from cli_testing import one_line_error
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from bertcore.masking import make_nsp_pairs, mask_tokens, read_corpus
 from bertcore.model import BertEncoder
 from bertcore.pretraining import pretrain
 from bertcore.training import TrainingArgs
+from cli_testing import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,13 +35,6 @@ def docs():
     rng = random.Random(0)
     return [[" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8))) for _ in range(rng.randint(2, 4))]
             for _ in range(12)]
-
-
-def one_line_error(err: str, command: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith(f"bertcore {command}: error:")]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 def targs(out, **kw):

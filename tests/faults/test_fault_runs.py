@@ -16,6 +16,7 @@ from bertcore.cli import main
 from bertcore.pretraining import pretrain
 from bertcore.runfolder import RunLock, RunLockedError
 from bertcore.training import Trainer, TrainingArgs
+from cli_testing import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,13 +42,6 @@ def pretrain_cli(corpus, output, *extra):
     return ["pretrain", "--corpus", str(corpus), "--output", str(output), "--vocab-size", "60",
             "--hidden-size", "32", "--layers", "1", "--heads", "2", "--max-length", "32",
             "--batch-size", "8", "--no-progress", *extra]
-
-
-def one_line_error(err: str, command: str) -> str:
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith(f"bertcore {command}: error:")]
-    assert len(errors) == 1, err
-    return errors[0]
 
 
 def digest(folder) -> dict:
