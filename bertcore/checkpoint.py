@@ -242,6 +242,9 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
         tokenizer = f"; its tokenizer is {directory / 'tokenizer'}" if (directory / "tokenizer").is_dir() else ""
         raise FileNotFoundError(f"{directory} is a saved TaskModel, not an encoder folder; pass its encoder "
                                 f"{directory / 'encoder'}{tokenizer} (--tokenizer, tok=)")
+    if config is None and not (directory / "config.json").exists() and (directory / "model" / "encoder").is_dir():
+        raise FileNotFoundError(f"{directory} is a run's folder, not an encoder folder; pass the encoder of "
+                                f"its model, {directory / 'model' / 'encoder'}")
     config_source = str(directory / "config.json") if config is None else "the config passed to from_pretrained"
     if overrides:
         config_source += f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}"

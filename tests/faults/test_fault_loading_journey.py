@@ -3,6 +3,7 @@ run's model folder passed as the encoder, and a head saved alone that came back 
 folder's name. Each error is one line naming the problem and the fix."""
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,11 @@ def test_a_saved_taskmodel_as_the_encoder_names_its_encoder_and_tokenizer(saved)
             f"its tokenizer is {folder / 'tokenizer'} (--tokenizer, tok=)")):
         bertcore.BertEncoder.from_pretrained(folder)
     assert bertcore.BertEncoder.from_pretrained(folder / "encoder").config.hidden_size == 16
+    run = folder.parent / "run"                  # a run's folder: metrics, checkpoints, model/
+    shutil.copytree(folder, run / "model")
+    want = f"{run} is a run's folder, not an encoder folder; pass the encoder of its model, {run / 'model' / 'encoder'}"
+    with pytest.raises(FileNotFoundError, match=re.escape(want)):
+        bertcore.BertEncoder.from_pretrained(run)                 # was: "no config.json at run/config.json"
 
 
 def test_a_head_saved_alone_keeps_its_name(saved, tmp_path):
