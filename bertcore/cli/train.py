@@ -225,6 +225,9 @@ def cmd_pretrain(args) -> int:
     if args.max_length > MAX_POSITIONS and not args.encoder:
         raise ValueError(f"--max-length {args.max_length} exceeds BERT's {MAX_POSITIONS} positions; "
                          f"use at most {MAX_POSITIONS}")
+    if not args.encoder and args.hidden_size % args.heads:   # the config's message names its fields, not these
+        raise ValueError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}; "
+                         "each head takes an equal share of the hidden size")
     _check_resume(args)
     with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
         return _pretrain(args)
@@ -237,6 +240,8 @@ def _pretrain(args) -> int:
     from ..tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
+    if args.encoder:
+        _check_positions(args)
     cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                                      num_attention_heads=args.heads,
                                      intermediate_size=args.intermediate_size or 4 * args.hidden_size,
@@ -253,6 +258,20 @@ def _pretrain(args) -> int:
               f"NSP accuracy {last.get('nsp/accuracy', float('nan')):.4f}")
     print(f"model saved to {args.output}/model (encoder/ loads with bertcore.BertEncoder.from_pretrained)")
     return 0
+
+
+def _check_positions(args) -> None:
+    """--max-length within the positions of the --encoder continued (the library's message names
+    args.max_length and max_position_embeddings, not the option)."""
+    from ..checkpoint import resolve_pretrained
+    from ..config import BertConfig
+    try:
+        positions = BertConfig.from_pretrained(resolve_pretrained(args.encoder)).max_position_embeddings
+    except (OSError, ValueError):
+        return     # no readable config: loading the encoder names what is wrong with the folder
+    if args.max_length > positions:
+        raise ValueError(f"--max-length {args.max_length} exceeds the {positions} positions of --encoder "
+                         f"{args.encoder}; use at most {positions} (an encoder keeps the positions it was built with)")
 
 
 COMMANDS = {"finetune": (add_finetune, cmd_finetune), "pretrain": (add_pretrain, cmd_pretrain)}

@@ -473,3 +473,16 @@ def test_continued_pretraining_keeps_the_models_trained_heads(tmp_path, corpus, 
         assert before.keys() == after.keys()
         assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before), name   # was: new heads
     assert more.heads["mlm"].mlm_probability == 0.2                   # this run's masking, not the saved one's
+
+
+def test_pretrain_shape_and_length_errors_name_the_options(tmp_path, corpus, capsys):
+    assert main(pretrain_cli(corpus, tmp_path / "a", "--heads", "3")) == 2
+    line = one_line_error(capsys.readouterr().err, "pretrain")
+    assert "--hidden-size 32 is not divisible by --heads 3" in line, line   # was: hidden_size=32 ... heads=3
+    first = tmp_path / "first"
+    assert main(pretrain_cli(corpus, first, "--max-steps", "1")) == 0
+    capsys.readouterr()
+    assert main(pretrain_cli(corpus, tmp_path / "b", "--encoder", str(first / "model" / "encoder"),
+                             "--max-length", "256")) == 2
+    line = one_line_error(capsys.readouterr().err, "pretrain")
+    assert "--max-length 256 exceeds the 128 positions of --encoder" in line, line   # was: args.max_length=256
