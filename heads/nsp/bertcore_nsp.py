@@ -57,6 +57,8 @@ class NSPHead(Head):
 
     def check_example(self, example):
         if "input_ids" not in example:
+            if "label" not in example and "next_sentence_label" in example:   # the batch key, as encode reads it
+                example = {**example, "label": example["next_sentence_label"]}
             super().check_example(example)
             for key in ("text", "text_pair"):
                 if not isinstance(example[key], str):

@@ -139,3 +139,14 @@ def test_a_mask_cut_off_by_max_length_is_named_not_replaced_by_random_masks(enco
         model.predict([text], head="mlm", max_length=64)                # was: random masks, none the user's
     masks = model.predict([text], head="mlm")[0]["masks"]
     assert [m["position"] for m in masks] == [124]                      # the user's [MASK], before [SEP]
+
+
+def test_nsp_text_pairs_may_name_their_label_next_sentence_label(encoder, tok, cfg):
+    """encode and metrics read next_sentence_label (make_nsp_pairs' key) as well as label; the
+    check refused it ('a nsp example needs text, text_pair, label')."""
+    model = bertcore.TaskModel(encoder, {"nsp": bertcore.create_head("nsp", cfg)}, tokenizer=tok)
+    pairs = [{"text": "john lives in paris", "text_pair": "mary went to london", "next_sentence_label": 1},
+             {"text": "john lives in paris", "text_pair": "he likes it", "next_sentence_label": 0}]
+    assert 0.0 <= model.evaluate(pairs, head="nsp")["accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="needs text, text_pair, label"):
+        model.evaluate([{"text": "a", "text_pair": "b"}], head="nsp")
