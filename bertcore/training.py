@@ -11,6 +11,7 @@ The Trainer orchestrates; the work is elsewhere, one job per module:
 Under torchrun each rank takes its slice of every global batch; DDP wraps the
 TaskModel; rank 0 alone writes files, and its checkpoints hold every rank's RNG states.
 """
+import atexit
 import logging
 import math
 import os
@@ -123,10 +124,18 @@ class TrainingArgs:
                              "use 8 or more")
 
 
+def _destroy_process_group() -> None:
+    if dist.is_initialized():   # a script may have destroyed it itself
+        dist.destroy_process_group()
+
+
 def init_distributed() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE > 1), once; True if distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # torn down before the interpreter is: gloo's threads left running at exit abort a rank now
+        # and then ("terminate called without an active exception", SIGABRT after a finished run)
+        atexit.register(_destroy_process_group)
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
