@@ -237,14 +237,16 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     `overrides` replace config fields and must name real ones. The config must match the
     weights (see check_config); `strict` also refuses weights the config leaves unused."""
     directory = resolve_pretrained(name_or_path)
-    if config is None and not (directory / "config.json").exists() and (directory / "encoder").is_dir():
-        # a saved TaskModel (pretrain's runs/pt/model): else "no config.json", which names neither folder
-        tokenizer = f"; its tokenizer is {directory / 'tokenizer'}" if (directory / "tokenizer").is_dir() else ""
-        raise FileNotFoundError(f"{directory} is a saved TaskModel, not an encoder folder; pass its encoder "
-                                f"{directory / 'encoder'}{tokenizer} (--tokenizer, tok=)")
-    if config is None and not (directory / "config.json").exists() and (directory / "model" / "encoder").is_dir():
-        raise FileNotFoundError(f"{directory} is a run's folder, not an encoder folder; pass the encoder of "
-                                f"its model, {directory / 'model' / 'encoder'}")
+    if config is None and not (directory / "config.json").exists():
+        # a saved TaskModel (pretrain's runs/pt/model) or a run's folder: else "no config.json",
+        # which names neither the folder to pass nor its tokenizer
+        if (directory / "encoder").is_dir():
+            tokenizer = f"; its tokenizer is {directory / 'tokenizer'}" if (directory / "tokenizer").is_dir() else ""
+            raise FileNotFoundError(f"{directory} is a saved TaskModel, not an encoder folder; pass its encoder "
+                                    f"{directory / 'encoder'}{tokenizer} (--tokenizer, tok=)")
+        if (directory / "model" / "encoder").is_dir():
+            raise FileNotFoundError(f"{directory} is a run's folder, not an encoder folder; pass the encoder of "
+                                    f"its model, {directory / 'model' / 'encoder'}")
     config_source = str(directory / "config.json") if config is None else "the config passed to from_pretrained"
     if overrides:
         config_source += f" with {', '.join(f'{k}={v!r}' for k, v in overrides.items())}"
