@@ -53,8 +53,9 @@ class TrainingArgs:
     """Hyper-parameters and bookkeeping of a training run.
 
     `batch_size` is per process (the global batch is batch_size × world size ×
-    grad_accum_steps). `eval_every`: evaluate (and checkpoint) every N optimizer
-    steps; None = at the end of each epoch. `layerwise_lr_decay` d < 1 gives encoder
+    grad_accum_steps, and a step's gradient is that batch's: `step_loss_weights`).
+    `eval_every`: evaluate (and checkpoint) every N optimizer steps; None = at the end
+    of each epoch. `layerwise_lr_decay` d < 1 gives encoder
     layer i the rate lr·d^(L-i) (embeddings lowest, heads the full lr).
     `loss_weights` ({head: w}) and `sampling` ("round_robin" | "proportional") are for
     multi-task training. `bf16` autocasts to bfloat16 where the device supports it.
@@ -255,23 +256,21 @@ class Trainer:
         buckets = model.buckets(args.batch_size) if graph_step else None
         model.train()
         running, running_n, tokens, t0 = 0.0, 0, 0, time.perf_counter()
-        pending, pending_loss = 0, 0.0
+        pending_loss = 0.0
         epoch = state.epoch
         while not state.finished and state.step < total and (args.max_steps or epoch < args.epochs):
             plan = self._plan(epoch)
-            ahead = None   # (i, batch): the next batch, collated while the GPU runs a graph step
+            ready = {}   # i: (batch, its heads' loss weights), collated before its turn
             for i in range(state.position if epoch == state.epoch else 0, len(plan)):
-                t, indices = plan[i]
-                data = self.train_sets[t]
-                batch = ahead[1] if ahead and ahead[0] == i else self._collate(data, indices, buckets)
-                ahead = None
-                pending += 1
-                last_micro = pending == args.grad_accum_steps or i == len(plan) - 1
+                data = self.train_sets[plan[i][0]]
+                if i not in ready:   # a step starts: all of its micro-batches, for their label counts
+                    ready = _step_batches(self, plan, i, buckets)
+                batch, weights = ready.pop(i)
                 if "num_sequences" in batch:  # bucketed: the whole step is one graph replay
                     result = graph_step(batch, data.heads)
                     # Not before a checkpoint: the RNG state it saves must precede the next collate.
                     if i + 1 < len(plan) and state.step + 1 < total and not _evaluates(args, state.step + 1, i, len(plan)):
-                        ahead = (i + 1, self._collate(self.train_sets[plan[i + 1][0]], plan[i + 1][1], buckets))
+                        ready = _step_batches(self, plan, i + 1, buckets)
                     loss, bad, norm = result.tolist()   # the step's one host read
                     if bad:
                         raise _non_finite(loss, norm, state.step, data.heads, self.output_dir)
@@ -279,20 +278,19 @@ class Trainer:
                     pending_loss += loss
                     tokens += batch["num_tokens"] * self.world
                 else:
-                    sync = step_model.no_sync() if self.distributed and not last_micro else nullcontext()
+                    sync = step_model.no_sync() if self.distributed and ready else nullcontext()
                     with sync, autocast(self.device, self.args.bf16):
-                        loss = model.compute_loss(step_model(batch, head=list(data.heads)), batch, args.loss_weights)
-                    (loss / args.grad_accum_steps).backward()
-                    pending_loss += float(loss.detach())
+                        loss = model.compute_loss(step_model(batch, head=list(data.heads)), batch, weights)
+                    loss.backward()
+                    pending_loss += float(loss.detach()) / self.world   # this rank's share of the step's loss
                     tokens += int(batch["input_ids"].numel()) * self.world
-                    if not last_micro:
+                    if ready:
                         continue
                     pending_loss, bad_norm = _clip_and_step(model, optimizer, scheduler, args.max_grad_norm,
                                                             self.distributed, pending_loss)
                     if bad_norm is not None:
-                        raise _non_finite(pending_loss / pending, bad_norm, state.step, data.heads, self.output_dir)
-                running, running_n = running + pending_loss, running_n + pending
-                pending, pending_loss = 0, 0.0
+                        raise _non_finite(pending_loss, bad_norm, state.step, data.heads, self.output_dir)
+                running, running_n, pending_loss = running + pending_loss, running_n + 1, 0.0
                 state.step += 1
                 state.epoch, state.position = (epoch, i + 1) if i + 1 < len(plan) else (epoch + 1, 0)
                 record = {"step": state.step, "epoch": epoch + (i + 1) / len(plan), "loss": running / running_n,
@@ -308,10 +306,6 @@ class Trainer:
                     if stop or done:
                         return
             epoch += 1
-
-    def _collate(self, data: Encoded, indices: list[int], buckets) -> dict:
-        """The micro-batch of these features, on the device (bucketed when `buckets` is given)."""
-        return to_device(self.model.collate([data.features[j] for j in indices], data.heads, buckets), self.device)
 
     def _evaluate_and_save(self, record: dict, state: TrainState, optimizer, scheduler, reporter) -> bool:
         """Evaluate, log, keep best/last checkpoints; True when early stopping says stop."""
@@ -409,10 +403,58 @@ def _eval_batch_size(args: TrainingArgs) -> int:
     return args.eval_batch_size or args.batch_size * 2
 
 
+def _step_batches(trainer: Trainer, plan: list, i: int, buckets) -> dict:
+    """{j: (batch on the device, its heads' loss weights)} for the optimizer step that
+    starts at plan[i]: its grad_accum_steps micro-batches (one, bucketed, for a graph
+    step), weighted by `step_loss_weights`."""
+    stop = i + 1 if buckets else min(i + trainer.args.grad_accum_steps, len(plan))
+    steps = [(trainer.train_sets[t], indices) for t, indices in plan[i:stop]]
+    batches = [trainer.model.collate([data.features[j] for j in indices], data.heads, buckets)
+               for data, indices in steps]
+    # every batch: one that the buckets leave out (MLM, regression) runs eager, with the weights
+    weights = step_loss_weights(trainer.model, batches, [data.heads for data, _ in steps], trainer.args.loss_weights,
+                                trainer.distributed, trainer.device)
+    return {i + k: (to_device(b, trainer.device), w) for k, (b, w) in enumerate(zip(batches, weights))}
+
+
+def step_loss_weights(model: TaskModel, batches: list[dict], heads: list[tuple], loss_weights: dict,
+                      distributed: bool, device: torch.device) -> list[dict]:
+    """{head: weight} for each micro-batch of one optimizer step (`heads`: each batch's).
+
+    A head's loss is a mean over its units (`Head.loss_count`: labelled tokens for MLM and
+    NER, sequences otherwise). Each micro-batch's mean weighs by its share of the head's
+    units in the step, counted over every micro-batch and (under DDP) every rank, so the
+    step's gradient for a head is that of one batch holding all of them: a micro-batch of
+    short sentences no longer weighs as much as one of long ones (transformers'
+    `num_items_in_batch` fix), nor a short last step less. A head then weighs by the
+    share of the step's micro-batches that carry it, as when each micro-batch was its own
+    step: with several tasks, a task's examples weigh the same whichever task shares
+    their step. The world size undoes DDP's averaging of the ranks' gradients. One
+    micro-batch in one process gets the user's `loss_weights` exactly. Counted on the
+    host; under DDP one all_reduce, whose result stays on the device (no sync)."""
+    names = sorted(model.heads)   # the same order on every rank
+    counts = torch.tensor([[model.heads[n].loss_count(b) if n in hs and model.heads[n].has_labels(b) else -1
+                            for n in names] for b, hs in zip(batches, heads)], dtype=torch.float64)  # (micro, heads)
+    carried = (counts >= 0).to(torch.float64)                # (micro, heads): the batch holds the head's labels
+    counts = counts.clamp(min=0)
+    totals = torch.cat([counts.sum(0), carried.sum(0), torch.tensor([float(len(batches))])])  # (2 heads + 1,)
+    world = 1
+    if distributed:
+        world = dist.get_world_size()
+        totals = totals.to(device)   # nccl reduces no CPU tensor
+        dist.all_reduce(totals)
+    else:
+        totals = totals.tolist()
+    units, micro = totals[:len(names)], totals[-1]
+    share = [totals[len(names) + k] / micro for k in range(len(names))]   # of the step's micro-batches
+    return [{n: loss_weights.get(n, 1.0) * ((float(c) * world / units[k]) * share[k] if float(c) else 0.0)
+             for k, (n, c) in enumerate(zip(names, row)) if n in hs} for row, hs in zip(counts, heads)]
+
+
 def _clip_and_step(model, optimizer, scheduler, max_grad_norm, distributed: bool,
                    loss: float) -> tuple[float, float | None]:
     """Clip, check that loss and gradients are finite (all ranks agree), then step; returns
-    the step's loss (`loss`: this rank's, summed over its micro-batches) averaged over the
+    the step's loss (`loss`: this rank's share of it, `step_loss_weights`) summed over the
     ranks, as one process on the global batch logs it, and, for a non-finite step, which is
     not taken, its gradient norm (None: stepped)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -424,7 +466,6 @@ def _clip_and_step(model, optimizer, scheduler, max_grad_norm, distributed: bool
                         device=norm.device if distributed else "cpu")   # one process: no copy to the GPU and back
     if distributed:
         dist.all_reduce(sums)
-        sums[1] /= dist.get_world_size()
     bad, loss = sums.tolist()
     if bad:
         return loss, float(norm)

@@ -335,3 +335,28 @@ def test_predict_on_graphs_matches_eager(tok):
     model.cuda_graphs = False
     assert model.predict(texts, batch_size=8) == graphed
     assert cudagraphs.forward_of(model).cache.graphs >= 1
+
+
+def test_batches_the_buckets_leave_out_keep_their_loss_weights(tok, tmp_path, monkeypatch):
+    """MLM batches are not bucketed: under graphs they run the eager step, and must weigh
+    their head as the eager path does (they once came with no weights: every head at 1;
+    a weight of 0.01 moves AdamW's steps through the clipping)."""
+    import bertcore
+
+    def run(graphs, weights):
+        if graphs is None:
+            monkeypatch.setattr(cudagraphs, "GraphCache", Eager)
+            monkeypatch.setattr(cudagraphs, "usable", lambda device: True)
+        encoder = toy.model(tok, dropout=0.0).encoder
+        torch.manual_seed(1)
+        model = bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", encoder.config)}, tokenizer=tok)
+        trainer = Trainer(model, tok, train=[{"text": x["text"]} for x in toy.examples(32)],
+                          args=args(tmp_path / f"{graphs}-{weights}", epochs=1, cuda_graphs=graphs,
+                                    loss_weights=weights or {}, save_checkpoints=False))
+        trainer.fit()
+        assert (trainer.graph_stats is not None) == (graphs is None)
+        return toy.weights(model)
+    eager, graphs, unweighted = run(False, {"mlm": 0.01}), run(None, {"mlm": 0.01}), run(None, None)
+    for key, value in eager.items():
+        torch.testing.assert_close(graphs[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert any(not torch.allclose(unweighted[k], v, atol=1e-5) for k, v in eager.items())

@@ -155,6 +155,69 @@ def test_grad_accumulation_matches_big_batch(tmp_path, tok, monkeypatch):
         assert abs(float(norm[0] / norm[1]) - 1) < 1e-3, (step, norm)
 
 
+def mlm_model(tok) -> bertcore.TaskModel:
+    encoder = toy.model(tok, dropout=0.0).encoder
+    torch.manual_seed(1)
+    return bertcore.TaskModel(encoder, {"mlm": bertcore.create_head("mlm", encoder.config)}, tokenizer=tok)
+
+
+def test_accumulated_token_losses_weigh_each_token_alike(tmp_path, tok, monkeypatch):
+    """MLM with 1 to 12 labelled tokens per sequence: micro-batches of 2 accumulated in
+    pairs give the optimizer the gradient of the batch of 4 they split, and the epoch's
+    short last step (one micro-batch) the gradient of that batch. Averaging the
+    micro-batches' token means instead (transformers' bug before `num_items_in_batch`)
+    weighs a token of a sparse micro-batch more than one of a dense one, and halved the
+    short step's gradient."""
+    seen = []
+
+    def recording(model, targs):
+        opt = real_make_optimizer(model, targs)
+        grads = []
+        seen.append(grads)
+        opt.register_step_pre_hook(lambda *_: grads.append(
+            {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}))
+        return opt
+    real_make_optimizer = training.make_optimizer
+    monkeypatch.setattr(training, "make_optimizer", recording)
+    ids = [tok.convert_tokens_to_ids(w) for w in toy.WORDS]
+    data = []
+    for length, labelled in ((4, 1), (5, 2), (14, 9), (16, 12), (6, 3), (12, 8)):
+        sequence = [tok.cls_token_id] + [ids[(length + k) % len(ids)] for k in range(length)] + [tok.sep_token_id]
+        data.append({"input_ids": sequence,
+                     "labels": [t if 1 <= k <= labelled else -100 for k, t in enumerate(sequence)]})
+    one = toy.args(tmp_path / "a", batch_size=4, epochs=1, save_checkpoints=False)
+    big = Trainer(mlm_model(tok), tokenizer=tok, train=data, args=one)
+    big.fit()
+    accumulated = Trainer(mlm_model(tok), tokenizer=tok, train=data,
+                          args=toy.args(tmp_path / "b", batch_size=2, grad_accum_steps=2, epochs=1,
+                                        save_checkpoints=False))
+    accumulated._plan = lambda epoch: [(0, idx[h:h + 2]) for _, idx in big._plan(epoch) for h in (0, 2)
+                                       if idx[h:h + 2]]
+    assert [len(idx) for _, idx in accumulated._plan(0)] == [2, 2, 2]
+    accumulated.fit()
+    assert len(seen[0]) == len(seen[1]) == 2                   # a step of 4, then the last 2
+    for step, (want, got) in enumerate(zip(*seen)):
+        for key, value in got.items():
+            torch.testing.assert_close(value, want[key], rtol=1e-4, atol=1e-7, msg=f"step {step + 1}: {key}")
+
+
+def test_accumulated_tasks_weigh_as_their_own_steps_would(tok):
+    """With several tasks, each head's mean weighs by the share of the step's micro-batches
+    that carry it: an x batch beside a y batch weighs 1/2, as beside another x batch, so a
+    task's examples weigh alike whichever task shares their step (with proportional
+    sampling, at random). Within a head, by units: sequences here (4 and 2)."""
+    model = toy.model(tok, heads=("x", "y"))
+    model.prepare(("x",), tok)
+    features = [f for ex in toy.examples(6) for f in model.heads["x"].encode(ex, tok)]
+    x4, x2, y4 = (model.collate(fs, (h,)) for fs, h in ((features[:4], "x"), (features[4:], "x"), (features[:4], "y")))
+    mixed = training.step_loss_weights(model, [x4, y4], [("x",), ("y",)], {"y": 3.0}, False, torch.device("cpu"))
+    assert mixed == [{"x": 0.5}, {"y": 1.5}]
+    same = training.step_loss_weights(model, [x4, x2], [("x",), ("x",)], {"y": 3.0}, False, torch.device("cpu"))
+    assert same == [{"x": pytest.approx(4 / 6)}, {"x": pytest.approx(2 / 6)}]
+    alone = training.step_loss_weights(model, [x2], [("x",)], {"x": 0.3}, False, torch.device("cpu"))
+    assert alone == [{"x": 0.3}]                                 # exactly the user's weight
+
+
 def test_multitask_sampling_and_weights(tmp_path, tok):
     model = toy.model(tok, heads=("x", "y"))
     data = {"x": toy.examples(40), "y": toy.examples(16, seed=3)}

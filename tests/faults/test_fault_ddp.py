@@ -60,9 +60,10 @@ def data(n, seed=0):
     examples = toy.examples(n, seed=seed)
     if not cfg.get("ner"):
         return examples
-    # 3 words each: every rank then scores as many tokens, and the mean of the ranks' token
-    # means is the global batch's (with other counts DDP weighs each rank's mean alike)
-    return [{{"tokens": x["text"].split()[:3], "tags": ["B-PER", "I-PER", "O"]}} for x in examples]
+    # 3 to 7 words: the ranks score different numbers of tokens, so a rank's token mean must
+    # weigh by its share of the step's tokens (DDP alone averages the ranks' means alike)
+    return [{{"tokens": x["text"].split(), "tags": ["B-PER", "I-PER"] + ["O"] * (len(x["text"].split()) - 2)}}
+            for x in examples]
 if cfg.get("ner"):   # a head that reads no pooler_output: the pooler gets no gradient
     head = create_head("ner", model.encoder.config, labels=["O", "B-PER", "I-PER"]).double()
     model = TaskModel(model.encoder, {{"ner": head}}, tokenizer=tok)
@@ -187,7 +188,8 @@ def test_accumulation_and_an_odd_eval_set_match_one_process_train_loss_too(launc
 
 def test_a_head_that_leaves_the_pooler_unused_trains_under_ddp_as_in_one_process(launch, tmp_path):
     """NER (as QA, mean pooling) never reads pooler_output: DDP without unused-parameter
-    detection stopped at step 2 ("Expected to have finished reduction in the prior iteration")."""
+    detection stopped at step 2 ("Expected to have finished reduction in the prior iteration").
+    Sentences of 3 to 7 words: each token weighs alike whichever rank scores it."""
     runs = {}
     for world, bs in ((1, 8), (2, 4)):
         out = tmp_path / f"w{world}"
@@ -195,7 +197,9 @@ def test_a_head_that_leaves_the_pooler_unused_trains_under_ddp_as_in_one_process
         assert done.returncode == 0, done.stderr[-3000:]
         runs[world] = torch.load(out / "final.pt")
     for key, value in runs[2].items():
-        torch.testing.assert_close(value, runs[1][key], rtol=1e-9, atol=1e-12, msg=key)
+        # NER's loss is float32 even in a float64 model: per-rank token means round differently
+        # (3e-9 here); averaging the ranks' means instead of their tokens is off by 7e-3
+        torch.testing.assert_close(value, runs[1][key], rtol=1e-6, atol=1e-7, msg=key)
 
 
 def test_no_rank_returns_from_pretrain_before_the_final_model_is_saved(launch, tmp_path):
