@@ -77,10 +77,11 @@ def _interrupted(args, err: KeyboardInterrupt) -> int:
     if args.command in TRAINING and where:
         from pathlib import Path
 
-        from ..runfolder import find_checkpoint
+        from ..runfolder import checkpoint_step, find_checkpoint
         try:
-            find_checkpoint(Path(where) / "last")
-            hint = f"; the last checkpoint is in {where}/last: run the same command with --resume to continue"
+            folder = find_checkpoint(Path(where) / "last")   # last/, or one a crash left beside it
+            hint = (f"; the last checkpoint is in {folder} (step {checkpoint_step(folder)}): run the same command "
+                    "with --resume to continue")
         except Exception:   # none yet (stopped before the first save), or none complete
             hint = (f"; no checkpoint was written to {where}/last yet, so there is nothing to resume: run the "
                     "same command without --resume to start again")

@@ -85,8 +85,9 @@ def test_ctrl_c_says_how_to_resume_and_resume_finishes(tmp_path, checkpoint, tra
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert f"interrupted; the last checkpoint is in {out}/last: run the same command with --resume" in stderr
     stopped_at = bertcore.runfolder.load_state(bertcore.runfolder.find_checkpoint(out / "last"))["state"]["step"]
+    assert f"interrupted; the last checkpoint is in {out}/last (step {stopped_at}): run the same command with " \
+           "--resume" in stderr
     assert 2 <= stopped_at < 36
     resumed = cli(*argv, "--resume")
     assert resumed.returncode == 0, resumed.stderr

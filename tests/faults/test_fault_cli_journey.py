@@ -134,7 +134,9 @@ def test_sigterm_says_how_to_resume_and_exits_143(tmp_path, checkpoint, train_fi
     _, stderr = child.communicate(timeout=60)
     assert child.returncode == 143, stderr                            # was: -15, killed without a word
     assert "Traceback" not in stderr
-    assert f"terminated (SIGTERM); the last checkpoint is in {out}/last: run the same command with --resume" in stderr
+    step = bertcore.runfolder.checkpoint_step(bertcore.runfolder.find_checkpoint(out / "last"))
+    assert f"terminated (SIGTERM); the last checkpoint is in {out}/last (step {step}): run the same command with " \
+           "--resume" in stderr
 
 
 def test_resume_without_a_checkpoint_says_to_drop_it(tmp_path, checkpoint, train_file, capsys):
