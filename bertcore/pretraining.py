@@ -27,6 +27,7 @@ from .training import Trainer, TrainingArgs, init_distributed
 __all__ = ["pretrain", "local_attention_init", "mask_tokens", "make_nsp_pairs", "read_corpus", "IGNORE_INDEX"]
 
 logger = logging.getLogger(__name__)
+FEW_EVAL_PAIRS = 100   # held-out pairs below which pretrain says their accuracies are mostly chance
 
 
 # ---- the pretraining run ----------------------------------------------------------------
@@ -112,6 +113,10 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     _check_pairs(train_pairs, eval_pairs, tok)
     logger.info("pretraining on %d sentence pairs from %d documents (%d pairs held out)",
                 len(train_pairs), len(train_docs), len(eval_pairs))
+    if len(eval_pairs) < min(FEW_EVAL_PAIRS, max_eval_pairs):   # a small corpus, not the user's cap
+        logger.warning("only %d held-out sentence pairs (%d documents): their NSP accuracy moves by about ±%.2f by "
+                       "chance alone; give more documents or a larger eval_fraction", len(eval_pairs), n_eval,
+                       len(eval_pairs) ** -0.5)
 
     heads = {"mlm": create_head("mlm", encoder.config, mlm_probability=mlm_probability, whole_word=whole_word),
              "nsp": create_head("nsp", encoder.config)}

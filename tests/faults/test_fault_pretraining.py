@@ -3,6 +3,7 @@ missing, folders, mixed lists, invisible separator lines, documents of the wrong
 settings that mask nothing, tokenizers that cover nothing, and tensors the encoder
 cannot embed. Each is refused up front with one line naming the problem and the fix;
 nothing is silently merged, dropped, read from a file by accident, or mislabelled."""
+import logging
 import random
 
 import pytest
@@ -249,3 +250,16 @@ def test_positions_past_the_model_are_refused(encoder):
         encoder(flat, cu_seqlens=cu, max_seqlen=6, position_ids=torch.full_like(flat, 30))
     with pytest.raises(ValueError, match=r"position_ids must lie in \[0, 16\)"):
         encoder(flat, cu_seqlens=cu, max_seqlen=6, position_ids=torch.full_like(flat, -1))
+
+
+def test_a_held_out_set_too_small_to_measure_is_said_so(tmp_path, docs, tok, caplog):
+    """12 documents hold out 2, a few pairs: NSP accuracy on them is mostly chance, and
+    the run said nothing (a user read 0.75 as learning)."""
+    with caplog.at_level(logging.WARNING, logger="bertcore.pretraining"):
+        pretrain(docs, tok, bertcore.BertConfig(**TINY), targs(tmp_path / "run"))
+    warned = [r.getMessage() for r in caplog.records if "held-out sentence pairs" in r.getMessage()]
+    assert len(warned) == 1 and "(2 documents)" in warned[0] and "larger eval_fraction" in warned[0], warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bertcore.pretraining"):   # the user's own cap: no warning
+        pretrain(docs, tok, bertcore.BertConfig(**TINY), targs(tmp_path / "capped"), max_eval_pairs=1)
+    assert not [r for r in caplog.records if "held-out sentence pairs" in r.getMessage()]
