@@ -119,7 +119,8 @@ class Tokenizer:
     def from_pretrained(cls, path: str | os.PathLike, *, do_lower_case: bool | None = None,
                         strip_accents: bool | None = None,
                         tokenize_chinese_chars: bool | None = None) -> "Tokenizer":
-        """Load from a directory holding tokenizer.json or vocab.txt, or from either file.
+        """Load from a directory holding tokenizer.json or vocab.txt, or from either file;
+        a saved TaskModel's folder loads its `tokenizer/`.
 
         ``tokenizer_config.json`` next to it supplies ``do_lower_case``,
         ``strip_accents`` and ``tokenize_chinese_chars`` (as transformers reads them);
@@ -129,13 +130,18 @@ class Tokenizer:
         if not path.exists() and str(path).count("/") == 1:  # "org/name": the local Hugging Face cache
             from .checkpoint import resolve_pretrained
             path = resolve_pretrained(str(path))
+        if path.is_dir() and _tokenizer_file(path) is None and _tokenizer_file(path / "tokenizer"):
+            path = path / "tokenizer"   # a saved TaskModel's folder: its own tokenizer, as transformers' model dirs
         if path.is_dir():
             folder = path
-            file = next((path / n for n in ("tokenizer.json", "vocab.txt") if (path / n).is_file()), None)
+            file = _tokenizer_file(path)
             if file is None:
+                beside = path.parent / "tokenizer"
+                hint = (f"; the model's tokenizer is saved beside this encoder: {beside}"
+                        if (path.parent / "taskmodel.json").is_file() and _tokenizer_file(beside) else "")
                 raise FileNotFoundError(f"{path} holds neither tokenizer.json nor vocab.txt; expected a "
                                         "BERT tokenizer folder (tokenizer.json, or vocab.txt with one "
-                                        "WordPiece token per line)")
+                                        f"WordPiece token per line){hint}")
         elif path.is_file():
             folder, file = path.parent, path
         else:
@@ -409,6 +415,11 @@ class Tokenizer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+def _tokenizer_file(folder: Path) -> Path | None:
+    """The folder's tokenizer.json, else its vocab.txt, else None (tokenizer.json wins)."""
+    return next((folder / n for n in ("tokenizer.json", "vocab.txt") if (folder / n).is_file()), None)
+
 
 def _read_vocab(file: Path) -> dict[str, int]:
     """vocab.txt as transformers' load_vocab reads it (line number = id), refusing what

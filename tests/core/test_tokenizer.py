@@ -307,6 +307,23 @@ def test_missing_files(tmp_path):
         Tokenizer.from_pretrained(tmp_path)
 
 
+def test_a_saved_models_folder_loads_its_tokenizer_and_its_encoder_names_it(tmp_path):
+    """save_pretrained writes model/encoder and model/tokenizer: Tokenizer.from_pretrained
+    of model/ (as transformers loads a model folder's tokenizer) said "holds neither
+    tokenizer.json nor vocab.txt", and of model/encoder gave no hint where it was."""
+    import bertcore
+    words = [f"w{i}" for i in range(30)]
+    tok = Tokenizer.train([" ".join(random.Random(i).sample(words, 6)) for i in range(40)], vocab_size=60)
+    cfg = bertcore.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=32)
+    model = bertcore.TaskModel(bertcore.BertEncoder(cfg), {"mlm": bertcore.create_head("mlm", cfg)}, tokenizer=tok)
+    model.save_pretrained(tmp_path / "model")
+    assert Tokenizer.from_pretrained(tmp_path / "model").vocab == tok.vocab
+    beside = r"the model's tokenizer is saved beside this encoder: .*model/tokenizer$"
+    with pytest.raises(FileNotFoundError, match=beside):
+        Tokenizer.from_pretrained(tmp_path / "model" / "encoder")
+
+
 def test_a_damaged_vocabulary_is_refused_at_load_naming_file_and_line(tmp_path):
     """Before: a repeated token loaded, trained, then failed at the first save ("ids are not
     contiguous"); a non-UTF-8 file and a config value of the wrong type named no file."""
