@@ -56,8 +56,8 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
     into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
     _check_settings(mlm_probability, eval_fraction, max_eval_pairs)    # before the run folder is touched
-    leader = not init_distributed() or dist.get_rank() == 0
     args = args or TrainingArgs(output_dir="runs/pretrain")
+    leader = not init_distributed(args.device) or dist.get_rank() == 0
     # Rank 0 holds the output folder from its check to the saved model; the Trainer joins.
     with RunLock(args.output_dir, joinable=True) if leader else nullcontext():
         return _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,

@@ -130,10 +130,12 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def init_distributed() -> bool:
-    """Join the process group torchrun describes (WORLD_SIZE > 1), once; True if distributed."""
+def init_distributed(device: str | None = None) -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), once; True if distributed.
+    `device` (`TrainingArgs.device`) picks the backend: nccl for CUDA, gloo for the CPU
+    (nccl reduces no CPU tensor: `device="cpu"` on a GPU machine failed at the first step)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if _device(device).type == "cuda" else "gloo")
         # torn down before the interpreter is: gloo's threads left running at exit abort a rank now
         # and then ("terminate called without an active exception", SIGABRT after a finished run)
         atexit.register(_destroy_process_group)
@@ -168,9 +170,9 @@ class Trainer:
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.args = args or TrainingArgs(output_dir="runs/bertcore")
         self.output_dir = Path(self.args.output_dir)
-        self.distributed = init_distributed()
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         self.device = _device(self.args.device)
+        self.distributed = init_distributed(self.args.device)
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         self.train_sets = self._datasets(train, "train") if train is not None else []
         self.eval_sets = self._datasets(eval, "eval") if eval is not None else []
         self.history: list[dict] = []

@@ -228,3 +228,18 @@ def test_a_checkpoint_of_an_older_bertcore_without_rank_states_resumes_with_a_wa
     again = launch(2, tmp_path / "run", resume=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "holds no RNG state for rank 1 (an older bertcore kept rank 0's alone)" in again.stderr
+
+
+@pytest.mark.parametrize("device, backend", [("cpu", "gloo"), (None, "nccl"), ("cuda", "nccl")])
+def test_the_process_group_backend_follows_the_training_device(monkeypatch, device, backend):
+    """On a GPU machine, device="cpu" under torchrun took nccl, which reduces no CPU
+    tensor: the run failed at its first all_reduce."""
+    from bertcore import training
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(training.dist, "init_process_group", lambda name, *a, **kw: chosen.append(name))
+    monkeypatch.setattr(training.atexit, "register", lambda fn: None)
+    assert training.init_distributed(device) is False      # nothing joined: the group was faked
+    assert chosen == [backend]
