@@ -212,7 +212,7 @@ def _nearby(path: Path) -> str:
     return f" ({'; '.join(filter(None, (gone, typo)))})" if gone or typo else ""
 
 
-def _dtype(value, config: BertConfig):
+def resolve_dtype(value, config: BertConfig):
     """torch_dtype / dtype as transformers takes it: a torch.dtype, its name, or "auto"
     (the checkpoint's own `torch_dtype`, float32 when it has none)."""
     if value is None or isinstance(value, torch.dtype):
@@ -260,7 +260,7 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
         config = BertConfig.from_dict({**config.to_dict(), **overrides})
     if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
         raise TypeError("pass dtype= or torch_dtype= (the same thing), not both")
-    dtype = _dtype(dtype if dtype is not None else torch_dtype, config)
+    dtype = resolve_dtype(dtype if dtype is not None else torch_dtype, config)
     file = find_weights(directory)
     encoder_state, head_state = to_encoder_keys(read_state_dict(file))
     model = cls(config)

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from . import cudagraphs, plugins
 from .buckets import SEQLEN_BUCKETS, Buckets, pad_batch, real_batch, unpad_outputs
-from .checkpoint import CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict
+from .checkpoint import CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict, resolve_dtype
 from .data import where
 from .files import file_above, folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, pack_features
@@ -410,8 +410,10 @@ class TaskModel(nn.Module):
         return {"path": str(source), "sha256": cached[1]}
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device=None) -> "TaskModel":
-        """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed."""
+    def from_pretrained(cls, directory: str | os.PathLike, device=None, dtype=None) -> "TaskModel":
+        """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed.
+        `dtype` (a torch dtype, its name, or "auto": the encoder's saved `torch_dtype`) and
+        `device` place the whole model, heads included, as transformers' `from_pretrained`."""
         directory = Path(directory)
         recover_folder(directory)  # a save killed between its two renames
         if not directory.is_dir():
@@ -446,7 +448,11 @@ class TaskModel(nn.Module):
             model.add_head(str(name), load_head(directory / "heads" / str(name), encoder.config),
                            load_pretrained=False)
         model.eval()
-        return model.to(device) if device is not None else model
+        dtype = resolve_dtype(dtype, encoder.config)
+        if dtype is not None and not dtype.is_floating_point:
+            raise ValueError(f"dtype={dtype}: a model's weights take a floating-point dtype (torch.bfloat16, "
+                             "torch.float16, torch.float32)")
+        return model.to(device=device, dtype=dtype)
 
     def save_head(self, directory: str | os.PathLike, name: str | None = None) -> Path:
         """Save one head alone (head.json + head.safetensors, a few KB to MB), to share it

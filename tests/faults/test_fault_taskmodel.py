@@ -62,6 +62,26 @@ def test_a_new_head_on_a_bf16_encoder_predicts(cfg, tok):
     assert model.predict("good film")["label"] in ("neg", "pos")   # was: mat1 and mat2 must have the same dtype
 
 
+def test_a_saved_model_loads_in_the_dtype_asked_for(tmp_path, cfg, tok):
+    """TaskModel.from_pretrained took no dtype (BertEncoder.from_pretrained did): a bf16
+    model for inference meant loading float32 and casting by hand."""
+    model = make(cfg, tok, labels=["neg", "pos"]).eval()
+    model.save_pretrained(tmp_path / "m")
+    want = model.predict("good film")["scores"]
+    for dtype in (torch.bfloat16, "bfloat16", "torch.float16"):
+        loaded = bertcore.TaskModel.from_pretrained(tmp_path / "m", dtype=dtype)
+        assert {p.dtype for p in loaded.parameters()} == {loaded.encoder.embeddings.word_embeddings.weight.dtype}
+        assert str(loaded.heads["h"].classifier.weight.dtype).endswith(str(dtype).removeprefix("torch."))
+        got = loaded.predict("good film")["scores"]
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 0.02 for k in want), (got, want)
+    assert bertcore.TaskModel.from_pretrained(tmp_path / "m", dtype="auto").heads["h"].classifier.weight.dtype \
+        == torch.float32
+    with pytest.raises(ValueError, match="dtype='float8' is not a torch dtype"):
+        bertcore.TaskModel.from_pretrained(tmp_path / "m", dtype="float8")
+    with pytest.raises(ValueError, match="a model's weights take a floating-point dtype"):
+        bertcore.TaskModel.from_pretrained(tmp_path / "m", dtype=torch.int8)
+
+
 def test_a_lean_save_into_the_folder_holding_the_encoder_weights_is_refused(tmp_path, cfg, tok):
     make(cfg, tok, labels=["neg", "pos"]).save_pretrained(tmp_path / "m")
     loaded = bertcore.TaskModel.from_pretrained(tmp_path / "m")
