@@ -14,6 +14,7 @@ TaskModel; rank 0 alone writes files, and its checkpoints hold every rank's RNG 
 import atexit
 import logging
 import math
+import numbers
 import os
 import re
 import time
@@ -120,6 +121,11 @@ class TrainingArgs:
             raise ValueError(f"learning_rate={self.learning_rate} must be a finite number >= 0")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0")
+        if not isinstance(self.loss_weights, dict):
+            raise ValueError(f"loss_weights={self.loss_weights!r} must be a dict {{head: weight}}")
+        for head, weight in self.loss_weights.items():   # a negative weight trains that head to be wrong
+            if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:
+                raise ValueError(f"loss_weights[{head!r}]={weight!r} must be a finite number >= 0")
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} leaves no room for text between [CLS] and [SEP]; "
                              "use 8 or more")
@@ -142,11 +148,23 @@ def init_distributed(device: str | None = None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _check_trainer_inputs(model, tokenizer) -> None:
+def _check_trainer_inputs(model, tokenizer, args: TrainingArgs | None, sources: dict) -> None:
+    """The model, the argument order, and every head name the run is given (`sources`:
+    {"train": data, "eval": data}): a name that is no head was ignored (loss_weights) or
+    read as one data source ("pass head=NAME")."""
     if not isinstance(model, TaskModel):
         raise TypeError(f"the Trainer trains a bertcore.TaskModel, got a {type(model).__name__}")
     if isinstance(tokenizer, TrainingArgs):   # Trainer(model, args): transformers' order
         raise TypeError("the Trainer's second argument is the tokenizer; pass the TrainingArgs as args=")
+    heads = list(model.heads)
+    named = {"loss_weights": list(args.loss_weights) if args else []}
+    named.update({f"{split}=": list(data) for split, data in sources.items() if isinstance(data, dict) and data})
+    for what, names in named.items():
+        unknown = [n for n in names if n not in heads]
+        if unknown:
+            which = "which is" if len(unknown) == 1 else "which are"
+            raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, {which} no head of this model (its "
+                             f"heads: {', '.join(heads)}); a dict here is keyed by head")
 
 
 class Trainer:
@@ -165,7 +183,7 @@ class Trainer:
 
     def __init__(self, model: TaskModel, tokenizer=None, train=None, eval=None,
                  args: TrainingArgs | None = None, head=None):
-        _check_trainer_inputs(model, tokenizer)
+        _check_trainer_inputs(model, tokenizer, args, {"train": train, "eval": eval})
         self.model, self.head = model, head
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.args = args or TrainingArgs(output_dir="runs/bertcore")

@@ -34,6 +34,10 @@ args, weights = toy.args, toy.weights
     ({"warmup_ratio": 1.0}, r"warmup_ratio=1.0 must be in \[0, 1\)"),
     ({"weight_decay": -0.01}, "weight_decay=-0.01 must be a finite number >= 0"),
     ({"max_length": 0}, r"max_length=0 leaves no room for text between \[CLS\] and \[SEP\]; use 8 or more"),
+    # a negative weight trained the head to be wrong, NaN stopped the run blaming the learning rate
+    ({"loss_weights": {"y": -1.0}}, r"loss_weights\['y'\]=-1.0 must be a finite number >= 0"),
+    ({"loss_weights": {"y": float("nan")}}, r"loss_weights\['y'\]=nan must be a finite number >= 0"),
+    ({"loss_weights": [("y", 2.0)]}, r"loss_weights=\[\('y', 2.0\)\] must be a dict \{head: weight\}"),
 ])
 def test_bad_training_args_name_the_field(option, message):
     with pytest.raises(ValueError, match=message):
@@ -216,6 +220,20 @@ def test_accumulated_tasks_weigh_as_their_own_steps_would(tok):
     assert same == [{"x": pytest.approx(4 / 6)}, {"x": pytest.approx(2 / 6)}]
     alone = training.step_loss_weights(model, [x2], [("x",)], {"x": 0.3}, False, torch.device("cpu"))
     assert alone == [{"x": 0.3}]                                 # exactly the user's weight
+
+
+def test_names_that_are_no_head_are_refused(tmp_path, tok):
+    """loss_weights for a misspelt head was silently ignored, and an eval dict keyed by one
+    was read as a single data source ("this model has heads [...]; pass head=NAME")."""
+    model = toy.model(tok, heads=("x", "y"))
+    data = {"x": toy.examples(8), "y": toy.examples(8, seed=3)}
+    unknown = r"^loss_weights names 'z', which is no head of this model \(its heads: x, y\)"
+    with pytest.raises(ValueError, match=unknown):
+        Trainer(model, tokenizer=tok, train=data, args=args(tmp_path, loss_weights={"z": 0.5}))
+    with pytest.raises(ValueError, match=r"^eval= names 'dev', 'tst', which are no head of this model"):
+        Trainer(model, tokenizer=tok, train=data, eval={"x": toy.examples(4), "dev": [], "tst": []},
+                args=args(tmp_path))
+    Trainer(model, tokenizer=tok, train={"x": toy.examples(8)}, args=args(tmp_path, loss_weights={"y": 0.0}))
 
 
 def test_multitask_sampling_and_weights(tmp_path, tok):
