@@ -143,6 +143,12 @@ class TaskModel(nn.Module):
                 raise KeyError(f"no head named {n!r}; this model has {list(self.heads)}")
         return names
 
+    def _one_head(self, head, what: str) -> str:
+        """The one head `what` (predict, evaluate) runs: a list took its first head silently."""
+        if head is not None and not isinstance(head, str):
+            raise TypeError(f"{what} runs one head; got head={head!r}: call it once per head")
+        return self.head_names(head)[0]
+
     # ---- data ----------------------------------------------------------------------
 
     def prepare(self, head=None, tokenizer=None, train_examples=None) -> None:
@@ -325,7 +331,7 @@ class TaskModel(nn.Module):
         tuple). What one prediction looks like is up to the head's `decode`. Windows are
         `max_length` tokens at most, never past the encoder's `max_position_embeddings`:
         QA and NER read a longer text in overlapping windows, the other heads cut it."""
-        name = self.head_names(head)[0]
+        name = self._one_head(head, "predict")
         if isinstance(inputs, Iterator):  # a generator, map(...): a batch, as a list is
             inputs = list(inputs)
         single = not isinstance(inputs, list)
@@ -350,7 +356,7 @@ class TaskModel(nn.Module):
         """The head's metrics on labelled examples, plus `loss`: the mean per unit of the
         head's loss (per sequence, or per labelled token for token-level heads), the same
         number from `Trainer.evaluate` and for any batch size (none where nothing was labelled)."""
-        name = self.head_names(head)[0]
+        name = self._one_head(head, "evaluate")
         self._check_examples(name, examples)
         self.prepare(name, tokenizer)
         result = self.run(self.encode(examples, name, tokenizer, max_length), batch_size)[name]

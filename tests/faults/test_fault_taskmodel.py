@@ -210,3 +210,16 @@ def test_heads_given_as_a_list_name_the_dict_to_pass(cfg, tok):
     head = bertcore.create_head("classification", cfg, labels=["neg", "pos"])
     with pytest.raises(TypeError, match=r"heads is a list; pass a dict of name -> head"):   # was: AttributeError
         bertcore.TaskModel(bertcore.BertEncoder(cfg), [head], tokenizer=tok)
+
+
+def test_predict_and_evaluate_refuse_several_heads(cfg, tok):
+    """head=["a", "b"] ran the first head alone, silently, and returned its predictions."""
+    torch.manual_seed(0)
+    model = bertcore.TaskModel(bertcore.BertEncoder(cfg), {
+        "sent": bertcore.create_head("classification", cfg, labels=["neg", "pos"]),
+        "tags": bertcore.create_head("ner", cfg, labels=["O", "B-PER", "I-PER"])}, tokenizer=tok)
+    with pytest.raises(TypeError, match=r"predict runs one head; got head=\['sent', 'tags'\]: call it once per head"):
+        model.predict(["good film"], head=["sent", "tags"])
+    with pytest.raises(TypeError, match=r"evaluate runs one head; got head=\('sent',\)"):
+        model.evaluate([{"text": "good film", "label": "pos"}], head=("sent",))
+    assert model.predict("good film", head="sent")["label"] in ("neg", "pos")
