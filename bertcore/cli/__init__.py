@@ -35,10 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     debug_help = "show the traceback of an error (also BERTCORE_DEBUG=1)"
     parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = {}   # name: its parser, whose errors name its own --help
     for name, (add, _) in COMMANDS.items():
         # --debug after the command too (`bertcore demo --quick --debug`), as the errors'
         # "(--debug shows where)" invites; SUPPRESS: left out there, the one before stands
-        add(sub).add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+        parser.commands[name] = add(sub)
+        parser.commands[name].add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -96,7 +98,9 @@ def main(argv=None) -> int:
     import os
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:   # said by the command's parser: `bertcore export --help` lists what export takes
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 0

@@ -14,7 +14,9 @@ def add_export(sub):
     p.add_argument("--model", required=True, help="folder written by TaskModel.save_pretrained (<output>/model)")
     p.add_argument("--to", required=True, choices=["transformers", "onnx"], help="what to write")
     p.add_argument("--head", help="head name (needed when the model has several)")
-    p.add_argument("output", help="output folder (new or empty)")
+    p.add_argument("output", nargs="?", help="output folder (new or empty)")
+    p.add_argument("--output", dest="output_option", metavar="OUTPUT", help="the output folder, as the other commands "
+                   "name theirs")
     return p
 
 
@@ -23,9 +25,12 @@ def cmd_export(args) -> int:
     from ..files import folder_swap
     from ..taskmodel import TaskModel
 
+    given = [x for x in (args.output, args.output_option) if x is not None]
+    if len(given) != 1:
+        raise ValueError("give the output folder once: bertcore export --model M --to T OUTPUT (or --output OUTPUT)")
     model = TaskModel.from_pretrained(args.model)
     name = head_name(model, args.head)
-    out = Path(args.output)
+    out = Path(given[0])
     check_outside(Path(args.model), out)
     try:
         if args.to == "transformers":

@@ -89,6 +89,24 @@ def test_an_export_inside_the_model_folder_is_refused(tmp_path, tok, capsys):
     model.save_pretrained(tmp_path / "model")                           # the model folder can still be saved over
 
 
+def test_the_output_folder_may_be_named_with_output_as_every_other_command_names_it(tmp_path, tok, capsys):
+    """Before: `--output DIR` was "bertcore: error: unrecognized arguments: --output",
+    pointing at `bertcore --help`, which does not list export's options."""
+    make_model(tok).save_pretrained(tmp_path / "model")
+    base = ["export", "--model", str(tmp_path / "model"), "--to", "transformers"]
+    assert main([*base, "--output", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main([*base, str(tmp_path / "hf2"), "--bogus"])
+    assert done.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert "unrecognized arguments: --bogus (`bertcore export --help` lists the options)" in line
+    for twice in ([], [str(tmp_path / "a"), "--output", str(tmp_path / "b")]):
+        assert main([*base, *twice]) == 2
+        assert "give the output folder once" in one_line(capsys.readouterr().err)
+
+
 def test_several_heads_without_head_names_the_command_option(tmp_path, tok, capsys):
     """Before: 'pass head=NAME', the Python API's keyword, which the command does not take."""
     make_model(tok, heads=("classification", "nsp")).save_pretrained(tmp_path / "model")
