@@ -207,10 +207,14 @@ class Trainer:
         sets = []
         for names, source in groups:
             examples = load_examples(source)
-            for name in names:
-                check_examples(self.model.heads[name], examples)
-            self.model.prepare(names, self.tokenizer, examples if split == "train" else None)
-            encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
+            try:
+                for name in names:
+                    check_examples(self.model.heads[name], examples)
+                self.model.prepare(names, self.tokenizer, examples if split == "train" else None)
+                encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
+            except DataError as err:   # "example 3" of which data, with several sources in memory
+                raise DataError(f"{split}[{names[0]!r}] {err}" if str(err).startswith("example ") and
+                                len(groups) > 1 else str(err)) from None
             if split == "train" and not encoded.features:
                 raise DataError(f"no training features for {'+'.join(names)}: the data is empty")
             sets.append(encoded)
