@@ -461,7 +461,7 @@ def step_loss_weights(model: TaskModel, batches: list[dict], heads: list[tuple],
                             for n in names] for b, hs in zip(batches, heads)], dtype=torch.float64)  # (micro, heads)
     carried = (counts >= 0).to(torch.float64)                # (micro, heads): the batch holds the head's labels
     counts = counts.clamp(min=0)
-    totals = torch.cat([counts.sum(0), carried.sum(0), torch.tensor([float(len(batches))])])  # (2 heads + 1,)
+    totals = torch.cat([counts.sum(0), carried.sum(0), torch.tensor([float(len(batches))])])  # (2·heads + 1,)
     world = 1
     if distributed:
         world = dist.get_world_size()
