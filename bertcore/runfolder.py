@@ -356,6 +356,17 @@ def load_model_weights(model, folder: Path) -> None:
         load_weights(head, read_state_dict(file), str(file), strict=True)
 
 
+def _head_changes(then: dict, now: dict) -> list[str]:
+    """The heads added, removed or with other options since a checkpoint, one phrase each
+    (the whole configs, then and now, ran to a thousand characters)."""
+    changes = [f"head {n!r} added" for n in now if n not in then]
+    changes += [f"head {n!r} removed" for n in then if n not in now]
+    for n in (n for n in now if n in then and now[n] != then[n]):
+        keys = sorted(k for k in {*now[n], *then[n]} if now[n].get(k) != then[n].get(k))
+        changes += [f"head {n!r} {k}: {then[n].get(k)!r} then, {now[n].get(k)!r} now" for k in keys]
+    return changes
+
+
 def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | None = None,
            rank: int = 0) -> TrainState:
     """Restore a run from the newest complete checkpoint at `directory`: weights, optimizer,
@@ -367,13 +378,14 @@ def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | 
     folder = find_checkpoint(Path(directory))
     payload = load_state(folder)
     saved = payload.get("run", {})
-    changed = [f"{k}: {saved.get(k)!r} then, {identity[k]!r} now" for k in ("data", "heads")
-               if saved.get(k) != identity[k]]
+    changed = [f"data: {saved.get('data')!r} then, {identity['data']!r} now"] if saved.get("data") != identity["data"] \
+        else []
+    changed += _head_changes(saved.get("heads") or {}, identity["heads"])
     if saved.get("world") != identity["world"]:   # the data plan splits each global batch by it
         changed.insert(0, f"processes (world size): {saved.get('world')} then, {identity['world']} now (run it "
                           f"under torchrun --nproc_per_node={saved.get('world')})")
-    changed += [f"{k}: {saved.get('args', {}).get(k)!r} then, {v!r} now" for k, v in identity["args"].items()
-                if saved.get("args", {}).get(k) != v]
+    then = saved.get("args", {})   # a setting an older bertcore did not record is not held against it
+    changed += [f"{k}: {then[k]!r} then, {v!r} now" for k, v in identity["args"].items() if k in then and then[k] != v]
     if changed:
         raise ValueError(f"cannot resume from {folder}: the run differs from the one that wrote it "
                          f"({'; '.join(changed)}); resume with the original settings and data, or start a new "

@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 # score): resuming with others is refused.
 RESUME_KEYS = ("batch_size", "grad_accum_steps", "learning_rate", "seed", "epochs", "max_steps",
                "warmup_ratio", "weight_decay", "layerwise_lr_decay", "max_length", "sampling", "freeze_encoder",
-               "metric_for_best")
+               "metric_for_best", "loss_weights", "max_grad_norm")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -129,6 +129,8 @@ class TrainingArgs:
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} leaves no room for text between [CLS] and [SEP]; "
                              "use 8 or more")
+        if self.load_best_at_end and not self.save_checkpoints:   # best/ is where the best weights are kept
+            raise ValueError("load_best_at_end=True needs save_checkpoints=True: the best model is kept in best/")
 
 
 def _destroy_process_group() -> None:
@@ -157,6 +159,10 @@ def _check_trainer_inputs(model, tokenizer, args: TrainingArgs | None, sources: 
     if isinstance(tokenizer, TrainingArgs):   # Trainer(model, args): transformers' order
         raise TypeError("the Trainer's second argument is the tokenizer; pass the TrainingArgs as args=")
     heads = list(model.heads)
+    for split, data in sources.items():
+        if isinstance(data, dict) and not data:
+            raise ValueError(f"{split}= is an empty dict; give {{head: data}} for heads of {', '.join(heads)}, "
+                             "or one source of examples")
     named = {"loss_weights": list(args.loss_weights) if args else []}
     named.update({f"{split}=": list(data) for split, data in sources.items() if isinstance(data, dict) and data})
     for what, names in named.items():
@@ -383,6 +389,7 @@ class Trainer:
     def evaluate(self, eval=None) -> dict:
         """Metrics of each eval head plus its `loss` (the mean per unit, see
         `TaskModel.evaluate`). With several heads the keys are "<head>/<metric>"."""
+        _check_trainer_inputs(self.model, self.tokenizer, None, {"eval": eval})
         sets = self._datasets(eval, "eval") if eval is not None else self.eval_sets
         if not sets:
             raise ValueError("evaluate() needs eval= data (in the Trainer or as an argument)")
@@ -401,19 +408,21 @@ class Trainer:
         return results
 
     def predict(self, examples=None, head=None) -> list:
-        """Decoded predictions (labels, entities, answers...) for `examples` or the eval set."""
-        if examples is None:
-            if not self.eval_sets:
-                raise ValueError("predict() needs examples or eval= data")
-            data = self.eval_sets[0]
+        """Decoded predictions for `examples`, or for the eval set of `head` (else the first one)."""
+        if examples is None:   # `head`'s eval set: the first one was taken whatever head said
+            name = self.model.head_names(head)[0] if head else None
+            data = next((d for d in self.eval_sets if name in (None, *d.heads)), None)
+            if data is None:
+                raise ValueError(f"predict() needs examples, or eval= data for {repr(name) if name else 'a head'}")
         else:
             names = self.model.head_names(head or self.head)
-            items = [self.model.heads[names[0]].example_from_input(x) for x in examples]
+            name, items = names[0], [self.model.heads[names[0]].example_from_input(x) for x in examples]
             self.model.prepare(names, self.tokenizer)
             data = self.model.encode(items, names, self.tokenizer, self.args.max_length)
         self.model.to(self.device)
         with autocast(self.device, self.args.bf16):
-            return self.model.run(data, _eval_batch_size(self.args), with_loss=False)[data.heads[0]].predictions
+            run = self.model.run(data, _eval_batch_size(self.args), with_loss=False)
+        return run[name or data.heads[0]].predictions
 
 
 def _evaluates(args: TrainingArgs, step: int, i: int, plan_length: int) -> bool:
@@ -613,8 +622,14 @@ def _check_run(trainer: Trainer, resume_from) -> None:
     those of this Trainer's own earlier fit() it replaces."""
     if trainer.distributed:
         _check_one_output(trainer)
-    if trainer.args.metric_for_best and trainer.eval_sets:
+    args = trainer.args
+    if args.metric_for_best and trainer.eval_sets:
         _check_metric_for_best(trainer)
+    elif (args.load_best_at_end or args.early_stopping_patience) and trainer.rank == 0 and \
+            sum(len(d.heads) for d in trainer.eval_sets) > 1:   # which head decides is not obvious: the first
+        logger.warning("several heads are evaluated; the best model and early stopping follow %s, the first eval "
+                       "head's main metric: set metric_for_best to choose", best_metric(
+                           trainer.model, trainer.eval_sets, None)[0])
     if not resume_from and trainer.rank == 0 and trainer.args.save_checkpoints:
         source = getattr(trainer.model.encoder, "source", None)
         check_new_run(trainer.output_dir, CHECKPOINT_FOLDERS,

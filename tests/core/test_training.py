@@ -38,6 +38,8 @@ args, weights = toy.args, toy.weights
     ({"loss_weights": {"y": -1.0}}, r"loss_weights\['y'\]=-1.0 must be a finite number >= 0"),
     ({"loss_weights": {"y": float("nan")}}, r"loss_weights\['y'\]=nan must be a finite number >= 0"),
     ({"loss_weights": [("y", 2.0)]}, r"loss_weights=\[\('y', 2.0\)\] must be a dict \{head: weight\}"),
+    # the last weights were kept, silently
+    ({"load_best_at_end": True, "save_checkpoints": False}, "load_best_at_end=True needs save_checkpoints=True"),
 ])
 def test_bad_training_args_name_the_field(option, message):
     with pytest.raises(ValueError, match=message):
@@ -238,6 +240,27 @@ def test_names_that_are_no_head_are_refused(tmp_path, tok):
     bad = {"x": toy.examples(4), "y": [toy.examples(1)[0], {"tokens": ["good"], "tags": ["O"]}]}
     with pytest.raises(bertcore.data.DataError, match=r"^train\['y'\] example 2: has no 'text'"):
         Trainer(model, tokenizer=tok, train=bad, args=args(tmp_path))
+
+
+def test_multitask_predict_evaluate_and_best_follow_the_head_named(tmp_path, tok, caplog):
+    """Trainer.predict(head="y") returned the first eval set's (x's) predictions, and an
+    unknown head's too; evaluate({typo: ...}) and {} said "pass head=NAME"; which head picks
+    the best model with several evaluated was said nowhere."""
+    model = toy.model(tok, heads=("x", "y"))
+    x, y = toy.examples(8), toy.examples(6, seed=3)
+    trainer = Trainer(model, tokenizer=tok, train={"x": x, "y": y}, eval={"x": x, "y": y},
+                      args=args(tmp_path, epochs=1, load_best_at_end=True))
+    assert len(trainer.predict(head="y")) == len(y) and len(trainer.predict(head="x")) == len(x)
+    with pytest.raises(KeyError, match="no head named 'z'"):
+        trainer.predict(head="z")
+    with pytest.raises(ValueError, match=r"^eval= names 'ys', which is no head of this model"):
+        trainer.evaluate({"ys": y})
+    with pytest.raises(ValueError, match=r"^train= is an empty dict"):
+        Trainer(model, tokenizer=tok, train={}, args=args(tmp_path))
+    with caplog.at_level("WARNING", logger="bertcore.training"):
+        trainer.fit()
+    assert any("follow x/accuracy, the first eval head's main metric: set metric_for_best" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_multitask_sampling_and_weights(tmp_path, tok):

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import bertcore
-from bertcore.checkpoint import CheckpointError
+from bertcore.checkpoint import CheckpointError, file_sha256
 from bertcore.runfolder import RunLock, RunLockedError, load_state
 from bertcore.training import NonFiniteLossError, Trainer
 
@@ -242,6 +242,38 @@ def test_resume_with_other_settings_is_refused_with_the_differences(tmp_path, to
     other_data = Trainer(toy.model(tok), tokenizer=tok, train=toy.examples(24, seed=9), args=args(tmp_path, epochs=1))
     with pytest.raises(ValueError, match=r"data: "):
         other_data.fit(resume_from=True)
+    # they change what every step does, and were taken silently (the run ended 0.05 off)
+    for change, said in (({"loss_weights": {"toy": 5.0}}, r"loss_weights: \{\} then, \{'toy': 5.0\} now"),
+                         ({"max_grad_norm": 0.01}, "max_grad_norm: 1.0 then, 0.01 now")):
+        other = Trainer(toy.model(tok), tokenizer=tok, train=toy.examples(24), args=args(tmp_path, epochs=1, **change))
+        with pytest.raises(ValueError, match=said):
+            other.fit(resume_from=True)
+
+
+def test_resume_with_a_head_added_names_it_in_a_few_words(tmp_path, tok):
+    """The whole head configs, then and now, ran to a thousand characters."""
+    trained(tmp_path, tok)
+    model = toy.model(tok, heads=("toy", "extra"))
+    trainer = Trainer(model, tokenizer=tok, train={"toy": toy.examples(24)}, args=args(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match=r"\(head 'extra' added\); resume with the original") as err:
+        trainer.fit(resume_from=True)
+    assert len(str(err.value)) < 300, str(err.value)
+
+
+def test_a_checkpoint_that_did_not_record_a_setting_resumes(tmp_path, tok):
+    """Settings a newer bertcore records (loss_weights, max_grad_norm) are not held against
+    a checkpoint of an older one, which did not."""
+    trained(tmp_path, tok)
+    state_file = tmp_path / "last" / "trainer_state.pt"
+    payload = torch.load(state_file, weights_only=True)
+    for key in ("loss_weights", "max_grad_norm"):
+        del payload["run"]["args"][key]
+    torch.save(payload, state_file)
+    manifest = json.loads((tmp_path / "last" / "manifest.json").read_text())
+    manifest["files"][state_file.name] = {"size": state_file.stat().st_size, "sha256": file_sha256(state_file)}
+    (tmp_path / "last" / "manifest.json").write_text(json.dumps(manifest))
+    Trainer(toy.model(tok), tokenizer=tok, train=toy.examples(24), eval=toy.examples(8, seed=1),
+            args=args(tmp_path, epochs=1)).fit(resume_from=True)
 
 
 def test_a_nan_gradient_with_a_finite_loss_never_reaches_the_weights(tmp_path, tok):
