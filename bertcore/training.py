@@ -218,9 +218,8 @@ class Trainer:
                     check_examples(self.model.heads[name], examples)
                 self.model.prepare(names, self.tokenizer, examples if split == "train" else None)
                 encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
-            except DataError as err:   # "example 3" of which data, with several sources in memory
-                raise DataError(f"{split}[{names[0]!r}] {err}" if str(err).startswith("example ") and
-                                len(groups) > 1 else str(err)) from None
+            except DataError as err:   # with several sources: which head's data "example 3" or a file is
+                raise DataError(f"{split}[{names[0]!r}] {err}" if len(groups) > 1 else str(err)) from None
             if split == "train" and not encoded.features:
                 raise DataError(f"no training features for {'+'.join(names)}: the data is empty")
             sets.append(encoded)
@@ -332,7 +331,7 @@ class Trainer:
                     record = {"step": state.step, "epoch": record["epoch"], "train_loss": running / running_n}
                     running, running_n = 0.0, 0
                     stop = self._evaluate_and_save(record, state, optimizer, scheduler, reporter)
-                    model.train()
+                    tokens, t0 = 0, time.perf_counter()   # tokens_per_s: a rate of training, not of evaluation
                     if stop or done:
                         return
             epoch += 1
@@ -358,8 +357,7 @@ class Trainer:
                 state.bad_evals += 1
         elif self.eval_sets:
             logger.warning("the eval metrics have no %r; no best checkpoint is kept (set metric_for_best)", key)
-        patience = self.args.early_stopping_patience
-        stop = patience is not None and state.bad_evals >= patience
+        stop = (patience := self.args.early_stopping_patience) is not None and state.bad_evals >= patience
         # every rank's RNG states (a collective: each rank draws its own dropout and masks); rank 0 writes
         if self.args.save_checkpoints and (rngs := _rank_rng_states(self)) is not None:
             self._save(state, optimizer, scheduler, improved, final=stop or state.step >= self._total, rngs=rngs)
@@ -368,6 +366,7 @@ class Trainer:
         if stop:
             logger.warning("early stopping: %s did not improve for %d evaluations (best %s at step %s)",
                            key, patience, state.best, state.best_step)
+        self.model.train()
         return stop
 
     def _save(self, state: TrainState, optimizer, scheduler, improved: bool, final: bool, rngs: list) -> None:
@@ -388,12 +387,12 @@ class Trainer:
 
     def evaluate(self, eval=None) -> dict:
         """Metrics of each eval head plus its `loss` (the mean per unit, see
-        `TaskModel.evaluate`). With several heads the keys are "<head>/<metric>"."""
+        `TaskModel.evaluate`). For a model of several heads the keys are "<head>/<metric>"."""
         _check_trainer_inputs(self.model, self.tokenizer, None, {"eval": eval})
         sets = self._datasets(eval, "eval") if eval is not None else self.eval_sets
         if not sets:
             raise ValueError("evaluate() needs eval= data (in the Trainer or as an argument)")
-        several = sum(len(d.heads) for d in sets) > 1
+        several = len(self.model.heads) > 1   # a run of several heads names each, even one evaluated alone
         self.model.to(self.device)
         results = {}
         for data in sets:
@@ -670,11 +669,11 @@ def _check_metric_for_best(trainer: Trainer) -> None:
 
 def best_metric(model: TaskModel, eval_sets: list[Encoded], metric_for_best: str | None) -> tuple[str, bool]:
     """(metric key, greater is better) that picks best/: `metric_for_best`, else the first
-    eval head's main metric ("<head>/<metric>" when several heads are evaluated)."""
+    eval head's main metric ("<head>/<metric>" for a model of several heads)."""
     if not eval_sets:
         return metric_for_best or "loss", False
     first = model.heads[eval_sets[0].heads[0]]
-    several = sum(len(d.heads) for d in eval_sets) > 1
+    several = len(model.heads) > 1
     key = metric_for_best or (f"{eval_sets[0].heads[0]}/" if several else "") + first.main_metric
     name, _, metric = key.rpartition("/")
     head = model.heads[name] if name in model.heads else first

@@ -263,6 +263,39 @@ def test_multitask_predict_evaluate_and_best_follow_the_head_named(tmp_path, tok
                for r in caplog.records)
 
 
+def test_one_head_evaluated_in_a_multitask_run_keeps_its_name(tmp_path, tok):
+    """With x and y trained and y alone evaluated, the keys were bare ("accuracy", and a
+    "loss" beside train_loss), and metric_for_best="y/accuracy" was refused."""
+    model = toy.model(tok, heads=("x", "y"))
+    trainer = Trainer(model, tokenizer=tok, train={"x": toy.examples(8), "y": toy.examples(8, seed=3)},
+                      eval={"y": toy.examples(6)}, args=args(tmp_path, epochs=1, metric_for_best="y/accuracy"))
+    history = trainer.fit()
+    assert {"y/accuracy", "y/loss"} <= set(history[-1]) and "loss" not in history[-1] and "accuracy" not in history[-1]
+    assert set(trainer.evaluate({"y": toy.examples(4)})) == {"y/accuracy", "y/loss"}
+
+
+def test_tokens_per_second_leaves_out_evaluation_time(tmp_path, tok, monkeypatch):
+    """The rate's clock ran on through every evaluation and checkpoint: after the first
+    one the logged tokens_per_s fell 27x on a toy run."""
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 0.001
+        return clock[0]
+    monkeypatch.setattr(training.time, "perf_counter", tick)
+    real = Trainer.evaluate
+
+    def slow_evaluate(self, *a, **kw):
+        clock[0] += 1000.0                        # an evaluation that takes a long time
+        return real(self, *a, **kw)
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    Trainer(toy.model(tok), tokenizer=tok, train=toy.examples(32), eval=toy.examples(4),
+            args=args(tmp_path, epochs=1, batch_size=4, eval_every=2, logging_steps=1)).fit()
+    rates = [r["tokens_per_s"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+             if "tokens_per_s" in r]
+    assert len(rates) == 8 and min(rates[2:]) > 0.5 * rates[0], rates
+
+
 def test_multitask_sampling_and_weights(tmp_path, tok):
     model = toy.model(tok, heads=("x", "y"))
     data = {"x": toy.examples(40), "y": toy.examples(16, seed=3)}
