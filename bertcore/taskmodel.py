@@ -433,8 +433,11 @@ class TaskModel(nn.Module):
         elif isinstance(info.get("encoder"), dict):
             encoder = _referenced_encoder(info["encoder"], directory / MODEL_FILE)
         else:
-            raise FileNotFoundError(f"{directory} has no encoder/ folder; pass a folder written by "
-                                    "TaskModel.save_pretrained")
+            # a checkpoint (best/, last/) holds its model in model/, a run folder in its checkpoints
+            inside = next((f for f in (directory / "model", directory / "best" / "model", directory / "last" / "model")
+                           if (f / MODEL_FILE).is_file()), None)
+            raise FileNotFoundError(f"{directory} has no encoder/ folder; pass a folder written by TaskModel."
+                                    f"save_pretrained{f', here {inside}' if inside else ''}")
         tokenizer = None
         if (directory / "tokenizer").is_dir():
             from .tokenizer import Tokenizer

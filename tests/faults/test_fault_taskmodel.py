@@ -223,3 +223,15 @@ def test_predict_and_evaluate_refuse_several_heads(cfg, tok):
     with pytest.raises(TypeError, match=r"evaluate runs one head; got head=\('sent',\)"):
         model.evaluate([{"text": "good film", "label": "pos"}], head=("sent",))
     assert model.predict("good film", head="sent")["label"] in ("neg", "pos")
+
+
+def test_a_checkpoint_or_run_folder_names_the_model_inside_it(tmp_path, cfg, tok):
+    """`predict --model runs/x/best` said only "has no encoder/ folder"; best/model loads."""
+    model = make(cfg, tok, labels=["neg", "pos"])
+    bertcore.Trainer(model, tokenizer=tok, train=[{"text": "good film", "label": "pos"}] * 4,
+                     eval=[{"text": "bad film", "label": "neg"}] * 2,
+                     args=bertcore.TrainingArgs(str(tmp_path / "run"), epochs=1, batch_size=2, progress=False)).fit()
+    for folder, inside in (("run/best", "run/best/model"), ("run", "run/best/model")):
+        with pytest.raises(FileNotFoundError, match=f"has no encoder/ folder; .*, here {tmp_path / inside}$"):
+            bertcore.TaskModel.from_pretrained(tmp_path / folder)
+    assert bertcore.TaskModel.from_pretrained(tmp_path / "run/best/model").predict("good film")["label"]
