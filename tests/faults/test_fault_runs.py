@@ -75,11 +75,15 @@ def classifier(checkpoint, seed=0):
 
 def test_a_stale_best_is_never_loaded_as_this_runs(tmp_path, checkpoint, train_file):
     """A run that keeps no checkpoints writes nothing an earlier run holds, so it is not
-    refused; it must not take the earlier run's best/ for its own at the end."""
-    def trained(out, seed, **kw):
+    refused; it must not take the earlier run's best/ for its own at the end (and it cannot
+    ask to: load_best_at_end needs the run's own checkpoints)."""
+    with pytest.raises(ValueError, match="load_best_at_end=True needs save_checkpoints=True"):
+        TrainingArgs(str(tmp_path / "x"), load_best_at_end=True, save_checkpoints=False)
+
+    def trained(out, seed, save_checkpoints=True):
         model, tok = classifier(checkpoint, seed)
         args = TrainingArgs(str(out), max_steps=4, eval_every=2, batch_size=8, seed=seed, progress=False,
-                            load_best_at_end=True, learning_rate=1e-2, **kw)
+                            load_best_at_end=save_checkpoints, learning_rate=1e-2, save_checkpoints=save_checkpoints)
         Trainer(model, tokenizer=tok, train=str(train_file), eval=str(train_file), args=args).fit()
         return model.state_dict()
 
