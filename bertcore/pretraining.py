@@ -21,7 +21,7 @@ from .model import BertEncoder
 from .plugins import create_head
 from .runfolder import CHECKPOINT_FOLDERS, FINAL_MODEL_DIR, MODEL_DIR, RunLock, check_new_run, find_checkpoint
 from .taskmodel import HEAD_CONFIG, TaskModel, load_head
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, tokenizer_file
 from .training import Trainer, TrainingArgs, init_distributed
 
 __all__ = ["pretrain", "local_attention_init", "mask_tokens", "make_nsp_pairs", "read_corpus", "IGNORE_INDEX"]
@@ -232,7 +232,7 @@ def checkpoint_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     only with the encoder's `vocab_size`, when given: a tokenizer/ of another model may lie there."""
     folder, other = Path(path), ""
     for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
-        if candidate.is_dir() and any((candidate / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+        if candidate.is_dir() and tokenizer_file(candidate):
             tok = Tokenizer.from_pretrained(candidate)
             if candidate == folder or vocab_size is None or tok.vocab_size == vocab_size:
                 if candidate != folder:

@@ -130,15 +130,15 @@ class Tokenizer:
         if not path.exists() and str(path).count("/") == 1:  # "org/name": the local Hugging Face cache
             from .checkpoint import resolve_pretrained
             path = resolve_pretrained(str(path))
-        if path.is_dir() and _tokenizer_file(path) is None and _tokenizer_file(path / "tokenizer"):
+        if path.is_dir() and tokenizer_file(path) is None and tokenizer_file(path / "tokenizer"):
             path = path / "tokenizer"   # a saved TaskModel's folder: its own tokenizer, as transformers' model dirs
         if path.is_dir():
             folder = path
-            file = _tokenizer_file(path)
+            file = tokenizer_file(path)
             if file is None:
                 beside = path.parent / "tokenizer"
                 hint = (f"; the model's tokenizer is saved beside this encoder: {beside}"
-                        if (path.parent / "taskmodel.json").is_file() and _tokenizer_file(beside) else "")
+                        if (path.parent / "taskmodel.json").is_file() and tokenizer_file(beside) else "")
                 raise FileNotFoundError(f"{path} holds neither tokenizer.json nor vocab.txt; expected a "
                                         "BERT tokenizer folder (tokenizer.json, or vocab.txt with one "
                                         f"WordPiece token per line){hint}")
@@ -416,7 +416,7 @@ class Tokenizer:
 
 # ---------------------------------------------------------------------- helpers
 
-def _tokenizer_file(folder: Path) -> Path | None:
+def tokenizer_file(folder: Path) -> Path | None:
     """The folder's tokenizer.json, else its vocab.txt, else None (tokenizer.json wins)."""
     return next((folder / n for n in ("tokenizer.json", "vocab.txt") if (folder / n).is_file()), None)
 

@@ -150,27 +150,36 @@ def init_distributed(device: str | None = None) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _check_trainer_inputs(model, tokenizer, args: TrainingArgs | None, sources: dict) -> None:
-    """The model, the argument order, and every head name the run is given (`sources`:
-    {"train": data, "eval": data}): a name that is no head was ignored (loss_weights) or
-    read as one data source ("pass head=NAME")."""
+def _check_trainer_inputs(model, tokenizer, args: TrainingArgs | None) -> None:
     if not isinstance(model, TaskModel):
         raise TypeError(f"the Trainer trains a bertcore.TaskModel, got a {type(model).__name__}")
     if isinstance(tokenizer, TrainingArgs):   # Trainer(model, args): transformers' order
         raise TypeError("the Trainer's second argument is the tokenizer; pass the TrainingArgs as args=")
+    if args is not None:   # a weight for a name that is no head was ignored
+        _check_head_names(model, "loss_weights", args.loss_weights)
+
+
+def _check_head_names(model: TaskModel, what: str, names) -> None:
+    """Refuse names in `what` (a dict keyed by head) that are no head of `model`."""
     heads = list(model.heads)
-    for split, data in sources.items():
-        if isinstance(data, dict) and not data:
-            raise ValueError(f"{split}= is an empty dict; give {{head: data}} for heads of {', '.join(heads)}, "
-                             "or one source of examples")
-    named = {"loss_weights": list(args.loss_weights) if args else []}
-    named.update({f"{split}=": list(data) for split, data in sources.items() if isinstance(data, dict) and data})
-    for what, names in named.items():
-        unknown = [n for n in names if n not in heads]
-        if unknown:
-            which = "which is" if len(unknown) == 1 else "which are"
-            raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, {which} no head of this model (its "
-                             f"heads: {', '.join(heads)}); a dict here is keyed by head")
+    unknown = [n for n in names if n not in heads]
+    if unknown:
+        which = "which is" if len(unknown) == 1 else "which are"
+        raise ValueError(f"{what} names {', '.join(map(repr, unknown))}, {which} no head of this model (its "
+                         f"heads: {', '.join(heads)}); a dict here is keyed by head")
+
+
+def _sources(model: TaskModel, data, split: str, head) -> list[tuple[tuple[str, ...], object]]:
+    """[(head names, data source)]: one per head of a {head: source} dict, else `data` for
+    `head` (or the model's only head). A dict keyed by a name that is no head, or an empty
+    one, is refused naming it: it was read as one source ("pass head=NAME")."""
+    if not isinstance(data, dict):
+        return [(model.head_names(head), data)]
+    if not data:
+        raise ValueError(f"{split}= is an empty dict; give {{head: data}} for heads of {', '.join(model.heads)}, "
+                         "or one source of examples")
+    _check_head_names(model, f"{split}=", data)
+    return [((name,), source) for name, source in data.items()]
 
 
 class Trainer:
@@ -189,7 +198,7 @@ class Trainer:
 
     def __init__(self, model: TaskModel, tokenizer=None, train=None, eval=None,
                  args: TrainingArgs | None = None, head=None):
-        _check_trainer_inputs(model, tokenizer, args, {"train": train, "eval": eval})
+        _check_trainer_inputs(model, tokenizer, args)
         self.model, self.head = model, head
         self.tokenizer = tokenizer if tokenizer is not None else model.tokenizer
         self.args = args or TrainingArgs(output_dir="runs/bertcore")
@@ -206,10 +215,7 @@ class Trainer:
 
     def _datasets(self, data, split: str) -> list[Encoded]:
         """Load, check and encode `data` (one source, or {head: source}) for its heads."""
-        if isinstance(data, dict) and data and set(data) <= set(self.model.heads):
-            groups = [((name,), source) for name, source in data.items()]
-        else:
-            groups = [(self.model.head_names(self.head), data)]
+        groups = _sources(self.model, data, split, self.head)
         sets = []
         for names, source in groups:
             examples = load_examples(source)
@@ -388,7 +394,6 @@ class Trainer:
     def evaluate(self, eval=None) -> dict:
         """Metrics of each eval head plus its `loss` (the mean per unit, see
         `TaskModel.evaluate`). For a model of several heads the keys are "<head>/<metric>"."""
-        _check_trainer_inputs(self.model, self.tokenizer, None, {"eval": eval})
         sets = self._datasets(eval, "eval") if eval is not None else self.eval_sets
         if not sets:
             raise ValueError("evaluate() needs eval= data (in the Trainer or as an argument)")
