@@ -75,6 +75,42 @@ def test_each_encoder_keeps_the_rate_that_scores_best_on_validation():
     assert row["lift"]["values"] == pytest.approx([0.05, 0.13])
 
 
+def test_the_first_seed_chooses_the_rate_the_other_seeds_run_at(tmp_path, monkeypatch):
+    """Of several rates, the first seed tries each (scored on validation) and the others run
+    only at the rate it chose for their size and encoder, unscored: 16 NER runs here where
+    every seed at every rate made 24, and the same rows as the three seeds' means choose."""
+    import bertcore.demo as demo
+    tok = Tokenizer.from_pretrained(_vocab(tmp_path))
+    size = DemoSize(sizes=(2, 4), seeds=3, sentiment_rates=(3e-3,), ner_rates=(2e-3, 4e-3))
+    pool = [{"text": str(i), "label": "pos"} for i in range(10)]
+    jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
+        BertEncoder(_tiny_config(tok)), tok, {"sentiment": (pool, pool[-3:], pool[-5:-3]),
+                                              "ner": (pool, pool[-2:], pool[-4:-2])}, local_attention=None)
+    best = {(2, "pretrained"): 2e-3, (2, "random"): 4e-3, (4, "pretrained"): 4e-3, (4, "random"): 2e-3}
+    ran = []
+
+    def finetune(job):   # validation (and test) prefer `best`; each seed a little apart
+        ran.append(job)
+        score = 0.5 if job.learning_rate == best[job.size, job.init] else 0.3
+        return score + job.seed / 100, None if job.validation is None else score, 0.0
+
+    monkeypatch.setattr(demo, "finetune", finetune)
+    run = Demo(size, tmp_path, seed=7, progress=False, workers=1)
+    run.run_finetuning(jobs)
+    ner = [job for job in ran if job.task == "ner"]
+    assert len(ner) == 16 and len([job for job in ran if job.task == "sentiment"]) == 12
+    assert {(j.size, j.init, j.learning_rate) for j in ner if j.seed == 0} == \
+           {(n, init, rate) for n in (2, 4) for init in ("pretrained", "random") for rate in (2e-3, 4e-3)}
+    assert all(j.validation is not None for j in ner if j.seed == 0)
+    assert all(j.learning_rate == best[j.size, j.init] and j.validation is None for j in ner if j.seed > 0)
+    assert all(j.validation is None for j in ran if j.task == "sentiment")
+    summary = summarize(best_rate_runs(run.results["ner"]["runs"]), "f1")
+    for n in (2, 4):
+        for init in ("pretrained", "random"):
+            assert summary[n][init]["rate"] == best[n, init]
+            assert summary[n][init]["values"] == pytest.approx([0.5, 0.51, 0.52])
+
+
 def test_summary_pairs_each_seed_with_its_twin():
     runs = [{"size": 100, "seed": s, "init": i, "steps": 30, "f1": v}
             for s, (p, r) in enumerate([(0.5, 0.1), (0.7, 0.2)]) for i, v in (("pretrained", p), ("random", r))]
