@@ -420,6 +420,8 @@ class TaskModel(nn.Module):
         """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed.
         `dtype` (a torch dtype, its name, or "auto": the encoder's saved `torch_dtype`) and
         `device` place the whole model, heads included, as transformers' `from_pretrained`."""
+        if dtype != "auto":   # a wrong dtype is said before a large model is read, not after
+            dtype = _floating_dtype(resolve_dtype(dtype, None))
         directory = Path(directory)
         recover_folder(directory)  # a save killed between its two renames
         if not directory.is_dir():
@@ -457,11 +459,7 @@ class TaskModel(nn.Module):
             model.add_head(str(name), load_head(directory / "heads" / str(name), encoder.config),
                            load_pretrained=False)
         model.eval()
-        dtype = resolve_dtype(dtype, encoder.config)
-        if dtype is not None and not dtype.is_floating_point:
-            raise ValueError(f"dtype={dtype}: a model's weights take a floating-point dtype (torch.bfloat16, "
-                             "torch.float16, torch.float32)")
-        return model.to(device=device, dtype=dtype)
+        return model.to(device=device, dtype=_floating_dtype(resolve_dtype(dtype, encoder.config)))
 
     def save_head(self, directory: str | os.PathLike, name: str | None = None) -> Path:
         """Save one head alone (head.json + head.safetensors, a few KB to MB), to share it
@@ -534,6 +532,13 @@ def _saved_name(file: Path) -> str | None:
         raise CheckpointError(f"{file}: name {name!r} is not a head name (letters, digits, '_', '-' or '.'); "
                               "fix it there, or pass load_head(path, name=...)")
     return name
+
+
+def _floating_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype}: a model's weights take a floating-point dtype (torch.bfloat16, "
+                         "torch.float16, torch.float32)")
+    return dtype
 
 
 def _read_json(file: Path, schema: dict[str, type]) -> dict:

@@ -80,6 +80,9 @@ def test_a_saved_model_loads_in_the_dtype_asked_for(tmp_path, cfg, tok):
         bertcore.TaskModel.from_pretrained(tmp_path / "m", dtype="float8")
     with pytest.raises(ValueError, match="a model's weights take a floating-point dtype"):
         bertcore.TaskModel.from_pretrained(tmp_path / "m", dtype=torch.int8)
+    # said before anything is read (a large model took its whole load to say it)
+    with pytest.raises(ValueError, match="dtype='float8' is not a torch dtype"):
+        bertcore.TaskModel.from_pretrained(tmp_path / "no-such-model", dtype="float8")   # was: FileNotFoundError
 
 
 def test_a_lean_save_into_the_folder_holding_the_encoder_weights_is_refused(tmp_path, cfg, tok):
