@@ -169,6 +169,14 @@ def _check_head_names(model: TaskModel, what: str, names) -> None:
                          f"heads: {', '.join(heads)}); a dict here is keyed by head")
 
 
+def _check_some_loss(train_sets: list[Encoded], loss_weights: dict) -> None:
+    """Refuse loss_weights that weigh every trained head by 0: such a run only decays weights."""
+    trained = list(dict.fromkeys(name for data in train_sets for name in data.heads))
+    if trained and all(loss_weights.get(name, 1.0) == 0 for name in trained):
+        raise ValueError(f"loss_weights gives every trained head ({', '.join(trained)}) weight 0, so nothing would "
+                         "learn; raise one above 0, or leave it out (1.0)")
+
+
 def _sources(model: TaskModel, data, split: str, head) -> list[tuple[tuple[str, ...], object]]:
     """[(head names, data source)]: one per head of a {head: source} dict, else `data` for
     `head` (or the model's only head). A dict keyed by a name that is no head, or an empty
@@ -207,6 +215,7 @@ class Trainer:
         self.distributed = init_distributed(self.args.device)
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if self.distributed else (0, 1)
         self.train_sets = self._datasets(train, "train") if train is not None else []
+        _check_some_loss(self.train_sets, self.args.loss_weights)
         self.eval_sets = self._datasets(eval, "eval") if eval is not None else []
         self.history: list[dict] = []
         self.state = TrainState()      # where the last fit() got to (best_step: what best/ holds)

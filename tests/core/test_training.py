@@ -236,6 +236,10 @@ def test_names_that_are_no_head_are_refused(tmp_path, tok):
         Trainer(model, tokenizer=tok, train=data, eval={"x": toy.examples(4), "dev": [], "tst": []},
                 args=args(tmp_path))
     Trainer(model, tokenizer=tok, train={"x": toy.examples(8)}, args=args(tmp_path, loss_weights={"y": 0.0}))
+    # every trained head weighed by 0: the run would only decay the weights (was: trained silently)
+    with pytest.raises(ValueError, match=r"^loss_weights gives every trained head \(x, y\) weight 0, so nothing"):
+        Trainer(model, tokenizer=tok, train=data, args=args(tmp_path, loss_weights={"x": 0.0, "y": 0}))
+    Trainer(model, tokenizer=tok, train=data, args=args(tmp_path, loss_weights={"x": 0.0}))   # y still learns
     # several sources in memory: which one "example 2" is in
     bad = {"x": toy.examples(4), "y": [toy.examples(1)[0], {"tokens": ["good"], "tags": ["O"]}]}
     with pytest.raises(bertcore.data.DataError, match=r"^train\['y'\] example 2: has no 'text'"):
