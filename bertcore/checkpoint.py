@@ -291,6 +291,8 @@ def file_sha256(file: Path) -> str:
 
 def save_encoder(model, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(directory)
+    # weights first: a write that fails (a full disk) leaves an older save's config beside its own
+    # weights, not the new config beside old weights of the same shapes, which loaded silently
     save_tensors(model.state_dict(), directory / WEIGHTS_NAME)
+    model.config.save_pretrained(directory)
     return directory

@@ -2,6 +2,7 @@
 to fail halfway), a failed fsync or rename, a save caught between its renames. What is
 left on disk is the old file (folder) or the new one, the error names what the user
 asked for and the fix, and what a checkpoint follows is on disk before it."""
+import dataclasses
 import errno
 import os
 import sys
@@ -184,3 +185,25 @@ def test_a_tokenizer_save_cut_short_in_pretraining_keeps_the_old_vocabulary(tmp_
         pretraining._train_tokenizer(other, 60, True, folder)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer"]
+
+
+def test_an_encoder_save_cut_short_keeps_the_older_save_whole(tmp_path, monkeypatch):
+    """BertEncoder.save_pretrained wrote config.json before the weights: a full disk left
+    the new config beside the older save's weights, and an encoder of the same shapes
+    loaded from them without a word (here the older weights under the new activation)."""
+    from bertcore import checkpoint
+    cfg = bertcore.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              intermediate_size=32, max_position_embeddings=16)
+    old = bertcore.BertEncoder(cfg)
+    old.save_pretrained(tmp_path / "enc")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_tensors", full_disk)
+    with pytest.raises(OSError):
+        bertcore.BertEncoder(dataclasses.replace(cfg, hidden_act="relu")).save_pretrained(
+            tmp_path / "enc")
+    loaded = bertcore.BertEncoder.from_pretrained(tmp_path / "enc")
+    assert loaded.config.hidden_act == "gelu"                            # was: relu, beside the gelu save's weights
+    assert same(loaded.state_dict(), old.state_dict())
