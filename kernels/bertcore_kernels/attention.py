@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .attention_bwd import _attention_bwd_det_kernel, _attention_bwd_kernel, _attention_bwd_preprocess_kernel
-from .attention_philox import (_dropout_keep, _keep_bits, _mask_words, _read_keep, _rng_rows, _rng_threshold,
-                               _save_keep, drawn_dropout_p)
+from .attention_philox import (MAX_GRID_BATCH, _dropout_keep, _keep_bits, _mask_words, _read_keep, _rng_rows,
+                               _rng_threshold, _save_keep, drawn_dropout_p)
 from .attention_torch import attention_runs, equal_length_runs
 from .dispatch import interpret_mode, patched, resolve, tl, triton
 from .ops import device_seed
@@ -368,6 +368,12 @@ def _mask_source(dtype, head_dim, max_seqlen, dropout_p, total) -> str:
     return launch_config(dtype, head_dim, "fwd", max_seqlen).dropout_mask
 
 
+def _batch_slices(order: torch.Tensor) -> list[torch.Tensor]:
+    """`order` in launchable slices (`MAX_GRID_BATCH`). A program reads its sequence's index
+    from its slice, so every slice addresses the whole batch's tensors as one launch does."""
+    return [order[i:i + MAX_GRID_BATCH] for i in range(0, order.numel(), MAX_GRID_BATCH)]
+
+
 def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, seed):
     """Runs the forward kernel; `seed` a (1,) int64 device tensor (None without dropout).
     Returns (out (T, H, D), lse (T, H) fp32, base 2, keep_bits): keep_bits the
@@ -375,7 +381,6 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
     launch config saves or prebuilds it, else an empty (0,) tensor (the backward
     redraws it)."""
     total, nheads, head_dim = q.shape
-    batch = cu_seqlens.numel() - 1
     out = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
     lse = torch.empty((total, nheads), dtype=torch.float32, device=q.device)
     keep_bits = torch.empty((0,), dtype=torch.int32, device=q.device)
@@ -392,15 +397,16 @@ def _attention_fwd(q, k, v, cu_seqlens, order, max_seqlen, dropout_p, sm_scale, 
         keep_bits = _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed)
     elif source == "saved":
         keep_bits = torch.empty((total, nheads, words), dtype=torch.int32, device=q.device)
-    grid = (triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)
-    _attention_fwd_kernel[grid](
-        q, k, v, out, lse, cu_seqlens, order, seed if dropout else None, keep_bits if keep_bits.numel() else None,
-        sm_scale, drawn_dropout_p(dropout_p), _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, words,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
-        DROPOUT=dropout, MASK=source, DOT_PRECISION=_dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    for part in _batch_slices(order):
+        _attention_fwd_kernel[(triton.cdiv(max_seqlen, cfg.block_m), nheads, part.numel())](
+            q, k, v, out, lse, cu_seqlens, part, seed if dropout else None,
+            keep_bits if keep_bits.numel() else None,
+            sm_scale, drawn_dropout_p(dropout_p), _rng_threshold(dropout_p), max_seqlen, nheads, head_dim, words,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out.stride(0), out.stride(1),
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=_block_d(head_dim),
+            DROPOUT=dropout, MASK=source, DOT_PRECISION=_dot_precision(q.dtype),
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse, keep_bits
 
 
@@ -411,7 +417,6 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
     prebuilt mask, or empty (redraw it from `seed`). Returns (dq, dk, dv), each
     (T, H, D) contiguous."""
     total, nheads, head_dim = q.shape
-    batch = cu_seqlens.numel() - 1
     dk = torch.empty((total, nheads, head_dim), dtype=q.dtype, device=q.device)
     dv = torch.empty_like(dk)
     if total == 0 or max_seqlen == 0:
@@ -440,16 +445,18 @@ def _attention_bwd(do, q, k, v, out, lse, cu_seqlens, order, max_seqlen, dropout
     if deterministic:
         dq = torch.empty_like(dk)
         cfg = launch_config(q.dtype, head_dim, "bwd_det", max_seqlen)
-        _attention_bwd_det_kernel[(triton.cdiv(max_seqlen, cfg.block_m), nheads, batch)](
-            q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, order, seed, keep_bits,
-            sm_scale, *drop, max_seqlen, nheads, head_dim, mask_words, *strides,
-            BLOCK=cfg.block_m, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        for part in _batch_slices(order):
+            _attention_bwd_det_kernel[(triton.cdiv(max_seqlen, cfg.block_m), nheads, part.numel())](
+                q, k, v, do, lse, delta, dq, dk, dv, cu_seqlens, part, seed, keep_bits,
+                sm_scale, *drop, max_seqlen, nheads, head_dim, mask_words, *strides,
+                BLOCK=cfg.block_m, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         return dq, dk, dv
     cfg = launch_config(q.dtype, head_dim, "bwd", max_seqlen)
-    _attention_bwd_kernel[(triton.cdiv(max_seqlen, cfg.block_n), nheads, batch)](
-        q, k, v, do, lse, delta, dq_acc, dk, dv, cu_seqlens, order, seed, keep_bits,
-        sm_scale, *drop, max_seqlen, nheads, head_dim, mask_words, *strides,
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    for part in _batch_slices(order):
+        _attention_bwd_kernel[(triton.cdiv(max_seqlen, cfg.block_n), nheads, part.numel())](
+            q, k, v, do, lse, delta, dq_acc, dk, dv, cu_seqlens, part, seed, keep_bits,
+            sm_scale, *drop, max_seqlen, nheads, head_dim, mask_words, *strides,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return (dq_acc if q.dtype == torch.float32 else dq_acc.to(q.dtype)), dk, dv
 
 

@@ -158,12 +158,12 @@ def _halves_kept(r, threshold, shift):
             | (((r << 16) >= threshold).to(tl.int32) << (shift + 1)))
 
 
-@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "words"])
+@triton.jit(do_not_specialize=["rng_threshold", "max_seqlen", "words", "first_seq"])
 def _keep_bits_kernel(
     KEEP_BITS,   # (T, H, W) int32 out: bit j of word w = keep key 32 w + j (W = ceil(L / 32))
     CU_SEQLENS,  # (B + 1,) int32 start offset of each sequence in T
     SEED,        # (1,) int64 Philox seed
-    rng_threshold, max_seqlen, nheads, words,
+    rng_threshold, max_seqlen, nheads, words, first_seq,
     BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # Program (i, h, b): rows i * BLOCK_R .. of head h of sequence b, the words of
@@ -171,7 +171,7 @@ def _keep_bits_kernel(
     # long batch draws only its own scores). A word is 4 Philox calls of 8 decisions:
     # counters c0 = row * G + 4 w + c (c < 4), half k of word j deciding key
     # 32 w + 8 j + 2 c + k, exactly as `_dropout_keep` tiles them.
-    bid = tl.program_id(2)
+    bid = first_seq + tl.program_id(2)   # a launch covers at most MAX_GRID_BATCH sequences
     hid = tl.program_id(1)
     seq_start = tl.load(CU_SEQLENS + bid)
     seqlen = tl.load(CU_SEQLENS + bid + 1) - seq_start
@@ -199,6 +199,11 @@ def _keep_bits_kernel(
                  mask=(rows < seqlen)[:, None] & (ws < seq_words)[None, :])
 
 
+# CUDA launches at most 65535 programs along a grid's second and third dimensions, where the
+# attention kernels put the sequences: a batch of more is launched in slices of that many.
+MAX_GRID_BATCH = 65535
+
+
 def _mask_words(max_seqlen: int) -> int:
     """32-bit words per score row of a keep-bits array: (T, H, _mask_words(max_seqlen))."""
     # It follows the batch, as max_seqlen does, so the kernels that take it list it in
@@ -216,9 +221,11 @@ def _keep_bits(cu_seqlens, total, max_seqlen, nheads, dropout_p, seed):
     bits = torch.empty((total, nheads, words), dtype=torch.int32, device=cu_seqlens.device)
     if bits.numel():
         block_r, block_w = 32, 4  # one BLOCK_W for every batch: one compiled kernel
-        grid = (triton.cdiv(max_seqlen, block_r), nheads, cu_seqlens.numel() - 1)
-        _keep_bits_kernel[grid](bits, cu_seqlens, seed, _rng_threshold(dropout_p), max_seqlen, nheads, words,
-                                BLOCK_R=block_r, BLOCK_W=block_w)
+        batch = cu_seqlens.numel() - 1
+        for first in range(0, batch, MAX_GRID_BATCH):
+            grid = (triton.cdiv(max_seqlen, block_r), nheads, min(MAX_GRID_BATCH, batch - first))
+            _keep_bits_kernel[grid](bits, cu_seqlens, seed, _rng_threshold(dropout_p), max_seqlen, nheads, words,
+                                    first, BLOCK_R=block_r, BLOCK_W=block_w)
     return bits
 
 

@@ -16,6 +16,7 @@ from kernel_checks import DEVICE, assert_rule, cu_seqlens_of, record_launches, r
 
 attn_mod = importlib.import_module("bertcore_kernels.attention")  # the package rebinds .attention
 attn_bwd_mod = importlib.import_module("bertcore_kernels.attention_bwd")
+philox_mod = importlib.import_module("bertcore_kernels.attention_philox")
 HEADS = 2
 
 
@@ -247,6 +248,31 @@ def test_mask_as_bits_gives_the_redrawn_masks_results_bitwise(dtype, determinist
             torch.testing.assert_close(a, b, rtol=2e-3, atol=1e-4)  # two fp16 ulps
         else:
             assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("mask,deterministic", [("redraw", False), ("prebuilt", True), ("saved", False)])
+def test_batches_past_the_grid_limit_launch_in_slices(monkeypatch, mask, deterministic):
+    """CUDA launches at most 65535 programs along a grid's third dimension, where the
+    sequences are: a larger batch failed to launch. In slices (here of 2 sequences), the
+    outputs, gradients and dropout masks are those of one launch, to the bit."""
+    lengths, d, dtype = [0, 1, 17, 130, 40], 32, torch.float32
+    qkv, grad, cu, max_seqlen = inputs(lengths, d)
+    kw = dict(dropout_p=0.2, seed=31, deterministic=deterministic)
+    with K.override_launch_configs(K.dropout_mask_configs(mask, dtype, d)):
+        whole = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+        batches = []   # each launch's programs along the sequences' grid dimension
+        for kernel in (attn_mod._attention_fwd_kernel, attn_bwd_mod._attention_bwd_kernel,
+                       attn_bwd_mod._attention_bwd_det_kernel, _keep_bits_kernel):
+            def launch(*args, grid, kernel_run=kernel.run, **kwargs):
+                batches.append(grid[2])
+                return kernel_run(*args, grid=grid, **kwargs)
+            monkeypatch.setattr(kernel, "run", launch)
+        monkeypatch.setattr(attn_mod, "MAX_GRID_BATCH", 2)
+        monkeypatch.setattr(philox_mod, "MAX_GRID_BATCH", 2)
+        sliced = run(triton_attention, qkv, cu, max_seqlen, grad, dtype, **kw)
+    assert max(batches) == 2 and sum(batches) == len(lengths) * (3 if mask == "prebuilt" else 2)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), whole, sliced):
+        assert torch.equal(a, b), name
 
 
 def test_dropout_is_repeatable_by_seed():
