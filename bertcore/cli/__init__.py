@@ -17,7 +17,8 @@ from .. import __version__
 from . import bench, demo, export, plugins, predict, train
 
 TRAINING = ("finetune", "pretrain")   # the commands that write checkpoints to resume from
-COMMANDS = {**demo.COMMANDS, **train.COMMANDS, "predict": predict.COMMANDS["predict"], **plugins.COMMANDS,
+COMMANDS = {**demo.COMMANDS, **train.COMMANDS, "predict": predict.COMMANDS["predict"],
+            "evaluate": predict.COMMANDS["evaluate"], **plugins.COMMANDS,
             **bench.COMMANDS, **export.COMMANDS, "embed": predict.COMMANDS["embed"]}
 
 

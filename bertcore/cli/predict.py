@@ -1,4 +1,5 @@
-"""`bertcore predict` and `bertcore embed`: a model's outputs for texts, as JSON lines."""
+"""`bertcore predict`, `bertcore evaluate` and `bertcore embed`: a saved model's outputs for
+texts as JSON lines, its metrics on a labelled file, sentence embeddings."""
 import argparse
 import re
 import sys
@@ -154,6 +155,46 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def add_evaluate(sub):
+    p = sub.add_parser(
+        "evaluate", help="score a saved model's head on a labelled data file; prints its metrics as JSON",
+        description="Prints the head's metrics on labelled examples (accuracy and macro F1, entity F1, exact "
+                    "match and F1, ...) and the mean loss, as one JSON object: the numbers finetune reports for "
+                    "its --eval file, for a test set the run never saw.",
+        epilog="example: bertcore evaluate --model runs/sentiment/model --data test.jsonl")
+    p.add_argument("--model", required=True, help="folder written by TaskModel.save_pretrained (<output>/model)")
+    p.add_argument("--data", required=True, help="labelled data file (JSONL/CSV/TSV/CoNLL/SQuAD), as finetune reads")
+    p.add_argument("--head", help="head name (needed when the model has several)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the model's tokenizer/)")
+    p.add_argument("--max-length", type=positive_int, help="tokens per example, as the model was trained with "
+                   "(default: 128, as finetune's)")
+    p.add_argument("--output", type=output_file, help="also write the metrics to this JSON file (its folder must "
+                   "exist)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
+    p.add_argument("--encoding", help="encoding of --data (default UTF-8)")
+    p.set_defaults(default_max_length=128)
+    return p
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from ..data import load_examples
+    from ..files import write_text
+
+    examples = load_examples(args.data, encoding=args.encoding)   # a missing or bad file before the model loads
+    model = _load_model(args.model, args.tokenizer, args.device)
+    name = head_name(model, args.head)
+    check_max_length(args, model.encoder.config)
+    metrics = model.evaluate(examples, head=name, batch_size=args.batch_size, max_length=args.max_length)
+    text = json.dumps(_json_safe({"head": name, "examples": len(examples), **metrics}), ensure_ascii=False)
+    if args.output:
+        write_text(args.output, text + "\n")
+    print(text)
+    return 0
+
+
 def add_embed(sub):
     p = sub.add_parser(
         "embed", help="sentence embeddings of texts with the embedding head; prints one JSON line per text",
@@ -241,4 +282,5 @@ def cmd_embed(args) -> int:
     return 0
 
 
-COMMANDS = {"predict": (add_predict, cmd_predict), "embed": (add_embed, cmd_embed)}
+COMMANDS = {"predict": (add_predict, cmd_predict), "evaluate": (add_evaluate, cmd_evaluate),
+            "embed": (add_embed, cmd_embed)}

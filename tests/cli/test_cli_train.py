@@ -43,6 +43,19 @@ def test_finetune_then_predict(tmp_path, checkpoint, capsys):
         [p["label"] for p in model.predict([r["text"] for r in held], head="classification")]
     assert sum(json.loads(line)["label"] == r["label"] for line, r in zip(lines, held)) >= 6
 
+    # a test file the run never saw, scored from the command line as the saved model scores it in Python
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in reviews(40, seed=2)), encoding="utf-8")
+    rc = main(["evaluate", "--model", str(out / "model"), "--data", str(test), "--output", str(tmp_path / "m.json")])
+    printed = capsys.readouterr().out
+    assert rc == 0 and json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == json.loads(printed)
+    scores = json.loads(printed)
+    want = model.evaluate(bertcore.data.load_examples(test), head="classification", max_length=128)
+    assert scores == {"head": "classification", "examples": 40, **want} and scores["accuracy"] >= 0.75
+    test.write_text('{"text": "good film", "label": "pos"}\n{"text": "so so", "label": "meh"}\n', encoding="utf-8")
+    assert main(["evaluate", "--model", str(out / "model"), "--data", str(test)]) == 2
+    assert "test.jsonl:2: label 'meh'" in capsys.readouterr().err
+
 
 def test_finetune_bad_data_names_file_and_line(tmp_path, checkpoint, capsys):
     bad = tmp_path / "bad.jsonl"
@@ -76,7 +89,7 @@ def test_pretrain_cli(tmp_path, capsys):
 
 
 def test_help_is_there(capsys):
-    for command in ("finetune", "pretrain", "predict", "demo"):
+    for command in ("finetune", "pretrain", "predict", "evaluate", "demo"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "usage: bertcore " + command in capsys.readouterr().out
