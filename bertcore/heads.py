@@ -167,7 +167,7 @@ class Head(nn.Module):
         A feature holds `input_ids`, `token_type_ids` (lists) and the head's label keys,
         which are absent when the example has no label (prediction). A pure function of
         its arguments and the head's options: it never changes the head."""
-        raise NotImplementedError
+        raise not_implemented(self, "encode")
 
     def collate_labels(self, features: list[dict], batch: dict) -> dict:
         """The head's label tensors for a batch whose tokens the core has packed into
@@ -199,12 +199,12 @@ class Head(nn.Module):
         (`bertcore.export.ServingModel`) passes (B·L, H) token rows, every sequence L long
         with zeros at padding, and `batch["attention_mask"]` (B, L): heads that pool over
         tokens must use it."""
-        raise NotImplementedError
+        raise not_implemented(self, "forward")
 
     def loss(self, logits, batch: dict) -> torch.Tensor:
         """override: scalar training loss from logits and the batch's labels: a mean over
         `loss_count(batch)` units."""
-        raise NotImplementedError
+        raise not_implemented(self, "loss")
 
     def loss_count(self, batch: dict) -> int:
         """override: how many units `loss` averages over in this batch: its sequences, or
@@ -262,12 +262,18 @@ class Head(nn.Module):
     def decode(self, example: dict, features: list[dict], outputs: list) -> Any:
         """override: one example's per-feature outputs → what a user wants (a label with
         its score, an answer with its character span, entities, ...)."""
-        raise NotImplementedError
+        raise not_implemented(self, "decode")
 
     def metrics(self, predictions: list, examples: list[dict]) -> dict[str, float]:
         """override: task metrics of decoded predictions against the examples' labels;
         includes `main_metric` (unless that is "loss")."""
         return {}
+
+
+def not_implemented(head: "Head", method: str) -> NotImplementedError:
+    """A head type that leaves one of `Head`'s methods to override unwritten: which, and where."""
+    return NotImplementedError(f"head type {head.name!r} ({type(head).__module__}.{type(head).__qualname__}) does "
+                               f"not implement {method}(), which every head overrides; see bertcore.heads.Head")
 
 
 def copy_pretrained_weights(head: nn.Module, cls_weights: dict, prefix: str, names: dict[str, list[str]]) -> bool:

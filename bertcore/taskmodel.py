@@ -36,7 +36,7 @@ from .buckets import SEQLEN_BUCKETS, Buckets, pad_batch, real_batch, unpad_outpu
 from .checkpoint import CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict, resolve_dtype
 from .data import where
 from .files import file_above, folder_swap, recover_folder, save_tensors, write_json
-from .heads import Head, HeadInfo, pack_features
+from .heads import Head, HeadInfo, not_implemented, pack_features
 from .model import BertEncoder
 
 logger = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ class TaskModel(nn.Module):
                              f"(load_head(path, name=...) for a saved one), or remove the old one first "
                              f"(del model.heads[{name!r}])")
         _check_hidden(head.config.hidden_size, self.encoder.config.hidden_size, f"head {name!r}")
+        _check_head_config(name, head)
         head.attach(self.encoder)
         if load_pretrained and self.encoder.pretrained_head_weights:
             head.load_pretrained_weights(self.encoder.pretrained_head_weights)
@@ -168,20 +169,24 @@ class TaskModel(nn.Module):
         max_length = min(max_length or 512, self.encoder.config.max_position_embeddings)
         features, owner = [], []
         for i in range(len(examples)):
-            try:
-                per_head = [self.heads[n].encode(examples[i], tok, max_length) for n in names]
-            except KeyError as err:  # an input without a key the head reads (predict skips check_example)
-                if not isinstance(examples[i], dict) or err.args[0] in examples[i]:
-                    raise
-                raise ValueError(f"example {i + 1} has no {err.args[0]!r} (it has "
-                                 f"{', '.join(map(str, examples[i])) or 'nothing'}); the {' and '.join(names)} "
-                                 "head reads it") from None
-            except TypeError as err:  # a field of the wrong type (a JSON null for a text)
-                if not isinstance(examples[i], dict):
-                    raise
-                raise ValueError(f"example {i + 1} cannot be read: {err}") from None
-            except ValueError as err:  # a head's own check (an answer that makes no token): which example
-                raise ValueError(f"example {i + 1}: {err}") from None
+            per_head = []
+            for name in names:
+                try:
+                    per_head.append(self.heads[name].encode(examples[i], tok, max_length))
+                except KeyError as err:  # an input without a key the head reads (predict skips check_example)
+                    if not isinstance(examples[i], dict) or err.args[0] in examples[i]:
+                        raise
+                    raise ValueError(f"example {i + 1} has no {err.args[0]!r} (it has "
+                                     f"{', '.join(map(str, examples[i])) or 'nothing'}); the {' and '.join(names)} "
+                                     "head reads it") from None
+                except TypeError as err:  # a field of the wrong type (a JSON null for a text), or the plugin's slip
+                    if not isinstance(examples[i], dict):
+                        raise
+                    raise ValueError(f"example {i + 1} cannot be read by the {name} head's encode(): {err} (a field "
+                                     "of the wrong type, or a bug in the head's plugin)") from None
+                except ValueError as err:  # a head's own check (an answer that makes no token): which example
+                    raise ValueError(f"example {i + 1}: {err}") from None
+                _check_features(per_head[-1], name, i)
             merged = per_head[0]
             for other in per_head[1:]:
                 if len(other) != len(merged):
@@ -258,11 +263,20 @@ class TaskModel(nn.Module):
         batch carries. Separate from `forward` so a DDP wrapper can run the forward."""
         batch = to_device(batch, self.device)
         weights = weights or {}
-        losses = [weights.get(n, 1.0) * self.heads[n].loss(out, batch)
+        losses = [weights.get(n, 1.0) * self.head_loss(n, out, batch)
                   for n, out in logits.items() if self.heads[n].has_labels(batch)]
         if not losses:
             raise ValueError(f"the batch carries no labels for heads {list(logits)}")
         return sum(losses)
+
+    def head_loss(self, name: str, logits, batch: dict) -> torch.Tensor:
+        """The named head's `loss`, checked to be what the Trainer can step on: a scalar tensor."""
+        loss = self.heads[name].loss(logits, batch)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            got = f"shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}"
+            raise TypeError(f"head {name!r} ({self.heads[name].name}): loss() returned {got}; it must return a "
+                            "scalar tensor, the mean over loss_count(batch) units (e.g. F.cross_entropy's default)")
+        return loss
 
     def loss(self, batch: dict, head: str | list[str] | None = None, weights: dict | None = None) -> torch.Tensor:
         """Weighted sum of the named heads' losses on one batch (one encoder pass)."""
@@ -290,7 +304,7 @@ class TaskModel(nn.Module):
                     if with_loss and head.has_labels(batch):
                         count = head.loss_count(batch)
                         if count:
-                            totals[name][0] += float(head.loss(logits[name], batch)) * count
+                            totals[name][0] += float(self.head_loss(name, logits[name], batch)) * count
                             totals[name][1] += count
                     outputs[name].extend(head.split(logits[name], batch))
         finally:
@@ -319,10 +333,9 @@ class TaskModel(nn.Module):
             grouped[i][0].append(feature)
             grouped[i][1].append(out)
         head = self.heads[name]
-        try:
-            return [head.decode(data.examples[i], fs, outs) for i, (fs, outs) in enumerate(grouped)]
-        except NotImplementedError:
+        if type(head).decode is Head.decode:   # no predictions (metrics then have none to score)
             return None
+        return [head.decode(data.examples[i], fs, outs) for i, (fs, outs) in enumerate(grouped)]
 
     def predict(self, inputs, head: str | None = None, batch_size: int = 32, max_length: int | None = None,
                 tokenizer=None):
@@ -339,6 +352,8 @@ class TaskModel(nn.Module):
         self.prepare(name, tokenizer)
         data = self.encode(examples, name, tokenizer, max_length)
         predictions = self.run(data, batch_size, with_loss=False)[name].predictions
+        if predictions is None:
+            raise not_implemented(self.heads[name], "decode")
         return predictions[0] if single else predictions
 
     def _examples(self, name: str, inputs: list) -> list[dict]:
@@ -532,6 +547,42 @@ def _saved_name(file: Path) -> str | None:
         raise CheckpointError(f"{file}: name {name!r} is not a head name (letters, digits, '_', '-' or '.'); "
                               "fix it there, or pass load_head(path, name=...)")
     return name
+
+
+def _check_features(features, head: str, index: int) -> None:
+    """What `Head.encode` returns: a list of feature dicts, each with flat `input_ids` and
+    `token_type_ids` of one length. A plugin's slip (the tokenizer's batch of one left
+    unindexed) failed far from it, in collation, naming neither the head nor encode()."""
+    fix = "encode() returns a list of feature dicts with flat lists 'input_ids' and 'token_type_ids' of one length"
+    if not isinstance(features, list) or not all(isinstance(f, dict) for f in features):
+        raise TypeError(f"head {head!r}: encode() returned {type(features).__name__} for example {index + 1}; {fix}")
+    for feature in features:
+        missing = [k for k in ("input_ids", "token_type_ids") if not isinstance(feature.get(k), (list, tuple))]
+        if missing:
+            raise TypeError(f"head {head!r}: a feature of example {index + 1} has no list {missing[0]!r} (it has "
+                            f"{', '.join(map(str, feature)) or 'nothing'}); {fix}")
+        ids, types = feature["input_ids"], feature["token_type_ids"]
+        if ids and isinstance(ids[0], (list, tuple)):
+            raise TypeError(f"head {head!r}: a feature's input_ids is a list of lists (example {index + 1}); "
+                            "take the tokenizer's first row, tokenizer(text)['input_ids'][0]")
+        if len(ids) != len(types):
+            raise ValueError(f"head {head!r}: a feature of example {index + 1} has {len(ids)} input_ids but "
+                             f"{len(types)} token_type_ids; {fix}")
+
+
+def _check_head_config(name: str, head: Head) -> None:
+    """`get_config()` is saved as JSON: one it cannot be (a set, a tensor) failed a run at its
+    first checkpoint, after the training, naming neither the head nor the option."""
+    config = head.get_config()
+    if not isinstance(config, dict):
+        raise TypeError(f"head {name!r} ({head.name}): get_config() returned {type(config).__name__}; it returns "
+                        "a dict of the head's options, which create_head takes back")
+    for key, value in config.items():
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            raise TypeError(f"head {name!r} ({head.name}): get_config()[{key!r}] is {type(value).__name__}, which "
+                            "JSON cannot hold; return the option as JSON values (lists, dicts, str, numbers)") from None
 
 
 def _floating_dtype(dtype: torch.dtype | None) -> torch.dtype | None:

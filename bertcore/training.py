@@ -235,8 +235,9 @@ class Trainer:
                 encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
             except DataError as err:   # with several sources: which head's data "example 3" or a file is
                 raise DataError(f"{split}[{names[0]!r}] {err}" if len(groups) > 1 else str(err)) from None
-            if split == "train" and not encoded.features:
-                raise DataError(f"no training features for {'+'.join(names)}: the data is empty")
+            if split == "train" and not encoded.features:   # a plugin's encode() may make none of real data
+                raise DataError(f"no training features for {'+'.join(names)}: " + (
+                    f"encode() made none of {len(examples)} examples" if len(examples) else "the data is empty"))
             sets.append(encoded)
         return sets
 

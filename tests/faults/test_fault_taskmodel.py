@@ -238,3 +238,66 @@ def test_a_checkpoint_or_run_folder_names_the_model_inside_it(tmp_path, cfg, tok
         with pytest.raises(FileNotFoundError, match=f"has no encoder/ folder; .*, here {tmp_path / inside}$"):
             bertcore.TaskModel.from_pretrained(tmp_path / folder)
     assert bertcore.TaskModel.from_pretrained(tmp_path / "run/best/model").predict("good film")["label"]
+
+
+def _broken(cfg, **methods):
+    """The classification head with some of its contract broken, as a plugin author might."""
+    base = type(bertcore.create_head("classification", cfg, labels=["neg", "pos"]))
+    return type("Broken", (base,), methods)(cfg, labels=["neg", "pos"])
+
+
+def _nested_ids(self, example, tokenizer, max_length=512):   # tokenizer(...)["input_ids"] without its [0]
+    return [{**f, "input_ids": [f["input_ids"]]} for f in type(self).__mro__[1].encode(self, example, tokenizer,
+                                                                                        max_length)]
+
+
+def _hf_keyword(self, example, tokenizer, max_length=512):   # transformers' tokenizer keyword
+    tokenizer(example["text"], add_special_tokens=False)
+
+
+BROKEN = {   # id: (methods, what fails, the message's start)
+    "no-decode": ({"decode": bertcore.Head.decode}, "predict",
+                  r"head type 'classification' \(.*Broken\) does not implement decode\(\), which every head overrides"),
+    "no-loss": ({"loss": bertcore.Head.loss}, "evaluate", r"does not implement loss\(\)"),
+    "nested-ids": ({"encode": _nested_ids}, "evaluate",
+                   r"head 'h': a feature's input_ids is a list of lists \(example 1\); take the tokenizer's first row"),
+    "dict-features": ({"encode": lambda self, ex, tok, max_length=512: {"input_ids": [2, 3], "token_type_ids": [0, 0]}},
+                      "evaluate", r"head 'h': encode\(\) returned dict for example 1; encode\(\) returns a list"),
+    "no-token-types": ({"encode": lambda self, ex, tok, max_length=512: [{"input_ids": [2, 3]}]}, "evaluate",
+                       r"head 'h': a feature of example 1 has no list 'token_type_ids' \(it has input_ids\)"),
+    "unequal": ({"encode": lambda self, ex, tok, max_length=512: [{"input_ids": [2, 3], "token_type_ids": [0]}]},
+                "evaluate", r"has 2 input_ids but 1 token_type_ids"),
+    "plugin-type-error": ({"encode": _hf_keyword}, "evaluate",
+                          r"example 1 cannot be read by the h head's encode\(\): .*add_special_tokens.* or a bug in "
+                          r"the head's plugin"),
+    "vector-loss": ({"loss": lambda self, logits, batch: torch.nn.functional.cross_entropy(
+                        logits, batch["labels"].to(logits.device), reduction="none")}, "fit",
+                    r"head 'h' \(classification\): loss\(\) returned shape \(4,\); it must return a scalar tensor"),
+    "float-loss": ({"loss": lambda self, logits, batch: 0.5}, "fit", r"loss\(\) returned a float; it must return"),
+    "no-features": ({"encode": lambda self, ex, tok, max_length=512: []}, "fit",
+                    r"no training features for h: encode\(\) made none of 4 examples"),   # was: "the data is empty"
+    "set-option": ({"get_config": lambda self: {"labels": self.labels, "extra": {1, 2}}}, "build",
+                   r"head 'h' \(classification\): get_config\(\)\['extra'\] is set, which JSON cannot hold"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN, ids=list(BROKEN))
+def test_a_head_that_breaks_the_contract_is_named_where_it_fails(tmp_path, cfg, tok, case):
+    """A plugin head that returns or leaves out what the contract asks failed deep inside
+    core or torch (a bare NotImplementedError, "string indices must be integers", "grad can
+    be implicitly created only for scalar outputs"), predicted None without decode(), took
+    its own TypeError for bad data, or trained to its first checkpoint with a get_config()
+    JSON cannot hold and then lost the run. Each now names the head and what to return."""
+    methods, where, message = BROKEN[case]
+    examples = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}] * 2
+    error = (NotImplementedError, TypeError, ValueError)
+    with pytest.raises(error, match=message):
+        model = bertcore.TaskModel(bertcore.BertEncoder(cfg), {"h": _broken(cfg, **methods)}, tokenizer=tok)
+        if where == "predict":
+            model.predict("good film")
+        elif where == "evaluate":
+            model.evaluate(examples)
+        elif where == "fit":
+            args = bertcore.TrainingArgs(output_dir=str(tmp_path), max_steps=1, batch_size=4, progress=False,
+                                         save_checkpoints=False)
+            bertcore.Trainer(model, tokenizer=tok, train=examples, args=args).fit()
