@@ -372,7 +372,10 @@ class Trainer:
             else:
                 state.bad_evals += 1
         elif self.eval_sets:
-            logger.warning("the eval metrics have no %r; no best checkpoint is kept (set metric_for_best)", key)
+            logger.warning("the eval metrics (%s) have no %r, %s; no best checkpoint is kept (set metric_for_best)",
+                           ", ".join(k for k in metrics if k not in ("step", "epoch", "train_loss")), key,
+                           "which metric_for_best names" if self.args.metric_for_best else
+                           "the head's main_metric, which its metrics() must report")
         stop = (patience := self.args.early_stopping_patience) is not None and state.bad_evals >= patience
         # every rank's RNG states (a collective: each rank draws its own dropout and masks); rank 0 writes
         if self.args.save_checkpoints and (rngs := _rank_rng_states(self)) is not None:

@@ -301,3 +301,16 @@ def test_a_head_that_breaks_the_contract_is_named_where_it_fails(tmp_path, cfg, 
             args = bertcore.TrainingArgs(output_dir=str(tmp_path), max_steps=1, batch_size=4, progress=False,
                                          save_checkpoints=False)
             bertcore.Trainer(model, tokenizer=tok, train=examples, args=args).fit()
+
+
+def test_a_head_whose_metrics_lack_its_main_metric_is_told_so(tmp_path, cfg, tok, caplog):
+    """The warning said only "the eval metrics have no 'accuracy'": not what was reported,
+    nor that the head's own metrics() must report its main_metric."""
+    head = _broken(cfg, metrics=lambda self, predictions, examples: {"agreement": 1.0})
+    model = bertcore.TaskModel(bertcore.BertEncoder(cfg), {"h": head}, tokenizer=tok)
+    examples = [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg"}]
+    args = bertcore.TrainingArgs(output_dir=str(tmp_path), max_steps=1, batch_size=2, progress=False)
+    with caplog.at_level("WARNING"):
+        bertcore.Trainer(model, tokenizer=tok, train=examples, eval=examples, args=args).fit()
+    assert "the eval metrics (agreement, loss) have no 'accuracy', the head's main_metric, which its metrics() " \
+           "must report; no best checkpoint is kept" in caplog.text
