@@ -3,6 +3,7 @@ with or without the `bert.` prefix, legacy gamma/beta names, `cls.*` kept for he
 import dataclasses
 import difflib
 import hashlib
+import json
 import logging
 import os
 import pickle
@@ -177,6 +178,21 @@ def resolve_pretrained(name_or_path) -> Path:
     raise FileNotFoundError(_not_found(name, path, cache))
 
 
+def bert_folder(directory: Path) -> Path:
+    """The folder holding a checkpoint's BERT (config.json, weights, tokenizer): `directory`,
+    or in a sentence-transformers folder of the older layout, whose modules.json puts the
+    Transformer module under a path such as "0_Transformer", that module's folder."""
+    if (directory / "config.json").is_file() or not (directory / "modules.json").is_file():
+        return directory
+    try:
+        modules = json.loads((directory / "modules.json").read_text(encoding="utf-8"))
+        paths = [m.get("path") for m in modules if str(m.get("type", "")).endswith(".Transformer")]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return directory     # not sentence-transformers' file: the caller says what is missing
+    inner = directory / paths[0] if paths and isinstance(paths[0], str) and paths[0] else None
+    return inner if inner is not None and (inner / "config.json").is_file() else directory
+
+
 def _not_found(name: str, path: Path, cache: Path) -> str:
     """Why `name` names no checkpoint, and the fix, in one line. A bare name (the README's
     old `all-MiniLM-L6-v2`) is how the Hub shows a model, but the cache keys it as org/name:
@@ -236,7 +252,7 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     transformers' from_pretrained: `dtype` (or `torch_dtype`) and `device` place it;
     `overrides` replace config fields and must name real ones. The config must match the
     weights (see check_config); `strict` also refuses weights the config leaves unused."""
-    directory = resolve_pretrained(name_or_path)
+    directory = bert_folder(resolve_pretrained(name_or_path))
     if config is None and not (directory / "config.json").exists():
         # a saved TaskModel (pretrain's runs/pt/model) or a run's folder: else "no config.json",
         # which names neither the folder to pass nor its tokenizer

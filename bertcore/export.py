@@ -19,6 +19,7 @@ path, which is faster.
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypedDict
 
@@ -242,12 +243,24 @@ def _dynamic_shapes(names: bool = False) -> dict:
     return {"input_ids": both, "attention_mask": both, "token_type_ids": both}
 
 
+@contextmanager
+def _evaluating(serving: ServingModel):
+    """Eval mode while exporting, then the mode the modules had: they are the TaskModel's own,
+    and one that goes on training after an export kept training without dropout."""
+    modes = [(m, m.training) for m in serving.modules()]
+    serving.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def export_program(serving: ServingModel, example_inputs: tuple | None = None) -> "torch.export.ExportedProgram":
     """`torch.export.export` of the serving module in eval mode, batch size and sequence
     length dynamic (trace with both ≥ 2: torch specialises dimensions of size 0 and 1)."""
-    serving.eval()
     args = example_inputs or serving.example_inputs()
-    with torch.no_grad():
+    with torch.no_grad(), _evaluating(serving):
         return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes())
 
 
@@ -260,13 +273,14 @@ def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: 
         import onnxscript  # noqa: F401  (the exporter's own dependency; fail here with a clear line)
     except ImportError:
         raise ImportError("ONNX export needs onnx and onnxscript: pip install onnx onnxscript") from None
-    serving.eval()
     path = Path(path)
+    if path.is_dir():   # else written beside it and renamed onto it: "Is a directory", blamed on the disk
+        raise IsADirectoryError(f"{path} is a folder; give the ONNX file's path, e.g. {path / 'model.onnx'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     args = example_inputs or serving.example_inputs()
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _evaluating(serving):
         # torch names each input's axes separately, then warns that it merged the equal ones;
         # it also logs a line per torchvision op it cannot register (none is used here) and
         # warns about its own use of a deprecated pytree class: noise in a user's terminal

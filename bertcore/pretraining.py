@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .checkpoint import bert_folder
 from .config import BertConfig
 from .files import folder_swap
 from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
@@ -231,10 +232,10 @@ def checkpoint_tokenizer(path, vocab_size: int | None = None) -> Tokenizer:
     vocabulary trained anew would not match the encoder's embeddings. One beside it counts
     only with the encoder's `vocab_size`, when given: a tokenizer/ of another model may lie there."""
     folder, other = Path(path), ""
-    for candidate in (folder, folder / "tokenizer", folder.parent / "tokenizer"):
+    for candidate in (folder, bert_folder(folder), folder / "tokenizer", folder.parent / "tokenizer"):
         if candidate.is_dir() and tokenizer_file(candidate):
             tok = Tokenizer.from_pretrained(candidate)
-            if candidate == folder or vocab_size is None or tok.vocab_size == vocab_size:
+            if candidate in (folder, bert_folder(folder)) or vocab_size is None or tok.vocab_size == vocab_size:
                 if candidate != folder:
                     logger.info("the tokenizer of %s is %s", folder, candidate)
                 return tok

@@ -132,6 +132,9 @@ class Tokenizer:
             path = resolve_pretrained(str(path))
         if path.is_dir() and tokenizer_file(path) is None and tokenizer_file(path / "tokenizer"):
             path = path / "tokenizer"   # a saved TaskModel's folder: its own tokenizer, as transformers' model dirs
+        elif path.is_dir() and tokenizer_file(path) is None:
+            from .checkpoint import bert_folder
+            path = bert_folder(path)    # a sentence-transformers folder keeping its BERT in 0_Transformer/
         if path.is_dir():
             folder = path
             file = tokenizer_file(path)

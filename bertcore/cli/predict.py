@@ -211,24 +211,27 @@ def add_embed(sub):
     p.add_argument("--input", help="text file, one text per line (.jsonl: each line's \"text\"); - reads stdin")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder, or --model's tokenizer/)")
     p.add_argument("--head", help="head name in --model (needed when it has several)")
-    p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens")
+    p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens, or "
+                   "several joined by commas (their vectors concatenated, as sentence-transformers does)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalise the vectors (default: as the checkpoint says; yes without ST files)")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--max-length", type=positive_int, help="tokens per text (default: the checkpoint's max_seq_length)")
+    p.add_argument("--max-length", type=positive_int, help="tokens per text (default: the checkpoint's max_seq_length, "
+                   "which this replaces)")
+    p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
     p.set_defaults(default_max_length=None)   # check_max_length: no default of embed's own, the checkpoint's
     return p
 
 
-def _embed_inputs(source: str) -> list[str]:
+def _embed_inputs(source: str, encoding: str | None = None) -> list[str]:
     """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
     from ..data import load_examples, read_text, text_lines, where
     if source != "-" and Path(source).suffix.lower() == ".jsonl":
         # data's JSONL reader: lines end at "\n" only (a JSON string may hold U+2028 unescaped),
         # and an error names the file's own line
-        records = load_examples(Path(source))
+        records = load_examples(Path(source), encoding=encoding)
         return [_record_text(records[i], where(records, i)) for i in range(len(records))]
-    text = sys.stdin.read() if source == "-" else read_text(source)
+    text = sys.stdin.read() if source == "-" else read_text(source, encoding)
     return [line for line in text_lines(text) if line.strip()]
 
 
@@ -252,7 +255,8 @@ def cmd_embed(args) -> int:
     sources = [args.input] if args.input else []
     if "-" in args.texts and "-" not in sources:
         sources.append("-")
-    texts = _command_line_texts(args.texts, "embed") + [t for source in sources for t in _embed_inputs(source)]
+    texts = _command_line_texts(args.texts, "embed") + [t for source in sources
+                                                        for t in _embed_inputs(source, args.encoding)]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
     if args.model:
@@ -260,6 +264,11 @@ def cmd_embed(args) -> int:
             raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")
         model = _load_model(args.model, args.tokenizer)
         name = head_name(model, args.head)
+        if model.heads[name].name != "embedding":   # before its predict says what inputs it takes
+            raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "
+                             "embedding head (bertcore predict runs the others)")
+        if args.max_length:
+            model.heads[name].max_seq_length = args.max_length
     else:
         from ..model import BertEncoder
         from ..plugins import get_head_type
@@ -267,16 +276,15 @@ def cmd_embed(args) -> int:
         from ..tokenizer import Tokenizer
         head_type, name = get_head_type("embedding"), "embedding"
         options = head_type.options_from_checkpoint(args.encoder)  # the sentence-transformers files
-        options.update({k: v for k, v in (("pooling", args.pooling), ("normalize", args.normalize)) if v is not None})
+        pooling = args.pooling and [mode.strip() for mode in args.pooling.split(",")]
+        options.update({k: v for k, v in (("pooling", pooling), ("normalize", args.normalize),
+                                          ("max_seq_length", args.max_length)) if v is not None})
         encoder = BertEncoder.from_pretrained(args.encoder)
         tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
             checkpoint_tokenizer(args.encoder, encoder.config.vocab_size)
         model = TaskModel(encoder, {name: head_type(encoder.config, **options)}, tokenizer=tok)
     check_max_length(args, model.encoder.config)
     predictions = model.predict(texts, head=name, batch_size=args.batch_size, max_length=args.max_length)
-    if "embedding" not in predictions[0]:
-        raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "
-                         "embedding head")
     for text, prediction in zip(texts, predictions):
         print(json.dumps({"text": text, "embedding": prediction["embedding"]}, ensure_ascii=False))
     return 0

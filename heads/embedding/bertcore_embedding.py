@@ -10,7 +10,8 @@ with in-batch negatives.
 
 A sentence-transformers checkpoint says how it pools in `modules.json` (Transformer →
 Pooling → Normalize) and `1_Pooling/config.json`; `EmbeddingHead.options_from_checkpoint`
-reads them, and `max_seq_length` from `sentence_bert_config.json`.
+reads them, and `max_seq_length` and `do_lower_case` from `sentence_bert_config.json`
+(beside modules.json, or in the Transformer module's folder, such as 0_Transformer/).
 
 Training example: {"text": anchor, "text_pair": positive}. A pair is one feature: the
 anchor is the feature's sequence and `collate_labels` appends the positives to the packed
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
-from bertcore.checkpoint import resolve_pretrained
+from bertcore.checkpoint import bert_folder, resolve_pretrained
 from bertcore.heads import masked_mean, pack_features
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
@@ -52,16 +53,19 @@ class EmbeddingHead(Head):
     label_keys = ("num_pairs",)
     required_keys = ("text", "text_pair")
 
-    def __init__(self, config, pooling="mean", normalize=True, scale=20.0, max_seq_length=None):
+    def __init__(self, config, pooling="mean", normalize=True, scale=20.0, max_seq_length=None,
+                 do_lower_case=False):
         super().__init__(config)
         modes = [pooling] if isinstance(pooling, str) else list(pooling)
         unknown = [m for m in modes if m not in POOLING_MODES]
         if not modes or unknown:
             raise ValueError(f"pooling {pooling!r} is not supported; use one or several of {', '.join(POOLING_MODES)}")
         self.modes = [m for m in POOLING_MODES if m in modes]  # sentence-transformers' concatenation order
-        if not isinstance(normalize, bool):   # bool("false") from a hand-edited head.json is True
-            raise ValueError(f"normalize={normalize!r}; expected true or false")
+        for key, value in (("normalize", normalize), ("do_lower_case", do_lower_case)):
+            if not isinstance(value, bool):   # bool("false") from a hand-edited head.json is True
+                raise ValueError(f"{key}={value!r}; expected true or false")
         self.normalize, self.scale, self.max_seq_length = normalize, float(scale), max_seq_length
+        self.do_lower_case = do_lower_case   # sentence-transformers lowercases the text before its tokenizer
         if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)):
             raise ValueError(f"max_seq_length={max_seq_length!r}; expected a whole number of tokens")
         if max_seq_length is not None and max_seq_length < 2:
@@ -73,13 +77,13 @@ class EmbeddingHead(Head):
 
     def get_config(self):
         return {"pooling": self.modes[0] if len(self.modes) == 1 else self.modes, "normalize": self.normalize,
-                "scale": self.scale, "max_seq_length": self.max_seq_length}
+                "scale": self.scale, "max_seq_length": self.max_seq_length, "do_lower_case": self.do_lower_case}
 
     @classmethod
     def options_from_checkpoint(cls, directory) -> dict:
         """Head options from a sentence-transformers checkpoint folder or cached Hub name
-        (pooling, normalize, max_seq_length); {} when it has no modules.json (a plain BERT
-        checkpoint)."""
+        (pooling, normalize, max_seq_length, do_lower_case); {} when it has no modules.json
+        (a plain BERT checkpoint)."""
         # the folder BertEncoder.from_pretrained reads, so a Hub name keeps its ST files
         directory = resolve_pretrained(directory)
         if not (directory / "modules.json").is_file():
@@ -93,10 +97,14 @@ class EmbeddingHead(Head):
         pooling_dir = directory / modules[kinds.index("Pooling")].get("path", "1_Pooling")
         options = {"pooling": pooling_from_config(_read_json(pooling_dir / "config.json"), pooling_dir),
                    "normalize": "Normalize" in kinds}
-        if (directory / "sentence_bert_config.json").is_file():
-            length = _read_json(directory / "sentence_bert_config.json").get("max_seq_length")
-            if length is not None:
-                options["max_seq_length"] = int(length)
+        for folder in (directory, bert_folder(directory)):   # the older layout keeps it in 0_Transformer/
+            if (folder / "sentence_bert_config.json").is_file():
+                settings = _read_json(folder / "sentence_bert_config.json")
+                if settings.get("max_seq_length") is not None:
+                    options["max_seq_length"] = int(settings["max_seq_length"])
+                if settings.get("do_lower_case"):
+                    options["do_lower_case"] = True
+                break
         return options
 
     # ---- data ----------------------------------------------------------------------
@@ -110,10 +118,11 @@ class EmbeddingHead(Head):
     def encode(self, example, tokenizer, max_length=512):
         limit = min(max_length, self.max_seq_length or max_length)
         self.require_text(example, "text", "text_pair", optional=("text_pair",))
-        enc = tokenizer(example["text"], max_length=limit, truncation=True)
+        case = str.lower if self.do_lower_case else str
+        enc = tokenizer(case(example["text"]), max_length=limit, truncation=True)
         feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0]}
         if example.get("text_pair") is not None:
-            pos = tokenizer(example["text_pair"], max_length=limit, truncation=True)
+            pos = tokenizer(case(example["text_pair"]), max_length=limit, truncation=True)
             feature["positive_input_ids"], feature["positive_token_type_ids"] = \
                 pos["input_ids"][0], pos["token_type_ids"][0]
         return [feature]

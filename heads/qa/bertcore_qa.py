@@ -4,8 +4,8 @@ A context longer than one window is split into overlapping windows (`stride`
 tokens shared between neighbours, the tokenizer's overflow); decoding scores every
 (start, end) pair among the `n_best` starts and ends of every window, keeps spans
 inside the context and at most `max_answer_length` tokens long, and maps the best
-one to characters of the original context. With `allow_no_answer` (SQuAD 2.0; `prepare`
-turns it on when the training data has a question without an answer), the answer is empty when the
+one to characters of the original context. With `allow_no_answer` (SQuAD 2.0; unless given,
+`prepare` turns it on when the training data has a question without an answer), the answer is empty when the
 null score ([CLS] start + end, lowest over windows) beats the best span by more
 than `null_threshold`.
 
@@ -53,7 +53,7 @@ class QAHead(Head):
     required_keys = ("question", "context", "answers")
 
     def __init__(self, config, stride=128, max_query_length=64, max_answer_length=30, n_best=20,
-                 allow_no_answer=False, null_threshold=0.0):
+                 allow_no_answer=None, null_threshold=0.0):
         super().__init__(config)
         # checked here, where a hand-edited head.json names its file: n_best=0 or "false" for a flag (truthy)
         # would answer nothing, or turn no-answer on, without a word
@@ -61,7 +61,7 @@ class QAHead(Head):
                                   ("max_answer_length", max_answer_length, 1), ("n_best", n_best, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{key}={value!r}; expected a whole number >= {least}")
-        if not isinstance(allow_no_answer, bool):
+        if allow_no_answer is not None and not isinstance(allow_no_answer, bool):   # None: as the training data says
             raise ValueError(f"allow_no_answer={allow_no_answer!r}; expected true or false")
         if isinstance(null_threshold, bool) or not isinstance(null_threshold, (int, float)) \
                 or not math.isfinite(null_threshold):
@@ -85,8 +85,10 @@ class QAHead(Head):
     # ---- data ----------------------------------------------------------------------
 
     def prepare(self, tokenizer, train_examples=None):
-        """SQuAD 2.0 training data (a question without an answer) turns on no-answer."""
-        if train_examples is not None and any(not answers_of(ex)["text"] for ex in train_examples):
+        """SQuAD 2.0 training data (a question without an answer) turns on no-answer, unless
+        `allow_no_answer` was given (false: always answer, as the user chose)."""
+        if train_examples is not None and self.allow_no_answer is None \
+                and any(not answers_of(ex)["text"] for ex in train_examples):
             self.allow_no_answer = True
 
     def check_example(self, example):
@@ -184,7 +186,7 @@ class QAHead(Head):
         n_best = [{"text": context[a:b], "start": a, "end": b, "score": s}
                   for (a, b), s in list(best.items())[:self.n_best]]
         no_answer = {"text": "", "start": None, "end": None, "score": null_score}
-        if not n_best or (self.allow_no_answer and null_score > n_best[0]["score"] + self.null_threshold):
+        if not n_best or (self.allow_no_answer is True and null_score > n_best[0]["score"] + self.null_threshold):
             return {**no_answer, "null_score": null_score, "n_best": n_best}
         return {**n_best[0], "null_score": null_score, "n_best": n_best}
 

@@ -94,7 +94,7 @@ def test_a_cached_hub_name_keeps_its_sentence_transformers_options(hub_cache):
     assert options == E.EmbeddingHead.options_from_checkpoint(hub_cache) != {}      # was: {} for the name
     assert options == {"pooling": "mean", "normalize": True, "max_seq_length": 32}
     head = E.load(HUB_NAME).heads["embedding"]
-    assert head.get_config() == {**options, "scale": 20.0}                            # was: the defaults
+    assert head.get_config() == {**options, "scale": 20.0, "do_lower_case": False}     # was: the defaults
 
 
 def test_embed_cli_takes_a_cached_hub_name(hub_cache, capsys):

@@ -222,3 +222,22 @@ def test_an_export_to_a_read_only_folder_says_so(tmp_path, tok, read_only_disk, 
     code = main(["export", "--model", str(tmp_path / "model"), "--to", to, str(read_only_disk / "out")])
     line = one_line(capsys.readouterr().err)
     assert code == 2 and f"cannot write in {read_only_disk} (a read-only filesystem" in line and ".new" not in line
+
+
+def test_exports_leave_the_model_in_its_mode_and_a_folder_is_no_onnx_file(tmp_path, tok):
+    """export_program and export_onnx put the TaskModel's own modules in eval mode and left
+    them so: training on after an export ran without dropout. An ONNX path that is a folder
+    was "Is a directory ... (is the disk full or the folder read-only?)"."""
+    from bertcore.export import export_onnx, export_program
+    model = make_model(tok).train()
+    serving = ServingModel(model)
+    export_program(serving, serving.example_inputs(batch=2, seqlen=4))
+    assert all(m.training for m in model.modules())                     # was: every module in eval mode
+    export_onnx(serving, tmp_path / "m.onnx", serving.example_inputs(batch=2, seqlen=4))
+    assert (tmp_path / "m.onnx").is_file() and all(m.training for m in model.modules())
+    model.eval()
+    export_program(serving, serving.example_inputs(batch=2, seqlen=4))
+    assert not any(m.training for m in model.modules())
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"folder is a folder; give the ONNX file's path, e.g. .*model.onnx"):
+        export_onnx(serving, tmp_path / "folder")

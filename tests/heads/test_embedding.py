@@ -173,3 +173,85 @@ def test_cli_embed(minilm_dir, st_minilm, tmp_path, monkeypatch, capsys):
 
     assert main(["embed", "--encoder", str(minilm_dir)]) == 2
     assert "give texts to embed" in capsys.readouterr().err
+
+
+def _copy(minilm_dir, folder, names=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                                     "vocab.txt", "special_tokens_map.json", "sentence_bert_config.json")):
+    import shutil
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy(minilm_dir / name, folder / name)
+
+
+def test_the_older_layout_with_bert_in_its_own_folder(minilm_dir, tmp_path, capsys, one_thread):
+    """Older sentence-transformers folders keep BERT in 0_Transformer/ (modules.json's path):
+    `embed --encoder` said "no config.json", and the subfolder alone loaded without its
+    max pooling (mean, other vectors)."""
+    old = tmp_path / "old"
+    _copy(minilm_dir, old / "0_Transformer")
+    (old / "1_Pooling").mkdir()
+    (old / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 384,
+                                                               "pooling_mode_max_tokens": True}))
+    (old / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    theirs = st.SentenceTransformer(str(old), device="cpu", local_files_only=True).encode(TEXTS[:5])
+    assert E.EmbeddingHead.options_from_checkpoint(old) == {"pooling": "max", "normalize": False,
+                                                          "max_seq_length": 256}
+    assert np.abs(E.encode(E.load(old).eval(), TEXTS[:5]) - theirs).max() < 1e-5
+    assert main(["embed", "--encoder", str(old), TEXTS[0]]) == 0
+    assert np.abs(np.array(json.loads(capsys.readouterr().out)["embedding"]) - theirs[0]).max() < 1e-5
+
+
+def test_do_lower_case_of_the_checkpoint_lowercases_the_text(minilm_dir, tmp_path, one_thread):
+    """sentence_bert_config.json's do_lower_case lowercases the texts before a cased
+    tokenizer, as sentence-transformers does; it was ignored (0.22 apart on mixed case)."""
+    folder = tmp_path / "cased"
+    _copy(minilm_dir, folder, ("config.json", "model.safetensors", "vocab.txt", "modules.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": True}))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text((minilm_dir / "1_Pooling" / "config.json").read_text())
+    (folder / "modules.json").write_text(json.dumps([m for m in json.loads((minilm_dir / "modules.json").read_text())
+                                                     if not m["type"].endswith("Normalize")]))
+    texts = ["John Lives In PARIS", "A Man Is Eating Food."]
+    theirs = st.SentenceTransformer(str(folder), device="cpu", local_files_only=True).encode(texts)
+    model = E.load(folder).eval()
+    assert model.heads["embedding"].do_lower_case is True
+    assert np.abs(E.encode(model, texts) - theirs).max() < 1e-5
+    assert np.abs(E.encode(model, [t.lower() for t in texts]) - theirs).max() < 1e-5
+
+
+def test_cli_embed_options(minilm_dir, st_minilm, tmp_path, capsys):
+    """--max-length past the checkpoint's max_seq_length was ignored (the text still cut
+    there); --pooling took one mode; --encoding, which embed's own error names, was no
+    option; a model of another head type failed with that head's input error."""
+    short = tmp_path / "short"
+    _copy(minilm_dir, short, ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                              "vocab.txt", "modules.json"))
+    (short / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 5}))
+    (short / "1_Pooling").mkdir()
+    (short / "1_Pooling" / "config.json").write_text((minilm_dir / "1_Pooling" / "config.json").read_text())
+    text = TEXTS[1]
+    vectors = {}
+    for extra in ([], ["--max-length", "64"]):
+        assert main(["embed", "--encoder", str(short), text, *extra]) == 0
+        vectors[len(extra)] = np.array(json.loads(capsys.readouterr().out)["embedding"])
+    assert np.abs(vectors[2] - st_minilm.encode(text)).max() < 1e-5       # was: cut at 5 tokens all the same
+    assert np.abs(vectors[0] - vectors[2]).max() > 1e-2
+
+    assert main(["embed", "--encoder", str(minilm_dir), "--pooling", "cls,mean", "--no-normalize", text]) == 0
+    both = st.SentenceTransformer(modules=[st_minilm[0], Pooling(384, pooling_mode=["cls", "mean"])], device="cpu")
+    assert np.abs(np.array(json.loads(capsys.readouterr().out)["embedding"]) - both.encode(text)).max() < 1e-5
+
+    utf16 = tmp_path / "texts.txt"
+    utf16.write_text(text + "\n", encoding="utf-16")
+    assert main(["embed", "--encoder", str(minilm_dir), "--input", str(utf16), "--encoding", "utf-16"]) == 0
+    assert np.abs(np.array(json.loads(capsys.readouterr().out)["embedding"]) - st_minilm.encode(text)).max() < 1e-5
+
+    encoder = bertcore.BertEncoder.from_pretrained(minilm_dir)
+    tok = bertcore.Tokenizer.from_pretrained(minilm_dir)
+    bertcore.TaskModel(encoder, {"qa": bertcore.create_head("qa", encoder.config)}, tokenizer=tok).save_pretrained(
+        tmp_path / "qa")
+    assert main(["embed", "--model", str(tmp_path / "qa"), "who"]) == 2
+    assert "head 'qa' of" in capsys.readouterr().err

@@ -75,6 +75,10 @@ def test_no_answer_training_examples_turn_on_squad2_in_prepare_not_encode(tok, c
     assert not head.allow_no_answer
     head.prepare(tok, [EXAMPLE, unanswerable])
     assert head.allow_no_answer
+    # given false, it stays so: the user chose to always answer (was: turned on all the same)
+    chosen = bertcore.create_head("qa", cfg, allow_no_answer=False)
+    chosen.prepare(tok, [EXAMPLE, unanswerable])
+    assert chosen.allow_no_answer is False and chosen.get_config()["allow_no_answer"] is False
 
 
 def test_learns_and_predicts(encoder, tok, cfg):
