@@ -24,6 +24,7 @@ evaluation set: `accuracy`, the fraction of anchors whose most similar positive 
 the set's positives is their own, and `mrr` (mean reciprocal rank of it).
 """
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from bertcore.checkpoint import bert_folder, resolve_pretrained
 from bertcore.heads import masked_mean, pack_features
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
+logger = logging.getLogger(__name__)
 
 
 # sentence-transformers' pooling modes, in the order it concatenates them.
@@ -150,13 +152,17 @@ class EmbeddingHead(Head):
 
     def loss(self, logits, batch):
         n = batch["num_pairs"]
+        if n < 2 and self.training and not getattr(self, "_said_one_pair", False):
+            self._said_one_pair = True   # once: an epoch's last batch may hold one pair
+            logger.warning("a training batch of one pair has no in-batch negatives, so it teaches the embedding "
+                           "head nothing (loss 0); use batch_size 2 or more (bigger gives more negatives)")
         anchors = F.normalize(logits[:n].float(), p=2, dim=-1)                 # (B, D)
         positives = F.normalize(logits[n:2 * n].float(), p=2, dim=-1)          # (B, D)
         scores = self.scale * anchors @ positives.T                            # (B, B): the diagonal is right
         return F.cross_entropy(scores, torch.arange(n, device=scores.device))
 
     def loss_count(self, batch):
-        return batch["num_pairs"]
+        return batch["num_pairs"] if batch["num_pairs"] > 1 else 0   # one pair: no negatives, no loss to weigh
 
     # ---- results -------------------------------------------------------------------
 

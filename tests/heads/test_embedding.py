@@ -255,3 +255,16 @@ def test_cli_embed_options(minilm_dir, st_minilm, tmp_path, capsys):
         tmp_path / "qa")
     assert main(["embed", "--model", str(tmp_path / "qa"), "who"]) == 2
     assert "head 'qa' of" in capsys.readouterr().err
+
+
+def test_a_batch_of_one_pair_is_said_to_teach_nothing(tmp_path, tok, encoder, caplog, one_thread):
+    """batch_size=1 trained the embedding head on loss 0 (no in-batch negatives) without a
+    word; such a batch now says so once and weighs nothing."""
+    model = bertcore.TaskModel(encoder, {"embedding": bertcore.create_head("embedding", encoder.config)}, tokenizer=tok)
+    pairs = [{"text": a, "text_pair": p} for a, p in PAIRS[:3]]
+    args = bertcore.TrainingArgs(output_dir=str(tmp_path / "run"), max_steps=3, batch_size=1, progress=False,
+                                 save_checkpoints=False)
+    with caplog.at_level("WARNING"):
+        bertcore.Trainer(model, tokenizer=tok, train=pairs, args=args).fit()
+    assert caplog.text.count("a training batch of one pair has no in-batch negatives") == 1
+    assert model.heads["embedding"].loss_count({"num_pairs": 1}) == 0
