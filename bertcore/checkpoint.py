@@ -68,10 +68,13 @@ def _unreadable(err: Exception) -> str:
 
 
 def to_encoder_keys(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """Split an HF state dict into (encoder weights with our key names, cls.* head weights)."""
+    """Split an HF state dict into (encoder weights with our key names, head weights): the
+    pretraining heads' cls.*, and in a task model's file (its encoder under bert.) the
+    task head's own keys (classifier.*, qa_outputs.*)."""
     encoder, heads = {}, {}
+    task_model = any(key.startswith("bert.") for key in state)
     for key, tensor in state.items():
-        if key.startswith("cls."):
+        if key.startswith("cls.") or (task_model and not key.startswith("bert.")):
             heads[key] = tensor
             continue
         key = key.removeprefix("bert.")
@@ -287,6 +290,10 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
                        file, len(missing), ", ".join(missing[:10]))
     if unexpected:
         logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
+    task = [k for k in head_state if not k.startswith("cls.")]
+    if task:   # transformers says so too ("Some weights ... were not used"): they are not the encoder's
+        logger.warning("%s: a task head's weights (%s) are not the encoder's; TaskModel.from_pretrained of the "
+                       "folder loads them with their head", file, ", ".join(task[:4]))
     model.pretrained_head_weights = head_state
     model.source = file.absolute()  # what a head-only checkpoint of a frozen encoder points at (a Hub
     # snapshot's path, not the blob its symlink resolves to: config.json lies beside the former)

@@ -95,6 +95,14 @@ class Head(nn.Module):
         a sentence-transformers model); {} when it says nothing for this head."""
         return {}
 
+    @classmethod
+    def options_from_transformers(cls, config: dict) -> dict | None:
+        """optional: the options for a transformers checkpoint whose config.json is
+        `config`, when its `architectures` name the class `transformers_export` writes; None
+        otherwise. `TaskModel.from_pretrained` of such a folder builds this head with them
+        and copies in the weights `transformers_export` names."""
+        return None
+
     def get_config(self) -> dict:
         """override: JSON-serialisable kwargs that rebuild this head (labels, options):
         `type(head)(config, **head.get_config())` is the same head, untrained."""
@@ -268,6 +276,13 @@ class Head(nn.Module):
         """override: task metrics of decoded predictions against the examples' labels;
         includes `main_metric` (unless that is "loss")."""
         return {}
+
+
+def transformers_labels(config: dict) -> list[str]:
+    """A transformers config's class names in id order (its id2label; LABEL_i without one)."""
+    id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    count = int(config.get("num_labels") or len(id2label) or 2)
+    return [id2label.get(i, f"LABEL_{i}") for i in range(max(count, len(id2label)))]
 
 
 def not_implemented(head: "Head", method: str) -> NotImplementedError:

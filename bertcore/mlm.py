@@ -100,6 +100,10 @@ class MLMHead(Head):
                  "bias": ["bias", "decoder.bias"]}
         return copy_pretrained_weights(self, cls_weights, "cls.predictions.", names)
 
+    @classmethod
+    def options_from_transformers(cls, config):
+        return {} if "BertForMaskedLM" in (config.get("architectures") or []) else None
+
     def transformers_export(self) -> dict:
         """This head as transformers' BertForMaskedLM (`bertcore.export`): `cls.predictions.*`,
         no pooler. The decoder is the word embedding matrix (tie_word_embeddings), written

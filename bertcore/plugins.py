@@ -381,6 +381,14 @@ def list_heads() -> list[HeadInfo]:
     return sorted(infos, key=lambda i: (i.name, i.error is not None, i.distribution))
 
 
+def transformers_head(config: dict) -> tuple[type[Head], dict] | None:
+    """(head type, options) of the installed head that imports the transformers class a
+    checkpoint's config.json names (`Head.options_from_transformers`), or None."""
+    claims = [(head_type, options) for head_type, _ in _heads().values()
+              if (options := head_type.options_from_transformers(config)) is not None]
+    return claims[0] if claims else None
+
+
 def head_info(name: str) -> HeadInfo:
     """The HeadInfo of a loaded head type (version and distribution are saved with heads)."""
     return _heads()[get_head_type(name).name][1]

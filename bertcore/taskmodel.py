@@ -449,6 +449,8 @@ class TaskModel(nn.Module):
             encoder = load_encoder(BertEncoder, directory / "encoder", strict=True)
         elif isinstance(info.get("encoder"), dict):
             encoder = _referenced_encoder(info["encoder"], directory / MODEL_FILE)
+        elif not info and (directory / "config.json").is_file():   # a transformers checkpoint (BertFor...)
+            return cls._from_transformers(directory, device, dtype)
         else:
             # a checkpoint (best/, last/) holds its model in model/, a run folder in its checkpoints
             inside = next((f for f in (directory / "model", directory / "best" / "model", directory / "last" / "model")
@@ -473,6 +475,41 @@ class TaskModel(nn.Module):
         for name in names:
             model.add_head(str(name), load_head(directory / "heads" / str(name), encoder.config),
                            load_pretrained=False)
+        model.eval()
+        return model.to(device=device, dtype=_floating_dtype(resolve_dtype(dtype, encoder.config)))
+
+    @classmethod
+    def _from_transformers(cls, directory: Path, device, dtype) -> "TaskModel":
+        """A transformers task checkpoint (BertForSequenceClassification & co.) as a TaskModel:
+        its encoder, the installed head that imports its class (`Head.options_from_transformers`,
+        named as the head type) with the weights that head's `transformers_export` names, and
+        the folder's tokenizer. The inverse of `bertcore.export.export_transformers`."""
+        from .tokenizer import Tokenizer, tokenizer_file
+        encoder = load_encoder(BertEncoder, directory)
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        claim = plugins.transformers_head(config)
+        if claim is None:
+            named = ", ".join(config.get("architectures") or ["no named class"])
+            raise CheckpointError(f"{directory} is a transformers checkpoint of {named}, which no installed head "
+                                  "imports; load its encoder with "
+                                  "BertEncoder.from_pretrained and attach a head, or pass a folder written by "
+                                  "TaskModel.save_pretrained")
+        head_type, options = claim
+        tokenizer = Tokenizer.from_pretrained(directory) if tokenizer_file(directory) else None
+        model = cls(encoder, {head_type.name: head_type(encoder.config, **options)}, tokenizer=tokenizer)
+        weights, tied = encoder.pretrained_head_weights, {id(p) for p in encoder.parameters()}
+        for key, own in model.heads[head_type.name].transformers_export()["state_dict"].items():
+            if key not in weights:
+                if id(own) in tied:   # MLM's decoder is the word embeddings: a file may leave it out
+                    continue
+                raise CheckpointError(f"{directory}: the {config['architectures'][0]} weights lack {key!r}; the "
+                                      "checkpoint is incomplete")
+            if weights[key].shape != own.shape:
+                raise CheckpointError(f"{directory}: {key!r} is {tuple(weights[key].shape)} but the {head_type.name} "
+                                      f"head built from config.json has {tuple(own.shape)}; config.json and the "
+                                      "weights disagree")
+            with torch.no_grad():
+                own.copy_(weights[key])
         model.eval()
         return model.to(device=device, dtype=_floating_dtype(resolve_dtype(dtype, encoder.config)))
 

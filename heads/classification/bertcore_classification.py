@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
-from bertcore.heads import masked_mean
+from bertcore.heads import masked_mean, transformers_labels
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
@@ -216,6 +216,16 @@ class ClassificationHead(Head):
                 "mcc": mcc(y_true, y_pred)}
 
     # ---- export --------------------------------------------------------------------
+
+    @classmethod
+    def options_from_transformers(cls, config):
+        """A BertForSequenceClassification checkpoint's classes and problem type."""
+        if "BertForSequenceClassification" not in (config.get("architectures") or []):
+            return None
+        labels, problem = transformers_labels(config), config.get("problem_type")
+        if problem == "regression" or (problem is None and len(labels) == 1):   # transformers' own rule
+            return {"num_labels": 1}
+        return {"labels": labels, "multi_label": problem == "multi_label_classification"}
 
     def transformers_export(self) -> dict:
         """This head as transformers' BertForSequenceClassification (`bertcore.export`)."""

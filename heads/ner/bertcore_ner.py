@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
-from bertcore.heads import IGNORE_INDEX
+from bertcore.heads import IGNORE_INDEX, transformers_labels
 from bertcore.tokenizer import end_past_marks
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
@@ -215,6 +215,13 @@ class NERHead(Head):
         return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
     # ---- export --------------------------------------------------------------------
+
+    @classmethod
+    def options_from_transformers(cls, config):
+        """A BertForTokenClassification checkpoint's tags."""
+        if "BertForTokenClassification" not in (config.get("architectures") or []):
+            return None
+        return {"labels": transformers_labels(config)}
 
     def transformers_export(self) -> dict:
         """This head as transformers' BertForTokenClassification (`bertcore.export`)."""

@@ -203,6 +203,10 @@ class QAHead(Head):
 
     # ---- export --------------------------------------------------------------------
 
+    @classmethod
+    def options_from_transformers(cls, config):
+        return {} if "BertForQuestionAnswering" in (config.get("architectures") or []) else None
+
     def transformers_export(self) -> dict:
         """This head as transformers' BertForQuestionAnswering (`bertcore.export`)."""
         return {"architecture": "BertForQuestionAnswering", "pooler": False, "config": {"num_labels": 2},
