@@ -12,6 +12,7 @@ Under torchrun each rank takes its slice of every global batch; DDP wraps the
 TaskModel; rank 0 alone writes files, and its checkpoints hold every rank's RNG states.
 """
 import atexit
+import datetime
 import logging
 import math
 import numbers
@@ -20,7 +21,7 @@ import re
 import time
 import warnings
 import zlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,9 +134,32 @@ class TrainingArgs:
             raise ValueError("load_best_at_end=True needs save_checkpoints=True: the best model is kept in best/")
 
 
+# Whether this process's last fit() finished: only then do its ranks wait for each other at
+# exit. A rank that failed (its input, a crash) must not wait: its peers learn of it when it goes.
+_ranks_meet_at_exit = [False]
+
+
+@contextmanager
+def _leave_together_once_done(trainer: "Trainer"):
+    """A fit that finishes has its ranks wait for each other at exit (`_destroy_process_group`);
+    one that raises does not."""
+    _ranks_meet_at_exit[0] = False
+    yield
+    _ranks_meet_at_exit[0] = trainer.distributed
+
+
 def _destroy_process_group() -> None:
-    if dist.is_initialized():   # a script may have destroyed it itself
-        dist.destroy_process_group()
+    if not dist.is_initialized():   # a script may have destroyed it itself
+        return
+    if _ranks_meet_at_exit[0] and dist.get_backend() == "gloo":
+        # the ranks leave together: one tearing gloo down while another still worked (wrote its
+        # files after fit) aborted now and then ("terminate called without an active exception");
+        # a rank that died since ends the wait at once, a hung one after the timeout
+        try:
+            dist.monitored_barrier(timeout=datetime.timedelta(seconds=300))
+        except Exception as err:   # noqa: BLE001 - at exit, whatever the peers did: tear down
+            logger.debug("ranks did not meet at exit: %s", err)
+    dist.destroy_process_group()
 
 
 def init_distributed(device: str | None = None) -> bool:
@@ -254,7 +278,7 @@ class Trainer:
         """
         if not self.train_sets:
             raise ValueError("fit() needs train= data")
-        with RunLock(self.output_dir) if self.rank == 0 else nullcontext():
+        with RunLock(self.output_dir) if self.rank == 0 else nullcontext(), _leave_together_once_done(self):
             _check_run(self, resume_from)
             return self._fit(resume_from)
 

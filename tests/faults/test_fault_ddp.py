@@ -247,3 +247,34 @@ def test_the_process_group_backend_follows_the_training_device(monkeypatch, devi
     monkeypatch.setattr(training.atexit, "register", lambda fn: None)
     assert training.init_distributed(device) is False      # nothing joined: the group was faked
     assert chosen == [backend]
+
+
+def test_the_ranks_leave_together(tmp_path):
+    """A rank that finished first tore gloo down at exit while another still wrote its files,
+    and aborted now and then (SIGABRT, "terminate called without an active exception": a
+    finished run's launch failed). Exit now waits for every rank: rank 1's own last exit
+    handler, which runs after bertcore's, finds the file rank 0 wrote late after a finished fit
+    (a rank that failed does not wait: test_a_rank_failing_on_its_input...)."""
+    script = tmp_path / "leave.py"
+    script.write_text(
+        "import atexit, os, sys, time\n"
+        "from pathlib import Path\n"
+        f"out, rank = Path({str(tmp_path)!r}), int(os.environ['RANK'])\n"
+        "def check():   # registered first, so it runs after bertcore's exit handler\n"
+        "    if rank == 1:\n"
+        "        (out / 'seen').write_text(str((out / 'late0').exists()))\n"
+        "atexit.register(check)\n"
+        f"sys.path.insert(0, {str(TESTS / 'core')!r})\n"
+        "import toy\n"
+        "from bertcore.training import Trainer, TrainingArgs\n"
+        "tok = toy.tokenizer()\n"
+        "args = TrainingArgs(str(out / 'run'), max_steps=1, batch_size=2, progress=False, save_checkpoints=False)\n"
+        "Trainer(toy.model(tok), tokenizer=tok, train=toy.examples(8), args=args).fit()\n"
+        "if rank == 0:\n"
+        "    time.sleep(3)\n"
+        "    (out / 'late0').write_text('written')\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "seen").read_text() == "True"      # was: False, rank 1 gone before rank 0 was done
