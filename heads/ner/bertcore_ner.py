@@ -6,7 +6,8 @@ on its first sub-word and the other sub-words get -100 (ignored), or, with
 `label_all_subwords=True`, they get the word's label too (B-X becoming I-X).
 Decoding reads each word's first sub-word, turns the word tags (BIO or BIOES) into
 entity spans, and maps them to character offsets: into `text`, or into
-`" ".join(tokens)` for word input.
+`" ".join(tokens)` for word input. A sentence longer than `max_length` tokens, tagged or
+not, is read in overlapping windows; each word's tag is learnt and read in one of them.
 
 `TaskModel.predict` takes a str (raw text), a tuple of words, or either dict; a
 list is a batch of those. Prediction: {"entities": [{"label", "text", "start", "end", "score"}], "tags": [...]}.
@@ -97,13 +98,15 @@ class NERHead(Head):
     # ---- data ----------------------------------------------------------------------
 
     def encode(self, example, tokenizer, max_length=512):
-        # without tags (prediction) a text longer than one window is read in overlapping windows, so every
-        # word gets a tag; labelled examples keep one window, cut at max_length, as training always did
+        # A sentence longer than one window is read in overlapping windows, labelled or not, so that
+        # every word is trained on and scored: one window cut at max_length scored the words past
+        # the cut as "O" (evaluate's recall fell to what the window held). Each word's tag is learnt
+        # in one window only, the one `decode` reads it from (farthest from an edge).
         self.require_text(example, "text")
         if "tokens" in example and (not isinstance(example["tokens"], (list, tuple))
                                     or not all(isinstance(w, str) for w in example["tokens"])):
             raise TypeError("'tokens' must be a list of words (strings)")
-        windows = {} if "tags" in example else {"return_overflowing": True, "stride": max(0, (max_length - 2) // 4)}
+        windows = {"return_overflowing": True, "stride": max(0, (max_length - 2) // 4)}
         if "tokens" in example and len(example["tokens"]):
             enc = tokenizer(list(example["tokens"]), is_split_into_words=True, max_length=max_length,
                             truncation=True, return_offsets=True, **windows)
@@ -112,27 +115,23 @@ class NERHead(Head):
         else:
             enc = tokenizer(example["text"], max_length=max_length, truncation=True, return_offsets=True,
                             **windows)
-        if "tags" not in example:
-            return [{"input_ids": enc["input_ids"][row], "token_type_ids": enc["token_type_ids"][row],
+        features = [{"input_ids": enc["input_ids"][row], "token_type_ids": enc["token_type_ids"][row],
                      "word_ids": enc.word_ids(row), "offsets": [tuple(o) for o in enc["offset_mapping"][row]]}
                     for row in range(len(enc["input_ids"]))]
-        word_ids = enc.word_ids(0)
-        feature = {"input_ids": enc["input_ids"][0], "token_type_ids": enc["token_type_ids"][0],
-                   "word_ids": word_ids, "offsets": [tuple(o) for o in enc["offset_mapping"][0]]}
         if "tags" in example and "tokens" in example:
             if len(example["tags"]) != len(example["tokens"]):  # predict takes labelled input unchecked
                 raise ValueError(f"{len(example['tokens'])} tokens but {len(example['tags'])} tags; "
                                  "give one tag per token")
-            feature["labels"] = self.align_labels(example["tags"], word_ids)
-            # a tagged word without sub-words (one the tokenizer drops whole) would lose its tag unseen;
-            # past the last word seen, it may be truncation instead, which only a full window can be
-            seen = {w for w in word_ids if w is not None}
-            last = max(seen, default=-1)
-            full = len(feature["input_ids"]) >= max_length
+            owner = _window_of_each_word([f["word_ids"] for f in features])
+            for row, feature in enumerate(features):
+                labels = self.align_labels(example["tags"], feature["word_ids"])
+                feature["labels"] = [label if w is None or owner[w][0] == row else IGNORE_INDEX
+                                     for label, w in zip(labels, feature["word_ids"])]
+            # a tagged word without sub-words (one the tokenizer drops whole) would lose its tag unseen
             for w, tag in enumerate(example["tags"]):
-                if tag != "O" and w not in seen and (w < last or not full):
+                if tag != "O" and w not in owner:
                     raise ValueError(_no_subword(w, example["tokens"][w], tag))
-        return [feature]
+        return features
 
     def align_labels(self, tags: list[str], word_ids: list) -> list[int]:
         """Per-token label ids: the word's tag on its first sub-word; -100 (or the
@@ -183,21 +182,12 @@ class NERHead(Head):
                         spans[w] = (min(a, spans.get(w, (a, b))[0]), max(b, spans.get(w, (a, b))[1]))
             # the normaliser drops combining marks (NFD accents) after a word's last sub-word: keep them
             spans = [(a, end_past_marks(text, b)) for a, b in (spans[w] for w in range(max(spans, default=-1) + 1))]
-        tags, scores, room = ["O"] * len(spans), [1.0] * len(spans), {}
-        for feature, out in zip(features, outputs):
-            word_ids = feature["word_ids"]
-            # one argmax per window, not per word: ~30 small tensor ops per sentence were half of decode
-            top, best_ids = (x.tolist() for x in out.softmax(-1).max(-1))           # (L,), (L,)
-            first = {}
-            for token, w in enumerate(word_ids):
-                first.setdefault(w, token)      # a word's first sub-word decides its tag
-            first.pop(None, None)
-            for w, token in first.items():
-                # overlapping windows: the one where the word sits farthest from an edge decides
-                context = min(token, len(word_ids) - 1 - token)
-                if w < len(tags) and context > room.get(w, -1):
-                    room[w] = context
-                    tags[w], scores[w] = self.labels[best_ids[token]], top[token]
+        tags, scores = ["O"] * len(spans), [1.0] * len(spans)
+        # one argmax per window, not per word: ~30 small tensor ops per sentence were half of decode
+        best = [[x.tolist() for x in out.softmax(-1).max(-1)] for out in outputs]   # per window: (L,), (L,)
+        for w, (row, token) in _window_of_each_word([f["word_ids"] for f in features]).items():
+            if w < len(tags):   # overlapping windows: the one where the word sits farthest from an edge decides
+                tags[w], scores[w] = self.labels[best[row][1][token]], best[row][0][token]
         entities = []
         for label, first, last in get_entities(tags):
             start, end = spans[first][0], spans[last][1]
@@ -231,6 +221,22 @@ class NERHead(Head):
                            "classifier_dropout": self.dropout_prob},
                 "state_dict": {"classifier.weight": self.classifier.weight, "classifier.bias": self.classifier.bias}}
 
+
+
+def _window_of_each_word(windows: list[list]) -> dict[int, tuple[int, int]]:
+    """{word: (window, token)}: where a word's tag is learnt and read, its first sub-word in
+    the window where that sits farthest from an edge (the first of equals)."""
+    owner, room = {}, {}
+    for row, word_ids in enumerate(windows):
+        first = {}
+        for token, w in enumerate(word_ids):
+            first.setdefault(w, token)      # a word's first sub-word decides its tag
+        first.pop(None, None)
+        for w, token in first.items():
+            context = min(token, len(word_ids) - 1 - token)
+            if context > room.get(w, -1):
+                owner[w], room[w] = (row, token), context
+    return owner
 
 
 def _kept(char: str) -> bool:

@@ -81,3 +81,25 @@ def test_learns_and_predicts(encoder, tok, cfg):
     assert model.evaluate(examples, head="ner")["f1"] == 1.0
     entities = model.predict("mary lives in berlin", head="ner")["entities"]
     assert [(e["label"], e["text"]) for e in entities] == [("PER", "mary"), ("LOC", "berlin")]
+
+
+def test_a_labelled_sentence_longer_than_a_window_is_trained_and_scored_whole(tok, cfg):
+    """A tagged sentence kept one window, cut at max_length: its later words were never
+    trained on, and evaluation scored them "O" (recall 0.05 where predict, which read the
+    text in windows, had 1.0). Now it is read in the windows predict reads, each word's tag
+    learnt in the one window it is read from, and every word is scored."""
+    head = bertcore.create_head("ner", cfg, labels=LABELS)
+    long = {"tokens": SENTENCE["tokens"] * 6, "tags": SENTENCE["tags"] * 6}     # 30 words, 42 sub-word tokens
+    features = head.encode(long, tok, max_length=16)
+    assert len(features) >= 3
+    labelled = [(f["word_ids"][i], label) for f in features for i, label in enumerate(f["labels"]) if label != -100]
+    assert sorted(w for w, _ in labelled) == list(range(30))                 # each word once (was: the first 6)
+    assert all(LABELS[label] == long["tags"][w] for w, label in labelled)
+    # decode reads each word where encode put its label: the gold logits give the gold tags back
+    outputs = [logits_for(head, f, long["tags"]) for f in features]
+    assert head.decode(long, features, outputs)["tags"] == long["tags"]
+    model = bertcore.TaskModel(bertcore.BertEncoder(cfg), {"ner": head}, tokenizer=tok)
+    scored = model.evaluate([long], max_length=16)
+    predicted = model.predict(tuple(long["tokens"]), max_length=16)["tags"]
+    from seqeval.metrics import f1_score
+    assert scored["f1"] == pytest.approx(f1_score([long["tags"]], [predicted]))   # was: words past 16 tokens "O"
