@@ -35,7 +35,7 @@ def add_predict(sub):
 def _read_inputs(args) -> tuple[list, list]:
     """Texts, (question, context), file examples and stdin lines, in that order, and where
     each came from: "file:line" (or "stdin:line"), None for the command line's own."""
-    from ..data import load_examples, read_text, text_lines, where
+    from ..data import CONLL_SUFFIXES, load_examples, read_text, text_lines, where
     inputs = _command_line_texts(args.texts, "predict")
     if args.question is not None or args.context is not None:
         if args.question is None or args.context is None:
@@ -45,7 +45,8 @@ def _read_inputs(args) -> tuple[list, list]:
     sources = []
     if args.input and args.input != "-":
         path = Path(args.input)
-        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".conll"):
+        # the data formats finetune reads (.bio and .iob are CoNLL too); .txt and the rest are texts, a line each
+        if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", *CONLL_SUFFIXES) and path.suffix != ".txt":
             records = load_examples(path, encoding=args.encoding)
             inputs += records
             places += [where(records, i) for i in range(len(records))]

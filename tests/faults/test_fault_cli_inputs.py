@@ -160,3 +160,18 @@ def test_predict_reads_both_a_file_and_stdin(tmp_path, model_dir, monkeypatch, c
     monkeypatch.setattr("sys.stdin", io.StringIO("bad plot\n"))
     assert main(["predict", "--model", str(model_dir), "--input", str(texts), "-"]) == 0   # was: stdin only
     assert [json.loads(line)["input"] for line in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
+
+
+def test_predict_reads_bio_and_iob_files_as_conll(tmp_path, checkpoint, capsys):
+    """.bio and .iob are CoNLL files to finetune and evaluate, but predict read them as text,
+    a line each: "john<TAB>B-PER" was one input, its gold tag tagged as a word."""
+    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                       {"ner": bertcore.create_head("ner", cfg, labels=["O", "B-PER"])},
+                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(tmp_path / "ner")
+    for suffix in (".conll", ".bio", ".iob"):
+        file = tmp_path / f"dev{suffix}"
+        file.write_text("john\tB-PER\nlives\tO\n\nmary\tB-PER\n", encoding="utf-8")
+        assert main(["predict", "--model", str(tmp_path / "ner"), "--input", str(file)]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [len(row["tags"]) for row in rows] == [2, 1], suffix          # was: 3 lines, 2 words each
