@@ -65,12 +65,17 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
                          whole_word, max_eval_pairs, leader)
 
 
-def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
-              whole_word, max_eval_pairs, leader):
-    documents = read_corpus(corpus)
+def check_corpus(documents: list) -> list:
+    """`documents` (read_corpus's), refused when too few to pretrain on."""
     if len(documents) < 4:
         raise ValueError(f"the corpus has {len(documents)} documents; pretraining needs at least 4 "
                          "(documents are separated by blank lines)")
+    return documents
+
+
+def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
+              whole_word, max_eval_pairs, leader):
+    documents = check_corpus(read_corpus(corpus))
     out = Path(args.output_dir)
     source = cfg if isinstance(cfg, (str, os.PathLike)) else getattr(cfg, "source", None)  # a checkpoint's
     if not resume and leader:

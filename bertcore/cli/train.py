@@ -122,18 +122,23 @@ def _check_resume(args) -> None:
 def cmd_finetune(args) -> int:
     head_type = _head_type(args.head)
     _check_resume(args)
-    with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
-        return _finetune(args, head_type)
+    # every input read and checked before --overwrite removes the earlier run: a bad data file,
+    # encoder or head option loses no run
+    model, train, evaluation = _finetune_inputs(args, head_type)
+    with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder), ("--train", args.train),
+                        ("--eval", args.eval)):
+        return _finetune(args, model, train, evaluation)
 
 
-def _finetune(args, head_type) -> int:
+def _finetune_inputs(args, head_type) -> tuple:
+    """(the TaskModel to train, train examples, eval examples or None), all checked."""
     from .. import set_seed
     from ..data import load_examples
     from ..model import BertEncoder
     from ..taskmodel import TaskModel
     from ..tokenizer import Tokenizer
     from ..pretraining import checkpoint_tokenizer
-    from ..training import Trainer, check_examples
+    from ..training import check_examples
 
     train = load_examples(args.train, encoding=args.encoding)
     evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
@@ -148,8 +153,13 @@ def _finetune(args, head_type) -> int:
     check_examples(head, train)      # the Trainer checks them too; here before `said`
     if said:
         print(said, file=sys.stderr)
-    name = args.name or args.head
-    model = TaskModel(encoder, {name: head}, tokenizer=tok)
+    return TaskModel(encoder, {args.name or args.head: head}, tokenizer=tok), train, evaluation
+
+
+def _finetune(args, model, train, evaluation) -> int:
+    from ..training import Trainer
+    name = model.head_names()[0]
+    tok = model.tokenizer
     targs = training_args(args, freeze_encoder=args.freeze_encoder, layerwise_lr_decay=args.layerwise_lr_decay,
                            early_stopping_patience=args.early_stopping, load_best_at_end=evaluation is not None)
     trainer = Trainer(model, tokenizer=tok, train=train, eval=evaluation, args=targs, head=name)
@@ -229,24 +239,27 @@ def cmd_pretrain(args) -> int:
         raise ValueError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}; "
                          "each head takes an equal share of the hidden size")
     _check_resume(args)
-    with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder)):
-        return _pretrain(args)
-
-
-def _pretrain(args) -> int:
-    from ..config import BertConfig
     from ..masking import read_corpus
-    from ..pretraining import pretrain
+    from ..pretraining import check_corpus
     from ..tokenizer import Tokenizer
-
+    # read and checked before --overwrite removes the earlier run: a bad corpus or tokenizer loses no run
+    corpus = check_corpus(read_corpus([Path(f) for f in args.corpus], encoding=args.encoding))
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else None
     if args.encoder:
         _check_positions(args)
+    with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder),
+                        *[("--corpus", file) for file in args.corpus]):
+        return _pretrain(args, corpus, tok)
+
+
+def _pretrain(args, corpus, tok) -> int:
+    from ..config import BertConfig
+    from ..pretraining import pretrain
+
     cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                                      num_attention_heads=args.heads,
                                      intermediate_size=args.intermediate_size or 4 * args.hidden_size,
                                      max_position_embeddings=max(128, args.max_length))
-    corpus = read_corpus([Path(f) for f in args.corpus], encoding=args.encoding)
     model = pretrain(corpus, tok, cfg, training_args(args), resume=args.resume, vocab_size=args.vocab_size,
                      lowercase=not args.cased,
                      mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)

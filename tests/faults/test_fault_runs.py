@@ -134,11 +134,39 @@ def test_an_input_inside_the_folder_a_run_replaces_is_refused(tmp_path, corpus, 
     assert digest(pre / "model") == saved
     # the same folder spelled through `..` or a symlinked --output: refused all the same
     (tmp_path / "link").symlink_to(pre)
+    (tmp_path / "other").mkdir()     # inputs are read before the folder check: the path must lead somewhere
     for encoder, output in ((tmp_path / "other" / ".." / "pre" / "model" / "encoder", pre),
                             (pre / "model" / "encoder", tmp_path / "link")):
         assert main(finetune(encoder, train_file, output, "--tokenizer", str(pre / "tokenizer"), "--overwrite")) == 2
         assert "lies inside" in one_line_error(capsys.readouterr().err, "finetune")
     assert digest(pre / "model") == saved
+
+
+def test_overwrite_removes_the_earlier_run_only_once_the_new_one_has_good_inputs(tmp_path, corpus, checkpoint,
+                                                                                  train_file, capsys):
+    """--overwrite removed the earlier run first, then found the new run's corpus or data bad
+    (too few documents, a file inside the folder it had just removed) and stopped: both runs
+    lost. Inputs are now read and checked before anything is removed."""
+    pre = tmp_path / "pre"
+    assert main(pretrain_cli(corpus, pre, "--max-steps", "2")) == 0
+    capsys.readouterr()
+    def runs():
+        return {p.name: digest(p) for p in pre.iterdir() if p.is_dir()}
+    saved = runs()
+    short = tmp_path / "three.txt"
+    short.write_text("a good film\n\nbad plot\n\nthe actor\n", encoding="utf-8")
+    assert main(pretrain_cli(short, pre, "--max-steps", "2", "--overwrite")) == 2
+    assert "the corpus has 3 documents" in one_line_error(capsys.readouterr().err, "pretrain")
+    inside = pre / "model" / "corpus.txt"
+    inside.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(pretrain_cli(inside, pre, "--max-steps", "2", "--overwrite")) == 2
+    assert f"--corpus {inside} lies inside {pre / 'model'}" in one_line_error(capsys.readouterr().err, "pretrain")
+    inside.unlink()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "good", "label": "pos"}\n{"text": "bad"}\n', encoding="utf-8")
+    assert main(finetune(checkpoint, bad, pre, "--overwrite")) == 2
+    assert "missing label" in one_line_error(capsys.readouterr().err, "finetune")
+    assert runs() == saved and {"model", "last"} <= set(saved)          # was: model/, last/ removed
 
 
 def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, checkpoint, train_file, capsys):
