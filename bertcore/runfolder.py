@@ -371,7 +371,7 @@ def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | 
            rank: int = 0) -> TrainState:
     """Restore a run from the newest complete checkpoint at `directory`: weights, optimizer,
     scheduler, RNG states; refused, with the differences listed, when `identity` (settings,
-    world size, data, heads) is not what the checkpoint recorded. `best`: the run's best/
+    world size, data, heads, the encoder's shape) is not what the checkpoint recorded. `best`: the run's best/
     folder, put right when a crash came between the checkpoint that is the best and its link.
     The state is `finished` when the checkpoint ended its run (the last step, early stopping).
     `rank` (under torchrun) takes that rank's own RNG states."""
@@ -386,6 +386,9 @@ def resume(directory, model, optimizer, scheduler, identity: dict, best: Path | 
                           f"under torchrun --nproc_per_node={saved.get('world')})")
     then = saved.get("args", {})   # a setting an older bertcore did not record is not held against it
     changed += [f"{k}: {then[k]!r} then, {v!r} now" for k, v in identity["args"].items() if k in then and then[k] != v]
+    then = saved.get("encoder", {})
+    changed += [f"encoder {k}: {then[k]!r} then, {v!r} now" for k, v in identity.get("encoder", {}).items()
+                if k in then and then[k] != v]
     if changed:
         raise ValueError(f"cannot resume from {folder}: the run differs from the one that wrote it "
                          f"({'; '.join(changed)}); resume with the original settings and data, or start a new "

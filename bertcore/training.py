@@ -724,13 +724,21 @@ def best_metric(model: TaskModel, eval_sets: list[Encoded], metric_for_best: str
     return key, bool(head.greater_is_better) if metric == head.main_metric else True
 
 
+# The encoder's shape and dropout, which a resumed run must keep: pretrain --resume --heads 4 of a
+# 2-head run trained on with 4 heads over the same weights, without a word.
+ENCODER_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "hidden_dropout_prob",
+                "attention_probs_dropout_prob")
+
+
 def run_identity(args: TrainingArgs, world: int, train_sets: list[Encoded], model: TaskModel) -> dict:
     """What a saved data position depends on: settings, world size, data and heads."""
     data = [{"heads": list(d.heads), "features": len(d.features),
              "crc32": zlib.crc32(b"".join(torch.tensor(f["input_ids"], dtype=torch.int32).numpy().tobytes()
                                           for f in d.features))} for d in train_sets]
+    encoder = {k: v for k, v in model.encoder.config.to_dict().items() if k in ENCODER_KEYS}
     return {"args": {k: getattr(args, k) for k in RESUME_KEYS}, "world": world, "data": data,
-            "heads": {n: h.get_config() for n, h in model.heads.items()}}
+            "heads": {n: h.get_config() for n, h in model.heads.items()}, "encoder": encoder}
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -169,6 +169,25 @@ def test_overwrite_removes_the_earlier_run_only_once_the_new_one_has_good_inputs
     assert runs() == saved and {"model", "last"} <= set(saved)          # was: model/, last/ removed
 
 
+def test_a_resume_with_another_encoder_shape_is_refused_naming_it(tmp_path, corpus, capsys):
+    """pretrain --resume --heads 4 of a 2-head run went on with 4 heads over the same weights
+    and saved that, without a word; another width failed on a weight's shape, naming no option."""
+    out = tmp_path / "pt"
+    assert main(pretrain_cli(corpus, out, "--max-steps", "2")) == 0
+    capsys.readouterr()
+    saved = digest(out / "model")
+    for option, change in ((["--heads", "4"], "encoder num_attention_heads: 2 then, 4 now"),
+                           (["--hidden-size", "64", "--heads", "2"], "encoder hidden_size: 32 then, 64 now")):
+        argv = pretrain_cli(corpus, out, "--max-steps", "2", "--resume")
+        i = argv.index(option[0])
+        argv[i:i + 2] = option[:2]
+        argv += option[2:]
+        assert main(argv) == 2
+        line = one_line_error(capsys.readouterr().err, "pretrain")
+        assert "cannot resume" in line and change in line, line
+    assert digest(out / "model") == saved                               # was: rewritten with 4 heads
+
+
 def test_an_unknown_metric_for_best_is_refused_before_training(tmp_path, checkpoint, train_file, capsys):
     out = tmp_path / "run"
     assert main(finetune(checkpoint, train_file, out, "--metric-for-best", "acuracy")) == 2
