@@ -256,7 +256,10 @@ def _train_tokenizer(documents, vocab_size, lowercase, directory: Path) -> Token
     deterministic across processes, and every rank must use the same ids."""
     distributed = dist.is_available() and dist.is_initialized()
     if not distributed or dist.get_rank() == 0:
-        tok = Tokenizer.train((s for d in documents for s in d), vocab_size=vocab_size, lowercase=lowercase)
+        # a sentence given as its words (whole-word masking over a segmenter's output) is trained on as
+        # text: its words apart, as BERT's pre-tokenizer splits them anyway (it refused the lists)
+        texts = (s if isinstance(s, str) else " ".join(s) for d in documents for s in d)
+        tok = Tokenizer.train(texts, vocab_size=vocab_size, lowercase=lowercase)
         with folder_swap(directory) as tmp:   # its four files swapped in together: a kill never mixes two vocabularies
             tok.save_pretrained(tmp)
     if distributed:

@@ -263,3 +263,13 @@ def test_a_held_out_set_too_small_to_measure_is_said_so(tmp_path, docs, tok, cap
     with caplog.at_level(logging.WARNING, logger="bertcore.pretraining"):   # the user's own cap: no warning
         pretrain(docs, tok, bertcore.BertConfig(**TINY), targs(tmp_path / "capped"), max_eval_pairs=1)
     assert not [r for r in caplog.records if "held-out sentence pairs" in r.getMessage()]
+
+
+def test_whole_word_documents_train_their_own_vocabulary(tmp_path, docs):
+    """Sentences given as their words (the README's whole-word masking over a segmenter's
+    output) with no tokenizer: "texts[0] is list [...], not a str; train takes texts"."""
+    words = [[sentence.split() for sentence in doc] for doc in docs]
+    model = pretrain(words, None, bertcore.BertConfig(**TINY), targs(tmp_path / "run"), whole_word=True,
+                     vocab_size=60)
+    pieces = model.tokenizer.convert_ids_to_tokens(model.tokenizer("good movie")["input_ids"][0])
+    assert len(pieces) > 3 and "[UNK]" not in pieces                             # a vocabulary of the words
