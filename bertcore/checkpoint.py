@@ -250,11 +250,13 @@ def resolve_dtype(value, config: BertConfig):
 
 
 def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=None, torch_dtype=None,
-                 device=None, strict: bool = False, **overrides):
+                 device=None, strict: bool = False, with_head: bool = False, **overrides):
     """The encoder of a checkpoint folder (or a cached Hub name), in eval mode, as
     transformers' from_pretrained: `dtype` (or `torch_dtype`) and `device` place it;
     `overrides` replace config fields and must name real ones. The config must match the
-    weights (see check_config); `strict` also refuses weights the config leaves unused."""
+    weights (see check_config); `strict` also refuses weights the config leaves unused. `with_head`:
+    the caller loads the task head too (TaskModel.from_pretrained of a transformers task model), so
+    its weights and a missing pooler (token-level classes have none) are not warned about."""
     directory = bert_folder(resolve_pretrained(name_or_path))
     if config is None and not (directory / "config.json").exists():
         # a saved TaskModel (pretrain's runs/pt/model) or a run's folder: else "no config.json",
@@ -285,13 +287,15 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     model = cls(config)
     check_config(model, encoder_state, config_source, file, strict=strict)
     missing, unexpected = load_weights(model, encoder_state, str(file))
+    if with_head:   # a transformers task model loaded with its head: token-level classes have no pooler
+        missing = [k for k in missing if not k.startswith("pooler.")]
     if missing:
         logger.warning("%s: %d encoder weights not in the checkpoint, left at their initial values: %s",
                        file, len(missing), ", ".join(missing[:10]))
     if unexpected:
         logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
     task = [k for k in head_state if not k.startswith("cls.")]
-    if task:   # transformers says so too ("Some weights ... were not used"): they are not the encoder's
+    if task and not with_head:   # transformers says so too ("Some weights ... were not used"): they are not the encoder's
         logger.warning("%s: a task head's weights (%s) are not the encoder's; TaskModel.from_pretrained of the "
                        "folder loads them with their head", file, ", ".join(task[:4]))
     model.pretrained_head_weights = head_state

@@ -485,7 +485,7 @@ class TaskModel(nn.Module):
         named as the head type) with the weights that head's `transformers_export` names, and
         the folder's tokenizer. The inverse of `bertcore.export.export_transformers`."""
         from .tokenizer import Tokenizer, tokenizer_file
-        encoder = load_encoder(BertEncoder, directory)
+        encoder = load_encoder(BertEncoder, directory, with_head=True)
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
         claim = plugins.transformers_head(config)
         if claim is None:
