@@ -76,7 +76,13 @@ def _head_options(args, train, head_type) -> tuple[dict, str | None]:
         except json.JSONDecodeError:
             options[key] = value
     if args.labels:
-        options["labels"] = args.labels.split(",")
+        options["labels"] = [label.strip() for label in args.labels.split(",")]   # "neg, pos": no " pos" class
+    if args.multi_label and args.regression:
+        raise ValueError("--multi-label and --regression contradict each other; give one")
+    if args.multi_label and not any(isinstance(ex.get("label"), list) for ex in train):
+        # a CSV cell "per,loc" would be one class of its own, the task silently single-label
+        raise ValueError(f"--multi-label: no example of {args.train} gives its labels as a list; multi-label data "
+                         'is JSONL with "label": ["per", "loc"] (a CSV or TSV cell holds one label)')
     if args.multi_label:
         options["multi_label"] = True
     if args.regression:

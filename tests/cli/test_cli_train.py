@@ -133,3 +133,19 @@ def test_regression_and_multi_label_from_the_command_line(tmp_path, checkpoint, 
                  "--no-progress"]) == 0
     head = bertcore.TaskModel.from_pretrained(tmp_path / "ml" / "model").heads["classification"]
     assert head.problem == "multi_label" and head.labels == ["any", "neg", "pos"]
+    # a CSV cell "neg,any" was one class of its own and the task single-label, silently
+    csv = tmp_path / "tags.csv"
+    csv.write_text("text,label\n" + "".join(f'{r["text"]},"{r["label"]},any"\n' for r in reviews(16)), encoding="utf-8")
+    common = ["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(csv), "--output",
+              str(tmp_path / "csv"), "--max-steps", "2", "--no-progress"]
+    capsys.readouterr()
+    assert main([*common, "--multi-label"]) == 2
+    assert "no example of" in capsys.readouterr().err
+    assert main([*common, "--multi-label", "--regression"]) == 2
+    assert "--multi-label and --regression contradict each other" in capsys.readouterr().err
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in reviews(16)), encoding="utf-8")
+    assert main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(labels),
+                 "--output", str(tmp_path / "spaced"), "--max-steps", "2", "--no-progress", "--labels", "neg, pos"]) == 0
+    head = bertcore.TaskModel.from_pretrained(tmp_path / "spaced" / "model").heads["classification"]
+    assert head.labels == ["neg", "pos"]                                     # was: "neg", " pos"
