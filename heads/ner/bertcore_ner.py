@@ -62,8 +62,13 @@ class NERHead(Head):
 
     @classmethod
     def options_from_examples(cls, examples):
-        """Every tag in the data, "O" first, then by entity type (B- before I-)."""
+        """Every tag in the data, and each entity type's other prefixes of its scheme (B- and
+        I-, and E- and S- in BIOES data): training data whose persons are all one word has no
+        I-PER, and the head could then neither predict a longer one nor score a test set
+        holding one. "O" first, then by entity type (B- before I-)."""
         tags = {str(t) for ex in examples for t in ex.get("tags", [])}
+        prefixes = ("B-", "I-", "E-", "S-") if any(t[:2] in ("E-", "S-") for t in tags) else ("B-", "I-")
+        tags |= {p + t[2:] for t in tags if t[:2] in prefixes for p in prefixes}
         return {"labels": ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[:2]))}
 
     def get_config(self):

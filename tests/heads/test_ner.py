@@ -103,3 +103,16 @@ def test_a_labelled_sentence_longer_than_a_window_is_trained_and_scored_whole(to
     predicted = model.predict(tuple(long["tokens"]), max_length=16)["tags"]
     from seqeval.metrics import f1_score
     assert scored["f1"] == pytest.approx(f1_score([long["tags"]], [predicted]))   # was: words past 16 tokens "O"
+
+
+def test_labels_read_from_data_hold_each_types_other_prefixes():
+    """Training data whose persons were all one word gave no I-PER: the head could not
+    predict a longer person, and evaluate refused a test set holding one."""
+    ner = type(bertcore.create_head("ner", bertcore.BertConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                                                                num_attention_heads=2, intermediate_size=16),
+                                    labels=LABELS))
+    bio = [{"tokens": ["john", "in", "new", "york"], "tags": ["B-PER", "O", "B-LOC", "I-LOC"]}]
+    assert ner.options_from_examples(bio)["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    bioes = [{"tokens": ["john", "new", "york"], "tags": ["S-PER", "B-LOC", "E-LOC"]}]
+    assert ner.options_from_examples(bioes)["labels"] == ["O", "B-LOC", "E-LOC", "I-LOC", "S-LOC",
+                                                          "B-PER", "E-PER", "I-PER", "S-PER"]
