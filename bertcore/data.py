@@ -319,6 +319,7 @@ def load_conll(path: Path, text: str) -> Records:
             continue
         if line.startswith("-DOCSTART-"):
             continue
+        line = line.rstrip()   # a trailing tab made the tag an empty last field
         fields = line.split("\t") if "\t" in line else line.split()
         if len(fields) < 2:
             raise DataError(f"{path}:{n}: {line!r} has one field; expected token<TAB>tag "

@@ -230,3 +230,9 @@ def test_a_space_after_a_csv_comma_is_no_part_of_the_field(tmp_path):
     file = write(tmp_path, "spaced.csv", 'text, label\ngood film, pos\n"bad, really", neg\nfine,pos\n')
     assert list(load_examples(file)) == [{"text": "good film", "label": "pos"},
                                          {"text": "bad, really", "label": "neg"}, {"text": "fine", "label": "pos"}]
+
+
+def test_a_trailing_tab_or_space_is_no_empty_tag(tmp_path):
+    """'john<TAB>B-PER<TAB>' made the tag '' ("tag '' is not BIO"), naming no fix (NER walk)."""
+    examples = load_examples(write(tmp_path, "t.conll", "john\tB-PER\t\nlives\tO \n"))
+    assert [e["tags"] for e in examples] == [["B-PER", "O"]]
