@@ -181,14 +181,20 @@ def add_evaluate(sub):
 def cmd_evaluate(args) -> int:
     import json
 
-    from ..data import load_examples
+    from ..data import load_examples, where
     from ..files import write_text
 
     examples = load_examples(args.data, encoding=args.encoding)   # a missing or bad file before the model loads
     model = _load_model(args.model, args.tokenizer, args.device)
     name = head_name(model, args.head)
     check_max_length(args, model.encoder.config)
-    metrics = model.evaluate(examples, head=name, batch_size=args.batch_size, max_length=args.max_length)
+    try:
+        metrics = model.evaluate(examples, head=name, batch_size=args.batch_size, max_length=args.max_length)
+    except ValueError as err:   # what encode finds in "example N" (its checks name FILE:LINE already)
+        found = re.match(r"example (\d+)\b:? *", str(err))
+        if not found:
+            raise
+        raise ValueError(f"{where(examples, int(found[1]) - 1)}: {str(err)[found.end():]}") from err
     text = json.dumps(_json_safe({"head": name, "examples": len(examples), **metrics}), ensure_ascii=False)
     if args.output:
         write_text(args.output, text + "\n")

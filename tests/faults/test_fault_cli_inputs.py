@@ -162,16 +162,33 @@ def test_predict_reads_both_a_file_and_stdin(tmp_path, model_dir, monkeypatch, c
     assert [json.loads(line)["input"] for line in capsys.readouterr().out.splitlines()] == ["good film", "bad plot"]
 
 
-def test_predict_reads_bio_and_iob_files_as_conll(tmp_path, checkpoint, capsys):
-    """.bio and .iob are CoNLL files to finetune and evaluate, but predict read them as text,
-    a line each: "john<TAB>B-PER" was one input, its gold tag tagged as a word."""
+@pytest.fixture(scope="module")
+def ner_dir(tmp_path_factory, checkpoint):
+    """A saved NER model (tags O, B-PER) with its tokenizer/."""
     cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    path = tmp_path_factory.mktemp("ner") / "ner"
     bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
                        {"ner": bertcore.create_head("ner", cfg, labels=["O", "B-PER"])},
-                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(tmp_path / "ner")
+                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(path)
+    return path
+
+
+def test_predict_reads_bio_and_iob_files_as_conll(tmp_path, ner_dir, capsys):
+    """.bio and .iob are CoNLL files to finetune and evaluate, but predict read them as text,
+    a line each: "john<TAB>B-PER" was one input, its gold tag tagged as a word."""
     for suffix in (".conll", ".bio", ".iob"):
         file = tmp_path / f"dev{suffix}"
         file.write_text("john\tB-PER\nlives\tO\n\nmary\tB-PER\n", encoding="utf-8")
-        assert main(["predict", "--model", str(tmp_path / "ner"), "--input", str(file)]) == 0
+        assert main(["predict", "--model", str(ner_dir), "--input", str(file)]) == 0
         rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [len(row["tags"]) for row in rows] == [2, 1], suffix          # was: 3 lines, 2 words each
+
+
+def test_evaluate_names_the_file_and_line_of_what_encoding_finds(tmp_path, ner_dir, capsys):
+    """A problem found while encoding (a tagged accent the lowercasing tokenizer drops) said
+    "example 2:", where predict and finetune name the file's line."""
+    file = tmp_path / "test.conll"
+    file.write_text("john\tB-PER\n\nmary\tO\n\u0301\tB-PER\n", encoding="utf-8")
+    assert main(["evaluate", "--model", str(ner_dir), "--data", str(file)]) == 2
+    line = one_line_error(capsys.readouterr().err, "evaluate")
+    assert f"{file}:3: token 2" in line, line
