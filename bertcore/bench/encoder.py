@@ -437,10 +437,10 @@ def main(argv=None, default_output=None) -> int:
     ap.add_argument("--threads", type=B.thread_count, help="torch.set_num_threads (default: all cores)")
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES))
     ap.add_argument("--batches", nargs="+", choices=list(BATCHES))
-    ap.add_argument("--batch-sizes", nargs="+", type=int, help="sequences per batch (default: 16)")
+    ap.add_argument("--batch-sizes", nargs="+", type=B.positive_int, help="sequences per batch (default: 16)")
     ap.add_argument("--modes", nargs="+", choices=list(MODES))
     ap.add_argument("--providers", nargs="+", choices=list(PROVIDERS + CUDA_PROVIDERS))
-    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--rounds", type=B.positive_int)
     ap.add_argument("--budget", type=float, help="seconds of timing per case at most (default: 90, quick 30)")
     ap.add_argument("--name", help="file stem of the CSV/PNG (default: encoder or encoder-quick)")
     ap.add_argument("--dtype", choices=list(AUTOCAST),

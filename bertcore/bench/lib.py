@@ -61,8 +61,9 @@ def set_threads(threads: int | None = None) -> int:
 
 
 def thread_count(text: str) -> int:
-    """argparse type of every benchmark's --threads: a whole number >= 1 (0 silently meant
-    all cores, and -1 ended in torch's traceback). Here, not in bertcore.cli: cli imports bench."""
+    """argparse type of every benchmark's --threads, and of their sizes and counts: a whole
+    number >= 1 (0 threads silently meant all cores, -1 ended in torch's traceback, --rounds -1
+    in "no median for empty data"). Here, not in bertcore.cli: cli imports bench."""
     import argparse
     try:
         value = int(text)
@@ -71,6 +72,33 @@ def thread_count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be 1 or more")
     return value
+
+
+positive_int = thread_count   # the same rule for sizes, counts and rounds
+
+
+def dropout_rate(text: str) -> float:
+    """argparse type of a benchmark's --dropout: a probability in [0, 1) (1.5 ended in the kernel's traceback)."""
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
+    return value
+
+
+def length_class(text: str) -> str:
+    """argparse type of --lengths: equal-L or mixed-LO-HI with 1 <= LO <= HI ('foo-12' was an IndexError)."""
+    import argparse
+    import re
+    found = re.fullmatch(r"equal-(\d+)|mixed-(\d+)-(\d+)", text)
+    numbers = [int(n) for n in found.groups() if n is not None] if found else []
+    if not numbers or min(numbers) < 1 or numbers != sorted(numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected equal-L or mixed-LO-HI with 1 <= LO <= HI "
+                                         "(e.g. equal-128, mixed-16-512)")
+    return text
 
 
 def _env_threads() -> int | None:
@@ -82,6 +110,9 @@ def _env_threads() -> int | None:
     if not (text.isdigit() and int(text) >= 1):
         raise ValueError(f"BENCH_THREADS={text!r}: must be a whole number >= 1 (threads for torch on the CPU); "
                          "fix or unset it, or pass --threads")
+    cores = os.cpu_count() or 1
+    if int(text) > cores:   # as --threads: torch takes any count, and OpenMP then oversubscribes
+        raise ValueError(f"BENCH_THREADS={text}, but this machine has {cores} cores; set it to {cores} or fewer")
     return int(text)
 
 

@@ -97,6 +97,29 @@ def test_thin_scripts_refuse_threads_below_one(flag, capsys):
         assert done.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("module,argv,message", [
+    (bench_encoder, ["--rounds", "-1"], "must be 1 or more"),             # was: "no median for empty data"
+    (bench_encoder, ["--rounds", "0"], "must be 1 or more"),              # was: the default 9, silently
+    (bench_encoder, ["--batch-sizes", "0"], "must be 1 or more"),         # was: "max() arg is an empty sequence"
+    (bench_attention, ["--lengths", "foo-12"], "expected equal-L or mixed-LO-HI"),   # was: IndexError
+    (bench_attention, ["--lengths", "equal-0"], "expected equal-L or mixed-LO-HI"),  # was: ZeroDivisionError
+    (bench_attention, ["--lengths", "mixed-64-16"], "1 <= LO <= HI"),
+    (bench_attention, ["--head-dims", "0"], "must be 1 or more"),         # was: ZeroDivisionError
+    (bench_layer_norm, ["--dropout", "1.5"], "must be in [0, 1)"),        # was: the kernel's traceback
+    (bench_layer_norm, ["--tokens", "0"], "must be 1 or more"),           # was: 0 GB/s, measured
+])
+def test_bench_scripts_refuse_sizes_and_rates_that_cannot_run(module, argv, message, capsys):
+    with pytest.raises(SystemExit) as done:
+        module.main([*argv, "--no-write"])
+    assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_threads_in_the_environment_beyond_the_cores_is_refused(monkeypatch, keep_threads):
+    monkeypatch.setenv("BENCH_THREADS", str((os.cpu_count() or 1) + 1))   # was: run oversubscribed, rows recorded
+    with pytest.raises(ValueError, match=r"BENCH_THREADS=\d+, but this machine has \d+ cores"):
+        benchlib.set_threads()
+
+
 def test_a_device_name_without_letters_or_digits_gets_a_folder_of_its_own(tmp_path, monkeypatch):
     monkeypatch.setattr(benchlib, "device_name", lambda device: "???")
     assert benchlib.results_dir("cpu", tmp_path) == tmp_path / "cpu"     # was: tmp_path itself
