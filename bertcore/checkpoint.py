@@ -295,7 +295,7 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     if unexpected:
         logger.warning("%s: %d keys not used by the encoder: %s", file, len(unexpected), ", ".join(unexpected[:10]))
     task = [k for k in head_state if not k.startswith("cls.")]
-    if task and not with_head:   # transformers says so too ("Some weights ... were not used"): they are not the encoder's
+    if task and not with_head:   # not the encoder's, as transformers says too ("Some weights ... were not used")
         logger.warning("%s: a task head's weights (%s) are not the encoder's; TaskModel.from_pretrained of the "
                        "folder loads them with their head", file, ", ".join(task[:4]))
     model.pretrained_head_weights = head_state
