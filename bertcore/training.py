@@ -202,7 +202,8 @@ def _check_some_loss(train_sets: list[Encoded], loss_weights: dict) -> None:
 
 
 def _sources(model: TaskModel, data, split: str, head) -> list[tuple[tuple[str, ...], object]]:
-    """[(head names, data source)]: one per head of a {head: source} dict, else `data` for
+    """[(head names, data source)]: one per key of a {head: source} dict (a tuple of heads
+    trains them on the same batches, as `head` does for one source), else `data` for
     `head` (or the model's only head). A dict keyed by a name that is no head, or an empty
     one, is refused naming it: it was read as one source ("pass head=NAME")."""
     if not isinstance(data, dict):
@@ -210,8 +211,11 @@ def _sources(model: TaskModel, data, split: str, head) -> list[tuple[tuple[str, 
     if not data:
         raise ValueError(f"{split}= is an empty dict; give {{head: data}} for heads of {', '.join(model.heads)}, "
                          "or one source of examples")
-    _check_head_names(model, f"{split}=", data)
-    return [((name,), source) for name, source in data.items()]
+    keys = [key if isinstance(key, tuple) else (key,) for key in data]
+    if not all(keys):
+        raise ValueError(f"{split}= has an empty tuple as a key; name the heads its data trains, e.g. ('mlm', 'nsp')")
+    _check_head_names(model, f"{split}=", [name for names in keys for name in names])
+    return list(zip(keys, data.values()))
 
 
 class Trainer:
@@ -225,7 +229,8 @@ class Trainer:
     `train`/`eval`: a list of example dicts, a data file, or any indexable of dicts;
     for several heads a dict {head: data}. `head` names the head for single-task data
     (optional when the model has one head); a tuple of names trains those heads on the
-    same batches (e.g. ("mlm", "nsp") for pretraining on `make_nsp_pairs` output).
+    same batches (e.g. ("mlm", "nsp") for pretraining on `make_nsp_pairs` output), and
+    so does a tuple key: {("mlm", "nsp"): pairs, "embedding": span_pairs}.
     """
 
     def __init__(self, model: TaskModel, tokenizer=None, train=None, eval=None,
@@ -258,7 +263,8 @@ class Trainer:
                 self.model.prepare(names, self.tokenizer, examples if split == "train" else None)
                 encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
             except DataError as err:   # with several sources: which head's data "example 3" or a file is
-                raise DataError(f"{split}[{names[0]!r}] {err}" if len(groups) > 1 else str(err)) from None
+                key = repr(names[0]) if len(names) == 1 else repr(names)
+                raise DataError(f"{split}[{key}] {err}" if len(groups) > 1 else str(err)) from None
             if split == "train" and not encoded.features:   # a plugin's encode() may make none of real data
                 raise DataError(f"no training features for {'+'.join(names)}: " + (
                     f"encode() made none of {len(examples)} examples" if len(examples) else "the data is empty"))

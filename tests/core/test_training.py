@@ -12,6 +12,7 @@ import torch
 
 import bertcore
 from bertcore import training
+from bertcore.masking import make_nsp_pairs
 from bertcore.runfolder import load_state
 from bertcore.training import NonFiniteLossError, Trainer
 
@@ -244,6 +245,44 @@ def test_names_that_are_no_head_are_refused(tmp_path, tok):
     bad = {"x": toy.examples(4), "y": [toy.examples(1)[0], {"tokens": ["good"], "tags": ["O"]}]}
     with pytest.raises(bertcore.data.DataError, match=r"^train\['y'\] example 2: has no 'text'"):
         Trainer(model, tokenizer=tok, train=bad, args=args(tmp_path))
+
+
+def test_a_tuple_key_trains_its_heads_on_the_same_batches(tmp_path, tok):
+    """{("mlm", "nsp"): pairs, "z": other} trains MLM and NSP together on the pairs' batches,
+    as head=("mlm", "nsp") does for one source, beside z's batches (pretraining beside
+    another objective). A tuple key was refused as no head of the model."""
+    docs = [[ex["text"] for ex in toy.examples(4, seed=seed)] for seed in range(8)]
+    pairs = make_nsp_pairs(docs, tok, max_length=24, seed=0)
+
+    def pretraining_model(*extra):
+        encoder = toy.model(tok).encoder
+        heads = {name: bertcore.create_head(name, encoder.config) for name in ("mlm", "nsp")}
+        return bertcore.TaskModel(encoder, {**heads, **{h: toy.ToyHead(encoder.config) for h in extra}}, tokenizer=tok)
+
+    together = pretraining_model()
+    Trainer(together, tokenizer=tok, train=pairs, head=("mlm", "nsp"), args=args(tmp_path / "a")).fit()
+    keyed = pretraining_model()
+    trainer = Trainer(keyed, tokenizer=tok, train={("mlm", "nsp"): pairs}, args=args(tmp_path / "b"))
+    assert [d.heads for d in trainer.train_sets] == [("mlm", "nsp")]
+    trainer.fit()
+    for name, value in weights(together).items():
+        torch.testing.assert_close(weights(keyed)[name], value, rtol=0, atol=0, msg=name)
+    mixed = pretraining_model("z")
+    trainer = Trainer(mixed, tokenizer=tok, train={("mlm", "nsp"): pairs, "z": toy.examples(8)},
+                      args=args(tmp_path / "c"))
+    assert [d.heads for d in trainer.train_sets] == [("mlm", "nsp"), ("z",)]
+    before = weights(mixed)
+    trainer.fit()
+    after = weights(mixed)
+    for head in ("mlm", "nsp", "z"):   # each head learnt
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(f"heads.{head}."))
+    with pytest.raises(ValueError, match=r"^train= names 'sop', which is no head of this model"):
+        Trainer(mixed, tokenizer=tok, train={("mlm", "sop"): pairs}, args=args(tmp_path / "d"))
+    with pytest.raises(ValueError, match=r"^train= has an empty tuple as a key"):
+        Trainer(mixed, tokenizer=tok, train={(): pairs}, args=args(tmp_path / "d"))
+    bad = {("mlm", "nsp"): [pairs[0], {"input_ids": pairs[1]["input_ids"]}], "z": toy.examples(8)}
+    with pytest.raises(bertcore.data.DataError, match=r"^train\[\('mlm', 'nsp'\)\] example 2: "):
+        Trainer(mixed, tokenizer=tok, train=bad, args=args(tmp_path / "d"))
 
 
 def test_multitask_predict_evaluate_and_best_follow_the_head_named(tmp_path, tok, caplog):
