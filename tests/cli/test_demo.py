@@ -9,7 +9,7 @@ import torch
 from bertcore import BertConfig, BertEncoder, Tokenizer, demo_data
 from bertcore.cli import main
 from bertcore.demo import (ENCODER_RATES, QUICK, Demo, DemoSize, FinetuneJob, best_rate_runs, run_jobs,
-                           summarize, text_of)
+                           review_spans, summarize, text_of)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
@@ -209,6 +209,8 @@ def test_demo_quick_learns(tmp_path, capsys):
     assert all(r["accuracy"] > majority + 0.03 for r in sentiment), (majority, sentiment)
     assert all(0.0 < r["f1"] <= 1.0 for r in ner), ner
     assert 0.0 < results["pretraining"]["mlm_accuracy"] <= 1.0
+    # the contrastive phase ran after MLM + NSP, continuing its step count
+    assert results["pretraining"]["history"][-1]["step"] == QUICK.pretrain_steps + QUICK.contrastive_steps
 
 
 def fake_results() -> dict:
@@ -328,3 +330,16 @@ def _vocab(folder):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"好坏电影书很不太"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     return folder / "vocab.txt"
+
+
+def test_review_spans_are_two_adjacent_pieces_of_one_review():
+    """A contrastive pair is one review cut in its middle third: the text before the cut
+    and the text after, each at most max_chars; the same seed cuts the same way."""
+    reviews = [["很好用，", "就是有点贵。"], ["差"], ["物流很快。", "包装也不错，", "推荐购买！"]]
+    spans = review_spans(reviews, 6, seed=1)
+    assert spans == review_spans(reviews, 6, seed=1) and len(spans) == 2     # "差" is too short to cut
+    for pair, review in zip(spans, (reviews[0], reviews[2])):
+        text = "".join(review)
+        assert 0 < len(pair["text"]) <= 6 and 0 < len(pair["text_pair"]) <= 6
+        cut = text.index(pair["text"] + pair["text_pair"]) + len(pair["text"])
+        assert len(text) // 3 <= cut <= 2 * len(text) // 3

@@ -273,3 +273,25 @@ def test_whole_word_documents_train_their_own_vocabulary(tmp_path, docs):
                      vocab_size=60)
     pieces = model.tokenizer.convert_ids_to_tokens(model.tokenizer("good movie")["input_ids"][0])
     assert len(pieces) > 3 and "[UNK]" not in pieces                             # a vocabulary of the words
+
+
+def test_objectives_train_beside_mlm_and_nsp_and_bad_ones_are_refused(tmp_path, docs, tok):
+    """pretrain(objectives={"embedding": (head, pairs)}): the pairs' contrastive batches take
+    turns with the sentence pairs' and move the encoder; MLM and NSP still evaluate. Names
+    pretraining trains already, and values that are no (head, examples), are refused
+    before the run folder is touched."""
+    cfg = bertcore.BertConfig(**TINY)
+    spans = [{"text": " ".join(d)[:20], "text_pair": " ".join(d)[20:40]} for d in docs]
+    plain = pretrain(docs, tok, cfg, targs(tmp_path / "plain", max_steps=4, seed=3))
+    head = bertcore.create_head("embedding", cfg, pooling="mean")
+    both = pretrain(docs, tok, cfg, targs(tmp_path / "both", max_steps=4, seed=3),
+                    objectives={"embedding": (head, spans)})
+    assert list(both.heads) == ["mlm", "nsp", "embedding"] and {"mlm/accuracy", "nsp/accuracy"} <= set(both.history[-1])
+    assert (tmp_path / "both" / "model" / "heads" / "embedding").is_dir()
+    plain_weights, both_weights = plain.encoder.state_dict(), both.encoder.state_dict()
+    assert any(not torch.equal(plain_weights[k], both_weights[k]) for k in plain_weights)
+    for bad, message in (({"mlm": (head, spans)}, r"objectives names 'mlm', which pretraining trains already"),
+                         ({"embedding": spans}, r"objectives\['embedding'\] is list; expected \(head, examples\)")):
+        with pytest.raises(ValueError, match=message):
+            pretrain(docs, tok, cfg, targs(tmp_path / "bad"), objectives=bad)
+        assert not (tmp_path / "bad").exists()
