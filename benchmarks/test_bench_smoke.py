@@ -165,7 +165,8 @@ def test_demo_ablation_csvs_keep_older_rows(tmp_path):
 
 def test_every_recorded_demo_recipe_reruns():
     """Each recipe in the committed CSVs is still in RECIPES and builds a DemoSize; the
-    ones measured on an earlier demo keep its heads and its one NER rate."""
+    ones measured on an earlier demo keep its heads, its one NER rate, and its pretraining
+    without the contrastive phase."""
     import csv
     import dataclasses
     from bertcore.demo import DemoSize
@@ -176,7 +177,9 @@ def test_every_recorded_demo_recipe_reruns():
     assert recorded - set(ablations.RECIPES) == set()
     sizes = {name: dataclasses.replace(DemoSize(), **{k: v for k, v in fields.items() if k != "step_scale"})
              for name, fields in ablations.RECIPES.items()}
-    assert sizes["local"] == DemoSize()
+    assert sizes["contrastive-spans"] == DemoSize()
+    older = set(sizes) - {"contrastive-spans", "spans-lr-1e-3", "spans-1000-steps"}   # MLM + NSP alone
+    assert all(sizes[name].contrastive_steps == 0 for name in older) and sizes["local"].contrastive_steps == 0
     assert all(sizes[name].heads == 2 for name in ("two-heads", "two-heads-reviews-only", "whole-word", "two-layers"))
     assert all(sizes[name].ner_rates == (4e-3,) for name in ("one-ner-rate", "two-heads", "reviews-only"))
 

@@ -226,12 +226,10 @@ class Trainer:
     >>> history = trainer.fit()          # one metrics dict per evaluation
     >>> trainer.evaluate()               # {"accuracy": ..., "macro_f1": ..., "loss": ...}
 
-    `train`/`eval`: a list of example dicts, a data file, or any indexable of dicts;
-    for several heads a dict {head: data}. `head` names the head for single-task data
-    (optional when the model has one head); a tuple of names trains those heads on the
-    same batches (e.g. ("mlm", "nsp") for pretraining on `make_nsp_pairs` output), and
-    so does a tuple key: {("mlm", "nsp"): pairs, "embedding": span_pairs}.
-    """
+    `train`/`eval`: a list of example dicts, a data file, or any indexable of dicts; for
+    several heads a dict {head: data}. `head` names the head for single-task data (optional
+    with one head); a tuple of names, or a tuple key in the dict, trains those heads on the
+    same batches (("mlm", "nsp") on `make_nsp_pairs` output)."""
 
     def __init__(self, model: TaskModel, tokenizer=None, train=None, eval=None,
                  args: TrainingArgs | None = None, head=None):
@@ -263,8 +261,8 @@ class Trainer:
                 self.model.prepare(names, self.tokenizer, examples if split == "train" else None)
                 encoded = _encode(self.model, examples, names, self.tokenizer, self.args.max_length)
             except DataError as err:   # with several sources: which head's data "example 3" or a file is
-                key = repr(names[0]) if len(names) == 1 else repr(names)
-                raise DataError(f"{split}[{key}] {err}" if len(groups) > 1 else str(err)) from None
+                key = names[0] if len(names) == 1 else names
+                raise DataError(f"{split}[{key!r}] {err}" if len(groups) > 1 else str(err)) from None
             if split == "train" and not encoded.features:   # a plugin's encode() may make none of real data
                 raise DataError(f"no training features for {'+'.join(names)}: " + (
                     f"encode() made none of {len(examples)} examples" if len(examples) else "the data is empty"))
