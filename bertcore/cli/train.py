@@ -214,12 +214,13 @@ def add_pretrain(sub):
     p.add_argument("--corpus", nargs="+", required=True, help="corpus text file(s)")
     p.add_argument("--tokenizer", help="existing tokenizer folder (default: --encoder's, the run's own with "
                                        "--resume, else train one)")
-    p.add_argument("--vocab-size", type=positive_int, default=8000, help="size of a newly trained vocabulary")
+    p.add_argument("--vocab-size", type=positive_int, help="size of a newly trained vocabulary (default 8000)")
     p.add_argument("--cased", action="store_true", help="keep case when training a vocabulary")
     p.add_argument("--encoder", help="checkpoint folder to continue pretraining from")
-    p.add_argument("--hidden-size", type=positive_int, default=256)
-    p.add_argument("--layers", type=positive_int, default=4)
-    p.add_argument("--heads", type=positive_int, default=4, help="attention heads")
+    # Sizes of a new encoder (None: not given, so that --encoder can refuse them rather than ignore them)
+    p.add_argument("--hidden-size", type=positive_int, help="hidden size of a new encoder (default 256)")
+    p.add_argument("--layers", type=positive_int, help="layers of a new encoder (default 4)")
+    p.add_argument("--heads", type=positive_int, help="attention heads of a new encoder (default 4)")
     p.add_argument("--intermediate-size", type=positive_int, help="feed-forward size (default 4 x hidden)")
     p.add_argument("--mlm-probability", type=fraction, default=0.15)
     p.add_argument("--whole-word-masking", action="store_true")
@@ -238,6 +239,7 @@ def cmd_pretrain(args) -> int:
     if args.mlm_probability == 0:
         raise ValueError("--mlm-probability 0 masks no token, and MLM would learn nothing; use a share in (0, 1), "
                          "BERT's is 0.15")
+    _new_encoder_sizes(args)
     if args.max_length > MAX_POSITIONS and not args.encoder:
         raise ValueError(f"--max-length {args.max_length} exceeds BERT's {MAX_POSITIONS} positions; "
                          f"use at most {MAX_POSITIONS}")
@@ -256,6 +258,22 @@ def cmd_pretrain(args) -> int:
     with _output_folder(args, ("--tokenizer", args.tokenizer), ("--encoder", args.encoder),
                         *[("--corpus", file) for file in args.corpus]):
         return _pretrain(args, corpus, tok)
+
+
+NEW_ENCODER_SIZES = {"vocab_size": 8000, "hidden_size": 256, "layers": 4, "heads": 4}
+
+
+def _new_encoder_sizes(args) -> None:
+    """The size options' defaults, for a new encoder; with --encoder, given ones are refused:
+    the checkpoint keeps its own shape and vocabulary (they were silently ignored)."""
+    given = [name for name in (*NEW_ENCODER_SIZES, "intermediate_size") if getattr(args, name) is not None]
+    if args.encoder and given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{options} size a new encoder, but --encoder {args.encoder} keeps its own shape and "
+                         f"vocabulary; drop {options}, or drop --encoder to build a new one")
+    for name, default in NEW_ENCODER_SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _pretrain(args, corpus, tok) -> int:

@@ -39,8 +39,13 @@ def finetune(checkpoint, train_file, output, *extra):
 
 
 def pretrain_cli(corpus, output, *extra):
-    return ["pretrain", "--corpus", str(corpus), "--output", str(output), "--vocab-size", "60",
-            "--hidden-size", "32", "--layers", "1", "--heads", "2", "--max-length", "32",
+    """A new tiny encoder's run; `continue_cli` continues a checkpoint (which keeps its sizes)."""
+    return continue_cli(corpus, output, "--vocab-size", "60", "--hidden-size", "32", "--layers", "1", "--heads", "2",
+                        *extra)
+
+
+def continue_cli(corpus, output, *extra):
+    return ["pretrain", "--corpus", str(corpus), "--output", str(output), "--max-length", "32",
             "--batch-size", "8", "--no-progress", *extra]
 
 
@@ -245,7 +250,7 @@ def test_pretrain_cli_resume_is_passed_on(tmp_path, corpus, capsys):
 def test_continued_pretraining_uses_the_checkpoints_tokenizer(tmp_path, checkpoint, corpus, capsys):
     out = tmp_path / "more"
     # Before: without --tokenizer a new vocabulary was trained for an encoder that has its own.
-    assert main(pretrain_cli(corpus, out, "--encoder", str(checkpoint), "--max-steps", "2")) == 0
+    assert main(continue_cli(corpus, out, "--encoder", str(checkpoint), "--max-steps", "2")) == 0
     saved = out / "model" / "tokenizer"
     assert (saved / "vocab.txt").read_text() == (checkpoint / "vocab.txt").read_text()
 
@@ -259,7 +264,7 @@ def test_continued_pretraining_uses_the_checkpoints_tokenizer(tmp_path, checkpoi
     bare = tmp_path / "bare"                       # an encoder folder without a tokenizer
     bertcore.BertEncoder.from_pretrained(checkpoint).save_pretrained(bare)
     capsys.readouterr()
-    assert main(pretrain_cli(corpus, tmp_path / "other", "--encoder", str(bare), "--max-steps", "2")) == 2
+    assert main(continue_cli(corpus, tmp_path / "other", "--encoder", str(bare), "--max-steps", "2")) == 2
     line = one_line_error(capsys.readouterr().err, "pretrain")
     assert f"{bare} holds no tokenizer" in line and "--tokenizer" in line
 
@@ -515,7 +520,7 @@ def test_continued_pretraining_keeps_the_models_trained_heads(tmp_path, corpus, 
     first = tmp_path / "first"
     assert main(pretrain_cli(corpus, first, "--max-steps", "4")) == 0
     again = tmp_path / "again"
-    assert main(pretrain_cli(corpus, again, "--encoder", str(first / "model" / "encoder"), "--max-steps", "1",
+    assert main(continue_cli(corpus, again, "--encoder", str(first / "model" / "encoder"), "--max-steps", "1",
                              "--lr", "1e-12", "--mlm-probability", "0.2")) == 0
     model = bertcore.TaskModel.from_pretrained(first / "model")
     more = bertcore.TaskModel.from_pretrained(again / "model")
@@ -533,7 +538,13 @@ def test_pretrain_shape_and_length_errors_name_the_options(tmp_path, corpus, cap
     first = tmp_path / "first"
     assert main(pretrain_cli(corpus, first, "--max-steps", "1")) == 0
     capsys.readouterr()
-    assert main(pretrain_cli(corpus, tmp_path / "b", "--encoder", str(first / "model" / "encoder"),
+    assert main(continue_cli(corpus, tmp_path / "b", "--encoder", str(first / "model" / "encoder"),
                              "--max-length", "256")) == 2
     line = one_line_error(capsys.readouterr().err, "pretrain")
     assert "--max-length 256 exceeds the 128 positions of --encoder" in line, line   # was: args.max_length=256
+    # sizes of a new encoder beside --encoder: refused by name (were ignored without a word)
+    assert main(pretrain_cli(corpus, tmp_path / "c", "--encoder", str(first / "model" / "encoder"))) == 2
+    line = one_line_error(capsys.readouterr().err, "pretrain")
+    assert "error: --vocab-size, --hidden-size, --layers, --heads size a new encoder, but --encoder " in line, line
+    assert "keeps its own shape and vocabulary; drop --vocab-size, --hidden-size, --layers, --heads" in line, line
+    assert not (tmp_path / "c").exists()
