@@ -180,7 +180,7 @@ def _check_objectives(objectives: dict) -> None:
 def _check_pairs(train_pairs: list[dict], eval_pairs: list[dict], tok) -> None:
     """ValueError for pairs pretraining cannot learn from: none at all, or no token MLM may
     mask (every one [UNK]: a tokenizer that does not cover the corpus). Warns when most
-    tokens are [UNK]."""
+    tokens are [UNK], and of pairs whose text holds a literal [MASK]."""
     for name, pairs in (("training", train_pairs), ("held-out", eval_pairs)):
         if not pairs:
             raise ValueError(f"the {name} documents give no sentence pairs: a pair needs a document of 2 "
@@ -195,6 +195,11 @@ def _check_pairs(train_pairs: list[dict], eval_pairs: list[dict], tok) -> None:
     if unknown > 0.5:
         logger.warning("%.0f%% of the corpus's tokens are [UNK]: the tokenizer hardly covers this text; "
                        "use a vocabulary trained on it (tok=None, no --tokenizer)", 100 * unknown)
+    masked = sum(tok.mask_token_id in p["input_ids"] for p in train_pairs)
+    if masked:   # the MLM head predicts at a given [MASK] and masks nothing else in that pair
+        logger.warning("%d of the %d training pairs hold the text %s, which MLM reads as a token to predict with "
+                       "no answer, so it masks nothing else in them and they teach it nothing; remove %s from the "
+                       "corpus", masked, len(train_pairs), tok.mask_token, tok.mask_token)
 
 
 # ---- an initialisation that skips the plateau ---------------------------------------------

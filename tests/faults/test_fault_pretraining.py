@@ -295,3 +295,17 @@ def test_objectives_train_beside_mlm_and_nsp_and_bad_ones_are_refused(tmp_path, 
         with pytest.raises(ValueError, match=message):
             pretrain(docs, tok, cfg, targs(tmp_path / "bad"), objectives=bad)
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_corpus_holding_the_mask_token_as_text_is_said_so(tmp_path, docs, tok, caplog):
+    """A literal [MASK] in the corpus (a scraped NLP paper) made its pair a prediction input:
+    MLM masked nothing else in it and learnt nothing from it, silently."""
+    cfg = bertcore.BertConfig(**TINY)
+    with caplog.at_level(logging.WARNING, logger="bertcore.pretraining"):
+        pretrain(docs, tok, cfg, targs(tmp_path / "clean"))
+    assert "[MASK]" not in caplog.text
+    marked = [["the [MASK] movie", *d[1:]] for d in docs]   # in every document: some are held out
+    with caplog.at_level(logging.WARNING, logger="bertcore.pretraining"):
+        pretrain(marked, tok, cfg, targs(tmp_path / "marked", seed=1))
+    assert "training pairs hold the text [MASK], which MLM reads as a token to predict" in caplog.text
+    assert "remove [MASK] from the corpus" in caplog.text
