@@ -82,7 +82,8 @@ class ClassificationHead(Head):
     def options_from_examples(cls, examples):
         """Labels sorted; a list label makes the task multi-label; numbers that are not all
         whole make it a regression, written as JSON numbers or as text (a CSV cell: "3.8")."""
-        labels = [ex.get("label") for ex in examples]
+        # a missing or empty label names no class: the example's own check says where it is
+        labels = [x for x in (ex.get("label") for ex in examples) if x is not None and str(x).strip()]
         if any(isinstance(x, list) for x in labels):
             return {"labels": sorted({str(y) for x in labels for y in (x if isinstance(x, list) else [x])}),
                     "multi_label": True}

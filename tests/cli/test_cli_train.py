@@ -149,3 +149,16 @@ def test_regression_and_multi_label_from_the_command_line(tmp_path, checkpoint, 
                  "--output", str(tmp_path / "spaced"), "--max-steps", "2", "--no-progress", "--labels", "neg, pos"]) == 0
     head = bertcore.TaskModel.from_pretrained(tmp_path / "spaced" / "model").heads["classification"]
     assert head.labels == ["neg", "pos"]                                     # was: "neg", " pos"
+
+
+def test_an_empty_label_cell_is_named_by_file_and_line(tmp_path, checkpoint, capsys):
+    """A CSV row with its label cell empty was read as a class named '' and refused as
+    "labels: label 1 of 3 is empty; name every class", naming neither the file nor the row."""
+    data = tmp_path / "train.csv"
+    rows = [f'{r["text"]},{r["label"]}' for r in reviews(6)]
+    rows[3] = rows[3].rsplit(",", 1)[0] + ","          # line 5 of the file (after the header)
+    data.write_text("text,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(data),
+                 "--output", str(tmp_path / "out"), "--max-steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"error: {data}:5: label '' is not a class name" in err, err
