@@ -85,12 +85,14 @@ class NERHead(Head):
             raise ValueError(f"{len(tokens)} tokens but {len(tags)} tags; give one tag per token")
         if not tokens:   # nothing to learn; a batch of such sentences has no loss at all (nan)
             raise ValueError("tokens is empty; a sentence needs one token at least: remove the example")
-        for tag in tags:
+        for i, (token, tag) in enumerate(zip(tokens, tags)):   # word i + 1: a CoNLL sentence's (i + 1)th line
             if tag != "O" and (len(tag) < 3 or tag[:2] not in ("B-", "I-", "E-", "S-")):
-                raise ValueError(f"tag {tag!r} is not BIO/BIOES; expected O, B-TYPE, I-TYPE (E-TYPE, S-TYPE)")
+                raise ValueError(f"word {i + 1} ({token!r}): tag {tag!r} is not BIO/BIOES; expected O, B-TYPE, "
+                                 "I-TYPE (E-TYPE, S-TYPE)")
             if tag not in self.labels:
-                raise ValueError(f"tag {tag!r} is not one of the head's labels {self.labels}; data with another "
-                                 "tag set needs a new head (labels are read from the training data)")
+                raise ValueError(f"word {i + 1} ({token!r}): tag {tag!r} is not one of the head's labels "
+                                 f"{self.labels}; data with another tag set needs a new head (labels are read "
+                                 "from the training data)")
         for i, (token, tag) in enumerate(zip(tokens, tags)):
             if tag != "O" and not any(_kept(c) for c in token):
                 raise ValueError(_no_subword(i, token, tag))

@@ -67,11 +67,13 @@ NER_OK = {"tokens": ["john", "lives"], "tags": ["B-PER", "O"]}
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"tokens": ["john", "lives"], "tags": ["R", "O"]}, r"tag 'R' is not BIO/BIOES"),
+    ({"tokens": ["john", "lives"], "tags": ["R", "O"]}, r"word 1 \('john'\): tag 'R' is not BIO/BIOES"),
     ({"tokens": ["john", "lives"], "tags": ["B-PER"]}, r"2 tokens but 1 tags; give one tag per token"),
     ({"tokens": ["john"], "tags": ["B-PER", "O"]}, r"1 tokens but 2 tags"),
     ({"tokens": "john lives", "tags": ["B-PER", "O"]}, r"tokens must be a list of strings"),
-    ({"tokens": ["john", "lives"], "tags": ["B-LOC", "O"]}, r"tag 'B-LOC' is not one of the head's labels"),
+    ({"tokens": ["john", "lives"], "tags": ["B-LOC", "O"]}, r"word 1 \('john'\): tag 'B-LOC' is not one of the head's"),
+    # which word: a sentence's error was placed at its first line alone (a CoNLL sentence spans many)
+    ({"tokens": ["john", "lives", "here"], "tags": ["B-PER", "O", "I-LOC"]}, r"word 3 \('here'\): tag 'I-LOC' is not"),
 ])
 def test_ner_examples(tmp_path, tok, encoder, bad, message):
     file = jsonl(tmp_path, [NER_OK, bad])
