@@ -94,8 +94,8 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # paper searched for bert-base (2e-5..5e-5); the higher two give the random twin a rate it learns at.
 ENCODER_RATES = (3e-5, 1e-4, 3e-4)
 PRETRAIN_THREADS = 2   # torch threads while pretraining, on any machine, unless --threads says otherwise
-QUICK = DemoSize(pretrain_steps=30, contrastive_steps=10, pretrain_evals=2, corpus_reviews=4000, corpus_paragraphs=2000,
-                 sizes=(2000,), seeds=1, test_reviews=200, test_ner=150)
+QUICK = DemoSize(pretrain_steps=30, contrastive_steps=10, pretrain_evals=2, corpus_reviews=4000,
+                 corpus_paragraphs=2000, sizes=(2000,), seeds=1, test_reviews=200, test_ner=150)
 
 
 def run_demo(args) -> int:
@@ -589,10 +589,10 @@ def write_results(results: dict, out: Path) -> str:
         encoder = (f"pretrained here: {size['layers']} layer(s) x {size['hidden']} hidden, {size['heads']} heads, "
                    f"the first {len(local)} starting on the offsets {tuple(local)}, "
                    f"max length {size['max_length']}; "
-                   f"{size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs, then "
-                   f"{size.get('contrastive_steps', 0)} in which they take turns with contrastive review spans. "
-                   "The random encoder "
-                   "is the one pretraining starts from (same initialisation, no pretraining)")
+                   f"{size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs"
+                   + (f", then {size['contrastive_steps']} in which they take turns with contrastive review spans"
+                      if size.get("contrastive_steps") else "")
+                   + ". The random encoder is the one pretraining starts from (same initialisation, no pretraining)")
     else:
         encoder = f"{results['encoder']}; the random encoder has BERT's initialisation"
     md = ["# bertcore demo results", "", f"Encoder: {encoder}.", "",

@@ -16,8 +16,8 @@ import torch.distributed as dist
 
 from .checkpoint import bert_folder
 from .config import BertConfig
-from .heads import Head
 from .files import folder_swap
+from .heads import Head
 from .masking import IGNORE_INDEX, make_nsp_pairs, mask_tokens, read_corpus
 from .model import BertEncoder
 from .plugins import create_head
