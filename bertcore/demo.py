@@ -53,10 +53,11 @@ class DemoSize:
     vocab: int = 3000                      # characters; the rarer 2,400 (0.4% of the text) are [UNK]
     max_length: int = 32                   # pretraining pairs and fine-tuning inputs (characters + 2-3 specials)
     pretrain_steps: int = 4000             # ~120 s; the free heads keep learning where 2 local heads stop
-    # Then MLM + NSP batches take turns with contrastive ones (half the steps each): two
-    # spans of one review, cut at a random point of its middle third, are a pair, the
-    # batch's other spans its negatives (DeCLUTR), read through the token mean the
-    # sentiment head reads. MLM + NSP alone barely lift sentiment; 700 of these steps do (~50 s).
+    # Then MLM + NSP batches take turns with contrastive ones: two spans of one review, cut
+    # at a random point of its middle third, are a pair, the batch's other spans its
+    # negatives (DeCLUTR), read through the token mean the sentiment head reads. Round
+    # robin: the ~470 contrastive batches of one pass over the reviews fall in the first
+    # ~950 steps, the rest are MLM + NSP. MLM + NSP alone barely lift sentiment; these do (~50 s).
     contrastive_steps: int = 1400
     contrastive_lr: float | None = None    # the second phase's learning rate; None: pretrain_lr
     span_chars: int = 30                   # each span's characters at most (max_length 32)

@@ -53,8 +53,9 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
     - `whole_word`: mask whole words: a WordPiece word's `##` pieces with it, and the
       words of sentences given as word lists (a segmenter's output, `make_nsp_pairs`).
     - `objectives`: other heads trained beside MLM + NSP, {name: (head, examples)}: their
-      batches take turns with the sentence pairs' (e.g. an "embedding" head on two spans
-      of each document, DeCLUTR's contrastive objective); the returned model holds them.
+      batches take turns with the sentence pairs' (`args.sampling`; round robin goes on
+      with the rest once a source's epoch is done), e.g. an "embedding" head on two spans
+      of each document, DeCLUTR's contrastive objective; the returned model holds them.
 
     `eval_fraction` of the documents (at least 2) are held out for MLM/NSP accuracy. The
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
