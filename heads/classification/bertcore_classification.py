@@ -83,7 +83,9 @@ class ClassificationHead(Head):
         """Labels sorted; a list label makes the task multi-label; numbers that are not all
         whole make it a regression, written as JSON numbers or as text (a CSV cell: "3.8")."""
         # a missing or empty label names no class: the example's own check says where it is
-        labels = [x for x in (ex.get("label") for ex in examples) if x is not None and str(x).strip()]
+        # (with none given at all, the examples' check says so of the first)
+        labels = [ex.get("label") for ex in examples]
+        labels = [x for x in labels if x is not None and str(x).strip()] or labels
         if any(isinstance(x, list) for x in labels):
             return {"labels": sorted({str(y) for x in labels for y in (x if isinstance(x, list) else [x])}),
                     "multi_label": True}
