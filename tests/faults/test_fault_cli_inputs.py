@@ -17,15 +17,19 @@ from cli_testing import one_line_error
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def saved_model(folder, checkpoint, name: str, head_type: str, labels: list):
+    """A saved model of one head `name` with `labels` on the checkpoint, with its tokenizer/."""
+    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
+    bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
+                       {name: bertcore.create_head(head_type, cfg, labels=labels)},
+                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, checkpoint):
-    """A saved sentiment model (labels neg, pos) with its tokenizer/."""
-    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
-    path = tmp_path_factory.mktemp("predict") / "m"
-    bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
-                       {"s": bertcore.create_head("classification", cfg, labels=["neg", "pos"])},
-                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(path)
-    return path
+    """A saved sentiment model (labels neg, pos)."""
+    return saved_model(tmp_path_factory.mktemp("predict") / "m", checkpoint, "s", "classification", ["neg", "pos"])
 
 
 @pytest.mark.parametrize("argv", [["demo", "--threads", "-1"], ["demo", "--threads", "0"],
@@ -164,13 +168,8 @@ def test_predict_reads_both_a_file_and_stdin(tmp_path, model_dir, monkeypatch, c
 
 @pytest.fixture(scope="module")
 def ner_dir(tmp_path_factory, checkpoint):
-    """A saved NER model (tags O, B-PER) with its tokenizer/."""
-    cfg = bertcore.BertConfig.from_pretrained(checkpoint)
-    path = tmp_path_factory.mktemp("ner") / "ner"
-    bertcore.TaskModel(bertcore.BertEncoder.from_pretrained(checkpoint),
-                       {"ner": bertcore.create_head("ner", cfg, labels=["O", "B-PER"])},
-                       tokenizer=bertcore.Tokenizer.from_pretrained(checkpoint)).save_pretrained(path)
-    return path
+    """A saved NER model (tags O, B-PER)."""
+    return saved_model(tmp_path_factory.mktemp("ner") / "ner", checkpoint, "ner", "ner", ["O", "B-PER"])
 
 
 def test_predict_reads_bio_and_iob_files_as_conll(tmp_path, ner_dir, capsys):
