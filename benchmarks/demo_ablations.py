@@ -28,15 +28,18 @@ from bertcore.files import write_text
 # CSVs: the demo fine-tuned NER at one rate until it chose each encoder's rate on
 # validation (`ONE_NER_RATE`), and had two heads, both starting local, until it had four
 # (`TWO_HEADS`); both kept 400 test reviews out of pretraining, where the demo now keeps 2000.
-# Every recipe before the contrastive review spans pretrained with MLM + NSP alone (`MLM_NSP_ONLY`).
-MLM_NSP_ONLY = {"contrastive_steps": 0}
+# Every recipe before the contrastive review spans pretrained with MLM + NSP alone (`MLM_NSP_ONLY`);
+# the first demo with them had them in a second phase (`SECOND_PHASE`, rerun with --steps 4000).
+MLM_NSP_ONLY = {"contrastive_steps": 0, "contrastive_mixed": False}
+SECOND_PHASE = {"contrastive_steps": 1400, "contrastive_mixed": False}
 ONE_NER_RATE = {**MLM_NSP_ONLY, "ner_rates": (4e-3,), "test_reviews": 400}
 TWO_HEADS = {**ONE_NER_RATE, "heads": 2}
 RECIPES = {  # name: DemoSize fields that differ from the demo's own
-    "contrastive-spans": {},                # the demo: MLM + NSP, then turns with contrastive review spans
+    "mixed-spans": {},                      # the demo: contrastive review spans mixed into MLM + NSP
+    "contrastive-spans": SECOND_PHASE,      # MLM + NSP, then a second phase taking turns with the spans
     "local": MLM_NSP_ONLY,                  # the demo before the spans (run with --steps 5000)
-    "spans-lr-1e-3": {"contrastive_lr": 1e-3},
-    "spans-1000-steps": {"contrastive_steps": 1000},
+    "spans-lr-1e-3": {**SECOND_PHASE, "contrastive_lr": 1e-3},
+    "spans-1000-steps": {**SECOND_PHASE, "contrastive_steps": 1000},
     "one-ner-rate": ONE_NER_RATE,
     "two-heads": TWO_HEADS,                 # the demo before four heads
     "bert-init": {**TWO_HEADS, "local_attention": ()},

@@ -177,9 +177,11 @@ def test_every_recorded_demo_recipe_reruns():
     assert recorded - set(ablations.RECIPES) == set()
     sizes = {name: dataclasses.replace(DemoSize(), **{k: v for k, v in fields.items() if k != "step_scale"})
              for name, fields in ablations.RECIPES.items()}
-    assert sizes["contrastive-spans"] == DemoSize()
-    older = set(sizes) - {"contrastive-spans", "spans-lr-1e-3", "spans-1000-steps"}   # MLM + NSP alone
-    assert all(sizes[name].contrastive_steps == 0 for name in older) and sizes["local"].contrastive_steps == 0
+    assert sizes["mixed-spans"] == DemoSize()
+    second = {"contrastive-spans", "spans-lr-1e-3", "spans-1000-steps"}   # a second phase, not mixed in
+    assert all(sizes[name].contrastive_steps > 0 and not sizes[name].contrastive_mixed for name in second)
+    older = set(sizes) - second - {"mixed-spans"}                        # MLM + NSP alone
+    assert all(sizes[name].contrastive_steps == 0 and not sizes[name].contrastive_mixed for name in older)
     assert all(sizes[name].heads == 2 for name in ("two-heads", "two-heads-reviews-only", "whole-word", "two-layers"))
     assert all(sizes[name].ner_rates == (4e-3,) for name in ("one-ner-rate", "two-heads", "reviews-only"))
 

