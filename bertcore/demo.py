@@ -624,7 +624,7 @@ def plot_results(results: dict, file: Path) -> None:
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     titles = {"sentiment": "sentiment: test accuracy", "ner": "NER (PER/LOC/ORG): test entity F1"}
     for ax, task in zip(axes, ("sentiment", "ner")):
-        summary = results[task]["summary"]
+        summary = {int(n): row for n, row in results[task]["summary"].items()}   # results.json keys are strings
         sizes = list(summary)
         for init, style in (("pretrained", "-o"), ("random", "--s")):
             ax.errorbar(sizes, [summary[n][init]["mean"] for n in sizes], yerr=[summary[n][init]["std"] for n in sizes],
@@ -638,7 +638,7 @@ def plot_results(results: dict, file: Path) -> None:
         ax.legend()
     ax = axes[2]
     for task, label in (("sentiment", "sentiment accuracy"), ("ner", "NER entity F1")):
-        summary = results[task]["summary"]
+        summary = {int(n): row for n, row in results[task]["summary"].items()}   # results.json keys are strings
         sizes = list(summary)
         ax.errorbar(sizes, [summary[n]["lift"]["mean"] for n in sizes], yerr=[summary[n]["lift"]["std"] for n in sizes],
                     fmt="-o", capsize=3, label=label)

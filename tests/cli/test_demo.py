@@ -277,6 +277,19 @@ def test_no_stale_results_png_without_matplotlib(tmp_path, monkeypatch):
     assert not (tmp_path / "results.png").exists()                      # was: kept, and listed as written
 
 
+def test_results_read_back_from_json_plot_their_sizes_as_numbers(tmp_path, monkeypatch):
+    """results.json keys its sizes as strings; a plot redrawn from it put "100" and "300"
+    on a categorical axis, stacked at the left, instead of at 100 and 300 on the log axis."""
+    import matplotlib.axes
+    import bertcore.demo as demo
+    drawn = []
+    real = matplotlib.axes.Axes.errorbar
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar",
+                        lambda self, x, *a, **kw: drawn.append(list(x)) or real(self, x, *a, **kw))
+    demo.plot_results(json.loads(json.dumps(fake_results())), tmp_path / "results.png")
+    assert drawn and all(x == [100] for x in drawn), drawn                 # was: ["100"]
+
+
 @pytest.mark.slow
 def test_worker_processes_repeat_the_serial_runs(tmp_path):
     """The full demo fine-tunes in worker processes (`run_jobs`), the quick test in one:
