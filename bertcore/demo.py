@@ -314,11 +314,11 @@ class Demo:
                          # "Cramming"); fine-tuning turns hidden dropout back on (`finetune_config`).
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         chars = sum(len(text_of(x)) for d in corpus for x in d)
-        spans = f"contrastive spans of {len(reviews)} reviews"
+        said = f"contrastive spans of {len(reviews)} reviews"
         self.say(f"pretraining a {s.layers}-layer, {s.hidden}-wide BERT with MLM + NSP on {len(corpus)} documents "
                  f"({chars / 1e6:.1f}M characters; {s.pretrain_steps} steps of {s.pretrain_batch} pairs"
-                 + (f", {spans} mixed in" if s.contrastive_mixed else "")
-                 + (f", then {s.contrastive_steps} taking turns with {spans}" if s.contrastive_steps else "") + ")")
+                 + (f", {said} mixed in" if s.contrastive_mixed else "")
+                 + (f", then {s.contrastive_steps} taking turns with {said}" if s.contrastive_steps else "") + ")")
 
         def args(folder: str, steps: int, rate: float, sampling: str = "round_robin") -> TrainingArgs:
             return TrainingArgs(output_dir=str(self.out / folder), epochs=100, max_steps=steps, sampling=sampling,
@@ -331,7 +331,8 @@ class Demo:
         encoder = local_attention_init(BertEncoder(cfg), s.local_attention, seed=self.seed)
         options = {"eval_fraction": 0.02, "max_eval_pairs": 500, "mlm_probability": s.mlm_probability,
                    "whole_word": s.whole_word}
-        spans = create_head("embedding", cfg, pooling="mean"), review_spans(reviews, s.span_chars, self.seed)
+        if s.contrastive_mixed or s.contrastive_steps:   # the embedding head on two spans of each review
+            spans = create_head("embedding", cfg, pooling="mean"), review_spans(reviews, s.span_chars, self.seed)
         mixed = {"objectives": {"embedding": spans}} if s.contrastive_mixed else {}
         model = pretrain(corpus, tok, encoder, args("pretrain", s.pretrain_steps, s.pretrain_lr, "proportional"),
                          **options, **mixed)
@@ -623,8 +624,10 @@ def plot_results(results: dict, file: Path) -> None:
         return
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     titles = {"sentiment": "sentiment: test accuracy", "ner": "NER (PER/LOC/ORG): test entity F1"}
+    summaries = {task: {int(n): row for n, row in results[task]["summary"].items()}   # results.json keys: strings
+                 for task in titles}
     for ax, task in zip(axes, ("sentiment", "ner")):
-        summary = {int(n): row for n, row in results[task]["summary"].items()}   # results.json keys are strings
+        summary = summaries[task]
         sizes = list(summary)
         for init, style in (("pretrained", "-o"), ("random", "--s")):
             ax.errorbar(sizes, [summary[n][init]["mean"] for n in sizes], yerr=[summary[n][init]["std"] for n in sizes],
@@ -638,7 +641,7 @@ def plot_results(results: dict, file: Path) -> None:
         ax.legend()
     ax = axes[2]
     for task, label in (("sentiment", "sentiment accuracy"), ("ner", "NER entity F1")):
-        summary = {int(n): row for n, row in results[task]["summary"].items()}   # results.json keys are strings
+        summary = summaries[task]
         sizes = list(summary)
         ax.errorbar(sizes, [summary[n]["lift"]["mean"] for n in sizes], yerr=[summary[n]["lift"]["std"] for n in sizes],
                     fmt="-o", capsize=3, label=label)
