@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import statistics
@@ -77,6 +78,7 @@ class DemoSize:
     test_ner: int = 1000                   # 250 left the NER lift 0.1 noisier than on 500 validation sentences
     finetune_batch: int = 16
     finetune_steps: int = 150              # at every size: NER needs ~150 steps to learn much; 300 move no lift
+    finetune_min_epochs: float = 0.0       # more steps where finetune_steps would not pass over a size's examples
     finetune_dropout: float = 0.1          # BERT's hidden dropout while fine-tuning
     sentiment_pooling: str = "mean"        # "cls" (BERT's pooled [CLS]) tested: both encoders lower
     # Fine-tuning rates. With several, each encoder keeps, per size, the rate whose runs
@@ -277,7 +279,8 @@ class Demo:
                     init_seed=self.seed + 1000 + seed, tokenizer=tok, head_type=head_type, options=options,
                     train=draws[seed][:n], test=evaluation, validation=validation if len(rates) > 1 else None,
                     learning_rate=rate,
-                    steps=s.finetune_steps, batch_size=s.finetune_batch, max_length=s.max_length,
+                    steps=max(s.finetune_steps, math.ceil(s.finetune_min_epochs * n / s.finetune_batch)),
+                    batch_size=s.finetune_batch, max_length=s.max_length,
                     train_seed=self.seed + seed, freeze_encoder=s.freeze_encoder,
                     output_dir=str(self.out / "finetune" / f"{task}-{n}-{init}-{seed}-{rate:g}")))
         return jobs

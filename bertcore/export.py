@@ -3,7 +3,7 @@ static-shape encoder + head module for serving that `torch.export` and ONNX capt
 
     export_transformers(model, "out/hf", head="sentiment")   # BertForSequenceClassification & co.
     serving = ServingModel(model, head="sentiment").eval()   # (B, L) ids + mask -> logits
-    program = export_program(serving)                        # torch.export, dynamic B and L
+    program = export_program(serving)                        # torch.export, dynamic B, L <= max positions
     export_onnx(serving, "out/model.onnx")                   # through the same module
 
 What a head becomes in transformers is the head's business: it describes itself with
@@ -234,11 +234,16 @@ def _dense_layer_norm(module, x, residual, eps):
     return F.layer_norm(y, y.shape[-1:], module.LayerNorm.weight, module.LayerNorm.bias, eps)
 
 
-def _dynamic_shapes(names: bool = False) -> dict:
+def _dynamic_shapes(max_seqlen: int | None = None) -> dict:
     """Batch and sequence length dynamic. `Dim.DYNAMIC` lets torch.export keep the guards it
-    derives (e.g. L ≥ 2 from a head's reshape) instead of failing on ones it cannot prove;
-    ONNX takes axis names."""
-    batch, seqlen = ("batch", "seqlen") if names else (torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC)
+    derives (e.g. L ≥ 2 from a head's reshape) instead of failing on ones it cannot prove.
+    `max_seqlen` (torch.export): a longer batch is refused by the program's own input check,
+    which names the bound, where past the position table it was 'IndexError: index out of
+    range in self'. ONNX takes axis names (without bounds)."""
+    if max_seqlen is None:
+        batch, seqlen = "batch", "seqlen"
+    else:
+        batch, seqlen = torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC(max=max_seqlen)
     both = {0: batch, 1: seqlen}
     return {"input_ids": both, "attention_mask": both, "token_type_ids": both}
 
@@ -258,10 +263,12 @@ def _evaluating(serving: ServingModel):
 
 def export_program(serving: ServingModel, example_inputs: tuple | None = None) -> "torch.export.ExportedProgram":
     """`torch.export.export` of the serving module in eval mode, batch size and sequence
-    length dynamic (trace with both ≥ 2: torch specialises dimensions of size 0 and 1)."""
+    length dynamic (trace with both ≥ 2: torch specialises dimensions of size 0 and 1); the
+    program refuses a length past `max_position_embeddings` by name."""
     args = example_inputs or serving.example_inputs()
     with torch.no_grad(), _evaluating(serving):
-        return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes())
+        max_seqlen = serving.encoder.config.max_position_embeddings
+        return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes(max_seqlen))
 
 
 def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: tuple | None = None,
@@ -288,7 +295,7 @@ def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: 
         warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
         registration.setLevel(logging.ERROR)
         try:
-            program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(names=True),
+            program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(),
                                         input_names=["input_ids", "attention_mask", "token_type_ids"],
                                         output_names=list(serving.per_token), opset_version=opset_version,
                                         external_data=False, verbose=False)

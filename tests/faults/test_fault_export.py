@@ -15,7 +15,7 @@ import bertcore.files as files
 from bertcore import plugins
 from bertcore.checkpoint import CheckpointError
 from bertcore.cli import main
-from bertcore.export import ServingModel, export_transformers
+from bertcore.export import ServingModel, export_program, export_transformers
 
 WORDS = "the a cat sat on mat good movie".split()
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
@@ -163,6 +163,18 @@ def test_serving_refuses_inputs_that_do_not_fit(tok, case, error, message):
         serving(*args)
     with torch.no_grad():                                                 # the right batch still runs
         assert serving(ids, mask, types)["logits"].shape == (2, 2)
+
+
+def test_an_exported_program_refuses_a_batch_past_the_position_table_by_its_bound(tok):
+    """Before: 'IndexError: index out of range in self' from inside the program's embedding."""
+    serving = ServingModel(make_model(tok)).eval()
+    program = export_program(serving).module()
+    def batch(seqlen):
+        return torch.full((2, seqlen), 5), torch.ones(2, seqlen, dtype=torch.long), torch.zeros(2, seqlen).long()
+    with torch.no_grad():
+        assert program(*batch(16))["logits"].shape == (2, 2)              # max_position_embeddings=16 fits
+        with pytest.raises(AssertionError, match=r"input_ids.size\(\)\[1\] <= 16"):
+            program(*batch(17))
 
 
 # ---- loading -----------------------------------------------------------------------------
