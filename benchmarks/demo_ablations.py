@@ -65,6 +65,9 @@ RECIPES = {  # name: DemoSize fields that differ from the demo's own
     "finetune-lr-8e-3": {**TWO_HEADS, "sentiment_rates": (8e-3,), "ner_rates": (8e-3,)},
     "frozen-encoder": {**TWO_HEADS, "freeze_encoder": True, "sentiment_rates": (1e-2,), "ner_rates": (1e-2,)},
     "finetune-300-steps": {**TWO_HEADS, "finetune_steps": 300},
+    # the demo's pretraining; at 3000 examples, 150 steps of 16 see 2400: one or two passes instead
+    "one-epoch": {"finetune_min_epochs": 1.0},
+    "two-epochs": {"finetune_min_epochs": 2.0},
     # bigger encoders than the demo's budget allows: how much lift more pretraining compute buys
     "two-layers": {**TWO_HEADS, "layers": 2, "pretrain_lr": 1e-3},
     "wide-256": {**TWO_HEADS, "hidden": 256, "intermediate": 1024, "pretrain_lr": 1e-3},

@@ -176,6 +176,12 @@ def test_fine_tuning_knobs_reach_every_job(tmp_path):
             BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], None)}, local_attention=(-1, 1))
         assert {job.options["pooling"] for job in jobs} == {pooling}
         assert {job.config.hidden_dropout_prob for job in jobs} == {dropout}
+    # finetune_min_epochs: at least that many passes over a size's examples, never fewer steps
+    pool = [{"text": str(i), "label": "pos"} for i in range(100)]
+    size = DemoSize(sizes=(10, 100), seeds=1, finetune_steps=4, finetune_batch=16, finetune_min_epochs=2.0)
+    jobs = Demo(size, tmp_path, seed=7, progress=False).finetune_jobs(
+        BertEncoder(cfg), tok, {"sentiment": (pool, pool[-3:], None)}, local_attention=(-1, 1))
+    assert {job.size: job.steps for job in jobs} == {10: 4, 100: 13}    # ceil(2 * 100 / 16)
 
 
 @pytest.mark.slow
