@@ -164,7 +164,8 @@ class TaskModel(nn.Module):
         NSP) each encode the example and their features are merged, so every head finds
         its label keys."""
         names, tok = self.head_names(head), self._tokenizer(tokenizer)
-        _check_max_length(max_length)
+        if max_length is not None:
+            check_text_room(max_length, default=" (None: the encoder's max_position_embeddings, at most 512)")
         # past the encoder's positions a sequence cannot run: cut it there, as the default does
         max_length = min(max_length or 512, self.encoder.config.max_position_embeddings)
         features, owner = [], []
@@ -680,12 +681,20 @@ def _check_outside(weights: Path, directory: Path) -> None:
                          "save with save_encoder=True, or into another folder")
 
 
-def _check_max_length(max_length) -> None:
-    """None: the default. Below 8 no text fits between [CLS] and [SEP] (NER tagged every word O)."""
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
-                                   or max_length < 8):
-        raise ValueError(f"max_length={max_length} leaves no room for text between [CLS] and [SEP]; "
-                         "use 8 or more (None: the encoder's max_position_embeddings, at most 512)")
+def check_text_room(max_length, named: str | None = None, default: str = "") -> None:
+    """A max_length of at least 8, the one rule for the API and the CLI (`named`: how the
+    message names it, e.g. "--max-length 5"). Below 3 nothing fits between [CLS] and [SEP]
+    (NER tagged every word O); below 8 a few tokens do, and a pair or a question less."""
+    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length >= 8:
+        return
+    named = named or f"max_length={max_length!r}"
+    if isinstance(max_length, bool) or not isinstance(max_length, int):
+        room = "must be a whole number of tokens"
+    elif max_length >= 3:
+        room = f"is too short: {max_length - 2} tokens of text fit between [CLS] and [SEP], fewer in a pair"
+    else:
+        room = "leaves no room for text between [CLS] and [SEP]"
+    raise ValueError(f"{named} {room}; use 8 or more{default}")
 
 
 def _check_batch_size(batch_size) -> None:

@@ -34,7 +34,7 @@ from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
 from .runfolder import (CHECKPOINT_FOLDERS, RunLock, check_new_run, checkpoint_step, find_checkpoint,
                         link_checkpoint, load_model_weights, resume, save_checkpoint)
-from .taskmodel import Encoded, TaskModel, to_device
+from .taskmodel import Encoded, TaskModel, check_text_room, to_device
 from .trainstate import TrainState, rng_state, set_seed
 
 logger = logging.getLogger(__name__)
@@ -127,9 +127,7 @@ class TrainingArgs:
         for head, weight in self.loss_weights.items():   # a negative weight trains that head to be wrong
             if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 <= weight < math.inf:
                 raise ValueError(f"loss_weights[{head!r}]={weight!r} must be a finite number >= 0")
-        if self.max_length < 8:
-            raise ValueError(f"max_length={self.max_length} leaves no room for text between [CLS] and [SEP]; "
-                             "use 8 or more")
+        check_text_room(self.max_length)
         if self.load_best_at_end and not self.save_checkpoints:   # best/ is where the best weights are kept
             raise ValueError("load_best_at_end=True needs save_checkpoints=True: the best model is kept in best/")
 

@@ -133,5 +133,5 @@ def check_max_length(args, config) -> None:
     if max_length > config.max_position_embeddings:
         raise ValueError(f"--max-length {max_length} exceeds the encoder's max_position_embeddings="
                          f"{config.max_position_embeddings}; use at most that")
-    if max_length < 8:
-        raise ValueError(f"--max-length {max_length} leaves no room for text between [CLS] and [SEP]; use 8 or more")
+    from ..taskmodel import check_text_room
+    check_text_room(max_length, named=f"--max-length {max_length}")

@@ -184,6 +184,9 @@ def test_predict_and_embed_inputs_that_do_not_fit_are_one_line(tmp_path, checkpo
     assert main(["embed", "--encoder", str(checkpoint), "--max-length", "65", "good film"]) == 2
     assert "--max-length 65 exceeds the encoder's max_position_embeddings=64" in one_line_error(
         capsys.readouterr().err, "embed")
+    assert main(["embed", "--encoder", str(checkpoint), "--max-length", "5", "good film"]) == 2
+    assert ("--max-length 5 is too short: 3 tokens of text fit between [CLS] and [SEP], fewer in a pair; use 8 or "
+            "more") in one_line_error(capsys.readouterr().err, "embed")          # was: "leaves no room for text"
     with pytest.raises(SystemExit) as exit_:                                   # was: range() arg 3 must not be zero
         main(["embed", "--encoder", str(checkpoint), "--batch-size", "0", "good film"])
     assert exit_.value.code == 2 and "--batch-size" in capsys.readouterr().err

@@ -154,10 +154,14 @@ def test_a_batch_size_that_cannot_work_is_named(cfg, tok, size):
         model.predict(["good", "bad"], batch_size=size)              # was: range() arg 3 / IndexError
 
 
-@pytest.mark.parametrize("length", [0, 2, -1, 3.5])
-def test_a_max_length_without_room_for_text_is_refused(cfg, tok, length):
+@pytest.mark.parametrize("length, problem", [
+    *((n, r"leaves no room for text between \[CLS\] and \[SEP\]") for n in (0, 2, -1)),
+    # 3-7 were said to leave no room as well, where a few tokens fit
+    (5, r"is too short: 3 tokens of text fit between \[CLS\] and \[SEP\], fewer in a pair"),
+    (3.5, r"must be a whole number of tokens"), ("16", r"must be a whole number of tokens")])
+def test_a_max_length_without_room_for_text_is_refused(cfg, tok, length, problem):
     model = make(cfg, tok, "ner", labels=["O", "B-PER"])
-    with pytest.raises(ValueError, match=rf"max_length={length} leaves no room for text.*use 8 or more"):
+    with pytest.raises(ValueError, match=rf"max_length={length!r} {problem}; use 8 or more"):
         model.predict("john lives in paris", max_length=length)    # was: every word "O", or a tokenizer error
 
 
