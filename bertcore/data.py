@@ -11,6 +11,7 @@ Files are UTF-8 (with or without a BOM) unless the caller names another encoding
 nothing is guessed, so a Latin-1 file is an error that says to pass its encoding,
 never text decoded wrongly.
 """
+import codecs
 import csv
 import io
 import json
@@ -30,28 +31,42 @@ class DataError(ValueError):
 # ---- text files -----------------------------------------------------------------------
 
 def read_text(path, encoding: str | None = None, what: str = "data file") -> str:
-    """A text file as str, decoded as `encoding` (default UTF-8, a BOM allowed). Bytes
-    that do not decode → DataError naming the line and how to fix it. `what` says what
-    the file is for in an error about its path (e.g. "head options file")."""
+    """A text file as str, decoded as `encoding` (default: UTF-8, or the UTF-16/32 that a
+    byte order mark declares). Bytes that do not decode → DataError naming the line and how
+    to fix it. `what` says what the file is for in an error about its path (e.g. "head
+    options file")."""
     path = Path(path)
     check_file(path, what)
     try:
         raw = path.read_bytes()
     except OSError as err:  # unreadable (permissions, I/O): errno's words, with the file named
         raise type(err)(f"cannot read {what} {path}: {err.strerror or err}") from None
+    codec = encoding or _encoding_of_bom(raw)
     try:
-        text = raw.decode(encoding or "utf-8-sig")
+        text = raw.decode(codec)
     except LookupError:
         raise DataError(f"encoding {encoding!r} is unknown; use a Python codec name such as utf-8, "
                         "latin-1 or gb18030") from None
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise DataError(f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not "
-                        f"{encoding or 'UTF-8'}; save the file as UTF-8, or name its encoding "
-                        "(encoding=, --encoding), e.g. latin-1 or gb18030") from None
+        named = "UTF-8" if codec == "utf-8-sig" else codec
+        raise DataError(f"{path}:{line}: byte 0x{raw[err.start]:02x} at column {column} is not {named}; "
+                        "save the file as UTF-8, or name its encoding (encoding=, --encoding), e.g. latin-1 "
+                        "or gb18030") from None
     # encoding="utf-8" keeps a BOM, which would glue itself to the first column or key
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _encoding_of_bom(raw: bytes) -> str:
+    """The encoding a byte order mark declares: Windows' "Unicode" text (Notepad, Excel's
+    Unicode Text) is UTF-16 with one, which no UTF-8 file can start with. Not a guess: a
+    file without a BOM is read as UTF-8."""
+    if raw.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):   # before UTF-16: FF FE 00 00 starts both
+        return "utf-32"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return "utf-8-sig"
 
 
 def text_lines(text: str) -> list[str]:

@@ -1,4 +1,5 @@
 """Data loading: every format, encodings, and errors that name file, line and expectation."""
+import codecs
 import json
 
 import pytest
@@ -47,6 +48,14 @@ def test_other_encodings_are_named_never_guessed(tmp_path):
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes('{"text": "é", "label": "pos"}\n'.encode("utf-8-sig"))
     assert read_text(bom).startswith('{"text"') and load_examples(bom)[0]["text"] == "é"
+    # Windows' "Unicode" text is UTF-16 with a byte order mark: read by it, where it was
+    # refused with a hint of latin-1, which would have read it as "ÿþt\x00e\x00..."
+    for codec in ("utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"):
+        unicode = tmp_path / f"{codec}.csv"
+        bom = {"utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE,
+               "utf-32-le": codecs.BOM_UTF32_LE, "utf-32-be": codecs.BOM_UTF32_BE}[codec]
+        unicode.write_bytes(bom + "text,label\r\ntrès bien,pos\r\n很好,pos\r\n".encode(codec))
+        assert [e["text"] for e in load_examples(unicode)] == ["très bien", "很好"], codec
 
 
 @pytest.mark.parametrize("name, content, message", [
