@@ -74,7 +74,8 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
 def check_corpus(documents: list) -> list:
     """`documents` (read_corpus's), refused when too few to pretrain on."""
     if len(documents) < 4:
-        raise ValueError(f"the corpus has {len(documents)} documents; pretraining needs at least 4 "
+        count = "1 document" if len(documents) == 1 else f"{len(documents)} documents"
+        raise ValueError(f"the corpus has {count}; pretraining needs at least 4 "
                          "(documents are separated by blank lines)")
     return documents
 

@@ -181,6 +181,12 @@ def test_cli_pretrain_names_the_flag_at_fault(tmp_path, capsys):
                      "--hidden-size", "32", "--layers", "1", "--heads", "2", "--no-progress", *extra])
         return code, one_line_error(capsys.readouterr().err, "pretrain")
 
+    code, line = run()                                    # a corpus file whose lines are not blank-separated
+    assert code == 2 and ("the corpus has 2 documents; pretraining needs at least 4 (documents are separated by "
+                          "blank lines)") in line
+    (tmp_path / "one.txt").write_text("good movie\n", encoding="utf-8")
+    code, line = run(corpus=tmp_path / "one.txt")
+    assert code == 2 and "the corpus has 1 document;" in line                        # before: "1 documents"
     code, line = run(corpus=tmp_path)                     # before: "corpus file ... does not exist"
     assert code == 2 and f"corpus file {tmp_path} is a folder" in line
     code, line = run("--max-length", "600")               # before: "max_position_embeddings=600 exceeds ..."
