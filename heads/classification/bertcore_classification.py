@@ -139,8 +139,11 @@ class ClassificationHead(Head):
         # an int is a class index, unless the names are numbers: then 0 under labels ["1", ..., "5"] is
         # no class at all, not the first one
         numbered = self.labels is not None and any(re.fullmatch(r"[+-]?\d+", n.strip()) for n in self.labels)
-        if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < self.num_labels and not numbered:
-            return label
+        index = label
+        if isinstance(label, str) and re.fullmatch(r"\d+", label):
+            index = int(label)   # a CSV/TSV cell has no types: GLUE's 0/1 is the index a JSON 0/1 is
+        if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < self.num_labels and not numbered:
+            return index
         raise ValueError(f"label {label!r} is not one of the head's labels "
                          f"{self.labels or list(range(self.num_labels))}; data with another label set needs a new "
                          "head (labels are read from the training data)")

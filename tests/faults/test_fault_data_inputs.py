@@ -175,6 +175,22 @@ def test_an_int_label_is_no_class_index_when_the_class_names_are_numbers(tok, cf
         multi.check_example({"text": "good", "label": [True]})           # was: class 'b' (True == 1)
 
 
+def test_digit_labels_of_a_csv_are_class_indices_as_a_jsonl_files_ints_are(tmp_path, checkpoint, capsys):
+    """GLUE's TSVs label SST-2 with 0/1. Before: with --labels neg,pos the TSV was refused
+    ("label '1' is not one of the head's labels") where the same data as JSONL trained."""
+    tsv = write(tmp_path, "sst2.tsv", "text\tlabel\ngood film\t1\nbad plot\t0\nfine actor\t1\n")
+    jsonl = write(tmp_path, "sst2.jsonl", "".join(json.dumps({"text": t, "label": y}) + "\n"
+                                                  for t, y in (("good film", 1), ("bad plot", 0), ("fine actor", 1))))
+    for data in (tsv, jsonl):
+        assert main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(data),
+                     "--labels", "neg,pos", "--output", str(tmp_path / data.suffix[1:]), "--max-steps", "1",
+                     "--no-progress"]) == 0, capsys.readouterr().err
+    head = bertcore.create_head("classification", bertcore.BertConfig(vocab_size=10), labels=["neg", "pos"])
+    assert [head.label_index(y) for y in ("0", "1", 1, "pos")] == [0, 1, 1, 1]
+    with pytest.raises(ValueError, match=r"label '2' is not one of the head's labels \['neg', 'pos'\]"):
+        head.label_index("2")
+
+
 def test_ner_tags_on_tokens_the_tokenizer_drops_are_refused(tmp_path, tok, cfg):
     labels = ["O", "B-PER", "I-PER", "B-LOC"]
     rows = [{"tokens": ["john", "lives"], "tags": ["B-PER", "O"]},
