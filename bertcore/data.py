@@ -136,16 +136,21 @@ class Examples(Sequence):
         return item
 
 
-def load_examples(source, *, format: str | None = None, encoding: str | None = None) -> Sequence:
+def load_examples(source, *, format: str | None = None, encoding: str | None = None,
+                  rename: dict | None = None) -> Sequence:
     """Examples from a list of dicts, an indexable of dicts, or a data file.
 
     `format` forces "jsonl", "json" (SQuAD or a JSON list), "csv", "tsv" or "conll";
     by default the file suffix decides. `encoding` names a file's encoding (default
-    UTF-8). What an example must hold is its head's business (`Head.check_example`,
-    which the Trainer runs on every example).
+    UTF-8). `rename` maps a file's column names to the head's, e.g. {"sentence": "text"}
+    for GLUE's files (a `datasets.Dataset` has `rename_columns`). What an example must
+    hold is its head's business (`Head.check_example`, which the Trainer runs on every
+    example).
     """
     if isinstance(source, (str, Path)):
-        return load_file(Path(source), format, encoding)
+        return rename_columns(load_file(Path(source), format, encoding), rename or {})
+    if rename:
+        raise TypeError("rename= renames a data file's columns; rename a dataset's own (datasets: rename_columns)")
     if isinstance(source, dict):
         raise DataError("got a dict; pass a list of example dicts (for multi-task training, "
                         "pass {head: data} as Trainer(train=...))")
@@ -168,6 +173,26 @@ def load_file(path: Path, format: str | None = None, encoding: str | None = None
     examples = loaders[format](path, text, delimiter="\t") if format == "tsv" else loaders[format](path, text)
     if not examples:
         raise DataError(f"{path}: no examples in the file")
+    return examples
+
+
+def rename_columns(examples: Records, rename: dict) -> Records:
+    """Each example's keys renamed {old: new}, in place. A name that no example has, or
+    two columns renamed onto one, is refused: either would train on the wrong field or
+    none, and the head's complaint would name a column the user never wrote."""
+    if not rename:
+        return examples
+    present = {key for example in examples for key in example}
+    for old in rename:
+        if old not in present:
+            raise DataError(f"{examples.path}: no column {old!r} to rename (its columns: {', '.join(sorted(present))})")
+    for i, example in enumerate(examples):
+        names = [rename.get(key, key) for key in example]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise DataError(f"{where(examples, i)}: renaming gives two {', '.join(map(repr, twice))} columns; "
+                            "rename one of them to another name")
+        examples[i] = dict(zip(names, example.values()))
     return examples
 
 

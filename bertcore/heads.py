@@ -157,8 +157,11 @@ class Head(nn.Module):
                              f"{', '.join(self.required_keys)}")
         missing = [k for k in self.required_keys if k not in example]
         if missing:
+            hint = ""
+            if set(example) - set(self.required_keys):    # the field under another name, e.g. GLUE's "sentence"
+                hint = f"; to read another column as {missing[0]}: --rename OLD={missing[0]} (load_examples(rename=))"
             raise ValueError(f"missing {', '.join(missing)}; a {self.name} example needs "
-                             f"{', '.join(self.required_keys)} (it has {', '.join(example) or 'nothing'})")
+                             f"{', '.join(self.required_keys)} (it has {', '.join(example) or 'nothing'}){hint}")
 
     def example_from_input(self, item: Any) -> dict:
         """What `predict` accepts: a str, a (text, text_pair) tuple, or an example dict."""

@@ -72,6 +72,20 @@ def output_file(text: str) -> str:
     return str(path)
 
 
+def rename_pair(text: str) -> tuple[str, str]:
+    """--rename OLD=NEW: a data column under the name the head reads."""
+    old, sep, new = text.partition("=")
+    if not sep or not old.strip() or not new.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected OLD=NEW, e.g. sentence=text")
+    return old.strip(), new.strip()
+
+
+def add_rename_option(p) -> None:
+    p.add_argument("--rename", type=rename_pair, action="append", default=[], metavar="OLD=NEW",
+                   help="read a data column under the head's name for it, e.g. sentence=text for GLUE's files; "
+                        "repeatable")
+
+
 def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int):
     g = p.add_argument_group("training")
     g.add_argument("--output", required=True, help="output folder: checkpoints, metrics.jsonl, curves.png, model/")

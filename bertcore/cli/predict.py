@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .export import head_name
-from .options import check_max_length, output_file, positive_int
+from .options import add_rename_option, check_max_length, output_file, positive_int
 
 
 def add_predict(sub):
@@ -29,6 +29,7 @@ def add_predict(sub):
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
+    add_rename_option(p)
     return p
 
 
@@ -47,7 +48,7 @@ def _read_inputs(args) -> tuple[list, list]:
         path = Path(args.input)
         # the data formats finetune reads (.bio and .iob are CoNLL too); .txt and the rest are texts, a line each
         if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", *CONLL_SUFFIXES) and path.suffix != ".txt":
-            records = load_examples(path, encoding=args.encoding)
+            records = load_examples(path, encoding=args.encoding, rename=dict(args.rename))
             inputs += records
             places += [where(records, i) for i in range(len(records))]
         else:
@@ -174,6 +175,7 @@ def add_evaluate(sub):
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     p.add_argument("--encoding", help="encoding of --data (default UTF-8)")
+    add_rename_option(p)
     p.set_defaults(default_max_length=128)
     return p
 
@@ -184,7 +186,7 @@ def cmd_evaluate(args) -> int:
     from ..data import load_examples, where
     from ..files import write_text
 
-    examples = load_examples(args.data, encoding=args.encoding)   # a missing or bad file before the model loads
+    examples = load_examples(args.data, encoding=args.encoding, rename=dict(args.rename))   # before the model loads
     model = _load_model(args.model, args.tokenizer, args.device)
     name = head_name(model, args.head)
     check_max_length(args, model.encoder.config)

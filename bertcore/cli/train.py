@@ -4,7 +4,8 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .options import add_training_options, check_max_length, fraction, positive_int, training_args
+from .options import (add_rename_option, add_training_options, check_max_length, fraction, positive_int,
+                      training_args)
 
 
 def add_finetune(sub):
@@ -22,6 +23,7 @@ def add_finetune(sub):
     p.add_argument("--train", required=True, help="training data file")
     p.add_argument("--eval", help="evaluation data file")
     p.add_argument("--labels", help="comma-separated labels (default: read from --train)")
+    add_rename_option(p)
     p.add_argument("--head-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a head option (VALUE read as JSON when it parses, else a string); repeatable")
     p.add_argument("--head-options", metavar="FILE.json", help="head options as a JSON object")
@@ -146,8 +148,8 @@ def _finetune_inputs(args, head_type) -> tuple:
     from ..pretraining import checkpoint_tokenizer
     from ..training import check_examples
 
-    train = load_examples(args.train, encoding=args.encoding)
-    evaluation = load_examples(args.eval, encoding=args.encoding) if args.eval else None
+    train = load_examples(args.train, encoding=args.encoding, rename=dict(args.rename))
+    evaluation = load_examples(args.eval, encoding=args.encoding, rename=dict(args.rename)) if args.eval else None
     options, said = _head_options(args, train, head_type)
     encoder = BertEncoder.from_pretrained(args.encoder)
     check_max_length(args, encoder.config)

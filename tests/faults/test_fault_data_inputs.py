@@ -3,6 +3,7 @@ unbalanced quotes, a BOM under encoding="utf-8", SQuAD JSON of the wrong shape) 
 unusual values (NSP labels from a CSV, numbered class names, blank QA answers, NER
 tokens the tokenizer drops) either load as written or end in one line naming the file,
 the line or key, and the fix; never a silent change to an example."""
+import contextlib
 import csv
 import json
 import string
@@ -12,6 +13,7 @@ import pytest
 import bertcore
 from bertcore.cli import main
 from bertcore.data import DataError, load_examples
+from cli_testing import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -189,6 +191,36 @@ def test_digit_labels_of_a_csv_are_class_indices_as_a_jsonl_files_ints_are(tmp_p
     assert [head.label_index(y) for y in ("0", "1", 1, "pos")] == [0, 1, 1, 1]
     with pytest.raises(ValueError, match=r"label '2' is not one of the head's labels \['neg', 'pos'\]"):
         head.label_index("2")
+
+
+def test_a_glue_file_is_read_with_its_columns_renamed(tmp_path, checkpoint, capsys):
+    """GLUE's SST-2 names its text column "sentence". Before: the file could not be read
+    at all (rewrite it, or load it in Python), and the error did not say how."""
+    tsv = write(tmp_path, "sst2.tsv", "sentence\tlabel\ngood film\t1\nbad plot\t0\nfine actor\t1\n")
+    finetune = ["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(tsv),
+                "--labels", "neg,pos", "--output", str(tmp_path / "out"), "--max-steps", "1", "--no-progress"]
+    assert main(finetune) == 2
+    assert ("sst2.tsv:2: missing text; a classification example needs text, label (it has sentence, label); to read "
+            "another column as text: --rename OLD=text") in one_line_error(capsys.readouterr().err, "finetune")
+    assert main([*finetune, "--rename", "sentence=text"]) == 0
+    capsys.readouterr()
+    model = str(tmp_path / "out" / "model")
+    for rename, error in (("sentense=text", "sst2.tsv: no column 'sentense' to rename (its columns: label, sentence)"),
+                          ("sentence=label", "sst2.tsv:2: renaming gives two 'label' columns"),
+                          ("sentence", "argument --rename: 'sentence': expected OLD=NEW, e.g. sentence=text")):
+        with pytest.raises(SystemExit) if "=" not in rename else contextlib.nullcontext():
+            assert main(["evaluate", "--model", model, "--data", str(tsv), "--rename", rename]) == 2
+        assert error in one_line_error(capsys.readouterr().err, "evaluate")
+    assert main(["evaluate", "--model", model, "--data", str(tsv), "--rename", "sentence=text"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 3
+    assert main(["predict", "--model", model, "--input", str(tsv), "--rename", "sentence=text"]) == 0
+    assert [json.loads(line)["input"]["text"] for line in capsys.readouterr().out.splitlines()] == \
+        ["good film", "bad plot", "fine actor"]
+    # the API: a swap is one rename, not a clash; a dataset renames its own columns
+    swapped = load_examples(tsv, rename={"sentence": "label", "label": "sentence"})
+    assert swapped[0] == {"label": "good film", "sentence": "1"} and swapped.where(0).endswith("sst2.tsv:2")
+    with pytest.raises(TypeError, match="rename_columns"):
+        load_examples([{"sentence": "a"}], rename={"sentence": "text"})
 
 
 def test_ner_tags_on_tokens_the_tokenizer_drops_are_refused(tmp_path, tok, cfg):
