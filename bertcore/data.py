@@ -7,9 +7,9 @@ raises `DataError` naming the file, the line and what was expected; examples rea
 from a file remember where each came from (`Records.where(i)` → "file:line"), so
 that a head's complaint about one example names its line too.
 
-Files are UTF-8 (with or without a BOM) unless the caller names another encoding;
-nothing is guessed, so a Latin-1 file is an error that says to pass its encoding,
-never text decoded wrongly.
+Files are UTF-8 (with or without a BOM), or the UTF-16/32 their byte order mark
+declares, unless the caller names another encoding; nothing is guessed, so a Latin-1
+file is an error that says to pass its encoding, never text decoded wrongly.
 """
 import codecs
 import csv
