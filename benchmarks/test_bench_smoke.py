@@ -178,9 +178,11 @@ def test_every_recorded_demo_recipe_reruns():
     sizes = {name: dataclasses.replace(DemoSize(), **{k: v for k, v in fields.items() if k != "step_scale"})
              for name, fields in ablations.RECIPES.items()}
     assert sizes["mixed-spans"] == DemoSize()
+    mixed = {"mixed-spans", "one-epoch", "two-epochs"}                   # the demo's pretraining
+    assert all(dataclasses.replace(sizes[name], finetune_min_epochs=0.0) == DemoSize() for name in mixed)
     second = {"contrastive-spans", "spans-lr-1e-3", "spans-1000-steps"}   # a second phase, not mixed in
     assert all(sizes[name].contrastive_steps > 0 and not sizes[name].contrastive_mixed for name in second)
-    older = set(sizes) - second - {"mixed-spans"}                        # MLM + NSP alone
+    older = set(sizes) - second - mixed                                  # MLM + NSP alone
     assert all(sizes[name].contrastive_steps == 0 and not sizes[name].contrastive_mixed for name in older)
     assert all(sizes[name].heads == 2 for name in ("two-heads", "two-heads-reviews-only", "whole-word", "two-layers"))
     assert all(sizes[name].ner_rates == (4e-3,) for name in ("one-ner-rate", "two-heads", "reviews-only"))
