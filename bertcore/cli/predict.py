@@ -217,7 +217,8 @@ def add_embed(sub):
     source.add_argument("--encoder", help="BERT or sentence-transformers checkpoint folder")
     source.add_argument("--model", help="folder written by TaskModel.save_pretrained, with an embedding head")
     p.add_argument("texts", nargs="*", help="texts to embed; - reads stdin (one text a line)")
-    p.add_argument("--input", help="text file, one text per line (.jsonl: each line's \"text\"); - reads stdin")
+    p.add_argument("--input", help="text file, one text per line (.jsonl, .csv, .tsv: each record's \"text\"); "
+                   "- reads stdin")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the --encoder folder, or --model's tokenizer/)")
     p.add_argument("--head", help="head name in --model (needed when it has several)")
     p.add_argument("--pooling", help="override the checkpoint's pooling: mean, cls, max or mean_sqrt_len_tokens, or "
@@ -228,26 +229,29 @@ def add_embed(sub):
     p.add_argument("--max-length", type=positive_int, help="tokens per text (default: the checkpoint's max_seq_length, "
                    "which this replaces)")
     p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
+    add_rename_option(p)
     p.set_defaults(default_max_length=None)   # check_max_length: no default of embed's own, the checkpoint's
     return p
 
 
-def _embed_inputs(source: str, encoding: str | None = None) -> list[str]:
-    """Texts from a file or stdin (-): one per non-empty line; JSONL lines give their "text"."""
+def _embed_inputs(source: str, encoding: str | None = None, rename: dict | None = None) -> list[str]:
+    """Texts from a file or stdin (-): one per non-empty line; JSONL, CSV and TSV records
+    give their "text" (a CSV read as lines embedded its header as a text, and "a,pos" whole)."""
     from ..data import load_examples, read_text, text_lines, where
-    if source != "-" and Path(source).suffix.lower() == ".jsonl":
-        # data's JSONL reader: lines end at "\n" only (a JSON string may hold U+2028 unescaped),
-        # and an error names the file's own line
-        records = load_examples(Path(source), encoding=encoding)
+    if source != "-" and Path(source).suffix.lower() in (".jsonl", ".csv", ".tsv"):
+        # data's readers: JSONL lines end at "\n" only (a JSON string may hold U+2028
+        # unescaped), CSV fields may be quoted, and an error names the file's own line
+        records = load_examples(Path(source), encoding=encoding, rename=rename)
         return [_record_text(records[i], where(records, i)) for i in range(len(records))]
     text = sys.stdin.read() if source == "-" else read_text(source, encoding)
     return [line for line in text_lines(text) if line.strip()]
 
 
 def _record_text(row: dict, where: str) -> str:
-    """A JSONL record's "text"; anything but a string is refused (str() would embed "None")."""
+    """A record's "text"; anything but a string is refused (str() would embed "None")."""
     from ..data import json_type
-    fix = 'give each line a string "text", e.g. {"text": "a sentence"}'
+    fix = ('give each record a string "text" (JSONL: {"text": "a sentence"}; CSV, TSV: a text column), '
+           'or --rename OLD=text')
     if "text" not in row:
         raise ValueError(f'{where}: no "text" field (it has {", ".join(row) or "nothing"}); {fix}')
     if not isinstance(row["text"], str):
@@ -265,7 +269,8 @@ def cmd_embed(args) -> int:
     if "-" in args.texts and "-" not in sources:
         sources.append("-")
     texts = _command_line_texts(args.texts, "embed") + [t for source in sources
-                                                        for t in _embed_inputs(source, args.encoding)]
+                                                        for t in _embed_inputs(source, args.encoding,
+                                                                               dict(args.rename))]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
     if args.model:

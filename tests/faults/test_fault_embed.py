@@ -45,6 +45,21 @@ def test_other_bad_jsonl_lines_name_their_line(checkpoint, tmp_path, capsys, lin
     assert out == "" and f"{file}:2: {message}" in one_line_error(err)
 
 
+def test_a_csv_or_tsv_input_embeds_its_text_column_not_its_lines(checkpoint, tmp_path, capsys):
+    """Before: read as lines, the header was embedded as a text and 'good, fine,pos' whole."""
+    csv_file = tmp_path / "texts.csv"
+    csv_file.write_text('text,label\n"good, fine",pos\nbad plot,neg\n', encoding="utf-8")
+    tsv_file = tmp_path / "texts.tsv"
+    tsv_file.write_text("sentence\tlabel\ngood, fine\tpos\nbad plot\tneg\n", encoding="utf-8")
+    for argv in (["--input", str(csv_file)], ["--input", str(tsv_file), "--rename", "sentence=text"]):
+        assert main(["embed", "--encoder", str(checkpoint), *argv]) == 0
+        assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == ["good, fine", "bad plot"]
+    assert main(["embed", "--encoder", str(checkpoint), "--input", str(tsv_file)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and f'{tsv_file}:2: no "text" field (it has sentence, label)' in one_line_error(err)
+    assert "or --rename OLD=text" in err
+
+
 @pytest.mark.parametrize("argv", [["-"], ["good film", "-"]])   # --input -: test_embedding.py
 def test_dash_reads_stdin_like_predict(checkpoint, monkeypatch, capsys, argv):
     monkeypatch.setattr(sys, "stdin", io.StringIO("bad movie\n\nthe plot\n"))
