@@ -146,7 +146,7 @@ class ClassificationHead(Head):
             return index
         raise ValueError(f"label {label!r} is not one of the head's labels "
                          f"{self.labels or list(range(self.num_labels))}; data with another label set needs a new "
-                         "head (labels are read from the training data)")
+                         "head (its labels are fixed when it is built: given, or read from the training data)")
 
     def label_name(self, index: int):
         return self.labels[index] if self.labels is not None else index

@@ -189,8 +189,10 @@ def test_digit_labels_of_a_csv_are_class_indices_as_a_jsonl_files_ints_are(tmp_p
                      "--no-progress"]) == 0, capsys.readouterr().err
     head = bertcore.create_head("classification", bertcore.BertConfig(vocab_size=10), labels=["neg", "pos"])
     assert [head.label_index(y) for y in ("0", "1", 1, "pos")] == [0, 1, 1, 1]
-    with pytest.raises(ValueError, match=r"label '2' is not one of the head's labels \['neg', 'pos'\]"):
-        head.label_index("2")
+    with pytest.raises(ValueError, match=r"label '2' is not one of the head's labels \['neg', 'pos'\]; data with "
+                                         r"another label set needs a new head \(its labels are fixed when it is "
+                                         r"built: given, or read from the training data\)"):
+        head.label_index("2")     # it said "(labels are read from the training data)", also of given ones
 
 
 def test_a_glue_file_is_read_with_its_columns_renamed(tmp_path, checkpoint, capsys):
