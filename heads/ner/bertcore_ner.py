@@ -91,8 +91,8 @@ class NERHead(Head):
                                  "I-TYPE (E-TYPE, S-TYPE)")
             if tag not in self.labels:
                 raise ValueError(f"word {i + 1} ({token!r}): tag {tag!r} is not one of the head's labels "
-                                 f"{self.labels}; data with another tag set needs a new head (labels are read "
-                                 "from the training data)")
+                                 f"{self.labels}; data with another tag set needs a new head (its labels are fixed "
+                                 "when it is built: given, or read from the training data)")
         for i, (token, tag) in enumerate(zip(tokens, tags)):
             if tag != "O" and not any(_kept(c) for c in token):
                 raise ValueError(_no_subword(i, token, tag))
