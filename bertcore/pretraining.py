@@ -118,7 +118,7 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     n_eval = max(2, int(len(documents) * eval_fraction))
     if len(documents) - n_eval < 2:
         raise ValueError(f"eval_fraction={eval_fraction} holds out {n_eval} of the {len(documents)} documents, "
-                         "leaving fewer than 2 to train on; use a smaller eval_fraction")
+                         "leaving fewer than 2 to train on; use a smaller eval_fraction (--eval-fraction)")
     eval_docs = [documents[i] for i in order[:n_eval]]
     train_docs = [documents[i] for i in order[n_eval:]]
     train_pairs = make_nsp_pairs(train_docs, tok, max_length=args.max_length, seed=args.seed)
@@ -128,8 +128,8 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
                 len(train_pairs), len(train_docs), len(eval_pairs))
     if len(eval_pairs) < min(FEW_EVAL_PAIRS, max_eval_pairs):   # a small corpus, not the user's cap
         logger.warning("only %d held-out sentence pairs (%d documents): their NSP accuracy moves by about ±%.2f by "
-                       "chance alone; give more documents or a larger eval_fraction", len(eval_pairs), n_eval,
-                       len(eval_pairs) ** -0.5)
+                       "chance alone; give more documents or a larger eval_fraction (--eval-fraction)",
+                       len(eval_pairs), n_eval, len(eval_pairs) ** -0.5)
 
     heads = {"mlm": create_head("mlm", encoder.config, mlm_probability=mlm_probability, whole_word=whole_word),
              "nsp": create_head("nsp", encoder.config)}

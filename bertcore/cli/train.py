@@ -224,8 +224,12 @@ def add_pretrain(sub):
     p.add_argument("--layers", type=positive_int, help="layers of a new encoder (default 4)")
     p.add_argument("--heads", type=positive_int, help="attention heads of a new encoder (default 4)")
     p.add_argument("--intermediate-size", type=positive_int, help="feed-forward size (default 4 x hidden)")
-    p.add_argument("--mlm-probability", type=fraction, default=0.15)
-    p.add_argument("--whole-word-masking", action="store_true")
+    p.add_argument("--mlm-probability", type=fraction, default=0.15,
+                   help="share of tokens picked for masked LM (default 0.15, BERT's)")
+    p.add_argument("--whole-word-masking", action="store_true",
+                   help="mask a word's ## pieces together with it (BERT's whole-word masking)")
+    p.add_argument("--eval-fraction", type=fraction, default=0.02,
+                   help="share of the documents held out for MLM/NSP accuracy (default 0.02, at least 2)")
     add_training_options(p, lr=1e-4, epochs=1, batch=32, max_length=128)
     return p
 
@@ -288,7 +292,8 @@ def _pretrain(args, corpus, tok) -> int:
                                      max_position_embeddings=max(128, args.max_length))
     model = pretrain(corpus, tok, cfg, training_args(args), resume=args.resume, vocab_size=args.vocab_size,
                      lowercase=not args.cased,
-                     mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking)
+                     mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking,
+                     eval_fraction=args.eval_fraction)
     if _other_rank():
         return 0       # rank 0 reports and saved the model
     if model.history:

@@ -1,5 +1,6 @@
 """`bertcore finetune / pretrain / predict` end to end on tiny models (the demo: tests/cli/test_demo.py)."""
 import json
+import logging
 import random
 
 import pytest
@@ -72,17 +73,20 @@ def test_finetune_bad_data_names_file_and_line(tmp_path, checkpoint, capsys):
     assert rc == 2 and "missing label" in capsys.readouterr().err
 
 
-def test_pretrain_cli(tmp_path, capsys):
+def test_pretrain_cli(tmp_path, capsys, caplog):
     rng = random.Random(0)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
                                             for _ in range(rng.randint(2, 5))) for _ in range(60)), encoding="utf-8")
     out = tmp_path / "pt"
-    rc = main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--vocab-size", "100",
-               "--hidden-size", "32", "--layers", "1", "--heads", "2", "--max-length", "32",
-               "--max-steps", "4", "--batch-size", "8", "--no-progress"])
+    with caplog.at_level(logging.INFO, logger="bertcore.pretraining"):
+        # --eval-fraction: the few-held-out-pairs warning told CLI users to raise an option they did not have
+        rc = main(["pretrain", "--corpus", str(corpus), "--output", str(out), "--vocab-size", "100",
+                   "--hidden-size", "32", "--layers", "1", "--heads", "2", "--max-length", "32",
+                   "--max-steps", "4", "--batch-size", "8", "--eval-fraction", "0.2", "--no-progress"])
     assert rc == 0
     assert "NSP accuracy" in capsys.readouterr().out
+    assert "from 48 documents" in caplog.text      # 12 of the 60 held out
     model = bertcore.TaskModel.from_pretrained(out / "model")
     assert set(model.heads) == {"mlm", "nsp"}
     assert (out / "tokenizer" / "vocab.txt").is_file()
