@@ -49,7 +49,8 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
       plateau of a small model), or a checkpoint folder to continue pretraining from.
     - `args`: TrainingArgs; `args.max_length` bounds the sentence pairs.
     - `resume`: continue the run in `args.output_dir` from its last checkpoint (same
-      corpus and settings; its vocabulary is read from that checkpoint).
+      corpus and settings; its vocabulary, and its encoder shape when `cfg` is None, are
+      read from that checkpoint).
     - `whole_word`: mask whole words: a WordPiece word's `##` pieces with it, and the
       words of sentences given as word lists (a segmenter's output, `make_nsp_pairs`).
     - `objectives`: other heads trained beside MLM + NSP, {name: (head, examples)}: their
@@ -88,9 +89,14 @@ def _pretrain(corpus, tok, cfg, args, resume, eval_fraction, vocab_size, lowerca
     if not resume and leader:
         writes = (FINAL_MODEL_DIR, *CHECKPOINT_FOLDERS) if args.save_checkpoints else (FINAL_MODEL_DIR,)
         check_new_run(out, writes, args.overwrite_output_dir, [(str(source), source)] if source else [])
-    if tok is None and resume:       # the vocabulary the run started with, as its checkpoint holds it
-        tok = Tokenizer.from_pretrained(find_checkpoint(out / "last") / MODEL_DIR / "tokenizer")
-    elif tok is None and source is not None:
+    if resume and (tok is None or cfg is None):
+        saved = find_checkpoint(out / "last") / MODEL_DIR
+        # the vocabulary and the encoder shape the run started with, as its checkpoint holds them
+        if tok is None:
+            tok = Tokenizer.from_pretrained(saved / "tokenizer")
+        if cfg is None and (saved / "encoder" / "config.json").is_file():
+            cfg = BertConfig.from_pretrained(saved / "encoder")
+    if tok is None and source is not None:
         tok = checkpoint_tokenizer(source if isinstance(cfg, (str, os.PathLike)) else Path(source).parent)
     elif tok is None:
         tok = _train_tokenizer(documents, vocab_size, lowercase, out / "tokenizer")

@@ -211,7 +211,8 @@ def add_pretrain(sub):
         description="Corpus: text files in the original BERT format, one sentence per line and a blank "
                     "line between documents (UTF-8, or --encoding). Without --tokenizer the --encoder checkpoint's "
                     "tokenizer is used (with --resume, the run's own), else a WordPiece vocabulary is trained on "
-                    "the corpus; without --encoder a new encoder is built from the size options.",
+                    "the corpus; without --encoder a new encoder is built from the size options (with --resume, "
+                    "the run's own shape when none is given).",
         epilog="example: bertcore pretrain --corpus wiki.txt --output runs/bert-small --layers 4 --max-steps 10000")
     p.add_argument("--corpus", nargs="+", required=True, help="corpus text file(s)")
     p.add_argument("--tokenizer", help="existing tokenizer folder (default: --encoder's, the run's own with "
@@ -249,7 +250,7 @@ def cmd_pretrain(args) -> int:
     if args.max_length > MAX_POSITIONS and not args.encoder:
         raise ValueError(f"--max-length {args.max_length} exceeds BERT's {MAX_POSITIONS} positions; "
                          f"use at most {MAX_POSITIONS}")
-    if not args.encoder and args.hidden_size % args.heads:   # the config's message names its fields, not these
+    if args.hidden_size is not None and args.hidden_size % args.heads:   # the config's message names its fields, not these
         raise ValueError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}; "
                          "each head takes an equal share of the hidden size")
     _check_resume(args)
@@ -277,6 +278,8 @@ def _new_encoder_sizes(args) -> None:
         options = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ValueError(f"{options} size a new encoder, but --encoder {args.encoder} keeps its own shape and "
                          f"vocabulary; drop {options}, or drop --encoder to build a new one")
+    if args.resume and not args.encoder and not given:
+        return     # the run's own shape and vocabulary, read from its checkpoint (the defaults were refused)
     for name, default in NEW_ENCODER_SIZES.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -286,10 +289,10 @@ def _pretrain(args, corpus, tok) -> int:
     from ..config import BertConfig
     from ..pretraining import pretrain
 
-    cfg = args.encoder or BertConfig(hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                                     num_attention_heads=args.heads,
-                                     intermediate_size=args.intermediate_size or 4 * args.hidden_size,
-                                     max_position_embeddings=max(128, args.max_length))
+    cfg = args.encoder or args.hidden_size and BertConfig(   # neither: --resume reads the run's own
+        hidden_size=args.hidden_size, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+        intermediate_size=args.intermediate_size or 4 * args.hidden_size,
+        max_position_embeddings=max(128, args.max_length))
     model = pretrain(corpus, tok, cfg, training_args(args), resume=args.resume, vocab_size=args.vocab_size,
                      lowercase=not args.cased,
                      mlm_probability=args.mlm_probability, whole_word=args.whole_word_masking,

@@ -227,7 +227,8 @@ def test_pretrain_resume_continues_the_run_with_its_own_vocabulary(tmp_path, cor
     vocabulary = bertcore.Tokenizer.from_pretrained(out / "tokenizer")
     whole = pretrain(str(corpus), vocabulary, cfg, args(tmp_path / "whole"))
     monkeypatch.setattr(bertcore.Tokenizer, "train", classmethod(lambda *a, **kw: pytest.fail("retrained")))
-    resumed = pretrain(str(corpus), None, cfg, args(out), resume=True, vocab_size=60)
+    # cfg=None: the shape comes from the checkpoint too (was: BertConfig's defaults, refused)
+    resumed = pretrain(str(corpus), None, None, args(out), resume=True, vocab_size=60)
 
     assert resumed.history == whole.history
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), whole.state_dict().values()))
@@ -245,6 +246,9 @@ def test_pretrain_cli_resume_is_passed_on(tmp_path, corpus, capsys):
     assert main(pretrain_cli(corpus, out, "--max-steps", "2", "--resume")) == 0
     assert f"resumed from {out / 'last'} at step 2" in capsys.readouterr().err
     assert (out / "metrics.jsonl").read_text() == log
+    # without the size options: the run's own shape (was refused: "hidden_size: 32 then, 256 now")
+    assert main(continue_cli(corpus, out, "--max-steps", "2", "--resume")) == 0
+    assert f"resumed from {out / 'last'} at step 2" in capsys.readouterr().err
 
 
 def test_continued_pretraining_uses_the_checkpoints_tokenizer(tmp_path, checkpoint, corpus, capsys):
