@@ -4,6 +4,7 @@ import email
 import os
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -14,11 +15,28 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
+def build(tmp_path_factory):
+    """(the wheel, what pip and the build backend printed)."""
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(ROOT)], check=True, capture_output=True)
-    return next(out.glob("bertcore-*.whl"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "-w", str(out), str(ROOT)], check=True, capture_output=True, text=True)
+    return next(out.glob("bertcore-*.whl")), done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def wheel(build):
+    return build[0]
+
+
+def test_the_build_uses_nothing_deprecated(build):
+    """setuptools warned on every install that `license = { text = ... }` stops building
+    after 2027-02-18; each distribution of the checkout now gives an SPDX string (PEP 639)."""
+    assert "deprecated" not in build[1].lower(), build[1]
+    for pyproject in [ROOT / "pyproject.toml", ROOT / "kernels" / "pyproject.toml",
+                      *sorted(ROOT.glob("heads/*/pyproject.toml"))]:
+        project = tomllib.loads(pyproject.read_text())
+        assert isinstance(project["project"]["license"], str), pyproject
+        assert project["build-system"]["requires"] == ["setuptools>=77"], pyproject   # the first with PEP 639
 
 
 def test_wheel_contents_and_runtime_requirements(wheel):
