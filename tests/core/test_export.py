@@ -6,6 +6,7 @@ import string
 import warnings
 
 import pytest
+import safetensors
 import torch
 import transformers
 
@@ -166,6 +167,10 @@ def test_mlm_to_transformers(tmp_path, tok):
     # the tokenizer says the encoder's 64 positions (was 512: transformers' truncation=True overran them)
     assert hf_tok.model_max_length == 64 and len(hf_tok("cat " * 200, truncation=True)["input_ids"]) == 64
     assert hf.cls.predictions.decoder.weight.data_ptr() == hf.bert.embeddings.word_embeddings.weight.data_ptr()
+    # the tied matrix is stored once, as transformers' save_pretrained stores it (was twice)
+    with safetensors.safe_open(out / "model.safetensors", "pt") as f:
+        assert "bert.embeddings.word_embeddings.weight" in f.keys()
+        assert "cls.predictions.decoder.weight" not in f.keys()
     # bertcore's vocabulary logits at every token (not only the masked ones), fp32
     head = model.heads["task"]
     texts = ["the cat [MASK] on the mat", *TEXTS]
