@@ -36,8 +36,9 @@ def add_predict(sub):
 def _read_inputs(args) -> tuple[list, list]:
     """Texts, (question, context), file examples and stdin lines, in that order, and where
     each came from: "file:line" (or "stdin:line"), None for the command line's own."""
-    from ..data import CONLL_SUFFIXES, load_examples, read_text, text_lines, where
+    from ..data import CONLL_SUFFIXES, Records, load_examples, read_text, rename_columns, text_lines, where
     inputs = _command_line_texts(args.texts, "predict")
+    rename, renamed = dict(args.rename), False
     if args.question is not None or args.context is not None:
         if args.question is None or args.context is None:
             raise ValueError("--question and --context go together")
@@ -48,7 +49,8 @@ def _read_inputs(args) -> tuple[list, list]:
         path = Path(args.input)
         # the data formats finetune reads (.bio and .iob are CoNLL too); .txt and the rest are texts, a line each
         if path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", *CONLL_SUFFIXES) and path.suffix != ".txt":
-            records = load_examples(path, encoding=args.encoding, rename=dict(args.rename))
+            records = load_examples(path, encoding=args.encoding, rename=rename)
+            renamed = True
             inputs += records
             places += [where(records, i) for i in range(len(records))]
         else:
@@ -56,10 +58,19 @@ def _read_inputs(args) -> tuple[list, list]:
     if args.input == "-" or "-" in args.texts:
         sources.append(("stdin", sys.stdin.read()))
     for source, text in sources:
-        for n, line in enumerate(text_lines(text), 1):
-            if line.strip():
-                inputs.append(_line_input(line, f"{source}:{n}"))
-                places.append(f"{source}:{n}")
+        lines = [(n, _line_input(line, f"{source}:{n}")) for n, line in enumerate(text_lines(text), 1) if line.strip()]
+        # its JSON lines are records as a .jsonl file's are, renamed alike (--rename passed them by)
+        records = Records(source, *zip(*[(item, n) for n, item in lines if isinstance(item, dict)]))
+        if rename and records:
+            rename_columns(records, rename)
+            renamed = True
+        objects = iter(records)
+        for n, item in lines:
+            inputs.append(next(objects) if isinstance(item, dict) else item)
+            places.append(f"{source}:{n}")
+    if rename and not renamed:
+        raise ValueError("--rename renames the fields of records (a .jsonl, .csv or .tsv --input, or JSON lines); "
+                         "these inputs are plain texts: drop --rename")
     if not inputs:
         raise ValueError("nothing to predict on: give texts, --input FILE, - for stdin, or --question/--context")
     return inputs, places
@@ -273,6 +284,9 @@ def cmd_embed(args) -> int:
                                                                                dict(args.rename))]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
+    if args.rename and not (args.input and Path(args.input).suffix.lower() in (".jsonl", ".csv", ".tsv")):
+        raise ValueError("--rename renames the columns of a .jsonl, .csv or .tsv --input; these texts are read "
+                         "as they are (a line each): drop --rename")
     if args.model:
         if args.pooling or args.normalize is not None:
             raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")

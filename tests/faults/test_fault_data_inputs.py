@@ -5,8 +5,10 @@ tokens the tokenizer drops) either load as written or end in one line naming the
 the line or key, and the fix; never a silent change to an example."""
 import contextlib
 import csv
+import io
 import json
 import string
+import sys
 
 import pytest
 
@@ -195,7 +197,7 @@ def test_digit_labels_of_a_csv_are_class_indices_as_a_jsonl_files_ints_are(tmp_p
         head.label_index("2")     # it said "(labels are read from the training data)", also of given ones
 
 
-def test_a_glue_file_is_read_with_its_columns_renamed(tmp_path, checkpoint, capsys):
+def test_a_glue_file_is_read_with_its_columns_renamed(tmp_path, checkpoint, capsys, monkeypatch):
     """GLUE's SST-2 names its text column "sentence". Before: the file could not be read
     at all (rewrite it, or load it in Python), and the error did not say how."""
     tsv = write(tmp_path, "sst2.tsv", "sentence\tlabel\ngood film\t1\nbad plot\t0\nfine actor\t1\n")
@@ -218,6 +220,17 @@ def test_a_glue_file_is_read_with_its_columns_renamed(tmp_path, checkpoint, caps
     assert main(["predict", "--model", model, "--input", str(tsv), "--rename", "sentence=text"]) == 0
     assert [json.loads(line)["input"]["text"] for line in capsys.readouterr().out.splitlines()] == \
         ["good film", "bad plot", "fine actor"]
+    # JSON lines on stdin are records too (--rename passed them by: "missing text"), plain texts are not
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"sentence": "good film"}\nbad plot\n'))
+    assert main(["predict", "--model", model, "-", "--rename", "sentence=text"]) == 0
+    assert [json.loads(line)["input"] for line in capsys.readouterr().out.splitlines()] == \
+        [{"text": "good film"}, "bad plot"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO('{"text": "good film"}\n'))
+    assert main(["predict", "--model", model, "-", "--rename", "sentence=text"]) == 2
+    assert "stdin: no column 'sentence' to rename (its columns: text)" in one_line_error(capsys.readouterr().err,
+                                                                                         "predict")
+    assert main(["predict", "--model", model, "good film", "--rename", "sentence=text"]) == 2   # was: ignored
+    assert "these inputs are plain texts: drop --rename" in one_line_error(capsys.readouterr().err, "predict")
     # the API: a swap is one rename, not a clash; a dataset renames its own columns
     swapped = load_examples(tsv, rename={"sentence": "label", "label": "sentence"})
     assert swapped[0] == {"label": "good film", "sentence": "1"} and swapped.where(0).endswith("sst2.tsv:2")

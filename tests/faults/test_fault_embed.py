@@ -58,6 +58,11 @@ def test_a_csv_or_tsv_input_embeds_its_text_column_not_its_lines(checkpoint, tmp
     out, err = capsys.readouterr()
     assert out == "" and f'{tsv_file}:2: no "text" field (it has sentence, label)' in one_line_error(err)
     assert "or --rename OLD=text" in err
+    lines = tmp_path / "texts.txt"               # texts a line each have no columns: --rename was ignored
+    lines.write_text("good film\n", encoding="utf-8")
+    for argv in (["--input", str(lines)], ["good film"]):
+        assert main(["embed", "--encoder", str(checkpoint), *argv, "--rename", "sentence=text"]) == 2
+        assert "drop --rename" in one_line_error(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("argv", [["-"], ["good film", "-"]])   # --input -: test_embedding.py
