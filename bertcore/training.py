@@ -61,6 +61,7 @@ class TrainingArgs:
     layer i the rate lr·d^(L-i) (embeddings lowest, heads the full lr).
     `loss_weights` ({head: w}) and `sampling` ("round_robin" | "proportional") are for
     multi-task training. `bf16` autocasts to bfloat16 where the device supports it.
+    `max_grad_norm` clips the gradient's global norm (0 or None: no clipping).
     `save_total_limit`: how many resumable checkpoints to keep (last/ and, beyond one,
     checkpoint-<step>/ folders of hard links); best/ is always kept.
     The learning rate warms up linearly from 0 over `warmup_ratio` of the steps, then
@@ -82,7 +83,7 @@ class TrainingArgs:
     learning_rate: float = 5e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
     seed: int = 42
     freeze_encoder: bool = False
     grad_accum_steps: int = 1
@@ -122,6 +123,14 @@ class TrainingArgs:
             raise ValueError(f"learning_rate={self.learning_rate} must be a finite number >= 0")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay={self.weight_decay} must be a finite number >= 0")
+        # a negative norm made clip_grad_norm_ scale every gradient by a negative number: gradient ascent
+        if self.max_grad_norm is not None and not 0 <= self.max_grad_norm < math.inf:
+            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be a finite number >= 0 (0 or None: no "
+                             "clipping)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed={self.seed!r} must be a whole number in [0, 2**32) (numpy's seed range)")
+        if self.logging_steps < 0:
+            raise ValueError(f"logging_steps={self.logging_steps} must be >= 0 (0: no training-loss lines)")
         if not isinstance(self.loss_weights, dict):
             raise ValueError(f"loss_weights={self.loss_weights!r} must be a dict {{head: weight}}")
         for head, weight in self.loss_weights.items():   # a negative weight trains that head to be wrong

@@ -1,7 +1,7 @@
 """`bertcore demo`: BERT's story end to end on a CPU (the work is in bertcore.demo)."""
 from pathlib import Path
 
-from .options import output_folder, positive_float, positive_int
+from .options import output_folder, positive_float, positive_int, seed
 
 
 def add_demo(sub):
@@ -21,7 +21,7 @@ def add_demo(sub):
                         "scores best on validation examples (default: the demo's own, tuned for its small "
                         "encoder; with --encoder, 3e-5 1e-4 3e-4)")
     p.add_argument("--output", type=output_folder, default="demo-output", help="output folder (default: demo-output)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=seed, default=42)
     p.add_argument("--steps-scale", type=positive_float, default=1.0,
                    help="multiply every step budget (e.g. 3 for a longer run)")
     p.add_argument("--threads", type=positive_int, help="torch CPU threads while pretraining (default 2 on any "

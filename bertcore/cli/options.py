@@ -22,6 +22,10 @@ def positive_int(text: str) -> int:
     return _checked(text, int, "a whole number", lambda v: v >= 1, "must be 1 or more")
 
 
+def seed(text: str) -> int:
+    return _checked(text, int, "a whole number", lambda v: 0 <= v < 2**32, "must be in [0, 2**32) (numpy's seeds)")
+
+
 def fraction(text: str) -> float:
     return _checked(text, float, "a number", lambda v: 0 <= v < 1, "must be in [0, 1)")
 
@@ -106,7 +110,7 @@ def add_training_options(p, lr: float, epochs: int, batch: int, max_length: int)
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when present)")
     g.add_argument("--encoding", help="encoding of the data files (default UTF-8)")
-    g.add_argument("--seed", type=int, default=42, help="one seed repeats a CPU run exactly, on the same threads; "
+    g.add_argument("--seed", type=seed, default=42, help="one seed repeats a CPU run exactly, on the same threads; "
                    "pretraining from scratch also needs the first run's --tokenizer (default 42)")
     g.add_argument("--resume", action="store_true", help="continue from <output>/last")
     g.add_argument("--overwrite", action="store_true",

@@ -39,6 +39,11 @@ args, weights = toy.args, toy.weights
     ({"loss_weights": {"y": -1.0}}, r"loss_weights\['y'\]=-1.0 must be a finite number >= 0"),
     ({"loss_weights": {"y": float("nan")}}, r"loss_weights\['y'\]=nan must be a finite number >= 0"),
     ({"loss_weights": [("y", 2.0)]}, r"loss_weights=\[\('y', 2.0\)\] must be a dict \{head: weight\}"),
+    # a negative norm flipped every gradient's sign (gradient ascent), silently
+    ({"max_grad_norm": -1.0}, r"max_grad_norm=-1.0 must be a finite number >= 0 \(0 or None: no clipping\)"),
+    ({"seed": "a"}, r"seed='a' must be a whole number in \[0, 2\*\*32\)"),     # was: a traceback at fit()
+    ({"seed": -1}, r"seed=-1 must be a whole number in \[0, 2\*\*32\)"),      # numpy refused it at fit()
+    ({"logging_steps": -1}, r"logging_steps=-1 must be >= 0"),                # logged every step
     # the last weights were kept, silently
     ({"load_best_at_end": True, "save_checkpoints": False}, "load_best_at_end=True needs save_checkpoints=True"),
 ])

@@ -45,6 +45,19 @@ def test_thread_counts_below_one_are_refused_by_argparse(argv, monkeypatch, caps
     assert f"argument --threads: {argv[-1]} must be 1 or more" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["demo", "--seed", "-1"], ["finetune", "--head", "ner", "--encoder", "e", "--train",
+                                                              "t", "--output", "o", "--seed", "4294967296"]])
+def test_a_seed_outside_numpys_range_is_refused_by_argparse(argv, monkeypatch, capsys):
+    def ran(args):   # was: numpy's "Seed must be between 0 and 2**32 - 1" once the run had started
+        pytest.fail(f"{argv[0]} ran with --seed {args.seed}")
+    add, _ = cli.COMMANDS[argv[0]]
+    monkeypatch.setitem(cli.COMMANDS, argv[0], (add, ran))
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"argument --seed: {argv[-1]} must be in [0, 2**32)" in capsys.readouterr().err
+
+
 def test_predict_names_the_file_and_line_of_an_input_without_the_field_the_head_reads(
         tmp_path, model_dir, capsys):
     data = tmp_path / "inputs.jsonl"
