@@ -152,16 +152,22 @@ class Head(nn.Module):
     def check_example(self, example: dict) -> None:
         """override (extend): raise ValueError naming what is wrong with one labelled
         example; the caller adds the file and line. The default checks `required_keys`."""
+        self.check_keys(example)
+
+    @classmethod
+    def check_keys(cls, example: dict) -> None:
+        """ValueError unless `example` is a dict with the `required_keys`: the check a head
+        type makes before it is built (the options it reads from the data assume them)."""
         if not isinstance(example, dict):
             raise ValueError(f"is a {type(example).__name__}; expected a dict with keys "
-                             f"{', '.join(self.required_keys)}")
-        missing = [k for k in self.required_keys if k not in example]
+                             f"{', '.join(cls.required_keys)}")
+        missing = [k for k in cls.required_keys if k not in example]
         if missing:
             hint = ""
-            if set(example) - set(self.required_keys):    # the field under another name, e.g. GLUE's "sentence"
+            if set(example) - set(cls.required_keys):    # the field under another name, e.g. GLUE's "sentence"
                 hint = f"; to read another column as {missing[0]}: --rename OLD={missing[0]} (load_examples(rename=))"
-            raise ValueError(f"missing {', '.join(missing)}; a {self.name} example needs "
-                             f"{', '.join(self.required_keys)} (it has {', '.join(example) or 'nothing'}){hint}")
+            raise ValueError(f"missing {', '.join(missing)}; a {cls.name} example needs "
+                             f"{', '.join(cls.required_keys)} (it has {', '.join(example) or 'nothing'}){hint}")
 
     def example_from_input(self, item: Any) -> dict:
         """What `predict` accepts: a str, a (text, text_pair) tuple, or an example dict."""

@@ -610,11 +610,13 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cpu")
 
 
-def check_examples(head, examples) -> None:
-    """Every example checked by the head; the first problem names its file and line."""
+def check_examples(head, examples, keys_only: bool = False) -> None:
+    """Every example checked by the head; the first problem names its file and line.
+    `keys_only`: only the keys every example needs (`Head.check_keys`; a head type will do)."""
+    check = head.check_keys if keys_only else head.check_example
     for i in range(len(examples)):
         try:
-            head.check_example(examples[i])
+            check(examples[i])
         except ValueError as err:
             raise DataError(f"{where(examples, i)}: {err}") from None
 

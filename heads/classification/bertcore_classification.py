@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
+from bertcore.data import where
 from bertcore.heads import masked_mean, transformers_labels
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
@@ -63,6 +64,10 @@ class ClassificationHead(Head):
                     raise ValueError(f"labels: {label!r} is given twice; name each class once")
             if num_labels not in (None, len(labels)):
                 raise ValueError(f"num_labels={num_labels} but {len(labels)} labels given; pass one of them")
+            if len(labels) == 1 and not multi_label:   # a softmax over one class: always it, loss 0, nothing learnt
+                raise ValueError(f"labels={labels} name one class, which a classifier always predicts; give 2 or "
+                                 "more (training data whose labels are all one?), num_labels=1 for a regression, "
+                                 "or multi_label=True for a yes/no tag")
             num_labels = len(labels)
         if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Integral)):
             raise ValueError(f"num_labels={num_labels!r}; expected a whole number (1 = regression)")
@@ -83,9 +88,10 @@ class ClassificationHead(Head):
         """Labels sorted; a list label makes the task multi-label; numbers that are not all
         whole make it a regression, written as JSON numbers or as text (a CSV cell: "3.8")."""
         # a missing or empty label names no class: the example's own check says where it is
-        # (with none given at all, the examples' check says so of the first)
-        labels = [ex.get("label") for ex in examples]
-        labels = [x for x in labels if x is not None and str(x).strip()] or labels
+        labels = [x for x in (ex.get("label") for ex in examples) if x is not None and str(x).strip()]
+        if examples and not labels:   # no class to read at all (it read "None", one class)
+            raise ValueError(f"{where(examples, 0)}: missing label, as in every example; a {cls.name} example needs "
+                             "text, label")
         if any(isinstance(x, list) for x in labels):
             return {"labels": sorted({str(y) for x in labels for y in (x if isinstance(x, list) else [x])}),
                     "multi_label": True}

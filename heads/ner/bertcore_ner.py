@@ -52,6 +52,13 @@ class NERHead(Head):
                 raise ValueError(f"labels: {label!r} is given twice; name each tag once")
         if "O" not in self.labels:
             raise ValueError(f"labels {self.labels} lack the outside tag 'O'")
+        if len(self.labels) == 1:   # a tagger that can only say O finds nothing
+            raise ValueError("labels ['O'] name no entity type; give B-TYPE, I-TYPE tags too (training data "
+                             "without an entity?)")
+        for label in self.labels:   # the data's tags are held to this too; a head built with others decoded nothing
+            if label != "O" and (len(label) < 3 or label[:2] not in ("B-", "I-", "E-", "S-")):
+                raise ValueError(f"labels: tag {label!r} is not BIO/BIOES; expected O, B-TYPE, I-TYPE (E-TYPE, "
+                                 "S-TYPE)")
         self.scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in self.labels) else "BIO"
         if not isinstance(label_all_subwords, bool):   # "false" from a hand-edited head.json is truthy
             raise ValueError(f"label_all_subwords={label_all_subwords!r}; expected true or false")
@@ -67,6 +74,9 @@ class NERHead(Head):
         I-PER, and the head could then neither predict a longer one nor score a test set
         holding one. "O" first, then by entity type (B- before I-)."""
         tags = {str(t) for ex in examples for t in ex.get("tags", [])}
+        formed = {t for t in tags if t == "O" or (len(t) >= 3 and t[:2] in ("B-", "I-", "E-", "S-"))}
+        # a tag outside BIO among good ones is left to the examples' check, which names its line
+        tags = formed if formed - {"O"} else tags
         prefixes = ("B-", "I-", "E-", "S-") if any(t[:2] in ("E-", "S-") for t in tags) else ("B-", "I-")
         tags |= {p + t[2:] for t in tags if t[:2] in prefixes for p in prefixes}
         return {"labels": ["O"] + sorted(tags - {"O"}, key=lambda t: (t[2:], t[:2]))}

@@ -265,6 +265,38 @@ def test_ner_sentences_without_tokens(tmp_path, tok, cfg):
         bertcore.create_head("ner", cfg, labels=["O", "B-PER", "B-PER"])    # was: a class no tag ever trains
 
 
+@pytest.mark.parametrize("head, options, message", [
+    # each was built, trained and saved: a softmax over one class, a tagger that only says O, tags
+    # the data check refuses and the decoder reads as no entity
+    ("classification", {"labels": ["pos"]}, r"labels=\['pos'\] name one class, which a classifier always predicts"),
+    ("ner", {"labels": ["O"]}, r"labels \['O'\] name no entity type"),
+    ("ner", {"labels": ["O", "PER"]}, r"labels: tag 'PER' is not BIO/BIOES"),
+    ("ner", {"labels": ["O", "X-PER", "B-PER"]}, r"labels: tag 'X-PER' is not BIO/BIOES")])
+def test_a_head_that_could_learn_nothing_is_refused(cfg, head, options, message):
+    with pytest.raises(ValueError, match=message):
+        bertcore.create_head(head, cfg, **options)
+    assert bertcore.create_head("classification", cfg, labels=["pos"], multi_label=True).num_labels == 1  # a yes/no tag
+
+
+def test_training_data_of_one_label_is_refused_before_a_run(tmp_path, checkpoint, capsys):
+    data = write(tmp_path, "all-pos.csv", "text,label\ngood film,pos\nfine actor,pos\n")
+    assert main(["finetune", "--head", "classification", "--encoder", str(checkpoint), "--train", str(data),
+                 "--output", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]) == 2
+    assert "labels=['pos'] name one class" in one_line_error(capsys.readouterr().err, "finetune")
+    assert not (tmp_path / "run").exists()
+    # what the head's checks refuse is named by its line, not by the labels the rest of the data gives
+    for name, text, error in (
+            ("missing.jsonl", '{"text": "good", "label": "pos"}\n{"text": "bad"}\n', "missing.jsonl:2: missing label"),
+            ("io.jsonl", '{"tokens": ["john"], "tags": ["PER"]}\n{"tokens": ["mary"], "tags": ["B-PER"]}\n',
+             "io.jsonl:1: word 1 ('john'): tag 'PER' is not BIO/BIOES"),
+            ("no-tags.jsonl", '{"tokens": ["john"], "tags": ["O"]}\n{"tokens": ["mary"]}\n',
+             "no-tags.jsonl:2: missing tags")):
+        head = "ner" if "tokens" in text else "classification"
+        assert main(["finetune", "--head", head, "--encoder", str(checkpoint), "--train", str(write(tmp_path, name, text)),
+                     "--output", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]) == 2
+        assert error in one_line_error(capsys.readouterr().err, "finetune")
+
+
 def test_conll_lines_end_at_line_breaks_only(tmp_path):
     # a form feed or U+2028 inside a token is no line break (str.splitlines made it one: the
     # token's line lost its tag, "has one field", and the line numbers after it drifted)
