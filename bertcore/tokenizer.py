@@ -266,7 +266,8 @@ class Tokenizer:
     def __call__(self, texts, text_pair=None, max_length: int | None = MAX_POSITIONS,
                  truncation: bool | str = True, padding: bool | str = False,
                  return_offsets: bool = False, stride: int = 0, return_overflowing: bool = False,
-                 return_tensors: str | None = None, is_split_into_words: bool = False) -> Batch:
+                 return_tensors: str | None = None, is_split_into_words: bool = False,
+                 add_special_tokens: bool = True) -> Batch:
         """Encode a text (str) or a batch (list of str; list of word lists when
         ``is_split_into_words``), optionally paired with ``text_pair`` of the same shape.
 
@@ -276,13 +277,18 @@ class Tokenizer:
         - ``return_offsets``: add ``offset_mapping``.
         - ``return_overflowing``: keep the truncated-off rest as extra rows (windows
           that overlap by ``stride`` tokens) and add ``overflow_to_sample_mapping``.
-        - ``return_tensors="pt"``: torch.long tensors; rows must be of equal length.
+        - ``return_tensors="pt"``: torch.long tensors; ``"np"``: int64 arrays (what
+          onnxruntime takes); rows must be of equal length.
+        - ``add_special_tokens=False``: no [CLS]/[SEP] (the text's tokens alone).
 
         A single str still gives batch-of-one lists. Per-token word and sequence
         ids come from ``batch.word_ids(i)`` / ``batch.sequence_ids(i)``.
         """
+        if not isinstance(add_special_tokens, bool):
+            raise ValueError(f"add_special_tokens={add_special_tokens!r}; expected True or False")
+        specials = (2 if text_pair is None else 3) if add_special_tokens else 0   # [CLS] A [SEP] (B [SEP])
         max_length, stride, strategy, pad = _encode_options(max_length, stride, truncation, padding,
-                                                            return_tensors, paired=text_pair is not None)
+                                                            return_tensors, specials)
         first = _as_batch(texts, is_split_into_words, "texts")
         inputs: list = first
         if text_pair is not None:
@@ -292,7 +298,7 @@ class Tokenizer:
             inputs = list(zip(first, second))
         elif strategy == "only_second":
             raise ValueError("truncation='only_second' needs text_pair; use True or 'only_first'")
-        room = max_length - (2 if text_pair is None else 3)   # the text tokens a window holds
+        room = max_length - specials   # the text tokens a window holds
         # The library panics (a Rust backtrace) when it cuts a text with a stride this long; a text of
         # no more characters than `room` is never cut, and transformers takes the stride with it.
         if strategy and stride >= room and any(_characters(x) > room for x in inputs):
@@ -306,7 +312,8 @@ class Tokenizer:
             if pad:
                 backend.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
                                        length=max_length if pad == "max_length" else None)
-            encodings = backend.encode_batch(inputs, is_pretokenized=is_split_into_words)
+            encodings = backend.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                             add_special_tokens=add_special_tokens)
         except Exception as e:  # tokenizers raises bare Exceptions for bad truncation settings
             raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
                              f"truncation={truncation!r}: {e}") from e
@@ -340,8 +347,8 @@ class Tokenizer:
             data["offset_mapping"] = [r.offsets for r in rows]
         if return_overflowing:
             data["overflow_to_sample_mapping"] = sample
-        if return_tensors == "pt":
-            data = _to_tensors(data)
+        if return_tensors is not None:
+            data = _to_tensors(data, return_tensors)
         return Batch(data, [r.word_ids for r in rows], [r.sequence_ids for r in rows])
 
     # ----------------------------------------------------------------- decoding
@@ -490,7 +497,7 @@ def _template(backend: _Backend) -> processors.TemplateProcessing:
     )
 
 
-def _encode_options(max_length, stride, truncation, padding, return_tensors, paired: bool):
+def _encode_options(max_length, stride, truncation, padding, return_tensors, specials: int):
     """Tokenizer.__call__'s options checked: (max_length, stride, truncation strategy, padding strategy)."""
     if max_length is None:
         max_length = MAX_POSITIONS
@@ -505,13 +512,12 @@ def _encode_options(max_length, stride, truncation, padding, return_tensors, pai
         raise ValueError(f"truncation={truncation!r}; expected one of {list(_TRUNCATION)}")
     if padding not in _PADDING:
         raise ValueError(f"padding={padding!r}; expected one of {list(_PADDING)}")
-    if return_tensors not in (None, "pt"):
-        raise ValueError(f"return_tensors={return_tensors!r}: only None (lists) and 'pt' are supported")
+    if return_tensors not in (None, "pt", "np"):
+        raise ValueError(f"return_tensors={return_tensors!r}: only None (lists), 'pt' and 'np' are supported")
     strategy, pad = _TRUNCATION[truncation], _PADDING[padding]
 
-    specials = 3 if paired else 2  # [CLS] A [SEP] (B [SEP])
     if strategy and max_length <= specials:  # the library ignores a max_length below this: nothing is cut
-        raise ValueError(f"max_length={max_length} leaves no room for text after [CLS] and [SEP]; "
+        raise ValueError(f"max_length={max_length} leaves no room for text{' after [CLS] and [SEP]' * bool(specials)}; "
                          f"use max_length > {specials}")
     return max_length, stride, strategy, pad
 
@@ -562,15 +568,17 @@ def _int_list(ids) -> list[int]:
     return [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
 
 
-def _to_tensors(data: dict) -> dict:
+def _to_tensors(data: dict, kind: str) -> dict:
+    """torch.long tensors ("pt") or int64 numpy arrays ("np")."""
+    import numpy as np
     import torch
 
     out = {}
     for key, value in data.items():
         if key != "overflow_to_sample_mapping" and len({len(row) for row in value}) > 1:
-            raise ValueError(f"return_tensors='pt' needs rows of equal length, but {key} rows "
+            raise ValueError(f"return_tensors={kind!r} needs rows of equal length, but {key} rows "
                              "differ; pass padding=True (or 'max_length')")
-        out[key] = torch.tensor(value, dtype=torch.long)
+        out[key] = torch.tensor(value, dtype=torch.long) if kind == "pt" else np.asarray(value, dtype=np.int64)
     return out
 
 

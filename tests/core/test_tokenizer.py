@@ -5,6 +5,7 @@ import pickle
 import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from transformers import BertTokenizerFast
@@ -199,6 +200,15 @@ def test_padding_and_tensors(tok, hf):
     with pytest.raises(ValueError, match="padding=True"):
         tok(["a", "a b c"], return_tensors="pt")
     assert tok(["a b", "c d"], return_tensors="pt")["input_ids"].shape == (2, 4)
+    # "np" (onnxruntime's input) and add_special_tokens=False, as transformers gives them (both were refused)
+    ours, ref = tok(texts, padding=True, return_tensors="np"), hf(texts, padding=True, truncation=True,
+                                                                   max_length=512, return_tensors="np")
+    for key in KEYS:
+        assert ours[key].dtype == np.int64 and np.array_equal(ours[key], ref[key])
+    for kw in ({"max_length": 512, "truncation": True}, {"max_length": 8, "truncation": True}):
+        assert_same(tok(texts, add_special_tokens=False, **kw), hf(texts, add_special_tokens=False, **kw))
+        assert_same(tok(texts[:9], texts[9:18], add_special_tokens=False, **kw),
+                    hf(texts[:9], texts[9:18], add_special_tokens=False, **kw))
 
 
 # --------------------------------------------------------- vocabulary, decode
