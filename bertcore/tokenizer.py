@@ -551,6 +551,9 @@ def _as_batch(x, split: bool, name: str) -> list:
         return [x]
     if isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x):
         return list(x)
+    if isinstance(x, (list, tuple)) and any(isinstance(t, str) for t in x):   # a None among texts: name it
+        i = next(i for i, t in enumerate(x) if not isinstance(t, str))
+        raise TypeError(f"{name} must be a list of str; entry {i} is {type(x[i]).__name__} {repr(x[i])[:40]}")
     raise TypeError(f"{name} must be a str or a list of str (pass is_split_into_words=True for "
                     f"lists of words), got {type(x).__name__}")
 

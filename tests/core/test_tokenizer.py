@@ -304,6 +304,8 @@ def test_bad_input(tok):
         tok("long question " * 20, "context", max_length=16, truncation="only_second")
     with pytest.raises(TypeError, match="is_split_into_words"):
         tok([["already", "split"]])
+    with pytest.raises(TypeError, match=r"texts must be a list of str; entry 1 is NoneType None"):   # was: "got list"
+        tok(["a text", None])
 
 
 def test_missing_files(tmp_path):
