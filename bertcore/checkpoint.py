@@ -249,6 +249,20 @@ def resolve_dtype(value, config: BertConfig):
     return dtype
 
 
+def resolve_device(name) -> torch.device:
+    """A device the user named ("cpu", "cuda:1", a torch.device), or a one-line error:
+    torch's own lists twenty device types and leaves out a GPU index this machine lacks."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={name!r} is not a device; use cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if device.type == "cuda" and (device.index or 0) >= count:
+        raise ValueError(f"device={name!r}, but this machine has {count} CUDA devices; "
+                         "use cpu, or leave the device out to use a GPU when there is one")
+    return device
+
+
 def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=None, torch_dtype=None,
                  device=None, strict: bool = False, with_head: bool = False, **overrides):
     """The encoder of a checkpoint folder (or a cached Hub name), in eval mode, as
@@ -303,7 +317,7 @@ def load_encoder(cls, name_or_path, config: BertConfig | None = None, *, dtype=N
     # snapshot's path, not the blob its symlink resolves to: config.json lies beside the former)
     model.eval()
     if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
+        model.to(device=None if device is None else resolve_device(device), dtype=dtype)
     return model
 
 

@@ -33,7 +33,8 @@ import torch.nn as nn
 
 from . import cudagraphs, plugins
 from .buckets import SEQLEN_BUCKETS, Buckets, pad_batch, real_batch, unpad_outputs
-from .checkpoint import CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict, resolve_dtype
+from .checkpoint import (CheckpointError, file_sha256, load_encoder, load_weights, read_state_dict, resolve_device,
+                         resolve_dtype)
 from .data import where
 from .files import file_above, folder_swap, recover_folder, save_tensors, write_json
 from .heads import Head, HeadInfo, not_implemented, pack_features
@@ -436,10 +437,14 @@ class TaskModel(nn.Module):
         """Load what `save_pretrained` wrote, in eval mode. Every head's plugin must be installed.
         `dtype` (a torch dtype, its name, or "auto": the encoder's saved `torch_dtype`) and
         `device` place the whole model, heads included, as transformers' `from_pretrained`."""
-        if dtype != "auto":   # a wrong dtype is said before a large model is read, not after
+        if dtype != "auto":   # a wrong dtype or device is said before a large model is read, not after
             dtype = _floating_dtype(resolve_dtype(dtype, None))
+        device = None if device is None else resolve_device(device)
         directory = Path(directory)
         recover_folder(directory)  # a save killed between its two renames
+        if directory.is_file():
+            raise FileNotFoundError(f"{directory} is a file; pass a model folder, one written by "
+                                    "TaskModel.save_pretrained (a training run's <output>/model)")
         if not directory.is_dir():
             raise FileNotFoundError(f"model folder {directory} does not exist; pass a folder written by "
                                     "TaskModel.save_pretrained (a training run's <output>/model)")

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from . import cudagraphs
+from .checkpoint import resolve_device
 from .data import DataError, load_examples, where
 from .dataplan import epoch_plan, linear_schedule, total_steps
 from .reporting import Reporter
@@ -596,15 +597,7 @@ def _learning_rate(scheduler) -> float:
 
 def _device(name: str | None) -> torch.device:
     if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise ValueError(f"device={name!r} is not a device; use cpu, cuda or cuda:N") from None
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if device.type == "cuda" and (device.index or 0) >= count:
-            raise ValueError(f"device={name!r}, but this machine has {count} CUDA devices; "
-                             "use cpu, or leave the device out to use a GPU when there is one")
-        return device
+        return resolve_device(name)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")

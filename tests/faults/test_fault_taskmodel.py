@@ -5,6 +5,7 @@ head checked, predict inputs, batch sizes and lengths that cannot work, label se
 are not lists of names, and a hand-edited taskmodel.json."""
 import json
 import math
+import re
 import string
 
 import pytest
@@ -83,6 +84,17 @@ def test_a_saved_model_loads_in_the_dtype_asked_for(tmp_path, cfg, tok):
     # said before anything is read (a large model took its whole load to say it)
     with pytest.raises(ValueError, match="dtype='float8' is not a torch dtype"):
         bertcore.TaskModel.from_pretrained(tmp_path / "no-such-model", dtype="float8")   # was: FileNotFoundError
+    # a device torch does not know, or a GPU this machine lacks: one line, before the load (torch listed
+    # twenty device types, after it); the encoder's own loader alike
+    for device, message in (("gpu", "device='gpu' is not a device; use cpu, cuda or cuda:N"),
+                            (f"cuda:{torch.cuda.device_count()}", "CUDA devices; use cpu")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bertcore.TaskModel.from_pretrained(tmp_path / "no-such-model", device=device)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            bertcore.BertEncoder.from_pretrained(tmp_path / "m" / "encoder", device=device)
+    (tmp_path / "model.jsonl").write_text("{}\n")
+    with pytest.raises(FileNotFoundError, match="model.jsonl is a file; pass a model folder"):   # was: "does not exist"
+        bertcore.TaskModel.from_pretrained(tmp_path / "model.jsonl")
 
 
 def test_a_lean_save_into_the_folder_holding_the_encoder_weights_is_refused(tmp_path, cfg, tok):
@@ -256,7 +268,7 @@ def _nested_ids(self, example, tokenizer, max_length=512):   # tokenizer(...)["i
 
 
 def _hf_keyword(self, example, tokenizer, max_length=512):   # transformers' tokenizer keyword
-    tokenizer(example["text"], add_special_tokens=False)
+    tokenizer(example["text"], return_attention_mask=False)
 
 
 BROKEN = {   # id: (methods, what fails, the message's start)
@@ -272,7 +284,7 @@ BROKEN = {   # id: (methods, what fails, the message's start)
     "unequal": ({"encode": lambda self, ex, tok, max_length=512: [{"input_ids": [2, 3], "token_type_ids": [0]}]},
                 "evaluate", r"has 2 input_ids but 1 token_type_ids"),
     "plugin-type-error": ({"encode": _hf_keyword}, "evaluate",
-                          r"example 1 cannot be read by the h head's encode\(\): .*add_special_tokens.* or a bug in "
+                          r"example 1 cannot be read by the h head's encode\(\): .*return_attention_mask.* or a bug in "
                           r"the head's plugin"),
     "vector-loss": ({"loss": lambda self, logits, batch: torch.nn.functional.cross_entropy(
                         logits, batch["labels"].to(logits.device), reduction="none")}, "fit",
