@@ -305,30 +305,8 @@ class Tokenizer:
             raise ValueError(f"stride={stride} must be below the {room} text tokens a window of "
                              f"max_length={max_length} holds; lower stride or raise max_length")
 
-        backend = self._backend
-        try:  # the library keeps truncation/padding as tokenizer state; undo it afterwards
-            if strategy:
-                backend.enable_truncation(max_length, stride=stride, strategy=strategy)
-            if pad:
-                backend.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
-                                       length=max_length if pad == "max_length" else None)
-            encodings = backend.encode_batch(inputs, is_pretokenized=is_split_into_words,
-                                             add_special_tokens=add_special_tokens)
-        except Exception as e:  # tokenizers raises bare Exceptions for bad truncation settings
-            raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
-                             f"truncation={truncation!r}: {e}") from e
-        except BaseException as e:
-            # a pair truncated in shares can leave a sequence's share at or below `stride`, and
-            # the library panics (pyo3's PanicException is no Exception) instead of raising
-            if type(e).__name__ != "PanicException":
-                raise
-            raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
-                             f"truncation={truncation!r}: a window's share of a sequence is not longer than "
-                             "stride; lower stride or raise max_length") from None
-        finally:
-            backend.no_truncation()
-            backend.no_padding()
-
+        encodings = self._encode_batch(inputs, max_length, stride, strategy, pad, truncation,
+                                       is_split_into_words=is_split_into_words, add_special_tokens=add_special_tokens)
         rows, sample = [], []  # one row per window, as transformers flattens overflow
         for i, enc in enumerate(encodings):
             for window in ([enc, *enc.overflowing] if return_overflowing else [enc]):
@@ -350,6 +328,33 @@ class Tokenizer:
         if return_tensors is not None:
             data = _to_tensors(data, return_tensors)
         return Batch(data, [r.word_ids for r in rows], [r.sequence_ids for r in rows])
+
+    def _encode_batch(self, inputs, max_length, stride, strategy, pad, truncation, *, is_split_into_words: bool,
+                      add_special_tokens: bool) -> list:
+        """The library's encodings of `inputs`, its truncation and padding set for this call only."""
+        backend = self._backend
+        try:  # the library keeps truncation/padding as tokenizer state; undo it afterwards
+            if strategy:
+                backend.enable_truncation(max_length, stride=stride, strategy=strategy)
+            if pad:
+                backend.enable_padding(pad_id=self.pad_token_id, pad_token=self.pad_token,
+                                       length=max_length if pad == "max_length" else None)
+            return backend.encode_batch(inputs, is_pretokenized=is_split_into_words,
+                                        add_special_tokens=add_special_tokens)
+        except Exception as e:  # tokenizers raises bare Exceptions for bad truncation settings
+            raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
+                             f"truncation={truncation!r}: {e}") from e
+        except BaseException as e:
+            # a pair truncated in shares can leave a sequence's share at or below `stride`, and
+            # the library panics (pyo3's PanicException is no Exception) instead of raising
+            if type(e).__name__ != "PanicException":
+                raise
+            raise ValueError(f"cannot encode with max_length={max_length}, stride={stride}, "
+                             f"truncation={truncation!r}: a window's share of a sequence is not longer than "
+                             "stride; lower stride or raise max_length") from None
+        finally:
+            backend.no_truncation()
+            backend.no_padding()
 
     # ----------------------------------------------------------------- decoding
 

@@ -240,6 +240,7 @@ def add_embed(sub):
     p.add_argument("--max-length", type=positive_int, help="tokens per text (default: the checkpoint's max_seq_length, "
                    "which this replaces)")
     p.add_argument("--encoding", help="encoding of --input (default UTF-8)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cpu)")
     add_rename_option(p)
     p.set_defaults(default_max_length=None)   # check_max_length: no default of embed's own, the checkpoint's
     return p
@@ -290,7 +291,7 @@ def cmd_embed(args) -> int:
     if args.model:
         if args.pooling or args.normalize is not None:
             raise ValueError("--pooling and --normalize go with --encoder; a saved model keeps its head's settings")
-        model = _load_model(args.model, args.tokenizer)
+        model = _load_model(args.model, args.tokenizer, args.device)
         name = head_name(model, args.head)
         if model.heads[name].name != "embedding":   # before its predict says what inputs it takes
             raise ValueError(f"head {name!r} of {args.model} is a {model.heads[name].name} head; embed needs an "
@@ -307,7 +308,7 @@ def cmd_embed(args) -> int:
         pooling = args.pooling and [mode.strip() for mode in args.pooling.split(",")]
         options.update({k: v for k, v in (("pooling", pooling), ("normalize", args.normalize),
                                           ("max_seq_length", args.max_length)) if v is not None})
-        encoder = BertEncoder.from_pretrained(args.encoder)
+        encoder = BertEncoder.from_pretrained(args.encoder, device=args.device)
         tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
             checkpoint_tokenizer(args.encoder, encoder.config.vocab_size)
         model = TaskModel(encoder, {name: head_type(encoder.config, **options)}, tokenizer=tok)

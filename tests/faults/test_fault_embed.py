@@ -45,6 +45,12 @@ def test_other_bad_jsonl_lines_name_their_line(checkpoint, tmp_path, capsys, lin
     assert out == "" and f"{file}:2: {message}" in one_line_error(err)
 
 
+def test_embed_takes_a_device_as_predict_does(checkpoint, capsys):
+    for device, code in (("cpu", 0), ("gpu", 2)):   # embed had no --device (predict and evaluate have)
+        assert main(["embed", "--encoder", str(checkpoint), "good film", "--device", device]) == code
+        assert capsys.readouterr().err.count("device='gpu' is not a device") == (code == 2)
+
+
 def test_a_csv_or_tsv_input_embeds_its_text_column_not_its_lines(checkpoint, tmp_path, capsys):
     """Before: read as lines, the header was embedded as a text and 'good, fine,pos' whole."""
     csv_file = tmp_path / "texts.csv"
