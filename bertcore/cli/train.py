@@ -252,7 +252,7 @@ def cmd_pretrain(args) -> int:
     if args.max_length > MAX_POSITIONS and not args.encoder:
         raise ValueError(f"--max-length {args.max_length} exceeds BERT's {MAX_POSITIONS} positions; "
                          f"use at most {MAX_POSITIONS}")
-    if args.hidden_size is not None and args.hidden_size % args.heads:   # the config's message names its fields, not these
+    if args.hidden_size is not None and args.hidden_size % args.heads:   # (the config's message names fields)
         raise ValueError(f"--hidden-size {args.hidden_size} is not divisible by --heads {args.heads}; "
                          "each head takes an equal share of the hidden size")
     _check_resume(args)

@@ -291,8 +291,8 @@ def test_training_data_of_one_label_is_refused_before_a_run(tmp_path, checkpoint
              "io.jsonl:1: word 1 ('john'): tag 'PER' is not BIO/BIOES"),
             ("no-tags.jsonl", '{"tokens": ["john"], "tags": ["O"]}\n{"tokens": ["mary"]}\n',
              "no-tags.jsonl:2: missing tags")):
-        head = "ner" if "tokens" in text else "classification"
-        assert main(["finetune", "--head", head, "--encoder", str(checkpoint), "--train", str(write(tmp_path, name, text)),
+        head, data = "ner" if "tokens" in text else "classification", write(tmp_path, name, text)
+        assert main(["finetune", "--head", head, "--encoder", str(checkpoint), "--train", str(data),
                      "--output", str(tmp_path / "run"), "--max-steps", "1", "--no-progress"]) == 2
         assert error in one_line_error(capsys.readouterr().err, "finetune")
 
