@@ -310,6 +310,11 @@ def load_csv(path: Path, text: str, delimiter: str | None = None) -> Records:
         if header is None:
             raise DataError(f"{path}:1: empty file; expected a header row such as text{delimiter}label")
         header = [h.strip() for h in header]
+        other = next((d for d in (";", "\t", ",") if d != delimiter and len(header) == 1 and d in header[0]), None)
+        if other:   # every row would be one field, and the head's check would name a column "text;label"
+            fix = {"\t": "rename it .tsv", ",": "rename it .csv"}.get(other, "save it with commas (.csv) or tabs (.tsv)")
+            raise DataError(f"{path}:1: the header {header[0]!r} is one column: this file separates its fields by "
+                            f"{other!r}, and a {path.suffix or 'CSV'} file is read split at {delimiter!r}; {fix}")
         if len(set(header)) != len(header) or not all(header):
             raise DataError(f"{path}:1: the header {header} has empty or repeated column names")
         examples = Records(path)

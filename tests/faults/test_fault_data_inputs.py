@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+import re
 import string
 import sys
 
@@ -95,6 +96,20 @@ def test_csv_lines_may_end_in_a_lone_carriage_return(tmp_path):
     examples = load_examples(file)                       # was: csv.Error new-line character seen in unquoted field
     assert list(examples) == [{"text": "good\r\nfilm", "label": "pos"}, {"text": "bad", "label": "neg"}]
     assert examples.where(1).endswith("mac.csv:4")
+
+
+@pytest.mark.parametrize("name, text, fix", [
+    ("excel.csv", "text;label\ngood;pos\n", "by ';', and a .csv file is read split at ','; "
+                                              "save it with commas (.csv) or tabs (.tsv)"),
+    ("tabs.csv", "text\tlabel\ngood\tpos\n", "by '\\t', and a .csv file is read split at ','; rename it .tsv"),
+    ("commas.tsv", "text,label\ngood,pos\n", "by ',', and a .tsv file is read split at '\\t'; rename it .csv")])
+def test_a_file_split_at_another_delimiter_is_named_so(tmp_path, name, text, fix):
+    """A European Excel's CSV (semicolons) read as one column "text;label": the head then said
+    "missing text, label (it has text;label)", and options read from the data named no class."""
+    with pytest.raises(DataError, match=re.escape(f"{name}:1: the header {text.split(chr(10))[0]!r} is one column: "
+                                                  f"this file separates its fields {fix}")):
+        load_examples(write(tmp_path, name, text))
+    assert load_examples(write(tmp_path, "one.csv", "text\ngood; fine\n"))[0] == {"text": "good; fine"}
 
 
 def test_a_bom_is_no_part_of_the_first_column_under_encoding_utf8(tmp_path):
