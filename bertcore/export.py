@@ -234,16 +234,9 @@ def _dense_layer_norm(module, x, residual, eps):
     return F.layer_norm(y, y.shape[-1:], module.LayerNorm.weight, module.LayerNorm.bias, eps)
 
 
-def _dynamic_shapes(max_seqlen: int | None = None) -> dict:
-    """Batch and sequence length dynamic. `Dim.DYNAMIC` lets torch.export keep the guards it
-    derives (e.g. L ≥ 2 from a head's reshape) instead of failing on ones it cannot prove.
-    `max_seqlen` (torch.export): a longer batch is refused by the program's own input check,
-    which names the bound, where past the position table it was 'IndexError: index out of
-    range in self'. ONNX takes axis names (without bounds)."""
-    if max_seqlen is None:
-        batch, seqlen = "batch", "seqlen"
-    else:
-        batch, seqlen = torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC(max=max_seqlen)
+def _dynamic_shapes(batch, seqlen) -> dict:
+    """Each input's (batch, seqlen) axes as the exporter takes them: torch.export dims, or
+    ONNX axis names (which carry no bounds)."""
     both = {0: batch, 1: seqlen}
     return {"input_ids": both, "attention_mask": both, "token_type_ids": both}
 
@@ -266,9 +259,12 @@ def export_program(serving: ServingModel, example_inputs: tuple | None = None) -
     length dynamic (trace with both ≥ 2: torch specialises dimensions of size 0 and 1); the
     program refuses a length past `max_position_embeddings` by name."""
     args = example_inputs or serving.example_inputs()
+    # Dim.DYNAMIC keeps the guards torch.export derives (e.g. L >= 2 from a head's reshape) instead of
+    # failing on ones it cannot prove; the bound makes a longer batch fail the program's own input
+    # check, which names it, where past the position table it was 'IndexError: index out of range'
+    seqlen = torch.export.Dim.DYNAMIC(max=serving.encoder.config.max_position_embeddings)
     with torch.no_grad(), _evaluating(serving):
-        max_seqlen = serving.encoder.config.max_position_embeddings
-        return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes(max_seqlen))
+        return torch.export.export(serving, args, dynamic_shapes=_dynamic_shapes(torch.export.Dim.DYNAMIC, seqlen))
 
 
 def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: tuple | None = None,
@@ -295,7 +291,7 @@ def export_onnx(serving: ServingModel, path: str | os.PathLike, example_inputs: 
         warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
         registration.setLevel(logging.ERROR)
         try:
-            program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes(),
+            program = torch.onnx.export(serving, args, dynamo=True, dynamic_shapes=_dynamic_shapes("batch", "seqlen"),
                                         input_names=["input_ids", "attention_mask", "token_type_ids"],
                                         output_names=list(serving.per_token), opset_version=opset_version,
                                         external_data=False, verbose=False)
