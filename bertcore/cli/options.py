@@ -84,8 +84,22 @@ def rename_pair(text: str) -> tuple[str, str]:
     return old.strip(), new.strip()
 
 
+class _Renames(argparse.Action):
+    """--rename given any number of times, gathered into {old: new}; one column renamed
+    twice is refused (a dict kept the last silently)."""
+
+    def __call__(self, parser, namespace, pair, option_string=None):
+        renames = dict(getattr(namespace, self.dest) or {})
+        old, new = pair
+        if renames.get(old, new) != new:
+            parser.error(f"argument --rename: {old!r} is renamed twice ({old}={renames[old]}, {old}={new}); "
+                         "give it once")
+        renames[old] = new
+        setattr(namespace, self.dest, renames)
+
+
 def add_rename_option(p) -> None:
-    p.add_argument("--rename", type=rename_pair, action="append", default=[], metavar="OLD=NEW",
+    p.add_argument("--rename", type=rename_pair, action=_Renames, default={}, metavar="OLD=NEW",
                    help="read a data column under the head's name for it, e.g. sentence=text for GLUE's files; "
                         "repeatable")
 

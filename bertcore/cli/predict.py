@@ -38,7 +38,7 @@ def _read_inputs(args) -> tuple[list, list]:
     each came from: "file:line" (or "stdin:line"), None for the command line's own."""
     from ..data import CONLL_SUFFIXES, Records, load_examples, read_text, rename_columns, text_lines, where
     inputs = _command_line_texts(args.texts, "predict")
-    rename, renamed = dict(args.rename), False
+    rename, renamed = args.rename, False
     if args.question is not None or args.context is not None:
         if args.question is None or args.context is None:
             raise ValueError("--question and --context go together")
@@ -197,7 +197,7 @@ def cmd_evaluate(args) -> int:
     from ..data import load_examples, where
     from ..files import write_text
 
-    examples = load_examples(args.data, encoding=args.encoding, rename=dict(args.rename))   # before the model loads
+    examples = load_examples(args.data, encoding=args.encoding, rename=args.rename)   # before the model loads
     model = _load_model(args.model, args.tokenizer, args.device)
     name = head_name(model, args.head)
     check_max_length(args, model.encoder.config)
@@ -282,7 +282,7 @@ def cmd_embed(args) -> int:
         sources.append("-")
     texts = _command_line_texts(args.texts, "embed") + [t for source in sources
                                                         for t in _embed_inputs(source, args.encoding,
-                                                                               dict(args.rename))]
+                                                                               args.rename)]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
     if args.rename and not (args.input and Path(args.input).suffix.lower() in (".jsonl", ".csv", ".tsv")):

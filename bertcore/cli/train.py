@@ -148,8 +148,8 @@ def _finetune_inputs(args, head_type) -> tuple:
     from ..pretraining import checkpoint_tokenizer
     from ..training import check_examples
 
-    train = load_examples(args.train, encoding=args.encoding, rename=dict(args.rename))
-    evaluation = load_examples(args.eval, encoding=args.encoding, rename=dict(args.rename)) if args.eval else None
+    train = load_examples(args.train, encoding=args.encoding, rename=args.rename)
+    evaluation = load_examples(args.eval, encoding=args.encoding, rename=args.rename) if args.eval else None
     # before options are read from the data: a missing label is named, not the one class the others imply
     check_examples(head_type, train, keys_only=True)
     options, said = _head_options(args, train, head_type)

@@ -230,6 +230,9 @@ def test_a_glue_file_is_read_with_its_columns_renamed(tmp_path, checkpoint, caps
         with pytest.raises(SystemExit) if "=" not in rename else contextlib.nullcontext():
             assert main(["evaluate", "--model", model, "--data", str(tsv), "--rename", rename]) == 2
         assert error in one_line_error(capsys.readouterr().err, "evaluate")
+    with pytest.raises(SystemExit):              # was: the last of the two, silently
+        main(["evaluate", "--model", model, "--data", str(tsv), "--rename", "sentence=text", "--rename", "sentence=x"])
+    assert "'sentence' is renamed twice (sentence=text, sentence=x); give it once" in capsys.readouterr().err
     assert main(["evaluate", "--model", model, "--data", str(tsv), "--rename", "sentence=text"]) == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 3
     assert main(["predict", "--model", model, "--input", str(tsv), "--rename", "sentence=text"]) == 0
