@@ -32,30 +32,25 @@ def model_dir(tmp_path_factory, checkpoint):
     return saved_model(tmp_path_factory.mktemp("predict") / "m", checkpoint, "s", "classification", ["neg", "pos"])
 
 
-@pytest.mark.parametrize("argv", [["demo", "--threads", "-1"], ["demo", "--threads", "0"],
-                                  ["bench", "--threads", "0"], ["bench", "encoder", "--threads", "-1"]])
-def test_thread_counts_below_one_are_refused_by_argparse(argv, monkeypatch, capsys):
-    def ran(args):   # was: the demo failed inside torch, the bench ran with "0" as "all cores"
-        pytest.fail(f"{argv[0]} ran with --threads {args.threads}")
+FINETUNE = ["finetune", "--head", "ner", "--encoder", "e", "--train", "t", "--output", "o"]
+
+
+# was: the demo failed inside torch and the bench ran with --threads 0 as "all cores"; a seed
+# outside numpy's range failed with numpy's "Seed must be between 0 and 2**32 - 1" once the run had started
+@pytest.mark.parametrize("argv, requirement", [
+    (["demo", "--threads", "-1"], "must be 1 or more"), (["demo", "--threads", "0"], "must be 1 or more"),
+    (["bench", "--threads", "0"], "must be 1 or more"),
+    (["bench", "encoder", "--threads", "-1"], "must be 1 or more"),
+    (["demo", "--seed", "-1"], "must be in [0, 2**32)"), ([*FINETUNE, "--seed", "4294967296"], "must be in [0, 2**32)")])
+def test_option_values_out_of_range_are_refused_by_argparse(argv, requirement, monkeypatch, capsys):
+    def ran(args):
+        pytest.fail(f"{argv[0]} ran with {argv[-2]} {argv[-1]}")
     add, _ = cli.COMMANDS[argv[0]]
     monkeypatch.setitem(cli.COMMANDS, argv[0], (add, ran))
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert f"argument --threads: {argv[-1]} must be 1 or more" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv", [["demo", "--seed", "-1"], ["finetune", "--head", "ner", "--encoder", "e", "--train",
-                                                              "t", "--output", "o", "--seed", "4294967296"]])
-def test_a_seed_outside_numpys_range_is_refused_by_argparse(argv, monkeypatch, capsys):
-    def ran(args):   # was: numpy's "Seed must be between 0 and 2**32 - 1" once the run had started
-        pytest.fail(f"{argv[0]} ran with --seed {args.seed}")
-    add, _ = cli.COMMANDS[argv[0]]
-    monkeypatch.setitem(cli.COMMANDS, argv[0], (add, ran))
-    with pytest.raises(SystemExit) as exit_:
-        main(argv)
-    assert exit_.value.code == 2
-    assert f"argument --seed: {argv[-1]} must be in [0, 2**32)" in capsys.readouterr().err
+    assert f"argument {argv[-2]}: {argv[-1]} {requirement}" in capsys.readouterr().err
 
 
 def test_predict_names_the_file_and_line_of_an_input_without_the_field_the_head_reads(
