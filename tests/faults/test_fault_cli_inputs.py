@@ -41,7 +41,8 @@ FINETUNE = ["finetune", "--head", "ner", "--encoder", "e", "--train", "t", "--ou
     (["demo", "--threads", "-1"], "must be 1 or more"), (["demo", "--threads", "0"], "must be 1 or more"),
     (["bench", "--threads", "0"], "must be 1 or more"),
     (["bench", "encoder", "--threads", "-1"], "must be 1 or more"),
-    (["demo", "--seed", "-1"], "must be in [0, 2**32)"), ([*FINETUNE, "--seed", "4294967296"], "must be in [0, 2**32)")])
+    (["demo", "--seed", "-1"], "must be in [0, 2**32)"),
+    ([*FINETUNE, "--seed", "4294967296"], "must be in [0, 2**32)")])
 def test_option_values_out_of_range_are_refused_by_argparse(argv, requirement, monkeypatch, capsys):
     def ran(args):
         pytest.fail(f"{argv[0]} ran with {argv[-2]} {argv[-1]}")
