@@ -110,6 +110,16 @@ class TrainingArgs:
     def __post_init__(self):
         if self.sampling not in ("round_robin", "proportional"):
             raise ValueError(f"sampling={self.sampling!r}; expected 'round_robin' or 'proportional'")
+        # from a config file: "false" is truthy (it froze the encoder), 2.5 epochs ran 3, "8" failed deep in
+        for name in ("freeze_encoder", "bf16", "load_best_at_end", "save_checkpoints", "progress",
+                     "overwrite_output_dir", "cuda_graphs"):
+            if not isinstance(getattr(self, name), bool) and not (name == "cuda_graphs" and self.cuda_graphs is None):
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected True or False")
+        for name in ("epochs", "batch_size", "grad_accum_steps", "save_total_limit", "logging_steps",
+                     "max_steps", "eval_every", "eval_batch_size", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise ValueError(f"{name}={value!r} must be a whole number")
         for name in ("epochs", "batch_size", "grad_accum_steps", "save_total_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")

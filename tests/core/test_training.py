@@ -39,6 +39,12 @@ args, weights = toy.args, toy.weights
     ({"loss_weights": {"y": -1.0}}, r"loss_weights\['y'\]=-1.0 must be a finite number >= 0"),
     ({"loss_weights": {"y": float("nan")}}, r"loss_weights\['y'\]=nan must be a finite number >= 0"),
     ({"loss_weights": [("y", 2.0)]}, r"loss_weights=\[\('y', 2.0\)\] must be a dict \{head: weight\}"),
+    # from a config file: "false" froze the encoder, 2.5 epochs ran as 3, "8" failed deep inside
+    ({"freeze_encoder": "false"}, r"freeze_encoder='false'; expected True or False"),
+    ({"cuda_graphs": "off"}, r"cuda_graphs='off'; expected True or False"),
+    ({"epochs": 2.5}, r"epochs=2.5 must be a whole number"),
+    ({"batch_size": "8"}, r"batch_size='8' must be a whole number"),
+    ({"eval_every": True}, r"eval_every=True must be a whole number"),
     # a negative norm flipped every gradient's sign (gradient ascent), silently
     ({"max_grad_norm": -1.0}, r"max_grad_norm=-1.0 must be a finite number >= 0 \(0 or None: no clipping\)"),
     ({"seed": "a"}, r"seed='a' must be a whole number in \[0, 2\*\*32\)"),     # was: a traceback at fit()
