@@ -62,7 +62,7 @@ def pretrain(corpus, tok=None, cfg=None, args=None, *, resume: bool = False, eva
     final model is saved to `<output_dir>/model` (TaskModel.save_pretrained). A new run
     into a folder holding an earlier one is refused (`args.overwrite_output_dir`).
     """
-    _check_settings(mlm_probability, eval_fraction, max_eval_pairs)    # before the run folder is touched
+    _check_settings(mlm_probability, eval_fraction, max_eval_pairs, whole_word=whole_word, lowercase=lowercase)
     _check_objectives(objectives or {})
     args = args or TrainingArgs(output_dir="runs/pretrain")
     leader = not init_distributed(args.device) or dist.get_rank() == 0
@@ -166,7 +166,11 @@ def _saved_heads(source, heads: dict, config) -> dict:
     return found
 
 
-def _check_settings(mlm_probability, eval_fraction, max_eval_pairs) -> None:
+def _check_settings(mlm_probability, eval_fraction, max_eval_pairs, **flags) -> None:
+    """Before the run folder is touched."""
+    for name, value in flags.items():   # "no" is truthy: it turned whole-word masking on
+        if not isinstance(value, bool):
+            raise ValueError(f"{name}={value!r}; expected True or False")
     if not 0.0 < mlm_probability < 1.0:
         raise ValueError(f"mlm_probability={mlm_probability}: the share of tokens masked must lie in (0, 1) "
                          "(BERT's is 0.15); 0 masks nothing and 1 leaves nothing to predict from")

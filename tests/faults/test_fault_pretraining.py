@@ -153,6 +153,8 @@ def test_pretrain_settings_out_of_range_are_refused(tmp_path, docs, tok):
     cfg = bertcore.BertConfig(**TINY)
     with pytest.raises(ValueError, match=r"eval_fraction=1.0 must lie in \[0, 1\)"):       # was "got 0 documents"
         pretrain(docs, tok, cfg, targs(tmp_path / "a"), eval_fraction=1.0)
+    with pytest.raises(ValueError, match=r"whole_word='no'; expected True or False"):   # was: whole-word masking on
+        pretrain(docs, tok, cfg, targs(tmp_path / "a"), whole_word="no")
     with pytest.raises(ValueError, match="max_eval_pairs=-1 must be a whole number >= 1"):  # was: last pair dropped
         pretrain(docs, tok, cfg, targs(tmp_path / "b"), max_eval_pairs=-1)
 
