@@ -19,8 +19,10 @@ distribution: any other distribution that uses it is skipped, all of its heads. 
 that two distributions claim resolves to neither, and both are listed with the error.
 """
 import dataclasses
+import difflib
 import importlib
 import importlib.metadata as metadata
+import inspect
 import logging
 import os
 import re
@@ -435,6 +437,10 @@ def get_head_type(name: str, distribution: str | None = None, source=None) -> ty
             raise HeadNotFoundError(f"head {name!r} is installed ({held_back[1]} {held_back[2]}) but "
                                     f"{ENV_VAR}={_state.filter.value!r} leaves it out{unknown}; add "
                                     f"{held_back[0]!r} to {ENV_VAR}, or unset it")
+    close = difflib.get_close_matches(name, sorted(heads), n=3) if source is None and not owner else []
+    if close:   # a typo: the fix is the spelling, not installing a package named after it
+        raise HeadNotFoundError(f"no head named {name!r}; did you mean {' or '.join(close)}? "
+                                f"(installed heads: {installed}){hint}")
     if owner or (not wanted and source is None):
         dist = owner or f"bertcore-{canonical(name)}"
         fix = f"Install it with `bertcore install {name}` (that is: {sys.executable} -m pip install {dist})"
@@ -447,11 +453,19 @@ def get_head_type(name: str, distribution: str | None = None, source=None) -> ty
 
 
 def create_head(name: str, config, **kwargs) -> Head:
-    """A new head of type `name` for an encoder with this BertConfig.
+    """A new head of type `name` for an encoder with this BertConfig; an option the head
+    does not take is named with those it does.
 
     >>> head = create_head("classification", cfg, labels=["neg", "pos"])
     """
-    return get_head_type(name)(config, **kwargs)
+    head_type = get_head_type(name)
+    parameters = inspect.signature(head_type.__init__).parameters.values()
+    accepted = [p.name for p in parameters if p.name not in ("self", "config")
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in parameters):
+        raise ValueError(f"the {name} head has no option {unknown[0]!r}; its options: {', '.join(accepted) or 'none'}")
+    return head_type(config, **kwargs)
 
 
 def register_plugin(plugin, name: str | None = None, distribution: str = "local",

@@ -37,23 +37,6 @@ def add_finetune(sub):
     return p
 
 
-def _head_type(name: str):
-    """The head type, or an error with the closest installed names (before anything loads)."""
-    import difflib
-
-    from ..plugins import HeadNotFoundError, get_head_type, list_heads
-    try:
-        return get_head_type(name)
-    except HeadNotFoundError:
-        close = difflib.get_close_matches(name, [h.name for h in list_heads() if h.error is None], n=3)
-        if not close:
-            raise
-        # a typo: the fix is the spelling, not `bertcore install <typo>` (the library's advice)
-        installed = ", ".join(sorted(h.name for h in list_heads() if h.error is None))
-        raise HeadNotFoundError(f"no head named {name!r}; did you mean {' or '.join(close)}? "
-                                f"(installed heads: {installed})") from None
-
-
 def _head_options(args, train, head_type) -> tuple[dict, str | None]:
     """--head-options FILE, --head-option K=V, --labels, --multi-label/--regression; what
     is still missing is read from the training data, and the line that says so (printed
@@ -104,18 +87,6 @@ def _head_options(args, train, head_type) -> tuple[dict, str | None]:
     return options, said
 
 
-def _build_head(head_type, config, options: dict):
-    """The head, or a one-line error naming an option it does not take and those it does."""
-    import inspect
-    accepted = [name for name, p in inspect.signature(head_type.__init__).parameters.items()
-                if name not in ("self", "config") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    unknown = [k for k in options if k not in accepted]
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(head_type.__init__).parameters.values()):
-        raise ValueError(f"the {head_type.name} head has no option {unknown[0]!r}; its options: "
-                         f"{', '.join(accepted) or 'none'}")
-    return head_type(config, **options)
-
-
 def _check_resume(args) -> None:
     """--resume into a folder no run has checkpointed yet: the fix is to drop it (the
     library's "no complete checkpoint at X: X does not exist" leaves that to guess)."""
@@ -128,7 +99,8 @@ def _check_resume(args) -> None:
 
 
 def cmd_finetune(args) -> int:
-    head_type = _head_type(args.head)
+    from ..plugins import get_head_type
+    head_type = get_head_type(args.head)   # before anything loads; a typo gets "did you mean"
     _check_resume(args)
     # every input read and checked before --overwrite removes the earlier run: a bad data file,
     # encoder or head option loses no run
@@ -146,6 +118,7 @@ def _finetune_inputs(args, head_type) -> tuple:
     from ..taskmodel import TaskModel
     from ..tokenizer import Tokenizer
     from ..pretraining import checkpoint_tokenizer
+    from ..plugins import create_head
     from ..training import check_examples
 
     train = load_examples(args.train, encoding=args.encoding, rename=args.rename)
@@ -159,7 +132,7 @@ def _finetune_inputs(args, head_type) -> tuple:
     tok = Tokenizer.from_pretrained(args.tokenizer) if args.tokenizer else \
         checkpoint_tokenizer(args.encoder, encoder.config.vocab_size)
     set_seed(args.seed)  # before the head is built: one seed, one set of initial weights
-    head = _build_head(head_type, encoder.config, options)
+    head = create_head(head_type.name, encoder.config, **options)
     check_examples(head, train)      # the Trainer checks them too; here before `said`
     if said:
         print(said, file=sys.stderr)

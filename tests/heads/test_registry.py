@@ -94,6 +94,17 @@ def test_unknown_head_names_installed_ones_and_pip_command(cfg):
     assert "pip install bertcore-sentiment-xl" in message and "bertcore install sentiment-xl" in message
 
 
+def test_a_misspelt_head_or_option_is_named_with_what_is_there(cfg):
+    """The library told a typo to `pip install bertcore-clasification` (only the CLI said
+    "did you mean"), and an unknown option was __init__'s TypeError, naming no valid one."""
+    with pytest.raises(plugins.HeadNotFoundError, match=r"no head named 'clasification'; did you mean classification\? "
+                                                        r"\(installed heads: classification, embedding, mlm, ner"):
+        bertcore.create_head("clasification", cfg)
+    with pytest.raises(ValueError, match=r"the classification head has no option 'label'; its options: labels, "
+                                         r"num_labels, multi_label, dropout, pooling"):
+        bertcore.create_head("classification", cfg, label=["a", "b"])
+
+
 def test_plugin_registered_in_a_fixture_and_unregistered(cfg):
     name = plugins.register_plugin(ToyPlugin(), name="toy-plugin", distribution="toy-dist", version="1.2")
     info = {h.name: h for h in bertcore.list_heads()}["toy"]
