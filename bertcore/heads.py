@@ -19,6 +19,7 @@ each head's `collate_labels`.
 Plugins hand head types to the registry through the `register_heads` hook (see
 `hookspecs.py`); the built-in MLM head (`mlm.py`) does the same.
 """
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -285,6 +286,17 @@ class Head(nn.Module):
         """override: task metrics of decoded predictions against the examples' labels;
         includes `main_metric` (unless that is "loss")."""
         return {}
+
+
+def dropout_probability(dropout, config: BertConfig) -> float:
+    """A head's `dropout` option checked (None: the encoder's hidden_dropout_prob): torch's
+    own message named the value but not the option, and "0.1" from a file got no message."""
+    if dropout is None:
+        return config.hidden_dropout_prob
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        raise ValueError(f"dropout={dropout!r} must be a number in [0, 1] (None: the encoder's "
+                         f"hidden_dropout_prob, {config.hidden_dropout_prob})")
+    return float(dropout)
 
 
 def transformers_labels(config: dict) -> list[str]:

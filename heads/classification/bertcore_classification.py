@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
 from bertcore.data import where
-from bertcore.heads import masked_mean, transformers_labels
+from bertcore.heads import dropout_probability, masked_mean, transformers_labels
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
 
@@ -79,7 +79,7 @@ class ClassificationHead(Head):
                                                           else "single_label")
         if self.problem == "regression":
             self.main_metric = "pearson"  # regression reports no accuracy
-        self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
+        self.dropout_prob = dropout_probability(dropout, config)
         self.dropout = nn.Dropout(self.dropout_prob)
         self.classifier = self.init_linear(nn.Linear(config.hidden_size, num_labels), config)
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bertcore import Head, hookimpl
-from bertcore.heads import IGNORE_INDEX, transformers_labels
+from bertcore.heads import IGNORE_INDEX, dropout_probability, transformers_labels
 from bertcore.tokenizer import end_past_marks
 
 BERTCORE_REQUIRES = ">=0.1,<0.2"
@@ -63,7 +63,7 @@ class NERHead(Head):
         if not isinstance(label_all_subwords, bool):   # "false" from a hand-edited head.json is truthy
             raise ValueError(f"label_all_subwords={label_all_subwords!r}; expected true or false")
         self.label_all_subwords = label_all_subwords
-        self.dropout_prob = config.hidden_dropout_prob if dropout is None else dropout
+        self.dropout_prob = dropout_probability(dropout, config)
         self.dropout = nn.Dropout(self.dropout_prob)
         self.classifier = self.init_linear(nn.Linear(config.hidden_size, len(self.labels)), config)
 

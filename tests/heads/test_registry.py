@@ -94,7 +94,7 @@ def test_unknown_head_names_installed_ones_and_pip_command(cfg):
     assert "pip install bertcore-sentiment-xl" in message and "bertcore install sentiment-xl" in message
 
 
-def test_a_misspelt_head_or_option_is_named_with_what_is_there(cfg):
+def test_a_misspelt_head_or_a_bad_option_is_named_with_what_is_there(cfg):
     """The library told a typo to `pip install bertcore-clasification` (only the CLI said
     "did you mean"), and an unknown option was __init__'s TypeError, naming no valid one."""
     with pytest.raises(plugins.HeadNotFoundError, match=r"no head named 'clasification'; did you mean classification\? "
@@ -103,6 +103,11 @@ def test_a_misspelt_head_or_option_is_named_with_what_is_there(cfg):
     with pytest.raises(ValueError, match=r"the classification head has no option 'label'; its options: labels, "
                                          r"num_labels, multi_label, dropout, pooling"):
         bertcore.create_head("classification", cfg, label=["a", "b"])
+    for head, options in (("classification", {"labels": ["a", "b"]}), ("ner", {"labels": ["O", "B-X"]})):
+        for dropout in (1.5, "0.1"):   # torch named the value, not the option; a string got through to it
+            with pytest.raises(ValueError, match=rf"dropout={dropout!r} must be a number in \[0, 1\]"):
+                bertcore.create_head(head, cfg, dropout=dropout, **options)
+        assert bertcore.create_head(head, cfg, dropout=0.3, **options).dropout.p == 0.3
 
 
 def test_plugin_registered_in_a_fixture_and_unregistered(cfg):
