@@ -10,6 +10,7 @@ import torch
 
 import bertcore.bench.attention as bench_attention
 import bertcore.bench.encoder as bench_encoder
+import bertcore.bench.finetune as bench_finetune
 import bertcore.bench.layer_norm as bench_layer_norm
 import bertcore.bench.lib as benchlib
 from bertcore import cli
@@ -86,13 +87,15 @@ def test_results_go_under_the_current_folder_unless_told(tmp_path, monkeypatch):
 
 def test_bertcore_bench_writes_under_the_current_folder(tmp_path, monkeypatch):
     calls = []
-    for module in (bench_attention, bench_layer_norm, bench_encoder):
+    # finetune too: it ran the real MiniLM fine-tuning (30 s of the suite); test_bench_finetune.py
+    # runs the command on a tiny model
+    for module in (bench_attention, bench_layer_norm, bench_encoder, bench_finetune):
         monkeypatch.setattr(module, "run", lambda module=module, **kw: calls.append((module.__name__, kw)))
     monkeypatch.setattr(bench_layer_norm, "run_bias_gelu", lambda **kw: calls.append(("bias_gelu", kw)))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["bench", "all", "--quick", "--device", "cpu", "--threads", "1"]) == 0
     assert [name for name, _ in calls] == ["bertcore.bench.attention", "bertcore.bench.layer_norm", "bias_gelu",
-                                           "bertcore.bench.encoder"]
+                                           "bertcore.bench.encoder", "bertcore.bench.finetune"]
     out = {kw["out_dir"].resolve() for _, kw in calls}
     assert out == {tmp_path / "bench-results" / benchlib.device_slug("cpu")}
     calls.clear()
