@@ -246,11 +246,14 @@ def add_embed(sub):
     return p
 
 
+RECORD_SUFFIXES = (".jsonl", ".csv", ".tsv")   # embed's inputs read as records ("text"); other files a text a line
+
+
 def _embed_inputs(source: str, encoding: str | None = None, rename: dict | None = None) -> list[str]:
     """Texts from a file or stdin (-): one per non-empty line; JSONL, CSV and TSV records
     give their "text" (a CSV read as lines embedded its header as a text, and "a,pos" whole)."""
     from ..data import load_examples, read_text, text_lines, where
-    if source != "-" and Path(source).suffix.lower() in (".jsonl", ".csv", ".tsv"):
+    if source != "-" and Path(source).suffix.lower() in RECORD_SUFFIXES:
         # data's readers: JSONL lines end at "\n" only (a JSON string may hold U+2028
         # unescaped), CSV fields may be quoted, and an error names the file's own line
         records = load_examples(Path(source), encoding=encoding, rename=rename)
@@ -285,7 +288,7 @@ def cmd_embed(args) -> int:
                                                                                args.rename)]
     if not texts:
         raise ValueError("give texts to embed, or --input FILE (- reads standard input)")
-    if args.rename and not (args.input and Path(args.input).suffix.lower() in (".jsonl", ".csv", ".tsv")):
+    if args.rename and not (args.input and Path(args.input).suffix.lower() in RECORD_SUFFIXES):
         raise ValueError("--rename renames the columns of a .jsonl, .csv or .tsv --input; these texts are read "
                          "as they are (a line each): drop --rename")
     if args.model:

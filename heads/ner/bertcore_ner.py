@@ -56,7 +56,7 @@ class NERHead(Head):
             raise ValueError("labels ['O'] name no entity type; give B-TYPE, I-TYPE tags too (training data "
                              "without an entity?)")
         for label in self.labels:   # the data's tags are held to this too; a head built with others decoded nothing
-            if label != "O" and (len(label) < 3 or label[:2] not in ("B-", "I-", "E-", "S-")):
+            if not _well_formed(label):
                 raise ValueError(f"labels: tag {label!r} is not BIO/BIOES; expected O, B-TYPE, I-TYPE (E-TYPE, "
                                  "S-TYPE)")
         self.scheme = "BIOES" if any(t[:2] in ("E-", "S-") for t in self.labels) else "BIO"
@@ -74,7 +74,7 @@ class NERHead(Head):
         I-PER, and the head could then neither predict a longer one nor score a test set
         holding one. "O" first, then by entity type (B- before I-)."""
         tags = {str(t) for ex in examples for t in ex.get("tags", [])}
-        formed = {t for t in tags if t == "O" or (len(t) >= 3 and t[:2] in ("B-", "I-", "E-", "S-"))}
+        formed = {t for t in tags if _well_formed(t)}
         # a tag outside BIO among good ones is left to the examples' check, which names its line
         tags = formed if formed - {"O"} else tags
         prefixes = ("B-", "I-", "E-", "S-") if any(t[:2] in ("E-", "S-") for t in tags) else ("B-", "I-")
@@ -96,7 +96,7 @@ class NERHead(Head):
         if not tokens:   # nothing to learn; a batch of such sentences has no loss at all (nan)
             raise ValueError("tokens is empty; a sentence needs one token at least: remove the example")
         for i, (token, tag) in enumerate(zip(tokens, tags)):   # word i + 1: a CoNLL sentence's (i + 1)th line
-            if tag != "O" and (len(tag) < 3 or tag[:2] not in ("B-", "I-", "E-", "S-")):
+            if not _well_formed(tag):
                 raise ValueError(f"word {i + 1} ({token!r}): tag {tag!r} is not BIO/BIOES; expected O, B-TYPE, "
                                  "I-TYPE (E-TYPE, S-TYPE)")
             if tag not in self.labels:
@@ -268,6 +268,11 @@ def _no_subword(i: int, token: str, tag: str) -> str:
 
 
 # ---- tags → spans, with seqeval's (conlleval's) chunk rules for BIO and BIOES ---------------
+
+def _well_formed(tag: str) -> bool:
+    """O, or a BIO/BIOES prefix and a type: B-PER, I-PER, E-PER, S-PER."""
+    return tag == "O" or (len(tag) >= 3 and tag[:2] in ("B-", "I-", "E-", "S-"))
+
 
 def _split(tag: str) -> tuple[str, str]:
     return (tag, "") if tag == "O" else (tag[0], tag[2:])
